@@ -1,0 +1,340 @@
+//! The command line: parse, turn into requests for the agent (or a foreground mount),
+//! print results for people or as JSON for scripts.
+
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::control::protocol::{ErrorKind, MoorError, MountRequest, Request, Response};
+use crate::control::{agent, client, mount};
+use crate::link::config::{self, Overrides};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "moor",
+    version,
+    about = "Mount a remote directory over SSH/SFTP, and keep it mounted through bad networks",
+    long_about = "moor mounts a remote directory over SSH/SFTP as a local FUSE filesystem.\n\n\
+        It reads your ~/.ssh/config, uses ssh-agent and your keys, and checks host keys\n\
+        against known_hosts exactly as ssh does.",
+    after_help = "Examples:\n  moor mount alice@build:/srv/src ~/src    mount a remote directory\n  \
+        moor mount status                        list mounts and their health\n  \
+        moor unmount ~/src                       take it down again"
+)]
+pub struct Cli {
+    /// More detail in logs (-v: debug, -vv: trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mount [USER@]HOST[:PATH] on MOUNTPOINT, or show mounts with `moor mount status`
+    Mount(MountArgs),
+    /// Unmount a moor mount, given its mountpoint or name
+    #[command(
+        after_help = "Examples:\n  moor unmount ~/src\n  moor unmount build-src\n  moor unmount --lazy ~/src    detach now even if busy\n  moor unmount --all"
+    )]
+    Unmount(UnmountArgs),
+    /// Serve mounts (started by `moor mount` on demand; not run by hand)
+    #[command(hide = true)]
+    Agent,
+}
+
+#[derive(Args, Debug)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    after_help = "Examples:\n  moor mount build:/srv/src ~/src         HOST from ~/.ssh/config, absolute path\n  \
+        moor mount alice@10.0.0.5: ~/home       the remote home directory\n  \
+        moor mount -p 2222 -i ~/.ssh/id_work box:projects ~/p   path relative to the remote home\n  \
+        moor mount -F ./ssh_config -o StrictHostKeyChecking=accept-new lab:/data /mnt/lab\n  \
+        moor mount status --json"
+)]
+struct MountArgs {
+    #[command(subcommand)]
+    action: Option<MountAction>,
+    /// [USER@]HOST[:PATH]: HOST may be an alias from your ssh config; PATH defaults to the
+    /// remote home, and a relative PATH is relative to it
+    #[arg(value_name = "[USER@]HOST[:PATH]", required = true)]
+    remote: Option<String>,
+    /// Local directory to mount on (must exist)
+    #[arg(value_name = "MOUNTPOINT", required = true)]
+    mountpoint: Option<PathBuf>,
+    /// Port to connect to on the remote host (as ssh -p)
+    #[arg(short, long)]
+    port: Option<u16>,
+    /// Identity (private key) file to authenticate with; may be repeated (as ssh -i)
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    identity: Vec<PathBuf>,
+    /// Read this ssh config file instead of ~/.ssh/config (as ssh -F)
+    #[arg(short = 'F', long = "ssh-config", value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// User to log in as (as ssh -l)
+    #[arg(short = 'l', long)]
+    user: Option<String>,
+    /// An ssh_config option, e.g. -o ConnectTimeout=5; may be repeated (as ssh -o)
+    #[arg(short = 'o', value_name = "KEY=VALUE")]
+    options: Vec<String>,
+    /// Name for the mount (default: derived from host and path)
+    #[arg(long)]
+    name: Option<String>,
+    /// Stay attached: serve the mount from this process until Ctrl-C, then unmount
+    #[arg(long)]
+    foreground: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum MountAction {
+    /// Show every mount and its health
+    #[command(after_help = "Examples:\n  moor mount status\n  moor mount status --json | jq '.mounts[].status.state'")]
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    /// Print one JSON document instead of a table
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct UnmountArgs {
+    /// Mountpoint or mount name
+    #[arg(value_name = "MOUNTPOINT|NAME", required_unless_present = "all")]
+    target: Option<String>,
+    /// Detach now even if busy; the mount goes away when the last file is closed
+    #[arg(long)]
+    lazy: bool,
+    /// Unmount every moor mount
+    #[arg(long, conflicts_with = "target")]
+    all: bool,
+}
+
+/// Splits `[user@]host[:path]`; `[v6addr]` may be bracketed.
+pub fn parse_remote(spec: &str) -> Result<(String, String), MoorError> {
+    let usage =
+        |m: &str| MoorError::new(ErrorKind::Usage, format!("bad remote '{spec}': {m}; expected [USER@]HOST[:PATH]"));
+    let (user, rest) = match spec.split_once('@') {
+        Some((u, r)) if !u.is_empty() => (Some(u), r),
+        Some(_) => return Err(usage("empty user name")),
+        None => (None, spec),
+    };
+    let (host, path) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, after) = r.split_once(']').ok_or_else(|| usage("unclosed '['"))?;
+        (h, after.strip_prefix(':').unwrap_or(after))
+    } else {
+        rest.split_once(':').unwrap_or((rest, ""))
+    };
+    if host.is_empty() {
+        return Err(usage("empty host name"));
+    }
+    if host.contains('/') || host.chars().any(char::is_whitespace) {
+        return Err(usage("the host name has a '/' or a space"));
+    }
+    let user_host = match user {
+        Some(u) => format!("{u}@{host}"),
+        None => host.to_string(),
+    };
+    Ok((user_host, path.to_string()))
+}
+
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent);
+    crate::logging::init(cli.verbose, is_agent);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(4).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error(&MoorError::new(ErrorKind::Internal, format!("cannot start the runtime: {e}")));
+            return 1;
+        }
+    };
+    let res = rt.block_on(async move {
+        match cli.command {
+            Command::Agent => agent::run().await,
+            Command::Mount(args) => match args.action {
+                Some(MountAction::Status(s)) => status(s).await,
+                None => mount_cmd(args, cli.verbose).await,
+            },
+            Command::Unmount(args) => unmount_cmd(args).await,
+        }
+    });
+    // Background tasks (e.g. a lingering SSH session) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            output::error(&e);
+            e.kind.exit_code()
+        }
+    }
+}
+
+async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
+    let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
+        return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
+    };
+    let (user_host, remote_path) = parse_remote(&spec)?;
+    let ov = Overrides {
+        user: args.user,
+        port: args.port,
+        identity_files: args.identity,
+        config_file: args.ssh_config,
+        options: args.options,
+    };
+    let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
+    let mountpoint = mount::check_mountpoint(&mountpoint)?;
+    let connect_timeout = dest.connect_timeout;
+    let req = MountRequest { dest, remote_path, mountpoint: mountpoint.clone(), name: args.name };
+    if args.foreground {
+        return foreground(req).await;
+    }
+    let progress = output::Progress::start(format!("connecting to {}", req.dest.display()));
+    let stream = client::connect_or_start(verbose).await?;
+    let deadline = connect_timeout + Duration::from_secs(30);
+    let res = client::exchange(stream, Request::Mount(req), deadline).await;
+    progress.finish();
+    let Response::Mounted { mount } = res? else {
+        return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent"));
+    };
+    // The command returns only once the mount answers.
+    let mp = mountpoint.clone();
+    let answered =
+        tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || std::fs::metadata(&mp)))
+            .await;
+    if !matches!(answered, Ok(Ok(Ok(_)))) {
+        return Err(MoorError::new(
+            ErrorKind::Internal,
+            format!("mounted, but {} does not answer", mountpoint.display()),
+        ));
+    }
+    output::mounted(&mount);
+    Ok(())
+}
+
+async fn foreground(req: MountRequest) -> Result<(), MoorError> {
+    let name = req.name.clone().unwrap_or_else(|| agent::derive_name(&req.dest.alias, &req.remote_path));
+    let live = mount::start(&req, name).await?;
+    output::mounted(&live.info());
+    eprintln!("serving in the foreground; press Ctrl-C to unmount");
+    let mut ended = live.ended();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = ended.wait_for(|e| *e) => {}
+    }
+    if !*live.ended().borrow() {
+        if let Err(e) = mount::stop(&live, false).await {
+            output::error(&e);
+            mount::stop(&live, true).await?;
+        }
+    }
+    live.link().close().await;
+    Ok(())
+}
+
+async fn status(args: StatusArgs) -> Result<(), MoorError> {
+    let mounts = match client::connect().await? {
+        None => Vec::new(),
+        Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
+            Response::Status { mounts } => mounts,
+            _ => return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
+        },
+    };
+    let orphans: Vec<PathBuf> = mount::mounted_paths()
+        .into_iter()
+        .filter(|(p, fstype, source)| {
+            fstype.starts_with("fuse") && source.starts_with("moor") && !mounts.iter().any(|m| &m.mountpoint == p)
+        })
+        .map(|(p, _, _)| p)
+        .collect();
+    output::status(&mounts, &orphans, args.json);
+    Ok(())
+}
+
+async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
+    let targets: Vec<String> = if args.all {
+        let mut t: Vec<String> = match client::connect().await? {
+            None => Vec::new(),
+            Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
+                Response::Status { mounts } => mounts.into_iter().map(|m| m.mountpoint.display().to_string()).collect(),
+                _ => Vec::new(),
+            },
+        };
+        let orphans: Vec<String> = mount::mounted_paths()
+            .into_iter()
+            .filter(|(p, f, s)| f.starts_with("fuse") && s.starts_with("moor") && !t.contains(&p.display().to_string()))
+            .map(|(p, _, _)| p.display().to_string())
+            .collect();
+        t.extend(orphans);
+        t
+    } else {
+        args.target.into_iter().collect()
+    };
+    let mut first_err = None;
+    for target in targets {
+        if let Err(e) = unmount_one(&target, args.lazy).await {
+            if args.all {
+                output::error(&e);
+            }
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
+    let progress = output::Progress::start(format!("unmounting {target}"));
+    let res = match client::connect().await? {
+        Some(stream) => {
+            client::exchange(stream, Request::Unmount { target: target.to_string(), lazy }, Duration::from_secs(30))
+                .await
+        }
+        None => Err(agent::not_mounted(target)),
+    };
+    progress.finish();
+    match res {
+        Ok(Response::Unmounted { mount }) => {
+            output::unmounted(&mount.mountpoint);
+            Ok(())
+        }
+        Ok(_) => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
+        Err(e) if e.kind == ErrorKind::NotMounted => {
+            // A mount left by an agent that died: still ours to clean up.
+            let abs = agent::absolute(std::path::Path::new(target));
+            if mount::is_moor_mount(&abs) {
+                mount::kernel_unmount(&abs, lazy).await?;
+                output::unmounted(&abs);
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_specs() {
+        assert_eq!(parse_remote("host").unwrap(), ("host".into(), "".into()));
+        assert_eq!(parse_remote("u@host:/srv").unwrap(), ("u@host".into(), "/srv".into()));
+        assert_eq!(parse_remote("host:rel/dir").unwrap(), ("host".into(), "rel/dir".into()));
+        assert_eq!(parse_remote("[::1]:/x").unwrap(), ("::1".into(), "/x".into()));
+        assert_eq!(parse_remote("u@h:").unwrap(), ("u@h".into(), "".into()));
+        for bad in ["", ":/x", "@h", "u@:/x", "[::1", "a b:/x"] {
+            assert_eq!(parse_remote(bad).unwrap_err().kind, ErrorKind::Usage, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! What people (and scripts) see.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::control::mount::unix_now;
+use crate::control::protocol::{MoorError, MountInfo};
+
+pub fn error(e: &MoorError) {
+    eprintln!("moor: {}", e.message);
+}
+
+pub fn mounted(m: &MountInfo) {
+    println!("mounted {} on {} (name: {})", m.remote, m.mountpoint.display(), m.name);
+}
+
+pub fn unmounted(mountpoint: &Path) {
+    println!("unmounted {}", mountpoint.display());
+}
+
+pub fn ago(since: u64) -> String {
+    let s = unix_now().saturating_sub(since);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
+    if json {
+        let doc = serde_json::json!({ "mounts": mounts, "orphans": orphans });
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        return;
+    }
+    if mounts.is_empty() && orphans.is_empty() {
+        println!("no mounts");
+        return;
+    }
+    let rows: Vec<[String; 6]> = mounts
+        .iter()
+        .map(|m| {
+            [
+                m.name.clone(),
+                m.mountpoint.display().to_string(),
+                m.remote.clone(),
+                m.status.to_string(),
+                ago(m.since),
+                m.open_handles.to_string(),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "MOUNTPOINT", "REMOTE", "STATE", "FOR", "HANDLES"];
+    let mut width = head.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let parts: Vec<String> = cells.iter().zip(width.iter()).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&head.map(String::from));
+    for r in &rows {
+        line(r);
+    }
+    for o in orphans {
+        println!("{}: left by an agent that is gone; clean it with `moor unmount {}`", o.display(), o.display());
+    }
+}
+
+/// A spinner with elapsed time on a terminal, for anything slow; silent otherwise.
+pub struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(what: String) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { stop: None, thread: None };
+        }
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+            let mut i = 0;
+            // Only draw once the wait is long enough to notice.
+            if rx.recv_timeout(Duration::from_millis(300)).is_ok() {
+                return;
+            }
+            loop {
+                eprint!("\r{} {what} ({:.0}s)\x1b[K", frames[i % frames.len()], start.elapsed().as_secs_f64());
+                i += 1;
+                if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                    eprint!("\r\x1b[K");
+                    return;
+                }
+            }
+        });
+        Progress { stop: Some(tx), thread: Some(thread) }
+    }
+
+    pub fn finish(mut self) {
+        self.end();
+    }
+
+    fn end(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.end();
+    }
+}

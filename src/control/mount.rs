@@ -1,0 +1,270 @@
+//! One mount's life: check the mountpoint, connect, find the remote directory, hand the
+//! filesystem to the kernel; and take it down again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::protocol::{ErrorKind, MoorError, MountInfo, MountRequest, MountStatus};
+use crate::fs::fuse::{FuseAdapter, Ttl};
+use crate::fs::Fs;
+use crate::link::Link;
+use crate::remote::sftp::SftpRemote;
+use crate::remote::{FileKind, Remote, RemoteError};
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A mount being served.
+pub struct LiveMount {
+    pub name: String,
+    pub mountpoint: PathBuf,
+    pub remote: String,
+    pub since: u64,
+    link: Arc<Link>,
+    fs: Arc<Fs<SftpRemote>>,
+    /// Becomes true when the kernel session has ended, whoever unmounted it.
+    ended: watch::Receiver<bool>,
+}
+
+impl LiveMount {
+    pub fn info(&self) -> MountInfo {
+        let status = if *self.ended.borrow() { MountStatus::Unmounted } else { MountStatus::Active };
+        MountInfo {
+            name: self.name.clone(),
+            mountpoint: self.mountpoint.clone(),
+            remote: self.remote.clone(),
+            status,
+            since: self.since,
+            open_handles: self.fs.open_handles(),
+        }
+    }
+
+    pub fn ended(&self) -> watch::Receiver<bool> {
+        self.ended.clone()
+    }
+
+    pub fn link(&self) -> Arc<Link> {
+        self.link.clone()
+    }
+}
+
+/// Mount points as the kernel lists them, unescaped.
+pub fn mounted_paths() -> Vec<(PathBuf, String, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mp = pre.split(' ').nth(4)?;
+            let mut post = post.split(' ');
+            let fstype = post.next()?.to_string();
+            let source = post.next().unwrap_or("").to_string();
+            Some((PathBuf::from(unescape(mp)), fstype, unescape(&source)))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> String {
+    // The kernel writes space, tab, newline and backslash as three octal digits.
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn is_mountpoint(path: &Path) -> bool {
+    mounted_paths().iter().any(|(p, _, _)| p == path)
+}
+
+/// A FUSE mount at `path` made by moor (by this or an earlier agent).
+pub fn is_moor_mount(path: &Path) -> bool {
+    mounted_paths()
+        .iter()
+        .any(|(p, fstype, source)| p == path && fstype.starts_with("fuse") && source.starts_with("moor"))
+}
+
+/// The absolute form of a mountpoint, checked to be an empty-enough directory that is not
+/// mounted on already.
+pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
+    let bad = |m: String| MoorError::new(ErrorKind::Mountpoint, m);
+    let abs = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(bad(format!(
+                "mountpoint {} is a dead mount (transport endpoint is not connected): run `moor unmount {}` first",
+                path.display(),
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(bad(format!(
+                "mountpoint {} does not exist: create it with `mkdir -p {}`",
+                path.display(),
+                path.display()
+            )))
+        }
+        Err(e) => return Err(bad(format!("cannot use mountpoint {}: {e}", path.display()))),
+    };
+    let meta = std::fs::metadata(&abs).map_err(|e| bad(format!("cannot use mountpoint {}: {e}", abs.display())))?;
+    if !meta.is_dir() {
+        return Err(bad(format!("mountpoint {} is not a directory", abs.display())));
+    }
+    if is_mountpoint(&abs) {
+        let what = if is_moor_mount(&abs) { "a moor mount" } else { "a mount" };
+        return Err(bad(format!(
+            "{} is already {what}: unmount it first (`moor unmount {}`), or pick another directory",
+            abs.display(),
+            abs.display()
+        )));
+    }
+    Ok(abs)
+}
+
+/// Connects and mounts, leaving nothing behind if any step fails.
+pub async fn start(req: &MountRequest, name: String) -> Result<LiveMount, MoorError> {
+    let mountpoint = check_mountpoint(&req.mountpoint)?;
+    let link = Link::connect(req.dest.clone()).await?;
+    let remote = Arc::new(SftpRemote::new(link.clone()));
+    let root = match resolve_root(&*remote, &req.remote_path, &req.dest.alias).await {
+        Ok(r) => r,
+        Err(e) => {
+            link.close().await;
+            return Err(e);
+        }
+    };
+    let fs = Arc::new(Fs::new(remote, &root));
+    let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), Ttl::default());
+    let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName(format!("moor#{}@{}:{}", req.dest.user, req.dest.alias, root)),
+        fuser::MountOption::Subtype("moor".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    let mp = mountpoint.clone();
+    let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &mp, &cfg)).await;
+    let session = match session {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            link.close().await;
+            return Err(MoorError::new(
+                ErrorKind::Mountpoint,
+                format!("cannot mount on {}: {e}", mountpoint.display()),
+            ));
+        }
+        Err(e) => {
+            link.close().await;
+            return Err(MoorError::new(ErrorKind::Internal, format!("mount task failed: {e}")));
+        }
+    };
+    let (tx, ended) = watch::channel(false);
+    std::thread::Builder::new()
+        .name("moor-session".into())
+        .spawn(move || {
+            // Returns once the kernel session is gone (our unmount, or someone else's).
+            let _ = session.join();
+            let _ = tx.send(true);
+        })
+        .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
+    Ok(LiveMount { name, mountpoint, remote: remote_label, since: unix_now(), link, fs, ended })
+}
+
+/// The absolute remote directory to mount, checked to exist and be a directory.
+pub async fn resolve_root<R: Remote>(remote: &R, path: &str, host: &str) -> Result<String, MoorError> {
+    let want = if path.is_empty() { "." } else { path };
+    let missing = || {
+        MoorError::new(
+            ErrorKind::RemotePath,
+            format!("remote path '{want}' does not exist on {host}: check the path after the colon"),
+        )
+    };
+    let root = match remote.realpath(want).await {
+        Ok(r) => r,
+        Err(RemoteError::NotFound) => return Err(missing()),
+        Err(e) => {
+            return Err(MoorError::new(
+                ErrorKind::RemotePath,
+                format!("cannot resolve remote path '{want}' on {host}: {e}"),
+            ))
+        }
+    };
+    match remote.stat(&root).await {
+        Ok(a) if a.kind() == FileKind::Dir => Ok(root),
+        Ok(_) => {
+            Err(MoorError::new(ErrorKind::RemotePath, format!("remote path '{root}' on {host} is not a directory")))
+        }
+        Err(RemoteError::NotFound) => Err(missing()),
+        Err(e) => Err(MoorError::new(ErrorKind::RemotePath, format!("cannot use remote path '{root}' on {host}: {e}"))),
+    }
+}
+
+/// Asks the kernel to detach the mount at `path`. Busy mounts are refused unless `lazy`.
+pub async fn kernel_unmount(path: &Path, lazy: bool) -> Result<(), MoorError> {
+    let busy = || {
+        MoorError::new(
+            ErrorKind::Mountpoint,
+            format!(
+                "{} is busy: a process has a file open or its working directory there (see `fuser -vm {}`); \
+                 close it, or use `moor unmount --lazy` to detach now and finish when it is released",
+                path.display(),
+                path.display()
+            ),
+        )
+    };
+    if nix::unistd::geteuid().is_root() {
+        let flags = if lazy { nix::mount::MntFlags::MNT_DETACH } else { nix::mount::MntFlags::empty() };
+        return match nix::mount::umount2(path, flags) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EBUSY) => Err(busy()),
+            Err(nix::errno::Errno::EINVAL) => Ok(()), // already gone
+            Err(e) => Err(MoorError::new(ErrorKind::Mountpoint, format!("cannot unmount {}: {e}", path.display()))),
+        };
+    }
+    let mut cmd = tokio::process::Command::new("fusermount3");
+    cmd.arg("-u").arg("-q");
+    if lazy {
+        cmd.arg("-z");
+    }
+    cmd.arg("--").arg(path).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(10), cmd.output())
+        .await
+        .map_err(|_| {
+            MoorError::new(ErrorKind::Mountpoint, format!("fusermount3 -u {} did not finish", path.display()))
+        })?
+        .map_err(|e| MoorError::new(ErrorKind::Mountpoint, format!("cannot run fusermount3 (install fuse3): {e}")))?;
+    if out.status.success() || !is_mountpoint(path) {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("busy") {
+        return Err(busy());
+    }
+    Err(MoorError::new(ErrorKind::Mountpoint, format!("cannot unmount {}: {}", path.display(), err.trim())))
+}
+
+/// Unmounts a live mount. Unless `lazy`, waits until its session has ended; whoever
+/// watches `ended` then closes the link.
+pub async fn stop(m: &LiveMount, lazy: bool) -> Result<(), MoorError> {
+    kernel_unmount(&m.mountpoint, lazy).await?;
+    if !lazy {
+        let mut ended = m.ended();
+        if tokio::time::timeout(Duration::from_secs(10), ended.wait_for(|e| *e)).await.is_err() {
+            tracing::warn!(mountpoint = %m.mountpoint.display(), "session did not end within 10s after unmount");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! What the CLI and the agent say to each other: one JSON request per line, one JSON
+//! response per line, over the agent's unix socket. Both sides use these definitions.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::link::{Destination, LinkError};
+
+/// Bumped whenever a request or response changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub version: u32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    Mount(MountRequest),
+    Unmount { target: String, lazy: bool },
+    Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    Mounted { mount: MountInfo },
+    Unmounted { mount: MountInfo },
+    Status { mounts: Vec<MountInfo> },
+    Error { error: MoorError },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountRequest {
+    pub dest: Destination,
+    /// As the user gave it: empty for the remote home, relative to it, or absolute.
+    pub remote_path: String,
+    pub mountpoint: PathBuf,
+    pub name: Option<String>,
+}
+
+/// The state of one mount, the same in code, CLI output and JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum MountStatus {
+    Connecting,
+    Active,
+    Reconnecting { attempt: u32, since: u64, next_attempt_at: u64, last_error: String },
+    Failed { reason: String },
+    Unmounted,
+}
+
+impl std::fmt::Display for MountStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MountStatus::Connecting => write!(f, "connecting"),
+            MountStatus::Active => write!(f, "active"),
+            MountStatus::Reconnecting { attempt, last_error, .. } => {
+                write!(f, "reconnecting (attempt {attempt}: {last_error})")
+            }
+            MountStatus::Failed { reason } => write!(f, "failed: {reason}"),
+            MountStatus::Unmounted => write!(f, "unmounted"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub name: String,
+    pub mountpoint: PathBuf,
+    /// `user@host:/absolute/path`
+    pub remote: String,
+    pub status: MountStatus,
+    /// Unix time at which the mount reached its current state.
+    pub since: u64,
+    pub open_handles: usize,
+}
+
+/// What kind of failure, which decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad command line or config values.
+    Usage,
+    /// The host could not be reached (name, refused, timeout, lost).
+    Connect,
+    /// Every key was refused.
+    Auth,
+    /// The host key is unknown, changed, or cannot be checked.
+    HostKey,
+    /// The remote path is missing or not a directory.
+    RemotePath,
+    /// The mountpoint is missing, not a directory, already a mount, or busy.
+    Mountpoint,
+    /// The target names no moor mount.
+    NotMounted,
+    /// The agent could not be started or reached.
+    Agent,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Connect => 3,
+            ErrorKind::Auth => 4,
+            ErrorKind::HostKey => 5,
+            ErrorKind::RemotePath => 6,
+            ErrorKind::Mountpoint => 7,
+            ErrorKind::NotMounted => 8,
+            ErrorKind::Agent => 9,
+        }
+    }
+}
+
+/// A failure to report to the user: one line that says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct MoorError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl MoorError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> MoorError {
+        MoorError { kind, message: message.into() }
+    }
+}
+
+impl From<LinkError> for MoorError {
+    fn from(e: LinkError) -> MoorError {
+        let kind = match &e {
+            LinkError::AuthRefused { .. } => ErrorKind::Auth,
+            LinkError::HostKeyUnknown { .. }
+            | LinkError::HostKeyChanged { .. }
+            | LinkError::HostKeyUnverifiable { .. } => ErrorKind::HostKey,
+            _ => ErrorKind::Connect,
+        };
+        MoorError::new(kind, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_json_is_tagged_snake_case() {
+        let s = MountStatus::Reconnecting { attempt: 3, since: 10, next_attempt_at: 12, last_error: "refused".into() };
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["state"], "reconnecting");
+        assert_eq!(j["attempt"], 3);
+        let back: MountStatus = serde_json::from_value(j).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(serde_json::to_value(MountStatus::Active).unwrap()["state"], "active");
+    }
+
+    #[test]
+    fn request_roundtrip() {
+        let r = Envelope { version: PROTOCOL_VERSION, body: Request::Unmount { target: "/m".into(), lazy: true } };
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(line.contains("\"request\":\"unmount\""));
+        let back: Envelope<Request> = serde_json::from_str(&line).unwrap();
+        assert!(matches!(back.body, Request::Unmount { lazy: true, .. }));
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        use ErrorKind::*;
+        let all = [Usage, Connect, Auth, HostKey, RemotePath, Mountpoint, NotMounted, Agent, Internal];
+        let mut codes: Vec<i32> = all.iter().map(|k| k.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+}

@@ -1,0 +1,435 @@
+//! The thin adapter between the kernel (fuser) and the filesystem core: decode the
+//! request, run the core's operation on the runtime, encode the reply. Nothing here
+//! decides anything about files.
+
+use std::ffi::OsStr;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags as FuseOpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use super::errno::Errno;
+use super::fs::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
+use crate::remote::{Attr, FileKind, Remote};
+
+/// How long the kernel may trust what it was told before asking again.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl {
+    pub attr: Duration,
+    pub entry: Duration,
+}
+
+impl Default for Ttl {
+    fn default() -> Self {
+        Ttl { attr: Duration::from_secs(1), entry: Duration::from_secs(1) }
+    }
+}
+
+pub struct FuseAdapter<R: Remote> {
+    fs: Arc<Fs<R>>,
+    rt: tokio::runtime::Handle,
+    ttl: Ttl,
+}
+
+impl<R: Remote> FuseAdapter<R> {
+    pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle, ttl: Ttl) -> Self {
+        FuseAdapter { fs, rt, ttl }
+    }
+
+    /// Runs one operation on the runtime so that the kernel's next request is read at
+    /// once: slow remote calls never queue behind each other here.
+    fn run<F>(&self, op: impl FnOnce(Arc<Fs<R>>, Ttl) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let fut = op(self.fs.clone(), self.ttl);
+        self.rt.spawn(fut);
+    }
+}
+
+fn errno(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.0)
+}
+
+fn name_str(name: &OsStr) -> Result<String, fuser::Errno> {
+    // SFTP paths travel as UTF-8 strings here; other names cannot be addressed.
+    name.to_str().map(str::to_string).ok_or(fuser::Errno::EINVAL)
+}
+
+fn time(secs: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::from(secs))
+}
+
+fn file_type(a: &Attr) -> FileType {
+    match a.kind() {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Other => match a.mode & 0o170000 {
+            0o010000 => FileType::NamedPipe,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            0o140000 => FileType::Socket,
+            _ => FileType::RegularFile,
+        },
+    }
+}
+
+fn kind_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        _ => FileType::RegularFile,
+    }
+}
+
+pub fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.mtime),
+        crtime: time(a.mtime),
+        kind: file_type(a),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: if a.kind() == FileKind::Dir { 2 } else { 1 },
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 64 * 1024,
+        flags: 0,
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => {
+            TimeSet::At(st.duration_since(UNIX_EPOCH).map(|d| d.as_secs().min(u64::from(u32::MAX)) as u32).unwrap_or(0))
+        }
+    }
+}
+
+fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: Result<Entry, Errno>) {
+    match r {
+        Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(e.ino, &e.attr), Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+macro_rules! name_or_reply {
+    ($name:expr, $reply:ident) => {
+        match name_str($name) {
+            Ok(n) => n,
+            Err(e) => return $reply.error(e),
+        }
+    };
+}
+
+impl<R: Remote> Filesystem for FuseAdapter<R> {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name_or_reply!(name, reply);
+        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.lookup(parent.0, &name).await) });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.run(|fs, ttl| async move {
+            match fs.getattr(ino.0).await {
+                Ok(a) => reply.attr(&ttl.attr, &file_attr(ino.0, &a)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let change = AttrChange { size, mode, uid, gid, atime: atime.map(time_set), mtime: mtime.map(time_set) };
+        self.run(|fs, ttl| async move {
+            match fs.setattr(ino.0, fh.map(|f| f.0), change).await {
+                Ok(a) => reply.attr(&ttl.attr, &file_attr(ino.0, &a)),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(|fs, _| async move {
+            match fs.readlink(ino.0).await {
+                Ok(t) => reply.data(t.as_bytes()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // SFTP can create regular files, directories and symlinks only; regular files
+        // come through `create`.
+        reply.error(fuser::Errno::EPERM);
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let name = name_or_reply!(name, reply);
+        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.mkdir(parent.0, &name, mode).await) });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_reply!(name, reply);
+        self.run(|fs, _| async move { reply_empty(reply, fs.unlink(parent.0, &name).await) });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name_or_reply!(name, reply);
+        self.run(|fs, _| async move { reply_empty(reply, fs.rmdir(parent.0, &name).await) });
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        let name = name_or_reply!(link_name, reply);
+        let target = name_or_reply!(target.as_os_str(), reply);
+        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.symlink(parent.0, &name, &target).await) });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let name = name_or_reply!(name, reply);
+        let newname = name_or_reply!(newname, reply);
+        self.run(|fs, _| async move {
+            reply_empty(reply, fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()).await)
+        });
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let newname = name_or_reply!(newname, reply);
+        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.link(ino.0, newparent.0, &newname).await) });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+        let flags = OpenFlags::from_libc(flags.0);
+        self.run(|fs, _| async move {
+            match fs.open(ino.0, flags).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.run(|fs, _| async move {
+            match fs.read(fh.0, offset, size).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.run(|fs, _| async move {
+            match fs.write(fh.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.run(|fs, _| async move { reply_empty(reply, fs.flush(fh.0).await) });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: FuseOpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.run(|fs, _| async move { reply_empty(reply, fs.release(fh.0).await) });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.run(|fs, _| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        self.run(|fs, _| async move {
+            match fs.opendir(ino.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(items) => {
+                for (next, item) in items {
+                    if reply.add(INodeNo(item.ino), next, kind_type(item.kind), &item.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(items) => {
+                for (next, item) in items {
+                    let attr = match item.attr {
+                        Some(a) => file_attr(item.ino, &a),
+                        // "." and "..": the kernel takes no reference and uses no attributes.
+                        None => {
+                            let mut a = file_attr(item.ino, &Attr { mode: 0o040755, ..Attr::default() });
+                            a.ino = INodeNo(item.ino);
+                            a
+                        }
+                    };
+                    let ttl = if item.attr.is_some() { self.ttl.entry } else { Duration::ZERO };
+                    if reply.add(INodeNo(item.ino), next, &item.name, &ttl, &attr, Generation(0)) {
+                        break;
+                    }
+                    self.fs.count_lookup(&item);
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: FuseOpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.run(|fs, _| async move {
+            match fs.statfs().await {
+                Ok(s) => reply.statfs(
+                    s.blocks,
+                    s.blocks_free,
+                    s.blocks_avail,
+                    s.files,
+                    s.files_free,
+                    s.block_size as u32,
+                    s.name_max as u32,
+                    s.fragment_size as u32,
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = name_or_reply!(name, reply);
+        let flags = OpenFlags::from_libc(flags);
+        self.run(|fs, ttl| async move {
+            match fs.create(parent.0, &name, mode, flags).await {
+                Ok((e, fh)) => reply.created(
+                    &ttl.entry,
+                    &file_attr(e.ino, &e.attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(errno(e)),
+            }
+        });
+    }
+}

@@ -1,0 +1,11 @@
+//! The filesystem: a plain async core (`fs`) over the remote, and the kernel adapter
+//! (`fuse`) over the core.
+
+pub mod errno;
+#[allow(clippy::module_inception)]
+pub mod fs;
+pub mod fuse;
+pub mod handle;
+pub mod inode;
+
+pub use fs::Fs;

@@ -1,0 +1,262 @@
+//! One SSH connection carrying one SFTP session: dial, check the host key, authenticate,
+//! start the sftp subsystem.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use russh::client::{self, AuthResult};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+use russh_sftp::client::RawSftpSession;
+use tokio::net::TcpStream;
+
+use super::config::Destination;
+use super::error::LinkError;
+use super::known_hosts::{self, Verdict};
+
+/// How long one SFTP request may take before it counts as lost.
+pub const REQUEST_TIMEOUT_SECS: u64 = 10;
+
+/// A live SSH connection with its SFTP session.
+pub struct SftpConn {
+    pub sftp: RawSftpSession,
+    /// Extensions the server announced in its SFTP version reply.
+    pub extensions: HashMap<String, String>,
+    pub connected_at: SystemTime,
+    ssh: client::Handle<Client>,
+}
+
+impl SftpConn {
+    pub fn is_closed(&self) -> bool {
+        self.ssh.is_closed()
+    }
+
+    pub async fn close(&self) {
+        let _ = self.sftp.close_session();
+        let _ = self.ssh.disconnect(Disconnect::ByApplication, "unmounted", "en").await;
+    }
+}
+
+struct Client {
+    dest: Arc<Destination>,
+    /// What the host key check decided, read back when the handshake fails.
+    verdict: Arc<Mutex<Option<(PublicKey, Verdict)>>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let key = key.public_key();
+        let verdict = known_hosts::check(&self.dest, &key);
+        let ok = matches!(verdict, Verdict::Known | Verdict::Learned);
+        if let Ok(mut v) = self.verdict.lock() {
+            *v = Some((key, verdict));
+        }
+        Ok(ok)
+    }
+}
+
+fn ssh_config() -> client::Config {
+    client::Config {
+        // AES-GCM is fastest where the CPU has AES instructions, which is nearly everywhere.
+        preferred: russh::Preferred {
+            cipher: Cow::Borrowed(&[
+                russh::cipher::AES_128_GCM,
+                russh::cipher::AES_256_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_128_CTR,
+                russh::cipher::AES_256_CTR,
+            ]),
+            ..russh::Preferred::default()
+        },
+        keepalive_interval: Some(Duration::from_secs(5)),
+        keepalive_max: 3,
+        window_size: 16 * 1024 * 1024,
+        maximum_packet_size: 65535,
+        channel_buffer_size: 1024,
+        nodelay: true,
+        ..client::Config::default()
+    }
+}
+
+async fn resolve(dest: &Destination) -> Result<Vec<SocketAddr>, LinkError> {
+    let lookup = tokio::net::lookup_host((dest.host_name.as_str(), dest.port));
+    let resolve_err = |detail: String| LinkError::Resolve { host: dest.host_name.clone(), detail };
+    match tokio::time::timeout(dest.connect_timeout, lookup).await {
+        Ok(Ok(addrs)) => {
+            let v: Vec<_> = addrs.collect();
+            if v.is_empty() {
+                Err(resolve_err("no addresses".into()))
+            } else {
+                Ok(v)
+            }
+        }
+        Ok(Err(e)) => Err(resolve_err(e.to_string())),
+        Err(_) => Err(LinkError::ConnectTimeout { addr: dest.host_name.clone(), secs: dest.connect_timeout.as_secs() }),
+    }
+}
+
+fn set_keepalive(tcp: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    // The kernel notices a dead peer even when SSH is idle.
+    let fd = tcp.as_fd();
+    let _ = setsockopt(&fd, sockopt::KeepAlive, &true);
+    let _ = setsockopt(&fd, sockopt::TcpKeepIdle, &10);
+    let _ = setsockopt(&fd, sockopt::TcpKeepInterval, &5);
+    let _ = setsockopt(&fd, sockopt::TcpKeepCount, &3);
+}
+
+async fn dial(dest: &Destination, deadline: tokio::time::Instant) -> Result<TcpStream, LinkError> {
+    let addrs = resolve(dest).await?;
+    let mut last = None;
+    for addr in addrs {
+        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                set_keepalive(&tcp);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = Some(LinkError::Refused { addr: addr.to_string() })
+            }
+            Ok(Err(e)) => last = Some(LinkError::Unreachable { addr: addr.to_string(), detail: e.to_string() }),
+            Err(_) => {
+                return Err(LinkError::ConnectTimeout { addr: addr.to_string(), secs: dest.connect_timeout.as_secs() })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| LinkError::Unreachable { addr: dest.host_name.clone(), detail: "no address".into() }))
+}
+
+/// Connects, authenticates and starts SFTP, all within the destination's connect timeout.
+pub async fn connect(dest: &Destination) -> Result<SftpConn, LinkError> {
+    let deadline = tokio::time::Instant::now() + dest.connect_timeout;
+    let timeout = || LinkError::ConnectTimeout {
+        addr: format!("{}:{}", dest.host_name, dest.port),
+        secs: dest.connect_timeout.as_secs(),
+    };
+    match tokio::time::timeout_at(deadline, connect_inner(dest, deadline)).await {
+        Ok(r) => r,
+        Err(_) => Err(timeout()),
+    }
+}
+
+async fn connect_inner(dest: &Destination, deadline: tokio::time::Instant) -> Result<SftpConn, LinkError> {
+    let tcp = dial(dest, deadline).await?;
+    let verdict = Arc::new(Mutex::new(None));
+    let handler = Client { dest: Arc::new(dest.clone()), verdict: verdict.clone() };
+    let protocol = |e: russh::Error| LinkError::Protocol { host: dest.host_name.clone(), detail: e.to_string() };
+    let mut ssh = match client::connect_stream(Arc::new(ssh_config()), tcp, handler).await {
+        Ok(h) => h,
+        Err(e) => {
+            let seen = verdict.lock().ok().and_then(|v| v.clone());
+            if let Some((key, v)) = seen {
+                if let Some(refusal) = known_hosts::refusal(dest, &key, &v) {
+                    return Err(refusal);
+                }
+            }
+            return Err(match e {
+                russh::Error::IO(io) => LinkError::Lost { host: dest.host_name.clone(), detail: io.to_string() },
+                russh::Error::Disconnect => {
+                    LinkError::Lost { host: dest.host_name.clone(), detail: "the server closed the connection".into() }
+                }
+                other => protocol(other),
+            });
+        }
+    };
+    authenticate(&mut ssh, dest).await?;
+    let channel = ssh.channel_open_session().await.map_err(protocol)?;
+    channel.request_subsystem(true, "sftp").await.map_err(protocol)?;
+    let mut channel = channel;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => break,
+            Some(ChannelMsg::Failure) => return Err(LinkError::NoSftp { detail: "subsystem request refused".into() }),
+            None => return Err(LinkError::NoSftp { detail: "channel closed".into() }),
+            Some(_) => {}
+        }
+    }
+    let cfg = russh_sftp::client::Config { request_timeout_secs: REQUEST_TIMEOUT_SECS, ..Default::default() };
+    let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
+    let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
+    if version.extensions.get("limits@openssh.com").is_some_and(|v| v == "1") {
+        if let Ok(l) = sftp.limits().await {
+            sftp.set_limits(l.into());
+        }
+    }
+    Ok(SftpConn { sftp, extensions: version.extensions, connected_at: SystemTime::now(), ssh })
+}
+
+/// Offers ssh-agent keys, then identity files, as OpenSSH does.
+async fn authenticate(ssh: &mut client::Handle<Client>, dest: &Destination) -> Result<(), LinkError> {
+    let lost =
+        || LinkError::Lost { host: dest.host_name.clone(), detail: "connection closed during authentication".into() };
+    let rsa_hash = ssh.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let mut tried: Vec<String> = Vec::new();
+    let mut hints: Vec<String> = Vec::new();
+
+    let wanted: Vec<PublicKey> =
+        dest.identity_files.iter().filter_map(|p| russh::keys::load_public_key(p.with_extension("pub")).ok()).collect();
+    if let Some(sock) = &dest.agent_socket {
+        match AgentClient::connect_uds(sock).await {
+            Ok(mut agent) => {
+                let ids = agent.request_identities().await.unwrap_or_default();
+                for id in ids {
+                    let AgentIdentity::PublicKey { key, comment } = id else { continue };
+                    if dest.identities_only && !wanted.iter().any(|w| w.key_data() == key.key_data()) {
+                        continue;
+                    }
+                    tried.push(format!(
+                        "agent key {}",
+                        if comment.is_empty() { known_hosts::fingerprint(&key) } else { comment }
+                    ));
+                    match ssh.authenticate_publickey_with(&dest.user, key, rsa_hash, &mut agent).await {
+                        Ok(AuthResult::Success) => return Ok(()),
+                        Ok(_) if ssh.is_closed() => return Err(lost()),
+                        _ => {}
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(socket = %sock.display(), %e, "ssh-agent not usable"),
+        }
+    }
+    for path in &dest.identity_files {
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(k) => k,
+            Err(russh::keys::Error::IO(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                hints.push(format!(
+                    "{} is passphrase-protected: load it with `ssh-add {}`",
+                    path.display(),
+                    path.display()
+                ));
+                continue;
+            }
+            Err(e) => {
+                hints.push(format!("cannot read {}: {e}", path.display()));
+                continue;
+            }
+        };
+        tried.push(path.display().to_string());
+        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
+        match ssh.authenticate_publickey(&dest.user, key).await {
+            Ok(AuthResult::Success) => return Ok(()),
+            Ok(_) if ssh.is_closed() => return Err(lost()),
+            Ok(_) => {}
+            Err(e) => return Err(LinkError::Lost { host: dest.host_name.clone(), detail: e.to_string() }),
+        }
+    }
+    Err(LinkError::AuthRefused {
+        user: dest.user.clone(),
+        host: dest.host_name.clone(),
+        tried: if tried.is_empty() { "no keys found".into() } else { tried.join(", ") },
+        hint: if hints.is_empty() { String::new() } else { format!("; {}", hints.join("; ")) },
+    })
+}

@@ -1,0 +1,16 @@
+//! moor: mount a remote directory over SSH/SFTP and keep it mounted through bad networks.
+//!
+//! Layers, each using only the one below it: `cli` → `control` (agent, socket protocol)
+//! → `fs` (FUSE adapter over a plain async core) → `remote` (SFTP operations) → `link`
+//! (SSH transport).
+
+mod cli;
+mod control;
+mod fs;
+mod link;
+mod logging;
+mod remote;
+
+fn main() {
+    std::process::exit(cli::run());
+}

@@ -1,0 +1,363 @@
+//! An in-memory [`Remote`] that answers like OpenSSH's sftp-server (generic failures for
+//! EEXIST, ENOTEMPTY and friends), for testing the fs core without a kernel or network.
+//! It can be told to drop the link or to give short reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+enum Body {
+    File(Vec<u8>),
+    Dir,
+    Symlink(String),
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    body: Body,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime: u32,
+    mtime: u32,
+}
+
+#[derive(Debug)]
+struct Open {
+    path: String,
+    append: bool,
+}
+
+#[derive(Debug)]
+pub struct FakeRemote {
+    tree: Mutex<BTreeMap<String, Node>>,
+    handles: Mutex<HashMap<String, Open>>,
+    next: AtomicU64,
+    pub down: AtomicBool,
+    /// Largest read answered at once, to exercise short reads.
+    pub max_read: AtomicU64,
+    pub ext: Extensions,
+}
+
+fn parent(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some(("", _)) => "/",
+        Some((d, _)) => d,
+        None => "/",
+    }
+}
+
+fn failure() -> RemoteError {
+    RemoteError::Failure("Failure".into())
+}
+
+impl FakeRemote {
+    pub fn new() -> FakeRemote {
+        let mut tree = BTreeMap::new();
+        tree.insert(
+            "/".to_string(),
+            Node { body: Body::Dir, mode: S_IFDIR | 0o755, uid: 0, gid: 0, atime: 0, mtime: 0 },
+        );
+        FakeRemote {
+            tree: Mutex::new(tree),
+            handles: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            down: AtomicBool::new(false),
+            max_read: AtomicU64::new(u64::MAX),
+            ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
+        }
+    }
+
+    fn up(&self) -> Result<()> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(RemoteError::Disconnected("fake link down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn put_file(&self, path: &str, data: &[u8]) {
+        self.tree.lock().unwrap().insert(
+            path.into(),
+            Node { body: Body::File(data.to_vec()), mode: S_IFREG | 0o644, uid: 0, gid: 0, atime: 0, mtime: 0 },
+        );
+    }
+
+    pub fn put_dir(&self, path: &str) {
+        self.tree
+            .lock()
+            .unwrap()
+            .insert(path.into(), Node { body: Body::Dir, mode: S_IFDIR | 0o755, uid: 0, gid: 0, atime: 0, mtime: 0 });
+    }
+
+    pub fn file(&self, path: &str) -> Option<Vec<u8>> {
+        match self.tree.lock().unwrap().get(path).map(|n| n.body.clone()) {
+            Some(Body::File(d)) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn exists(&self, path: &str) -> bool {
+        self.tree.lock().unwrap().contains_key(path)
+    }
+
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().unwrap().len()
+    }
+
+    fn attr(n: &Node) -> Attr {
+        let size = match &n.body {
+            Body::File(d) => d.len() as u64,
+            Body::Dir => 4096,
+            Body::Symlink(t) => t.len() as u64,
+        };
+        Attr { size, mode: n.mode, uid: n.uid, gid: n.gid, atime: n.atime, mtime: n.mtime }
+    }
+
+    fn children(tree: &BTreeMap<String, Node>, dir: &str) -> Vec<String> {
+        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
+        tree.keys()
+            .filter(|k| k.starts_with(&prefix) && k.len() > prefix.len() && !k[prefix.len()..].contains('/'))
+            .cloned()
+            .collect()
+    }
+
+    fn handle_path(&self, h: &Handle) -> Result<(String, bool)> {
+        self.handles.lock().unwrap().get(&h.0).map(|o| (o.path.clone(), o.append)).ok_or_else(failure)
+    }
+
+    fn apply(n: &mut Node, set: SetAttr) {
+        if let Some(size) = set.size {
+            if let Body::File(d) = &mut n.body {
+                d.resize(size as usize, 0);
+            }
+        }
+        if let Some(m) = set.mode {
+            n.mode = (n.mode & S_IFMT) | (m & 0o7777);
+        }
+        if let Some(u) = set.uid {
+            n.uid = u;
+        }
+        if let Some(g) = set.gid {
+            n.gid = g;
+        }
+        if let Some((a, m)) = set.times {
+            n.atime = a;
+            n.mtime = m;
+        }
+    }
+}
+
+impl Remote for FakeRemote {
+    fn extensions(&self) -> Extensions {
+        self.ext
+    }
+
+    async fn realpath(&self, path: &str) -> Result<String> {
+        self.up()?;
+        let p = if path == "." { "/".to_string() } else { path.trim_end_matches('/').to_string() };
+        let p = if p.is_empty() { "/".to_string() } else { p };
+        if self.exists(&p) {
+            Ok(p)
+        } else {
+            Err(RemoteError::NotFound)
+        }
+    }
+
+    async fn stat(&self, path: &str) -> Result<Attr> {
+        self.lstat(path).await
+    }
+
+    async fn lstat(&self, path: &str) -> Result<Attr> {
+        self.up()?;
+        self.tree.lock().unwrap().get(path).map(Self::attr).ok_or(RemoteError::NotFound)
+    }
+
+    async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        let n = tree.get_mut(path).ok_or(RemoteError::NotFound)?;
+        Self::apply(n, set);
+        Ok(())
+    }
+
+    async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
+        let (path, _) = self.handle_path(handle)?;
+        self.setstat(&path, set).await
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        self.up()?;
+        let tree = self.tree.lock().unwrap();
+        match tree.get(path).map(|n| &n.body) {
+            Some(Body::Dir) => {}
+            Some(_) => return Err(failure()),
+            None => return Err(RemoteError::NotFound),
+        }
+        Ok(Self::children(&tree, path)
+            .into_iter()
+            .map(|p| DirEntry { name: p.rsplit('/').next().unwrap_or("").to_string(), attr: Self::attr(&tree[&p]) })
+            .collect())
+    }
+
+    async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        match tree.get_mut(path) {
+            Some(_) if o.create && o.exclusive => return Err(failure()),
+            Some(Node { body: Body::Dir, .. }) if o.write => return Err(failure()),
+            Some(Node { body: Body::File(d), .. }) if o.truncate => d.clear(),
+            Some(_) => {}
+            None if o.create => {
+                if !matches!(tree.get(parent(path)).map(|n| &n.body), Some(Body::Dir)) {
+                    return Err(RemoteError::NotFound);
+                }
+                let mode = S_IFREG | o.mode.unwrap_or(0o644);
+                tree.insert(
+                    path.into(),
+                    Node { body: Body::File(Vec::new()), mode, uid: 0, gid: 0, atime: 0, mtime: 0 },
+                );
+            }
+            None => return Err(RemoteError::NotFound),
+        }
+        let h = format!("h{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.handles.lock().unwrap().insert(h.clone(), Open { path: path.into(), append: o.append });
+        Ok(Handle(h))
+    }
+
+    async fn close(&self, handle: &Handle) -> Result<()> {
+        self.up()?;
+        self.handles.lock().unwrap().remove(&handle.0).map(|_| ()).ok_or_else(failure)
+    }
+
+    async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.up()?;
+        let (path, _) = self.handle_path(handle)?;
+        let tree = self.tree.lock().unwrap();
+        let Some(Node { body: Body::File(d), .. }) = tree.get(&path) else { return Err(failure()) };
+        let len = u64::from(len).min(self.max_read.load(Ordering::SeqCst));
+        let start = (offset as usize).min(d.len());
+        let end = (offset.saturating_add(len) as usize).min(d.len());
+        Ok(d[start..end].to_vec())
+    }
+
+    async fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<()> {
+        self.up()?;
+        let (path, append) = self.handle_path(handle)?;
+        let mut tree = self.tree.lock().unwrap();
+        let Some(Node { body: Body::File(d), .. }) = tree.get_mut(&path) else { return Err(failure()) };
+        let at = if append { d.len() } else { offset as usize };
+        if d.len() < at + data.len() {
+            d.resize(at + data.len(), 0);
+        }
+        d[at..at + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    async fn fsync(&self, handle: &Handle) -> Result<()> {
+        self.up()?;
+        self.handle_path(handle).map(|_| ())
+    }
+
+    async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        if tree.contains_key(path) {
+            return Err(failure());
+        }
+        if !matches!(tree.get(parent(path)).map(|n| &n.body), Some(Body::Dir)) {
+            return Err(RemoteError::NotFound);
+        }
+        tree.insert(path.into(), Node { body: Body::Dir, mode: S_IFDIR | mode, uid: 0, gid: 0, atime: 0, mtime: 0 });
+        Ok(())
+    }
+
+    async fn rmdir(&self, path: &str) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        match tree.get(path).map(|n| &n.body) {
+            None => Err(RemoteError::NotFound),
+            Some(Body::Dir) if Self::children(&tree, path).is_empty() => {
+                tree.remove(path);
+                Ok(())
+            }
+            Some(_) => Err(failure()),
+        }
+    }
+
+    async fn remove(&self, path: &str) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        match tree.get(path).map(|n| &n.body) {
+            None => Err(RemoteError::NotFound),
+            Some(Body::Dir) => Err(failure()),
+            Some(_) => {
+                tree.remove(path);
+                Ok(())
+            }
+        }
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        let src = tree.get(from).cloned().ok_or(RemoteError::NotFound)?;
+        if let Some(dst) = tree.get(to) {
+            let dst_dir = matches!(dst.body, Body::Dir);
+            let src_dir = matches!(src.body, Body::Dir);
+            if dst_dir != src_dir || (dst_dir && !Self::children(&tree, to).is_empty()) {
+                return Err(failure());
+            }
+        }
+        let moved: Vec<String> =
+            tree.keys().filter(|k| *k == from || k.starts_with(&format!("{from}/"))).cloned().collect();
+        tree.remove(to);
+        for old in moved {
+            let n = tree.remove(&old).expect("listed above");
+            tree.insert(format!("{to}{}", &old[from.len()..]), n);
+        }
+        Ok(())
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        if tree.contains_key(link) {
+            return Err(failure());
+        }
+        tree.insert(
+            link.into(),
+            Node { body: Body::Symlink(target.into()), mode: S_IFLNK | 0o777, uid: 0, gid: 0, atime: 0, mtime: 0 },
+        );
+        Ok(())
+    }
+
+    async fn readlink(&self, path: &str) -> Result<String> {
+        self.up()?;
+        match self.tree.lock().unwrap().get(path).map(|n| n.body.clone()) {
+            Some(Body::Symlink(t)) => Ok(t),
+            Some(_) => Err(failure()),
+            None => Err(RemoteError::NotFound),
+        }
+    }
+
+    async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        if tree.contains_key(new) {
+            return Err(failure());
+        }
+        // A copy stands in for a shared inode: enough for the core's bookkeeping.
+        let n = tree.get(existing).cloned().ok_or(RemoteError::NotFound)?;
+        tree.insert(new.into(), n);
+        Ok(())
+    }
+
+    async fn statfs(&self, _path: &str) -> Result<StatFs> {
+        self.up()?;
+        Ok(StatFs { blocks_avail: 10, ..StatFs::unknown() })
+    }
+}

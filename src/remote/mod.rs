@@ -1,0 +1,176 @@
+//! The remote filesystem as the fs layer sees it: plain async operations on paths and
+//! handles, with no SSH types. `sftp` implements it over the link; `fake` (tests only)
+//! implements it in memory.
+
+pub mod sftp;
+
+#[cfg(test)]
+pub mod fake;
+
+use std::future::Future;
+
+/// File type bits as in `st_mode` (`S_IFMT`).
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Attributes of a remote file, as far as SFTP v3 carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attr {
+    pub size: u64,
+    /// Full `st_mode`: type and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub atime: u32,
+    pub mtime: u32,
+}
+
+impl Attr {
+    pub fn kind(&self) -> FileKind {
+        match self.mode & S_IFMT {
+            S_IFDIR => FileKind::Dir,
+            S_IFREG => FileKind::File,
+            S_IFLNK => FileKind::Symlink,
+            _ => FileKind::Other,
+        }
+    }
+}
+
+/// A change of attributes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SetAttr {
+    pub size: Option<u64>,
+    /// Permission bits only.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// SFTP sets access and modification time together.
+    pub times: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub attr: Attr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OpenOptions {
+    pub read: bool,
+    pub write: bool,
+    pub append: bool,
+    pub create: bool,
+    pub truncate: bool,
+    pub exclusive: bool,
+    /// Permission bits for a file being created.
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatFs {
+    pub block_size: u64,
+    pub fragment_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub files_avail: u64,
+    pub name_max: u64,
+    pub read_only: bool,
+}
+
+impl StatFs {
+    /// What to report when the server cannot tell: a large, empty filesystem.
+    pub fn unknown() -> StatFs {
+        StatFs {
+            block_size: 4096,
+            fragment_size: 4096,
+            blocks: 1 << 30,
+            blocks_free: 1 << 30,
+            blocks_avail: 1 << 30,
+            files: 1 << 20,
+            files_free: 1 << 20,
+            files_avail: 1 << 20,
+            name_max: 255,
+            read_only: false,
+        }
+    }
+}
+
+/// An open remote file or directory. Opaque to the fs layer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Handle(pub String);
+
+/// What went wrong with a remote operation. SFTP v3 reports few distinct codes, so the fs
+/// layer refines `Failure` by context (see `fs::errno`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RemoteError {
+    #[error("no such file")]
+    NotFound,
+    #[error("permission denied")]
+    PermissionDenied,
+    #[error("operation failed: {0}")]
+    Failure(String),
+    #[error("bad message: {0}")]
+    BadMessage(String),
+    #[error("operation not supported by the server")]
+    Unsupported,
+    #[error("end of file")]
+    Eof,
+    /// The link is down or the request was lost with it; retrying later may succeed.
+    #[error("link down: {0}")]
+    Disconnected(String),
+    /// The request outlived its deadline.
+    #[error("timed out")]
+    Timeout,
+}
+
+pub type Result<T> = std::result::Result<T, RemoteError>;
+
+/// Server capabilities learnt from the SFTP version exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Extensions {
+    pub posix_rename: bool,
+    pub hardlink: bool,
+    pub statvfs: bool,
+    pub fsync: bool,
+}
+
+/// Remote filesystem operations. Paths are absolute remote paths.
+pub trait Remote: Send + Sync + 'static {
+    fn extensions(&self) -> Extensions;
+    /// The canonical absolute form of `path`; relative paths are relative to the home
+    /// directory the server gave the session.
+    fn realpath(&self, path: &str) -> impl Future<Output = Result<String>> + Send;
+    fn stat(&self, path: &str) -> impl Future<Output = Result<Attr>> + Send;
+    fn lstat(&self, path: &str) -> impl Future<Output = Result<Attr>> + Send;
+    fn setstat(&self, path: &str, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
+    fn fsetstat(&self, handle: &Handle, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
+    fn read_dir(&self, path: &str) -> impl Future<Output = Result<Vec<DirEntry>>> + Send;
+    fn open(&self, path: &str, opts: OpenOptions) -> impl Future<Output = Result<Handle>> + Send;
+    fn close(&self, handle: &Handle) -> impl Future<Output = Result<()>> + Send;
+    /// Reads up to `len` bytes; an empty result means end of file.
+    fn read(&self, handle: &Handle, offset: u64, len: u32) -> impl Future<Output = Result<Vec<u8>>> + Send;
+    fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> impl Future<Output = Result<()>> + Send;
+    fn fsync(&self, handle: &Handle) -> impl Future<Output = Result<()>> + Send;
+    fn mkdir(&self, path: &str, mode: u32) -> impl Future<Output = Result<()>> + Send;
+    fn rmdir(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
+    fn remove(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Renames, replacing `to` atomically where the server offers `posix-rename`.
+    fn rename(&self, from: &str, to: &str) -> impl Future<Output = Result<()>> + Send;
+    fn symlink(&self, target: &str, link: &str) -> impl Future<Output = Result<()>> + Send;
+    fn readlink(&self, path: &str) -> impl Future<Output = Result<String>> + Send;
+    fn hardlink(&self, existing: &str, new: &str) -> impl Future<Output = Result<()>> + Send;
+    fn statfs(&self, path: &str) -> impl Future<Output = Result<StatFs>> + Send;
+}

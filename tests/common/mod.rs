@@ -1,0 +1,334 @@
+//! Test harness: a throwaway OpenSSH `sshd` on a loopback port with generated keys, and a
+//! private client environment (HOME, runtime and state dirs, ssh config, known_hosts) in
+//! which the real `moor` binary mounts with the real kernel FUSE. Every guard tears down
+//! what it started on drop, so a failing test leaves no mount or process behind.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MOOR: &str = env!("CARGO_BIN_EXE_moor");
+
+/// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+fn keygen(path: &Path) {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "moor-test", "-f"])
+        .arg(path)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success(), "ssh-keygen failed");
+}
+
+/// A running sshd serving `export` (an empty directory) over SFTP.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub export: PathBuf,
+    pub host_pub: String,
+    child: Option<Child>,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let dir = tempfile::Builder::new().prefix("moor-sshd-").tempdir().unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("user_key"));
+        fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
+        let export = d.join("export");
+        fs::create_dir(&export).unwrap();
+        // sshd refuses to start without its privilege-separation directory.
+        let _ = fs::create_dir_all("/run/sshd");
+        let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
+        let mut sshd = Sshd { port: 0, export, host_pub, child: None, dir };
+        sshd.spawn_on(free_port());
+        sshd
+    }
+
+    fn write_config(&self, port: u16) -> PathBuf {
+        let d = self.dir.path();
+        let cfg = d.join("sshd_config");
+        let text = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n\
+             UsePAM no\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n\
+             MaxSessions 100\n",
+            hk = d.join("host_key").display(),
+            d = d.display()
+        );
+        fs::write(&cfg, text).unwrap();
+        cfg
+    }
+
+    fn spawn_on(&mut self, port: u16) {
+        let cfg = self.write_config(port);
+        let log = fs::File::create(self.dir.path().join("sshd.log")).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start /usr/sbin/sshd (is openssh-server installed?)");
+        self.child = Some(child);
+        self.port = port;
+        let up = wait_until(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "sshd did not listen on port {port}: {}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+
+    pub fn user_key(&self) -> PathBuf {
+        self.dir.path().join("user_key")
+    }
+
+    /// Stops sshd (existing sessions die with it, as on a server reboot).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Children serving live sessions outlive the listener; end them too.
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("sshd_config.*{}", self.dir.path().display())])
+            .status();
+    }
+
+    /// Restarts sshd on the same port, optionally with a fresh host key.
+    pub fn restart(&mut self, new_host_key: bool) {
+        self.stop();
+        if new_host_key {
+            let hk = self.dir.path().join("host_key");
+            let _ = fs::remove_file(&hk);
+            let _ = fs::remove_file(hk.with_extension("pub"));
+            keygen(&hk);
+            self.host_pub = fs::read_to_string(hk.with_extension("pub")).unwrap();
+        }
+        self.spawn_on(self.port);
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private client side: HOME, XDG dirs, an ssh config naming the test host `testhost`,
+/// and a known_hosts that trusts the test sshd's host key.
+pub struct Client {
+    pub home: tempfile::TempDir,
+    pub ssh_config: PathBuf,
+    pub known_hosts: PathBuf,
+}
+
+impl Client {
+    pub fn new(sshd: &Sshd) -> Client {
+        let home = tempfile::Builder::new().prefix("moor-home-").tempdir().unwrap();
+        let h = home.path();
+        for sub in ["run", "state", ".ssh"] {
+            fs::create_dir_all(h.join(sub)).unwrap();
+        }
+        fs::set_permissions(h.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
+        let known_hosts = h.join(".ssh/known_hosts");
+        let ssh_config = h.join(".ssh/config");
+        let c = Client { home, ssh_config, known_hosts };
+        c.trust(sshd);
+        c.write_config(sshd, "");
+        c
+    }
+
+    /// Rewrites the ssh config for `testhost`, with `extra` lines appended to its block.
+    pub fn write_config(&self, sshd: &Sshd, extra: &str) {
+        let text = format!(
+            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile {}\n  ConnectTimeout 5\n{extra}",
+            sshd.port,
+            sshd.user_key().display(),
+            self.known_hosts.display()
+        );
+        fs::write(&self.ssh_config, text).unwrap();
+    }
+
+    /// Records the sshd's current host key in known_hosts, replacing what was there.
+    pub fn trust(&self, sshd: &Sshd) {
+        let mut f = fs::File::create(&self.known_hosts).unwrap();
+        writeln!(f, "[127.0.0.1]:{} {}", sshd.port, sshd.host_pub.trim()).unwrap();
+    }
+
+    /// A `moor` command in this client's private environment.
+    pub fn moor(&self) -> Command {
+        let h = self.home.path();
+        let mut cmd = Command::new(MOOR);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", h)
+            .env("XDG_RUNTIME_DIR", h.join("run"))
+            .env("XDG_STATE_HOME", h.join("state"))
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `moor ARGS` (with a hard 60 s limit) and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.moor();
+        cmd.args(args);
+        run_with_deadline(cmd, Duration::from_secs(60))
+    }
+
+    pub fn mountpoint(&self, name: &str) -> PathBuf {
+        let p = self.home.path().join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    /// Mounts `testhost:REMOTE` on a fresh mountpoint and returns its guard.
+    pub fn mount(&self, remote: &str) -> Mount {
+        let mnt = self.mountpoint("mnt");
+        let spec = format!("testhost:{remote}");
+        let out = self.run(&["mount", "-F", self.ssh_config.to_str().unwrap(), &spec, mnt.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "moor mount failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Mount { path: mnt, client_home: self.home.path().to_path_buf() }
+    }
+
+    fn agent_pids(&self) -> Vec<i32> {
+        let out = Command::new("pgrep")
+            .args(["-f", &format!("{} agent", MOOR)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
+        out.lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/environ"))
+                    .map(|e| {
+                        let needle = format!("HOME={}", self.home.path().display());
+                        e.split(|b| *b == 0).any(|kv| kv == needle.as_bytes())
+                    })
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // The agent exits by itself after its last unmount; make sure of it.
+        for pid in self.agent_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// A live mount; unmounted (lazily if need be) on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    client_home: PathBuf,
+}
+
+impl Mount {
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.path) {
+            let _ = Command::new("fusermount3").arg("-uz").arg(&self.path).status();
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let p = path.to_string_lossy().to_string();
+    fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(p.as_str())))
+        .unwrap_or(false)
+}
+
+/// Runs a command, killing it if it outlives `deadline`.
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(out) => out.expect("wait for command"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command {:?} did not finish within {:?}", cmd.get_program(), deadline);
+        }
+    }
+}
+
+/// Runs a shell snippet (with a hard limit) and returns its output.
+pub fn sh(script: &str) -> Output {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script]).stdin(Stdio::null());
+    run_with_deadline(cmd, Duration::from_secs(120))
+}
+
+/// Like `sh`, but the snippet must succeed; returns its stdout.
+pub fn sh_ok(script: &str) -> String {
+    let out = sh(script);
+    assert!(
+        out.status.success(),
+        "`{script}` failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
