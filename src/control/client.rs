@@ -1,7 +1,6 @@
 //! The CLI's side of the socket: find the agent (starting it when a mount needs it) and
 //! exchange one request for one response.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -94,8 +93,4 @@ pub async fn exchange(stream: UnixStream, req: Request, deadline: Duration) -> R
             }
         }
     }
-}
-
-pub fn socket_exists() -> bool {
-    paths::socket_path().map(|p| Path::new(&p).exists()).unwrap_or(false)
 }

@@ -27,9 +27,7 @@ impl Errno {
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
     pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
-    pub const ENOSYS: Errno = Errno(libc::ENOSYS);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
-    pub const EXDEV: Errno = Errno(libc::EXDEV);
 }
 
 impl std::fmt::Display for Errno {

@@ -288,7 +288,7 @@ impl<R: Remote> Fs<R> {
             ..OpenOptions::default()
         };
         match self.remote.open(&path, opts).await {
-            Ok(handle) => Ok(self.files.insert(OpenFile { ino, handle, path, writable: flags.write })),
+            Ok(handle) => Ok(self.files.insert(OpenFile { handle, path, writable: flags.write })),
             Err(e) => Err(self.fail(Op::Open, e, &path, None).await),
         }
     }
@@ -315,7 +315,7 @@ impl<R: Remote> Fs<R> {
                 return Err(self.fail(Op::Create, e, &path, None).await);
             }
         };
-        let fh = self.files.insert(OpenFile { ino: entry.ino, handle, path, writable: true });
+        let fh = self.files.insert(OpenFile { handle, path, writable: true });
         Ok((entry, fh))
     }
 
@@ -458,3 +458,7 @@ impl<R: Remote> Fs<R> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "fs_tests.rs"]
+mod tests;

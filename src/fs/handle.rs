@@ -10,7 +10,6 @@ use crate::remote::{Attr, FileKind, Handle};
 /// An open remote file.
 #[derive(Debug)]
 pub struct OpenFile {
-    pub ino: Ino,
     pub handle: Handle,
     pub path: String,
     pub writable: bool,
@@ -61,10 +60,6 @@ impl<T> Handles<T> {
 
     pub fn len(&self) -> usize {
         self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>>> {

@@ -47,6 +47,7 @@ impl Inodes {
         self.nodes.get(&ino).and_then(|n| n.path.as_deref())
     }
 
+    #[cfg(test)]
     pub fn kind(&self, ino: Ino) -> Option<FileKind> {
         self.nodes.get(&ino).map(|n| n.kind)
     }
@@ -133,11 +134,6 @@ impl Inodes {
             }
             self.by_path.insert(new, ino);
         }
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.nodes.len()
     }
 }
 

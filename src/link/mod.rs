@@ -26,10 +26,6 @@ impl Link {
         Ok(Arc::new(Link { dest, current: RwLock::new(Some(Arc::new(conn))) }))
     }
 
-    pub fn destination(&self) -> &Destination {
-        &self.dest
-    }
-
     /// The live connection, or why there is none.
     pub fn conn(&self) -> Result<Arc<SftpConn>, LinkError> {
         let cur = self.current.read().unwrap_or_else(|e| e.into_inner());

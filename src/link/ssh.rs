@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use russh::client::{self, AuthResult};
 use russh::keys::agent::client::AgentClient;
@@ -28,7 +28,6 @@ pub struct SftpConn {
     pub sftp: RawSftpSession,
     /// Extensions the server announced in its SFTP version reply.
     pub extensions: HashMap<String, String>,
-    pub connected_at: SystemTime,
     ssh: client::Handle<Client>,
 }
 
@@ -191,7 +190,7 @@ async fn connect_inner(dest: &Destination, deadline: tokio::time::Instant) -> Re
             sftp.set_limits(l.into());
         }
     }
-    Ok(SftpConn { sftp, extensions: version.extensions, connected_at: SystemTime::now(), ssh })
+    Ok(SftpConn { sftp, extensions: version.extensions, ssh })
 }
 
 /// Offers ssh-agent keys, then identity files, as OpenSSH does.

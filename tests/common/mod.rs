@@ -99,9 +99,7 @@ impl Sshd {
             .expect("start /usr/sbin/sshd (is openssh-server installed?)");
         self.child = Some(child);
         self.port = port;
-        let up = wait_until(Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
+        let up = wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         assert!(up, "sshd did not listen on port {port}: {}", self.log());
     }
 
@@ -120,9 +118,7 @@ impl Sshd {
             let _ = c.wait();
         }
         // Children serving live sessions outlive the listener; end them too.
-        let _ = Command::new("pkill")
-            .args(["-f", &format!("sshd_config.*{}", self.dir.path().display())])
-            .status();
+        let _ = Command::new("pkill").args(["-f", &format!("sshd_config.*{}", self.dir.path().display())]).status();
     }
 
     /// Restarts sshd on the same port, optionally with a fresh host key.
@@ -214,21 +210,41 @@ impl Client {
         p
     }
 
-    /// Mounts `testhost:REMOTE` on a fresh mountpoint and returns its guard.
+    /// Mounts `testhost:REMOTE` on `~/mnt` and returns its guard.
     pub fn mount(&self, remote: &str) -> Mount {
-        let mnt = self.mountpoint("mnt");
-        let spec = format!("testhost:{remote}");
-        let out = self.run(&["mount", "-F", self.ssh_config.to_str().unwrap(), &spec, mnt.to_str().unwrap()]);
+        self.mount_at(remote, "mnt", &[])
+    }
+
+    /// `moor mount -F CONFIG EXTRA... testhost:REMOTE ~/DIR`, which must succeed.
+    pub fn mount_at(&self, remote: &str, dir: &str, extra: &[&str]) -> Mount {
+        let mnt = self.mountpoint(dir);
+        let out = self.try_mount(remote, &mnt, extra);
         assert!(
             out.status.success(),
             "moor mount failed: {}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        Mount { path: mnt, client_home: self.home.path().to_path_buf() }
+        Mount { path: mnt }
     }
 
-    fn agent_pids(&self) -> Vec<i32> {
+    /// Runs `moor mount` and returns its output, whatever happened.
+    pub fn try_mount(&self, remote: &str, mnt: &Path, extra: &[&str]) -> Output {
+        let spec = format!("testhost:{remote}");
+        let mut args = vec!["mount", "-F", self.ssh_config.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(&spec);
+        args.push(mnt.to_str().unwrap());
+        self.run(&args)
+    }
+
+    /// The ssh config path as a str, for argument lists.
+    pub fn cfg(&self) -> &str {
+        self.ssh_config.to_str().unwrap()
+    }
+
+    /// Pids of agents serving this client (its HOME).
+    pub fn agent_pids(&self) -> Vec<i32> {
         let out = Command::new("pgrep")
             .args(["-f", &format!("{} agent", MOOR)])
             .output()
@@ -260,12 +276,15 @@ impl Drop for Client {
 /// A live mount; unmounted (lazily if need be) on drop.
 pub struct Mount {
     pub path: PathBuf,
-    client_home: PathBuf,
 }
 
 impl Mount {
     pub fn p(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
+    }
+
+    pub fn s(&self) -> String {
+        self.path.display().to_string()
     }
 }
 
@@ -286,11 +305,7 @@ pub fn is_mounted(path: &Path) -> bool {
 
 /// Runs a command, killing it if it outlives `deadline`.
 pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn command");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

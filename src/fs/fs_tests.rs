@@ -1,0 +1,238 @@
+//! The fs core against the in-memory remote: no kernel, no network.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::remote::fake::FakeRemote;
+
+fn setup() -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+    let remote = Arc::new(FakeRemote::new());
+    remote.put_dir("/srv");
+    let fs = Fs::new(remote.clone(), "/srv");
+    (remote, fs)
+}
+
+fn rw() -> OpenFlags {
+    OpenFlags { read: true, write: true, ..OpenFlags::default() }
+}
+
+#[tokio::test]
+async fn lookup_missing_is_enoent() {
+    let (_, fs) = setup();
+    assert_eq!(fs.lookup(ROOT, "nope").await, Err(Errno::ENOENT));
+}
+
+#[tokio::test]
+async fn create_write_read_roundtrip_across_chunks() {
+    let (remote, fs) = setup();
+    let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
+    assert_eq!(e.attr.mode & 0o777, 0o600);
+    let data: Vec<u8> = (0..(CHUNK as usize * 3 + 123)).map(|i| (i % 251) as u8).collect();
+    assert_eq!(fs.write(fh, 0, &data).await.unwrap() as usize, data.len());
+    assert_eq!(fs.read(fh, 0, data.len() as u32 + 1000).await.unwrap(), data);
+    assert_eq!(fs.read(fh, 10, 5).await.unwrap(), data[10..15].to_vec());
+    assert_eq!(fs.read(fh, data.len() as u64 + 5, 100).await.unwrap(), Vec::<u8>::new());
+    fs.release(fh).await.unwrap();
+    assert_eq!(remote.file("/srv/f").unwrap(), data);
+    assert_eq!(remote.open_handles(), 0);
+    assert_eq!(fs.open_handles(), 0);
+}
+
+#[tokio::test]
+async fn short_reads_are_completed() {
+    let (remote, fs) = setup();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 7) as u8).collect();
+    remote.put_file("/srv/big", &data);
+    remote.max_read.store(1000, Ordering::SeqCst);
+    let e = fs.lookup(ROOT, "big").await.unwrap();
+    let fh = fs.open(e.ino, OpenFlags { read: true, ..OpenFlags::default() }).await.unwrap();
+    assert_eq!(fs.read(fh, 0, 200_000).await.unwrap(), data);
+    assert_eq!(fs.read(fh, 150_000, 100_000).await.unwrap(), data[150_000..].to_vec());
+}
+
+#[tokio::test]
+async fn exclusive_create_of_existing_is_eexist() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"x");
+    let flags = OpenFlags { exclusive: true, ..rw() };
+    assert_eq!(fs.create(ROOT, "f", 0o644, flags).await.unwrap_err(), Errno::EEXIST);
+    assert_eq!(remote.file("/srv/f").unwrap(), b"x");
+}
+
+#[tokio::test]
+async fn truncate_on_open() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"hello");
+    let e = fs.lookup(ROOT, "f").await.unwrap();
+    let fh = fs.open(e.ino, OpenFlags { truncate: true, ..rw() }).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(remote.file("/srv/f").unwrap(), b"");
+}
+
+#[tokio::test]
+async fn directory_errors_map_to_posix() {
+    let (remote, fs) = setup();
+    remote.put_dir("/srv/d");
+    remote.put_file("/srv/d/x", b"");
+    remote.put_file("/srv/f", b"");
+    assert_eq!(fs.mkdir(ROOT, "d", 0o755).await.unwrap_err(), Errno::EEXIST);
+    assert_eq!(fs.rmdir(ROOT, "d").await.unwrap_err(), Errno::ENOTEMPTY);
+    assert_eq!(fs.rmdir(ROOT, "f").await.unwrap_err(), Errno::ENOTDIR);
+    assert_eq!(fs.unlink(ROOT, "d").await.unwrap_err(), Errno::EISDIR);
+    assert_eq!(fs.rmdir(ROOT, "missing").await.unwrap_err(), Errno::ENOENT);
+    assert_eq!(fs.symlink(ROOT, "f", "t").await.unwrap_err(), Errno::EEXIST);
+    let long = "x".repeat(300);
+    assert_eq!(fs.mkdir(ROOT, &long, 0o755).await.unwrap_err(), Errno::ENAMETOOLONG);
+}
+
+#[tokio::test]
+async fn mkdir_rmdir() {
+    let (remote, fs) = setup();
+    let e = fs.mkdir(ROOT, "d", 0o750).await.unwrap();
+    assert_eq!(e.attr.kind(), FileKind::Dir);
+    assert!(remote.exists("/srv/d"));
+    fs.rmdir(ROOT, "d").await.unwrap();
+    assert!(!remote.exists("/srv/d"));
+}
+
+#[tokio::test]
+async fn inode_numbers_stable_and_follow_renames() {
+    let (remote, fs) = setup();
+    remote.put_dir("/srv/d");
+    remote.put_file("/srv/d/f", b"1");
+    let d = fs.lookup(ROOT, "d").await.unwrap().ino;
+    let f = fs.lookup(d, "f").await.unwrap().ino;
+    assert_eq!(fs.lookup(d, "f").await.unwrap().ino, f);
+    fs.rename(ROOT, "d", ROOT, "e", 0).await.unwrap();
+    assert!(remote.exists("/srv/e/f"));
+    let e = fs.lookup(ROOT, "e").await.unwrap().ino;
+    assert_eq!(e, d);
+    assert_eq!(fs.lookup(e, "f").await.unwrap().ino, f);
+    // The moved file is still reachable by its old number.
+    assert_eq!(fs.getattr(f).await.unwrap().size, 1);
+}
+
+#[tokio::test]
+async fn unlinked_path_gets_a_new_number() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"1");
+    let a = fs.lookup(ROOT, "f").await.unwrap().ino;
+    fs.unlink(ROOT, "f").await.unwrap();
+    remote.put_file("/srv/f", b"2");
+    let b = fs.lookup(ROOT, "f").await.unwrap().ino;
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn rename_replaces_and_refuses_properly() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/a", b"a");
+    remote.put_file("/srv/b", b"b");
+    fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap();
+    assert_eq!(remote.file("/srv/b").unwrap(), b"a");
+    assert!(!remote.exists("/srv/a"));
+    remote.put_file("/srv/c", b"c");
+    assert_eq!(fs.rename(ROOT, "c", ROOT, "b", libc::RENAME_NOREPLACE).await.unwrap_err(), Errno::EEXIST);
+    assert_eq!(fs.rename(ROOT, "c", ROOT, "b", libc::RENAME_EXCHANGE).await.unwrap_err(), Errno::EINVAL);
+    remote.put_dir("/srv/full");
+    remote.put_file("/srv/full/x", b"");
+    remote.put_dir("/srv/empty");
+    assert_eq!(fs.rename(ROOT, "empty", ROOT, "full", 0).await.unwrap_err(), Errno::ENOTEMPTY);
+    assert_eq!(fs.rename(ROOT, "empty", ROOT, "c", 0).await.unwrap_err(), Errno::ENOTDIR);
+    assert_eq!(fs.rename(ROOT, "c", ROOT, "empty", 0).await.unwrap_err(), Errno::EISDIR);
+    assert_eq!(fs.rename(ROOT, "nope", ROOT, "z", 0).await.unwrap_err(), Errno::ENOENT);
+}
+
+#[tokio::test]
+async fn readdir_lists_dot_entries_and_resumes_at_offset() {
+    let (remote, fs) = setup();
+    for n in ["a", "b", "c"] {
+        remote.put_file(&format!("/srv/{n}"), b"");
+    }
+    let fh = fs.opendir(ROOT).await.unwrap();
+    let all = fs.readdir(fh, 0).unwrap();
+    let names: Vec<_> = all.iter().map(|(_, i)| i.name.clone()).collect();
+    assert_eq!(names, [".", "..", "a", "b", "c"]);
+    assert!(all.iter().skip(2).all(|(_, i)| i.attr.is_some()));
+    let (off, _) = &all[2];
+    let rest: Vec<_> = fs.readdir(fh, *off).unwrap().into_iter().map(|(_, i)| i.name).collect();
+    assert_eq!(rest, ["b", "c"]);
+    // The numbers readdir hands out are the ones lookup gives.
+    let a = all[2].1.ino;
+    assert_eq!(fs.lookup(ROOT, "a").await.unwrap().ino, a);
+    fs.releasedir(fh);
+    assert_eq!(fs.readdir(fh, 0).unwrap_err(), Errno::EBADF);
+}
+
+#[tokio::test]
+async fn symlink_and_hardlink() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"data");
+    let s = fs.symlink(ROOT, "s", "f").await.unwrap();
+    assert_eq!(s.attr.kind(), FileKind::Symlink);
+    assert_eq!(fs.readlink(s.ino).await.unwrap(), "f");
+    let f = fs.lookup(ROOT, "f").await.unwrap();
+    let l = fs.link(f.ino, ROOT, "l").await.unwrap();
+    assert_eq!(l.attr.size, 4);
+    assert_eq!(remote.file("/srv/l").unwrap(), b"data");
+}
+
+#[tokio::test]
+async fn hardlink_without_extension_is_unsupported() {
+    let remote = Arc::new({
+        let mut r = FakeRemote::new();
+        r.ext.hardlink = false;
+        r
+    });
+    remote.put_file("/f", b"");
+    let fs = Fs::new(remote, "/");
+    let f = fs.lookup(ROOT, "f").await.unwrap();
+    assert_eq!(fs.link(f.ino, ROOT, "l").await.unwrap_err(), Errno::EOPNOTSUPP);
+}
+
+#[tokio::test]
+async fn setattr_size_mode_times() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"hello world");
+    let f = fs.lookup(ROOT, "f").await.unwrap().ino;
+    let a = fs.setattr(f, None, AttrChange { size: Some(5), ..AttrChange::default() }).await.unwrap();
+    assert_eq!(a.size, 5);
+    assert_eq!(remote.file("/srv/f").unwrap(), b"hello");
+    let a = fs.setattr(f, None, AttrChange { mode: Some(0o100600), ..AttrChange::default() }).await.unwrap();
+    assert_eq!(a.mode, S_IFREG_TEST | 0o600);
+    let a = fs.setattr(f, None, AttrChange { mtime: Some(TimeSet::At(1234)), ..AttrChange::default() }).await.unwrap();
+    assert_eq!((a.atime, a.mtime), (0, 1234));
+    // A size change through an open handle goes to that handle.
+    let fh = fs.open(f, rw()).await.unwrap();
+    let a = fs.setattr(f, Some(fh), AttrChange { size: Some(2), ..AttrChange::default() }).await.unwrap();
+    assert_eq!(a.size, 2);
+}
+
+const S_IFREG_TEST: u32 = crate::remote::S_IFREG;
+
+#[tokio::test]
+async fn link_down_gives_eagain() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"x");
+    let f = fs.lookup(ROOT, "f").await.unwrap().ino;
+    remote.down.store(true, Ordering::SeqCst);
+    assert_eq!(fs.getattr(f).await.unwrap_err(), Errno::EAGAIN);
+    assert_eq!(fs.lookup(ROOT, "g").await.unwrap_err(), Errno::EAGAIN);
+    assert_eq!(fs.mkdir(ROOT, "d", 0o755).await.unwrap_err(), Errno::EAGAIN);
+}
+
+#[tokio::test]
+async fn bad_handles_are_ebadf() {
+    let (_, fs) = setup();
+    assert_eq!(fs.read(99, 0, 10).await.unwrap_err(), Errno::EBADF);
+    assert_eq!(fs.write(99, 0, b"x").await.unwrap_err(), Errno::EBADF);
+    assert_eq!(fs.release(99).await.unwrap_err(), Errno::EBADF);
+}
+
+#[tokio::test]
+async fn statfs_and_failure_facts() {
+    let (_, fs) = setup();
+    let s = fs.statfs().await.unwrap();
+    assert_eq!(s.blocks_avail, 10);
+}

@@ -1,0 +1,265 @@
+//! Filesystem operations through a real kernel FUSE mount served by moor from a real
+//! sshd, exercised with ordinary programs.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use common::*;
+
+struct Env {
+    // Drop order matters: unmount, then stop the agent, then sshd.
+    m: Mount,
+    c: Client,
+    sshd: Sshd,
+}
+
+fn env() -> Env {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    Env { m, c, sshd }
+}
+
+impl Env {
+    fn remote(&self, rel: &str) -> std::path::PathBuf {
+        self.sshd.export.join(rel)
+    }
+}
+
+#[test]
+fn cat_ls_cp_mv_rm() {
+    let e = env();
+    fs::write(e.remote("hello.txt"), "hello from the server\n").unwrap();
+    let mnt = e.m.s();
+    assert_eq!(sh_ok(&format!("cat {mnt}/hello.txt")), "hello from the server\n");
+    let ls = sh_ok(&format!("ls -l {mnt}"));
+    assert!(ls.contains("hello.txt") && ls.contains(" 22 "), "ls -l: {ls}");
+    sh_ok(&format!("cp {mnt}/hello.txt {mnt}/copy.txt && mv {mnt}/copy.txt {mnt}/moved.txt"));
+    assert_eq!(fs::read_to_string(e.remote("moved.txt")).unwrap(), "hello from the server\n");
+    assert!(!e.remote("copy.txt").exists());
+    sh_ok(&format!("rm {mnt}/moved.txt"));
+    assert!(!e.remote("moved.txt").exists());
+    let _ = &e.c;
+}
+
+#[test]
+fn tar_roundtrip() {
+    let e = env();
+    let mnt = e.m.s();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().display();
+    sh_ok(&format!(
+        "mkdir -p {w}/src/a/b {w}/src/c && for i in $(seq 1 50); do head -c $((i*97)) /dev/urandom > {w}/src/a/b/f$i; done \
+         && echo text > {w}/src/c/t && ln -s ../c/t {w}/src/a/link && chmod 750 {w}/src/c \
+         && tar -C {w}/src -cf {w}/in.tar . && mkdir {mnt}/x && tar -C {mnt}/x -xf {w}/in.tar \
+         && mkdir {w}/out && tar -C {mnt}/x -cf - . | tar -C {w}/out -xf - && diff -r --no-dereference {w}/src {w}/out"
+    ));
+    assert_eq!(fs::read_link(e.remote("x/a/link")).unwrap().to_str().unwrap(), "../c/t");
+    assert_eq!(fs::metadata(e.remote("x/c")).unwrap().mode() & 0o777, 0o750);
+}
+
+#[test]
+fn git_init_add_commit() {
+    let e = env();
+    let mnt = e.m.s();
+    let out = sh_ok(&format!(
+        "cd {mnt} && git init -q repo && cd repo && git config user.email t@example.com && git config user.name t \
+         && echo one > a && mkdir d && echo two > d/b && git add -A && git commit -qm first \
+         && echo three >> a && git commit -qam second && git log --oneline | wc -l && git fsck --no-progress && git status --porcelain"
+    ));
+    assert_eq!(out.trim(), "2");
+    // The server-side repository is complete and valid too.
+    let remote = e.remote("repo");
+    let log = sh_ok(&format!("git -C {} log --format=%s", remote.display()));
+    assert_eq!(log, "second\nfirst\n");
+}
+
+#[test]
+fn dd_large_file_checksums_match() {
+    let e = env();
+    let mnt = e.m.s();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path().display();
+    let out = sh_ok(&format!(
+        "head -c $((80*1024*1024)) /dev/urandom > {w}/big && dd if={w}/big of={mnt}/big bs=1M conv=fsync status=none \
+         && sha256sum < {w}/big && sha256sum < {mnt}/big && dd if={mnt}/big bs=1M status=none | sha256sum"
+    ));
+    let sums: Vec<&str> = out.lines().collect();
+    assert_eq!(sums.len(), 3);
+    assert_eq!(sums[0], sums[1], "read back through the mount differs");
+    assert_eq!(sums[0], sums[2]);
+    let server = sh_ok(&format!("sha256sum < {}", e.remote("big").display()));
+    assert_eq!(server.trim(), sums[0].trim(), "server copy differs");
+}
+
+#[test]
+fn mmap_read_matches() {
+    let e = env();
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    fs::write(e.remote("m.bin"), &data).unwrap();
+    let script = format!(
+        "import mmap,hashlib\nf=open('{}','rb')\nm=mmap.mmap(f.fileno(),0,access=mmap.ACCESS_READ)\nprint(hashlib.sha256(m[:]).hexdigest(), m[123456])",
+        e.m.p("m.bin").display()
+    );
+    let out = sh_ok(&format!("python3 -c \"{script}\""));
+    let expect = sh_ok(&format!("sha256sum < {}", e.remote("m.bin").display()));
+    let mut parts = out.split_whitespace();
+    assert_eq!(parts.next().unwrap(), expect.split_whitespace().next().unwrap());
+    assert_eq!(parts.next().unwrap(), data[123456].to_string());
+}
+
+#[test]
+fn offsets_beyond_4gib() {
+    let e = env();
+    let mnt = e.m.s();
+    // A sparse file: one block written at 5 GiB.
+    sh_ok(&format!(
+        "head -c 4096 /dev/urandom > {mnt}/.blk && dd if={mnt}/.blk of={mnt}/sparse bs=4096 seek=$((5*1024*1024/4)) conv=notrunc status=none"
+    ));
+    let size = fs::metadata(e.m.p("sparse")).unwrap().len();
+    assert_eq!(size, 5 * 1024 * 1024 * 1024 + 4096);
+    assert_eq!(fs::metadata(e.remote("sparse")).unwrap().len(), size);
+    let out = sh_ok(&format!(
+        "dd if={mnt}/sparse bs=4096 skip=$((5*1024*1024/4)) count=1 status=none | cmp - {mnt}/.blk && echo same"
+    ));
+    assert_eq!(out.trim(), "same");
+}
+
+#[test]
+fn metadata_changes() {
+    let e = env();
+    let mnt = e.m.s();
+    fs::write(e.remote("f"), "0123456789").unwrap();
+    sh_ok(&format!("chmod 640 {mnt}/f && truncate -s 4 {mnt}/f && touch -m -d '2001-02-03 04:05:06 UTC' {mnt}/f"));
+    let meta = fs::metadata(e.remote("f")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    assert_eq!(meta.len(), 4);
+    assert_eq!(meta.mtime(), 981173106);
+    let seen = sh_ok(&format!("stat -c '%a %s %Y' {mnt}/f"));
+    assert_eq!(seen.trim(), "640 4 981173106");
+    // The test sshd runs as root, so ownership can change.
+    sh_ok(&format!("chown 1234:2345 {mnt}/f"));
+    let meta = fs::metadata(e.remote("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
+    sh_ok(&format!("chgrp 99 {mnt}/f"));
+    let meta = fs::metadata(e.remote("f")).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 99));
+}
+
+#[test]
+fn directories_links_and_renames() {
+    let e = env();
+    let mnt = e.m.s();
+    sh_ok(&format!(
+        "mkdir -p {mnt}/a/b && echo x > {mnt}/a/b/f && ln -s b/f {mnt}/a/s && ln {mnt}/a/b/f {mnt}/a/h \
+         && mv {mnt}/a {mnt}/z && echo y > {mnt}/z/other && mv -f {mnt}/z/other {mnt}/z/h"
+    ));
+    assert_eq!(fs::read_to_string(e.remote("z/b/f")).unwrap(), "x\n");
+    assert_eq!(fs::read_link(e.remote("z/s")).unwrap().to_str().unwrap(), "b/f");
+    assert_eq!(sh_ok(&format!("readlink {mnt}/z/s")).trim(), "b/f");
+    assert_eq!(sh_ok(&format!("cat {mnt}/z/s")), "x\n");
+    // Rename over an existing file replaced it atomically.
+    assert_eq!(fs::read_to_string(e.remote("z/h")).unwrap(), "y\n");
+    assert!(!e.remote("z/other").exists());
+    sh_ok(&format!("rm -r {mnt}/z"));
+    assert!(!e.remote("z").exists());
+}
+
+#[test]
+fn hardlink_shares_the_server_inode() {
+    let e = env();
+    let mnt = e.m.s();
+    sh_ok(&format!("echo x > {mnt}/f && ln {mnt}/f {mnt}/g"));
+    let (a, b) = (fs::metadata(e.remote("f")).unwrap(), fs::metadata(e.remote("g")).unwrap());
+    assert_eq!(a.ino(), b.ino());
+}
+
+#[test]
+fn append_truncate_and_exclusive_create() {
+    let e = env();
+    let mnt = e.m.s();
+    sh_ok(&format!("echo one > {mnt}/f && echo two >> {mnt}/f"));
+    assert_eq!(fs::read_to_string(e.remote("f")).unwrap(), "one\ntwo\n");
+    sh_ok(&format!("echo three > {mnt}/f"));
+    assert_eq!(fs::read_to_string(e.remote("f")).unwrap(), "three\n");
+    let py = format!(
+        "import os,errno\ntry:\n  os.open('{mnt}/f', os.O_CREAT|os.O_EXCL|os.O_WRONLY)\nexcept OSError as e:\n  print(errno.errorcode[e.errno])"
+    );
+    assert_eq!(sh_ok(&format!("python3 -c \"{py}\"")).trim(), "EEXIST");
+}
+
+/// Runs a Python snippet that prints the errno name of each failing call, one per line.
+fn errnos(calls: &[&str]) -> Vec<String> {
+    let mut py = String::from("import os,errno\n");
+    for c in calls {
+        py.push_str(&format!("try:\n  {c}\n  print('OK')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])\n"));
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    fs::write(file.path(), py).unwrap();
+    sh_ok(&format!("python3 {}", file.path().display())).lines().map(String::from).collect()
+}
+
+#[test]
+fn errors_map_to_the_right_errno() {
+    let e = env();
+    let m = e.m.s();
+    fs::create_dir_all(e.remote("full/sub")).unwrap();
+    fs::create_dir(e.remote("empty")).unwrap();
+    fs::write(e.remote("file"), "x").unwrap();
+    let got = errnos(&[
+        &format!("os.mkdir('{m}/full')"),
+        &format!("os.rmdir('{m}/full')"),
+        &format!("os.rmdir('{m}/file')"),
+        &format!("os.unlink('{m}/full')"),
+        &format!("open('{m}/missing')"),
+        &format!("os.rename('{m}/empty', '{m}/full')"),
+        &format!("os.rename('{m}/empty', '{m}/file')"),
+        &format!("os.rename('{m}/file', '{m}/empty')"),
+        &format!("os.mkfifo('{m}/fifo')"),
+        &format!("os.listdir('{m}/file')"),
+        &format!("os.mkdir('{m}/' + 'x' * 300)"),
+        &format!("os.symlink('t', '{m}/file')"),
+    ]);
+    assert_eq!(
+        got,
+        [
+            "EEXIST",
+            "ENOTEMPTY",
+            "ENOTDIR",
+            "EISDIR",
+            "ENOENT",
+            "ENOTEMPTY",
+            "ENOTDIR",
+            "EISDIR",
+            "EPERM",
+            "ENOTDIR",
+            "ENAMETOOLONG",
+            "EEXIST"
+        ]
+    );
+}
+
+#[test]
+fn inode_numbers_are_stable() {
+    let e = env();
+    let mnt = e.m.s();
+    sh_ok(&format!("mkdir {mnt}/d && echo x > {mnt}/d/f"));
+    let first = sh_ok(&format!("stat -c %i {mnt}/d/f"));
+    let listed = sh_ok(&format!("ls -i {mnt}/d | cut -d' ' -f1"));
+    assert_eq!(first, listed);
+    sh_ok(&format!("mv {mnt}/d {mnt}/e"));
+    assert_eq!(sh_ok(&format!("stat -c %i {mnt}/e/f")), first);
+    assert_eq!(sh_ok(&format!("stat -c %i {mnt}/e/f")), first);
+}
+
+#[test]
+fn statfs_reports_the_server_filesystem() {
+    let e = env();
+    let out = sh_ok(&format!("stat -f -c '%b %a %S' {}", e.m.s()));
+    let nums: Vec<u64> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert!(nums[0] > 0 && nums[1] > 0 && nums[2] > 0, "statfs: {out}");
+    let server = sh_ok(&format!("stat -f -c '%b' {}", e.sshd.export.display()));
+    assert_eq!(nums[0].to_string(), server.trim());
+}
