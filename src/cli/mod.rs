@@ -198,7 +198,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let progress = output::Progress::start(format!("connecting to {}", req.dest.display()));
     let stream = client::connect_or_start(verbose).await?;
     let deadline = connect_timeout + Duration::from_secs(30);
-    let res = client::exchange(stream, Request::Mount(req), deadline).await;
+    let res = client::exchange(stream, Request::Mount(Box::new(req)), deadline).await;
     progress.finish();
     let Response::Mounted { mount } = res? else {
         return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent"));
@@ -249,12 +249,10 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
             _ => return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
         },
     };
-    let orphans: Vec<PathBuf> = mount::mounted_paths()
+    let orphans: Vec<PathBuf> = mount::kernel_mounts()
         .into_iter()
-        .filter(|(p, fstype, source)| {
-            fstype.starts_with("fuse") && source.starts_with("moor") && !mounts.iter().any(|m| &m.mountpoint == p)
-        })
-        .map(|(p, _, _)| p)
+        .filter(|k| k.is_moor_of_mine() && !mounts.iter().any(|m| m.mountpoint == k.path))
+        .map(|k| k.path)
         .collect();
     output::status(&mounts, &orphans, args.json);
     Ok(())
@@ -269,10 +267,10 @@ async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
                 _ => Vec::new(),
             },
         };
-        let orphans: Vec<String> = mount::mounted_paths()
+        let orphans: Vec<String> = mount::kernel_mounts()
             .into_iter()
-            .filter(|(p, f, s)| f.starts_with("fuse") && s.starts_with("moor") && !t.contains(&p.display().to_string()))
-            .map(|(p, _, _)| p.display().to_string())
+            .filter(|k| k.is_moor_of_mine() && !t.contains(&k.path.display().to_string()))
+            .map(|k| k.path.display().to_string())
             .collect();
         t.extend(orphans);
         t

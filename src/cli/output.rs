@@ -34,9 +34,8 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
-    if mounts.is_empty() && orphans.is_empty() {
+    if mounts.is_empty() {
         println!("no mounts");
-        return;
     }
     let rows: Vec<[String; 6]> = mounts
         .iter()
@@ -62,7 +61,9 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
         let parts: Vec<String> = cells.iter().zip(width.iter()).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
-    line(&head.map(String::from));
+    if !rows.is_empty() {
+        line(&head.map(String::from));
+    }
     for r in &rows {
         line(r);
     }

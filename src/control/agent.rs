@@ -146,7 +146,7 @@ impl Agent {
 
     async fn handle(self: &Arc<Self>, req: Request) -> Response {
         match req {
-            Request::Mount(m) => match self.mount(m).await {
+            Request::Mount(m) => match self.mount(*m).await {
                 Ok(mount) => Response::Mounted { mount },
                 Err(error) => Response::Error { error },
             },

@@ -52,8 +52,27 @@ impl LiveMount {
     }
 }
 
-/// Mount points as the kernel lists them, unescaped.
-pub fn mounted_paths() -> Vec<(PathBuf, String, String)> {
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone)]
+pub struct KernelMount {
+    pub path: PathBuf,
+    pub fstype: String,
+    pub source: String,
+    /// The `user_id=` a FUSE mount was made for.
+    pub fuse_user: Option<u32>,
+}
+
+impl KernelMount {
+    /// Made by moor (by any agent) for the current user.
+    pub fn is_moor_of_mine(&self) -> bool {
+        self.fstype.starts_with("fuse")
+            && self.source.starts_with("moor")
+            && self.fuse_user == Some(nix::unistd::getuid().as_raw())
+    }
+}
+
+/// Mounts as the kernel lists them, unescaped.
+pub fn kernel_mounts() -> Vec<KernelMount> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|l| {
@@ -61,8 +80,14 @@ pub fn mounted_paths() -> Vec<(PathBuf, String, String)> {
             let mp = pre.split(' ').nth(4)?;
             let mut post = post.split(' ');
             let fstype = post.next()?.to_string();
-            let source = post.next().unwrap_or("").to_string();
-            Some((PathBuf::from(unescape(mp)), fstype, unescape(&source)))
+            let source = unescape(post.next().unwrap_or(""));
+            let fuse_user = post
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .find_map(|o| o.strip_prefix("user_id="))
+                .and_then(|u| u.parse().ok());
+            Some(KernelMount { path: PathBuf::from(unescape(mp)), fstype, source, fuse_user })
         })
         .collect()
 }
@@ -86,14 +111,12 @@ fn unescape(s: &str) -> String {
 }
 
 pub fn is_mountpoint(path: &Path) -> bool {
-    mounted_paths().iter().any(|(p, _, _)| p == path)
+    kernel_mounts().iter().any(|m| m.path == path)
 }
 
-/// A FUSE mount at `path` made by moor (by this or an earlier agent).
+/// A FUSE mount at `path` made by moor for this user (by this or an earlier agent).
 pub fn is_moor_mount(path: &Path) -> bool {
-    mounted_paths()
-        .iter()
-        .any(|(p, fstype, source)| p == path && fstype.starts_with("fuse") && source.starts_with("moor"))
+    kernel_mounts().iter().any(|m| m.path == path && m.is_moor_of_mine())
 }
 
 /// The absolute form of a mountpoint, checked to be an empty-enough directory that is not

@@ -20,7 +20,7 @@ pub struct Envelope<T> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
-    Mount(MountRequest),
+    Mount(Box<MountRequest>),
     Unmount { target: String, lazy: bool },
     Status,
 }

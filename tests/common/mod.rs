@@ -266,6 +266,12 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        // Whatever a failed test left mounted under this home goes first.
+        let home = self.home.path().display().to_string();
+        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
+        for mp in mounts.lines().filter_map(|l| l.split(' ').nth(1)).filter(|p| p.starts_with(&home)) {
+            let _ = Command::new("fusermount3").args(["-uz", mp]).status();
+        }
         // The agent exits by itself after its last unmount; make sure of it.
         for pid in self.agent_pids() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();

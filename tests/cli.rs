@@ -1,0 +1,350 @@
+//! The command line against a real sshd: status, unmount, foreground mode, and every kind
+//! of bad input, each with a one-line error, the documented exit code, and nothing left
+//! mounted or running.
+
+mod common;
+
+use std::fs;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+/// Exit codes, as README documents them.
+const USAGE: i32 = 2;
+const CONNECT: i32 = 3;
+const AUTH: i32 = 4;
+const HOST_KEY: i32 = 5;
+const REMOTE_PATH: i32 = 6;
+const MOUNTPOINT: i32 = 7;
+const NOT_MOUNTED: i32 = 8;
+
+/// Asserts a failed command: exit code, one line on stderr containing `needle`, no panic.
+fn assert_fails(out: &std::process::Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(err.contains(needle), "stderr lacks '{needle}': {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "want one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Nothing is mounted on `mnt`, and the agent has gone (it serves no mount).
+fn assert_clean(c: &Client, mnt: &std::path::Path) {
+    assert!(!is_mounted(mnt), "{} left mounted", mnt.display());
+    assert!(wait_until(Duration::from_secs(10), || c.agent_pids().is_empty()), "agent left running");
+}
+
+#[test]
+fn status_table_and_json() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    let out = c.run(&["mount", "status"]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains(&m.s()) && table.contains("active") && table.contains("root@testhost:"), "{table}");
+    let out = c.run(&["mount", "status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let mounts = doc["mounts"].as_array().unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0]["status"]["state"], "active");
+    assert_eq!(mounts[0]["mountpoint"], m.s());
+    assert_eq!(mounts[0]["remote"], format!("root@testhost:{}", sshd.export.display()));
+}
+
+#[test]
+fn unmount_by_path_and_name_and_agent_exits() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let export = sshd.export.to_str().unwrap();
+    let a = c.mount_at(export, "a", &[]);
+    let b = c.mount_at(export, "b", &["--name", "second"]);
+    assert_eq!(c.agent_pids().len(), 1, "one agent serves both mounts");
+    let out = c.run(&["unmount", &a.s()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!is_mounted(&a.path));
+    assert!(is_mounted(&b.path));
+    let out = c.run(&["unmount", "second"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_clean(&c, &b.path);
+}
+
+#[test]
+fn busy_unmount_is_refused_then_lazy_works() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .current_dir(&m.path)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = c.run(&["unmount", &m.s()]);
+    assert_fails(&out, MOUNTPOINT, "--lazy");
+    assert!(is_mounted(&m.path));
+    let out = c.run(&["unmount", "--lazy", &m.s()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!is_mounted(&m.path));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_clean(&c, &m.path);
+}
+
+#[test]
+fn foreground_mount_unmounts_on_interrupt() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("fg");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let mut child = c
+        .moor()
+        .args(["mount", "--foreground", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), || is_mounted(&mnt)), "foreground mount did not appear");
+    fs::write(sshd.export.join("f"), "x").unwrap();
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "x");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let exited = wait_until(Duration::from_secs(15), || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(exited, "foreground moor did not exit on SIGINT");
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn unknown_host_name() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    c.write_config(&sshd, "Host nosuch\n  HostName nosuch-host.invalid\n");
+    let mnt = c.mountpoint("mnt");
+    // No network of its own: the lookup fails here without any traffic leaving the machine.
+    let mut cmd = c.moor();
+    cmd.args(["mount", "-F", c.cfg(), "nosuch:/", mnt.to_str().unwrap()]);
+    let mut un = std::process::Command::new("unshare");
+    un.arg("-n").arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => un.env(k, v),
+            None => un.env_remove(k),
+        };
+    }
+    un.env_remove("SSH_AUTH_SOCK").stdin(Stdio::null());
+    let out = run_with_deadline(un, Duration::from_secs(30));
+    assert_fails(&out, CONNECT, "nosuch-host.invalid");
+    assert_clean(&c, &mnt);
+}
+
+#[test]
+fn connection_refused() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.stop();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount("/", &mnt, &[]);
+    assert_fails(&out, CONNECT, "refused");
+    assert_clean(&c, &mnt);
+}
+
+#[test]
+fn key_not_accepted() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let other = c.home.path().join("other_key");
+    sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
+    // The config names the other key; the server only knows the test key.
+    let cfg = fs::read_to_string(&c.ssh_config).unwrap();
+    fs::write(&c.ssh_config, cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string())).unwrap();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount("/", &mnt, &[]);
+    assert_fails(&out, AUTH, "refused every key");
+    assert_clean(&c, &mnt);
+}
+
+#[test]
+fn unknown_host_key_is_refused_with_fingerprint() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    fs::write(&c.known_hosts, "").unwrap();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount("/", &mnt, &[]);
+    assert_fails(&out, HOST_KEY, "SHA256:");
+    assert!(stderr(&out).contains("accept-new"));
+    assert_eq!(fs::read_to_string(&c.known_hosts).unwrap(), "", "nothing recorded");
+    assert_clean(&c, &mnt);
+    // "no" does not mean "skip checking": it records the key like accept-new.
+    let out = c.try_mount("/", &mnt, &["-o", "StrictHostKeyChecking=no"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let kh = fs::read_to_string(&c.known_hosts).unwrap();
+    assert!(kh.contains(&format!("[127.0.0.1]:{}", sshd.port)), "{kh}");
+    let out = c.run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn accept_new_records_the_key() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    fs::write(&c.known_hosts, "").unwrap();
+    let m = c.mount_at(sshd.export.to_str().unwrap(), "mnt", &["-o", "StrictHostKeyChecking=accept-new"]);
+    let kh = fs::read_to_string(&c.known_hosts).unwrap();
+    let key_b64 = sshd.host_pub.split_whitespace().nth(1).unwrap();
+    assert!(kh.contains(key_b64), "{kh}");
+    drop(m);
+}
+
+#[test]
+fn changed_host_key_is_refused_loudly() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.restart(true);
+    let mnt = c.mountpoint("mnt");
+    // Even accept-new must refuse a changed key.
+    let out = c.try_mount("/", &mnt, &["-o", "StrictHostKeyChecking=accept-new"]);
+    assert_fails(&out, HOST_KEY, "HAS CHANGED");
+    assert_clean(&c, &mnt);
+}
+
+#[test]
+fn remote_path_missing_or_not_a_directory() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    fs::write(sshd.export.join("file"), "x").unwrap();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(&format!("{}/nope", sshd.export.display()), &mnt, &[]);
+    assert_fails(&out, REMOTE_PATH, "does not exist");
+    let out = c.try_mount(&format!("{}/file", sshd.export.display()), &mnt, &[]);
+    assert_fails(&out, REMOTE_PATH, "not a directory");
+    assert_clean(&c, &mnt);
+}
+
+#[test]
+fn relative_and_default_remote_paths() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    // The test user is root, whose home is /root: mount it read-only in spirit, just list it.
+    let m = c.mount_at("", "home", &[]);
+    let out = c.run(&["mount", "status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let home = doc["mounts"][0]["remote"].as_str().unwrap().to_string();
+    assert!(home.ends_with(":/root"), "{home}");
+    drop(m);
+}
+
+#[test]
+fn bad_mountpoints() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let export = sshd.export.to_str().unwrap();
+    let missing = c.home.path().join("missing");
+    let out = c.try_mount(export, &missing, &[]);
+    assert_fails(&out, MOUNTPOINT, "does not exist");
+    let file = c.home.path().join("afile");
+    fs::write(&file, "").unwrap();
+    let out = c.try_mount(export, &file, &[]);
+    assert_fails(&out, MOUNTPOINT, "not a directory");
+    let m = c.mount(export);
+    let out = c.try_mount(export, &m.path, &[]);
+    assert_fails(&out, MOUNTPOINT, "already a moor mount");
+    assert!(is_mounted(&m.path), "the existing mount is untouched");
+}
+
+#[test]
+fn garbage_options() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let m = mnt.to_str().unwrap();
+    for args in [
+        vec!["mount", "-p", "notaport", "testhost:/", m],
+        vec!["mount", "-p", "70000", "testhost:/", m],
+        vec!["mount", "testhost:/"],
+        vec!["mount", "--bogus", "testhost:/", m],
+        vec!["unmount"],
+    ] {
+        let out = c.run(&args);
+        assert_eq!(out.status.code(), Some(USAGE), "{args:?}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"));
+    }
+    for (args, needle) in [
+        (vec!["mount", "-F", c.cfg(), "-o", "nonsense", "testhost:/", m], "bad -o option"),
+        (vec!["mount", "-F", "/nonexistent/config", "testhost:/", m], "/nonexistent/config"),
+        (vec!["mount", "-F", c.cfg(), "-o", "StrictHostKeyChecking=maybe", "testhost:/", m], "StrictHostKeyChecking"),
+        (vec!["mount", "-F", c.cfg(), "-o", "Port=notaport", "testhost:/", m], "config"),
+        (vec!["mount", "-F", c.cfg(), "@testhost:/", m], "empty user name"),
+    ] {
+        let out = c.run(&args);
+        assert_fails(&out, USAGE, needle);
+    }
+    assert_clean(&c, &mnt);
+}
+
+#[test]
+fn unmount_of_something_that_is_not_a_moor_mount() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let dir = c.mountpoint("plain");
+    let out = c.run(&["unmount", dir.to_str().unwrap()]);
+    assert_fails(&out, NOT_MOUNTED, "not a moor mount");
+    let out = c.run(&["unmount", "no-such-name"]);
+    assert_fails(&out, NOT_MOUNTED, "not a moor mount");
+    // With an agent running, too.
+    let m = c.mount(sshd.export.to_str().unwrap());
+    let out = c.run(&["unmount", dir.to_str().unwrap()]);
+    assert_fails(&out, NOT_MOUNTED, "not a moor mount");
+    drop(m);
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    for args in [vec!["--help"], vec!["mount", "--help"], vec!["unmount", "--help"], vec!["mount", "status", "--help"]] {
+        let out = c.run(&args);
+        assert!(out.status.success());
+        assert!(stdout(&out).contains("Examples:"), "{args:?}: {}", stdout(&out));
+    }
+}
+
+#[test]
+fn ssh_agent_authentication() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    // Only the agent holds the key: the config names a key file that does not exist.
+    c.write_config(&sshd, "");
+    let cfg = fs::read_to_string(&c.ssh_config).unwrap().replace(&sshd.user_key().display().to_string(), "/nonexistent/key");
+    fs::write(&c.ssh_config, cfg.replace("IdentitiesOnly yes", "IdentitiesOnly no")).unwrap();
+    let sock = c.home.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || sock.exists()));
+    let add = std::process::Command::new("ssh-add").arg(sshd.user_key()).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+    let mnt = c.mountpoint("mnt");
+    let mut cmd = c.moor();
+    cmd.env("SSH_AUTH_SOCK", &sock).args([
+        "mount",
+        "-F",
+        c.cfg(),
+        &format!("testhost:{}", sshd.export.display()),
+        mnt.to_str().unwrap(),
+    ]);
+    let out = run_with_deadline(cmd, Duration::from_secs(60));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(is_mounted(&mnt));
+    let out = c.run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success());
+}
