@@ -75,12 +75,8 @@ fn busy_unmount_is_refused_then_lazy_works() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
     let m = c.mount(sshd.export.to_str().unwrap());
-    let mut holder = std::process::Command::new("sleep")
-        .arg("60")
-        .current_dir(&m.path)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut holder =
+        std::process::Command::new("sleep").arg("60").current_dir(&m.path).stdin(Stdio::null()).spawn().unwrap();
     let out = c.run(&["unmount", &m.s()]);
     assert_fails(&out, MOUNTPOINT, "--lazy");
     assert!(is_mounted(&m.path));
@@ -160,7 +156,8 @@ fn key_not_accepted() {
     sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
     // The config names the other key; the server only knows the test key.
     let cfg = fs::read_to_string(&c.ssh_config).unwrap();
-    fs::write(&c.ssh_config, cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string())).unwrap();
+    fs::write(&c.ssh_config, cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string()))
+        .unwrap();
     let mnt = c.mountpoint("mnt");
     let out = c.try_mount("/", &mnt, &[]);
     assert_fails(&out, AUTH, "refused every key");
@@ -305,7 +302,8 @@ fn unmount_of_something_that_is_not_a_moor_mount() {
 fn help_teaches_with_examples() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
-    for args in [vec!["--help"], vec!["mount", "--help"], vec!["unmount", "--help"], vec!["mount", "status", "--help"]] {
+    for args in [vec!["--help"], vec!["mount", "--help"], vec!["unmount", "--help"], vec!["mount", "status", "--help"]]
+    {
         let out = c.run(&args);
         assert!(out.status.success());
         assert!(stdout(&out).contains("Examples:"), "{args:?}: {}", stdout(&out));
@@ -318,7 +316,8 @@ fn ssh_agent_authentication() {
     let c = Client::new(&sshd);
     // Only the agent holds the key: the config names a key file that does not exist.
     c.write_config(&sshd, "");
-    let cfg = fs::read_to_string(&c.ssh_config).unwrap().replace(&sshd.user_key().display().to_string(), "/nonexistent/key");
+    let cfg =
+        fs::read_to_string(&c.ssh_config).unwrap().replace(&sshd.user_key().display().to_string(), "/nonexistent/key");
     fs::write(&c.ssh_config, cfg.replace("IdentitiesOnly yes", "IdentitiesOnly no")).unwrap();
     let sock = c.home.path().join("agent.sock");
     let mut agent = std::process::Command::new("ssh-agent")

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::control::protocol::{ErrorKind, MoorError, MountRequest, Request, Response};
 use crate::control::{agent, client, mount};
 use crate::link::config::{self, Overrides};
+use crate::link::{Link, LinkOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,7 +36,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Mount [USER@]HOST[:PATH] on MOUNTPOINT, or show mounts with `moor mount status`
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a moor mount, given its mountpoint or name
     #[command(
         after_help = "Examples:\n  moor unmount ~/src\n  moor unmount build-src\n  moor unmount --lazy ~/src    detach now even if busy\n  moor unmount --all"
@@ -87,6 +88,70 @@ struct MountArgs {
     /// Stay attached: serve the mount from this process until Ctrl-C, then unmount
     #[arg(long)]
     foreground: bool,
+    #[command(flatten)]
+    resilience: ResilienceArgs,
+}
+
+/// How the link is watched and restored.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Resilience")]
+struct ResilienceArgs {
+    /// Time between heartbeats on an idle link
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// Heartbeats missed in a row before the link counts as down
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    max_heartbeat_failures: u32,
+    /// First reconnect delay bound; it doubles per attempt up to --backoff-cap (with full jitter)
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    backoff_base: Duration,
+    /// Largest reconnect delay
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    backoff_cap: Duration,
+    /// Longest one SFTP request may take before the link counts as down
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// Longest any filesystem call may take; past it the program gets EAGAIN
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    call_timeout: Duration,
+    /// Do not reconnect: a lost link fails the mount
+    #[arg(long)]
+    no_reconnect: bool,
+}
+
+impl ResilienceArgs {
+    fn link_options(&self) -> LinkOptions {
+        LinkOptions {
+            heartbeat_interval: self.heartbeat_interval,
+            max_heartbeat_failures: self.max_heartbeat_failures,
+            request_timeout: self.request_timeout,
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            reconnect: !self.no_reconnect,
+            ..LinkOptions::default()
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m`, `1h`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("'{s}' is not a duration: use e.g. 500ms, 2s, 1.5m, 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" | "sec" | "secs" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown unit '{other}' in '{s}': use ms, s, m or h")),
+    };
+    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,7 +225,7 @@ pub fn run() -> i32 {
             Command::Agent => agent::run().await,
             Command::Mount(args) => match args.action {
                 Some(MountAction::Status(s)) => status(s).await,
-                None => mount_cmd(args, cli.verbose).await,
+                None => mount_cmd(*args, cli.verbose).await,
             },
             Command::Unmount(args) => unmount_cmd(args).await,
         }
@@ -191,7 +256,14 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
     let mountpoint = mount::check_mountpoint(&mountpoint)?;
     let connect_timeout = dest.connect_timeout;
-    let req = MountRequest { dest, remote_path, mountpoint: mountpoint.clone(), name: args.name };
+    let req = MountRequest {
+        dest,
+        remote_path,
+        mountpoint: mountpoint.clone(),
+        name: args.name,
+        link: args.resilience.link_options(),
+        call_timeout: args.resilience.call_timeout,
+    };
     if args.foreground {
         return foreground(req).await;
     }
@@ -220,7 +292,14 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
 
 async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     let name = req.name.clone().unwrap_or_else(|| agent::derive_name(&req.dest.alias, &req.remote_path));
-    let live = mount::start(&req, name).await?;
+    let link = Link::connect(req.dest.clone(), req.link.clone()).await?;
+    let live = match mount::start(&req, name, link.clone()).await {
+        Ok(m) => m,
+        Err(e) => {
+            link.close().await;
+            return Err(e);
+        }
+    };
     output::mounted(&live.info());
     eprintln!("serving in the foreground; press Ctrl-C to unmount");
     let mut ended = live.ended();
@@ -237,6 +316,7 @@ async fn foreground(req: MountRequest) -> Result<(), MoorError> {
             mount::stop(&live, true).await?;
         }
     }
+    live.drain(Duration::from_secs(10)).await;
     live.link().close().await;
     Ok(())
 }
@@ -333,6 +413,18 @@ mod tests {
         assert_eq!(parse_remote("u@h:").unwrap(), ("u@h".into(), "".into()));
         for bad in ["", ":/x", "@h", "u@:/x", "[::1", "a b:/x"] {
             assert_eq!(parse_remote(bad).unwrap_err().kind, ErrorKind::Usage, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "abc", "5x", "-1s", "0s", "1e999s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

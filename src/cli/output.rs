@@ -4,8 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::mount::unix_now;
-use crate::control::protocol::{MoorError, MountInfo};
+use crate::control::protocol::{MoorError, MountInfo, Timestamp};
 
 pub fn error(e: &MoorError) {
     eprintln!("moor: {}", e.message);
@@ -19,8 +18,8 @@ pub fn unmounted(mountpoint: &Path) {
     println!("unmounted {}", mountpoint.display());
 }
 
-pub fn ago(since: u64) -> String {
-    let s = unix_now().saturating_sub(since);
+pub fn ago(since: Timestamp) -> String {
+    let s = since.elapsed().as_secs();
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{}s", s / 60, s % 60),

@@ -15,15 +15,20 @@ use tokio::sync::{Mutex, Notify};
 use super::mount::{self, LiveMount};
 use super::paths;
 use super::protocol::{Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION};
+use crate::link::{Destination, Link, LinkState};
 
 /// How long a fresh agent waits for its first request before leaving.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(30);
 /// How long a client may take to send its request line.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// How long an ending mount gives its queued writes to reach the server.
+const DRAIN_AT_UNMOUNT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Agent {
     mounts: Mutex<HashMap<PathBuf, Arc<LiveMount>>>,
+    /// One managed link per destination, shared by its mounts, with how many use it.
+    links: Mutex<HashMap<Destination, (Arc<Link>, usize)>>,
     /// Requests being served; the agent stays while any is in flight.
     in_flight: AtomicUsize,
     served_any: AtomicBool,
@@ -114,6 +119,7 @@ impl Agent {
         let all: Vec<_> = self.mounts.lock().await.values().cloned().collect();
         for m in all {
             let _ = mount::kernel_unmount(&m.mountpoint, true).await;
+            m.drain(Duration::from_secs(5)).await;
             m.link().close().await;
         }
     }
@@ -181,21 +187,77 @@ impl Agent {
                 ));
             }
         }
+        // Fail fast on a bad mountpoint before dialling anyone.
+        mount::check_mountpoint(&req.mountpoint)?;
         let name = self.unique_name(&req).await;
-        let live = Arc::new(mount::start(&req, name).await?);
+        let link = self.link_for(&req).await?;
+        let live = match mount::start(&req, name, link.clone()).await {
+            Ok(m) => Arc::new(m),
+            Err(e) => {
+                self.release_link(&req.dest).await;
+                return Err(e);
+            }
+        };
         let info = live.info();
         self.mounts.lock().await.insert(live.mountpoint.clone(), live.clone());
         tracing::info!(name = %info.name, mountpoint = %info.mountpoint.display(), remote = %info.remote, "mounted");
         let agent = self.clone();
+        let dest = req.dest.clone();
         tokio::spawn(async move {
             let mut ended = live.ended();
             let _ = ended.wait_for(|e| *e).await;
-            live.link().close().await;
+            live.drain(DRAIN_AT_UNMOUNT).await;
             agent.mounts.lock().await.remove(&live.mountpoint);
+            agent.release_link(&dest).await;
             tracing::info!(mountpoint = %live.mountpoint.display(), "unmounted");
             agent.changed.notify_one();
         });
         Ok(info)
+    }
+
+    /// The destination's link, connecting it if no mount uses one yet.
+    async fn link_for(&self, req: &MountRequest) -> Result<Arc<Link>, MoorError> {
+        {
+            let mut links = self.links.lock().await;
+            if let Some((link, users)) = links.get_mut(&req.dest) {
+                if !matches!(link.state(), LinkState::Failed { .. } | LinkState::Closed) {
+                    *users += 1;
+                    return Ok(link.clone());
+                }
+            }
+        }
+        let link = Link::connect(req.dest.clone(), req.link.clone()).await?;
+        let mut links = self.links.lock().await;
+        let entry = links.entry(req.dest.clone()).or_insert_with(|| (link.clone(), 0));
+        if !Arc::ptr_eq(&entry.0, &link) {
+            // Replaces a link that had failed for good.
+            *entry = (link.clone(), 0);
+        }
+        entry.1 += 1;
+        Ok(link)
+    }
+
+    /// One mount fewer uses the destination's link; the last one closes it.
+    async fn release_link(&self, dest: &Destination) {
+        let closing = {
+            let mut links = self.links.lock().await;
+            match links.get_mut(dest) {
+                Some((link, users)) => {
+                    *users = users.saturating_sub(1);
+                    if *users == 0 {
+                        let link = link.clone();
+                        links.remove(dest);
+                        Some(link)
+                    } else {
+                        None
+                    }
+                }
+                None => None,
+            }
+        };
+        if let Some(link) = closing {
+            link.close().await;
+        }
     }
 
     async fn find(&self, target: &str) -> Option<Arc<LiveMount>> {

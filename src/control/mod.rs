@@ -6,3 +6,4 @@ pub mod client;
 pub mod mount;
 pub mod paths;
 pub mod protocol;
+pub mod status;

@@ -3,42 +3,46 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::protocol::{ErrorKind, MoorError, MountInfo, MountRequest, MountStatus};
-use crate::fs::fuse::{FuseAdapter, Ttl};
+use super::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
+use super::status::{Monitor, MountStatus, Timestamp};
+use crate::fs::fs::FsOptions;
+use crate::fs::fuse::{AdapterOptions, FuseAdapter};
 use crate::fs::Fs;
 use crate::link::Link;
 use crate::remote::sftp::SftpRemote;
 use crate::remote::{FileKind, Remote, RemoteError};
-
-pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
 
 /// A mount being served.
 pub struct LiveMount {
     pub name: String,
     pub mountpoint: PathBuf,
     pub remote: String,
-    pub since: u64,
     link: Arc<Link>,
     fs: Arc<Fs<SftpRemote>>,
+    monitor: Arc<Monitor>,
     /// Becomes true when the kernel session has ended, whoever unmounted it.
     ended: watch::Receiver<bool>,
 }
 
 impl LiveMount {
     pub fn info(&self) -> MountInfo {
-        let status = if *self.ended.borrow() { MountStatus::Unmounted } else { MountStatus::Active };
+        let (mut status, mut since) = self.monitor.current();
+        if *self.ended.borrow() {
+            status = MountStatus::Unmounted;
+            since = Timestamp::now();
+        }
         MountInfo {
             name: self.name.clone(),
             mountpoint: self.mountpoint.clone(),
             remote: self.remote.clone(),
             status,
-            since: self.since,
+            since,
+            rtt_ms: self.link.last_rtt().map(|d| d.as_secs_f64() * 1000.0),
+            reconnects: self.link.reconnects(),
             open_handles: self.fs.open_handles(),
         }
     }
@@ -49,6 +53,14 @@ impl LiveMount {
 
     pub fn link(&self) -> Arc<Link> {
         self.link.clone()
+    }
+
+    /// Gives queued writes up to `limit` to reach the server; says what could not.
+    pub async fn drain(&self, limit: Duration) {
+        let left = self.fs.drain_all(limit).await;
+        if left > 0 {
+            tracing::error!(mountpoint = %self.mountpoint.display(), bytes = left, "unmounted with writes that never reached the server");
+        }
     }
 }
 
@@ -156,20 +168,21 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
     Ok(abs)
 }
 
-/// Connects and mounts, leaving nothing behind if any step fails.
-pub async fn start(req: &MountRequest, name: String) -> Result<LiveMount, MoorError> {
+/// Mounts over `link`, leaving nothing behind if any step fails (the caller owns the
+/// link and closes it if no other mount uses it).
+pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<LiveMount, MoorError> {
     let mountpoint = check_mountpoint(&req.mountpoint)?;
-    let link = Link::connect(req.dest.clone()).await?;
     let remote = Arc::new(SftpRemote::new(link.clone()));
-    let root = match resolve_root(&*remote, &req.remote_path, &req.dest.alias).await {
-        Ok(r) => r,
-        Err(e) => {
-            link.close().await;
-            return Err(e);
-        }
-    };
-    let fs = Arc::new(Fs::new(remote, &root));
-    let adapter = FuseAdapter::new(fs.clone(), tokio::runtime::Handle::current(), Ttl::default());
+    let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
+    link.require_path(&root);
+    // Waiting for queued writes must fit inside one call's deadline.
+    let write_wait = req.call_timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_millis(100));
+    let fs = Arc::new(Fs::new(remote, &root, FsOptions { write_wait, ..FsOptions::default() }));
+    let adapter = FuseAdapter::new(
+        fs.clone(),
+        tokio::runtime::Handle::current(),
+        AdapterOptions { call_timeout: req.call_timeout, ..AdapterOptions::default() },
+    );
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -179,20 +192,12 @@ pub async fn start(req: &MountRequest, name: String) -> Result<LiveMount, MoorEr
         fuser::MountOption::NoSuid,
     ];
     let mp = mountpoint.clone();
-    let session = tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &mp, &cfg)).await;
-    let session = match session {
+    let session = match tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &mp, &cfg)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            link.close().await;
-            return Err(MoorError::new(
-                ErrorKind::Mountpoint,
-                format!("cannot mount on {}: {e}", mountpoint.display()),
-            ));
+            return Err(MoorError::new(ErrorKind::Mountpoint, format!("cannot mount on {}: {e}", mountpoint.display())))
         }
-        Err(e) => {
-            link.close().await;
-            return Err(MoorError::new(ErrorKind::Internal, format!("mount task failed: {e}")));
-        }
+        Err(e) => return Err(MoorError::new(ErrorKind::Internal, format!("mount task failed: {e}"))),
     };
     let (tx, ended) = watch::channel(false);
     std::thread::Builder::new()
@@ -203,7 +208,8 @@ pub async fn start(req: &MountRequest, name: String) -> Result<LiveMount, MoorEr
             let _ = tx.send(true);
         })
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
-    Ok(LiveMount { name, mountpoint, remote: remote_label, since: unix_now(), link, fs, ended })
+    let monitor = Monitor::start(name.clone(), &link);
+    Ok(LiveMount { name, mountpoint, remote: remote_label, link, fs, monitor, ended })
 }
 
 /// The absolute remote directory to mount, checked to exist and be a directory.

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::link::{Destination, LinkError};
+pub use super::status::{MountStatus, Timestamp};
+use crate::link::{Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -41,42 +42,24 @@ pub struct MountRequest {
     pub remote_path: String,
     pub mountpoint: PathBuf,
     pub name: Option<String>,
+    pub link: LinkOptions,
+    /// Longest any filesystem call may take.
+    pub call_timeout: std::time::Duration,
 }
 
-/// The state of one mount, the same in code, CLI output and JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum MountStatus {
-    Connecting,
-    Active,
-    Reconnecting { attempt: u32, since: u64, next_attempt_at: u64, last_error: String },
-    Failed { reason: String },
-    Unmounted,
-}
-
-impl std::fmt::Display for MountStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MountStatus::Connecting => write!(f, "connecting"),
-            MountStatus::Active => write!(f, "active"),
-            MountStatus::Reconnecting { attempt, last_error, .. } => {
-                write!(f, "reconnecting (attempt {attempt}: {last_error})")
-            }
-            MountStatus::Failed { reason } => write!(f, "failed: {reason}"),
-            MountStatus::Unmounted => write!(f, "unmounted"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MountInfo {
     pub name: String,
     pub mountpoint: PathBuf,
     /// `user@host:/absolute/path`
     pub remote: String,
     pub status: MountStatus,
-    /// Unix time at which the mount reached its current state.
-    pub since: u64,
+    /// When the mount entered its current state.
+    pub since: Timestamp,
+    /// Round-trip time of the last heartbeat, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Connections made again after one was lost.
+    pub reconnects: u64,
     pub open_handles: usize,
 }
 
@@ -149,17 +132,6 @@ impl From<LinkError> for MoorError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_json_is_tagged_snake_case() {
-        let s = MountStatus::Reconnecting { attempt: 3, since: 10, next_attempt_at: 12, last_error: "refused".into() };
-        let j = serde_json::to_value(&s).unwrap();
-        assert_eq!(j["state"], "reconnecting");
-        assert_eq!(j["attempt"], 3);
-        let back: MountStatus = serde_json::from_value(j).unwrap();
-        assert_eq!(back, s);
-        assert_eq!(serde_json::to_value(MountStatus::Active).unwrap()["state"], "active");
-    }
 
     #[test]
     fn request_roundtrip() {

@@ -25,7 +25,6 @@ impl Errno {
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EBADF: Errno = Errno(libc::EBADF);
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
-    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
 }
@@ -108,8 +107,9 @@ pub fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
         RemoteError::BadMessage(_) => Errno::EINVAL,
         RemoteError::Unsupported => Errno::EOPNOTSUPP,
         RemoteError::Eof => Errno::EIO,
-        RemoteError::Disconnected(_) => Errno::EAGAIN,
-        RemoteError::Timeout => Errno::ETIMEDOUT,
+        // Whatever the link does, the program gets "try again", at once.
+        RemoteError::Unavailable(_) | RemoteError::Disconnected(_) | RemoteError::Timeout => Errno::EAGAIN,
+        RemoteError::Failed(_) => Errno::EIO,
         RemoteError::Failure(_) => return None,
     })
 }
@@ -151,6 +151,9 @@ mod tests {
         assert_eq!(direct(Op::Open, &RemoteError::PermissionDenied), Some(Errno::EACCES));
         assert_eq!(direct(Op::Chown, &RemoteError::PermissionDenied), Some(Errno::EPERM));
         assert_eq!(direct(Op::Read, &RemoteError::Disconnected("x".into())), Some(Errno::EAGAIN));
+        assert_eq!(direct(Op::Read, &RemoteError::Unavailable("x".into())), Some(Errno::EAGAIN));
+        assert_eq!(direct(Op::Read, &RemoteError::Timeout), Some(Errno::EAGAIN));
+        assert_eq!(direct(Op::Read, &RemoteError::Failed("x".into())), Some(Errno::EIO));
         assert_eq!(direct(Op::Link, &RemoteError::Unsupported), Some(Errno::EOPNOTSUPP));
         assert_eq!(direct(Op::Mkdir, &RemoteError::Failure("x".into())), None);
     }

@@ -1,14 +1,17 @@
 //! The filesystem core: POSIX operations on inode numbers and handles, served by a
 //! [`Remote`]. It knows nothing of the kernel (see `fuse.rs`) or of SSH (see `remote`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::try_join_all;
+use tokio::sync::Semaphore;
 
 use super::errno::{self, Errno, Facts, Op};
 use super::handle::{DirItem, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
+use super::writeback::WriteBack;
 use crate::remote::{Attr, FileKind, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -65,11 +68,46 @@ impl OpenFlags {
     }
 }
 
+/// Tunables of the filesystem core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsOptions {
+    /// Data written but not yet on the server, for the whole mount.
+    pub dirty_limit: usize,
+    /// Longest a call waits for queued writes to reach the server.
+    pub write_wait: Duration,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { dirty_limit: 64 * 1024 * 1024, write_wait: Duration::from_millis(2500) }
+    }
+}
+
+/// How long a failed non-idempotent operation stays on record: a retry within this time
+/// that meets "already done" was the first attempt landing after all.
+const UNCERTAIN_FOR: Duration = Duration::from_secs(600);
+
 pub struct Fs<R: Remote> {
     remote: Arc<R>,
+    opts: FsOptions,
     inodes: Mutex<Inodes>,
     files: Handles<OpenFile>,
     dirs: Handles<OpenDir>,
+    /// Permits of one KiB of dirty (queued, unacknowledged) data.
+    dirty: Arc<Semaphore>,
+    /// Write queues by inode, including those of released handles still draining.
+    writebacks: Arc<Mutex<HashMap<Ino, Vec<Arc<WriteBack>>>>>,
+    /// Non-idempotent operations whose outcome the link swallowed.
+    uncertain: Mutex<HashMap<String, Instant>>,
+}
+
+fn kib(n: usize) -> u32 {
+    n.div_ceil(1024).min(u32::MAX as usize) as u32
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a few map operations; a panic cannot tear one.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_secs() -> u32 {
@@ -87,8 +125,26 @@ fn check_name(name: &str) -> FsResult<()> {
 }
 
 impl<R: Remote> Fs<R> {
-    pub fn new(remote: Arc<R>, root: &str) -> Fs<R> {
-        Fs { remote, inodes: Mutex::new(Inodes::new(root)), files: Handles::default(), dirs: Handles::default() }
+    pub fn new(remote: Arc<R>, root: &str, opts: FsOptions) -> Fs<R> {
+        Fs {
+            remote,
+            opts,
+            inodes: Mutex::new(Inodes::new(root)),
+            files: Handles::default(),
+            dirs: Handles::default(),
+            dirty: Arc::new(Semaphore::new(kib(opts.dirty_limit) as usize)),
+            writebacks: Arc::new(Mutex::new(HashMap::new())),
+            uncertain: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits up to `limit` for every queued write to reach the server; returns how many
+    /// bytes did not.
+    pub async fn drain_all(&self, limit: Duration) -> u64 {
+        let all: Vec<Arc<WriteBack>> = lock(&self.writebacks).values().flatten().cloned().collect();
+        let idle = futures_util::future::join_all(all.iter().map(|w| w.idle()));
+        let _ = tokio::time::timeout(limit, idle).await;
+        all.iter().map(|w| w.queued_bytes()).sum()
     }
 
     pub fn open_handles(&self) -> usize {
@@ -96,8 +152,84 @@ impl<R: Remote> Fs<R> {
     }
 
     fn inodes(&self) -> MutexGuard<'_, Inodes> {
-        // Every update of the table is a few map operations; a panic cannot tear one.
-        self.inodes.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inodes)
+    }
+
+    /// Records that `key`'s operation may have landed although its answer was lost.
+    fn note_uncertain(&self, key: &str) {
+        let mut u = lock(&self.uncertain);
+        u.retain(|_, at| at.elapsed() < UNCERTAIN_FOR);
+        u.insert(key.to_string(), Instant::now());
+    }
+
+    /// Whether `key`'s operation was recently left uncertain (and forgets it).
+    fn take_uncertain(&self, key: &str) -> bool {
+        lock(&self.uncertain).remove(key).is_some_and(|at| at.elapsed() < UNCERTAIN_FOR)
+    }
+
+    /// Settles a non-idempotent operation. A lost answer is recorded and reported as
+    /// EAGAIN; when the program retries and meets `already_done` (EEXIST for a create,
+    /// ENOENT for a removal), `landed` checks that the first attempt did the work, and the
+    /// retry succeeds instead of failing wrongly.
+    async fn settle_once(
+        &self,
+        key: &str,
+        res: crate::remote::Result<()>,
+        op: Op,
+        target: &str,
+        source: Option<&str>,
+        already_done: Errno,
+    ) -> FsResult<()> {
+        match res {
+            Ok(()) => {
+                lock(&self.uncertain).remove(key);
+                Ok(())
+            }
+            Err(e) if e.outcome_unknown() => {
+                self.note_uncertain(key);
+                Err(Errno::EAGAIN)
+            }
+            Err(e) => {
+                let errno = self.fail(op, e, target, source).await;
+                if errno == already_done && self.take_uncertain(key) && self.landed(op, target).await {
+                    tracing::info!(?op, target, "an earlier attempt had landed; the retry succeeds");
+                    return Ok(());
+                }
+                Err(errno)
+            }
+        }
+    }
+
+    /// Whether the effect of `op` on `target` is in place on the server.
+    async fn landed(&self, op: Op, target: &str) -> bool {
+        let exists = self.remote.lstat(target).await.is_ok();
+        match op {
+            Op::Unlink | Op::Rmdir => !exists,
+            _ => exists,
+        }
+    }
+
+    fn writebacks_of(&self, ino: Ino) -> Vec<Arc<WriteBack>> {
+        lock(&self.writebacks).get(&ino).cloned().unwrap_or_default()
+    }
+
+    /// Waits (bounded) until the writes queued for `ino` are on the server, so that what
+    /// the server says about the file includes them.
+    async fn settle_writes(&self, ino: Ino) -> FsResult<()> {
+        let pending: Vec<_> = self.writebacks_of(ino).into_iter().filter(|w| !w.is_idle()).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        let all = futures_util::future::join_all(pending.iter().map(|w| w.idle()));
+        tokio::time::timeout(self.opts.write_wait, all).await.map(|_| ()).map_err(|_| Errno::EAGAIN)
+    }
+
+    /// The size of `ino` counting writes not yet on the server.
+    fn queued_end(&self, ino: Ino) -> u64 {
+        self.writebacks_of(ino).iter().map(|w| w.end()).max().unwrap_or(0)
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {
@@ -158,11 +290,19 @@ impl<R: Remote> Fs<R> {
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
-        self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))
+        let mut attr =
+            self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
+        // Writes still queued make the file longer than the server knows yet.
+        attr.size = attr.size.max(self.queued_end(ino));
+        Ok(attr)
     }
 
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, change: AttrChange) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
+        if change.size.is_some() {
+            // A truncate must come after the writes queued before it.
+            self.settle_writes(ino).await?;
+        }
         let mut set = SetAttr {
             size: change.size,
             mode: change.mode.map(|m| m & 0o7777),
@@ -205,9 +345,8 @@ impl<R: Remote> Fs<R> {
 
     pub async fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
-        if let Err(e) = self.remote.mkdir(&path, mode & 0o7777).await {
-            return Err(self.fail(Op::Mkdir, e, &path, None).await);
-        }
+        let res = self.remote.mkdir(&path, mode & 0o7777).await;
+        self.settle_once(&format!("mkdir:{path}"), res, Op::Mkdir, &path, None, Errno::EEXIST).await?;
         self.created(&path, Op::Mkdir).await
     }
 
@@ -221,31 +360,25 @@ impl<R: Remote> Fs<R> {
 
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         let path = self.child_of(parent, name)?;
-        match self.remote.remove(&path).await {
-            Ok(()) => {
-                self.inodes().remove_path(&path);
-                Ok(())
-            }
-            Err(e) => Err(self.fail(Op::Unlink, e, &path, None).await),
-        }
+        let res = self.remote.remove(&path).await;
+        self.settle_once(&format!("unlink:{path}"), res, Op::Unlink, &path, None, Errno::ENOENT).await?;
+        self.inodes().remove_path(&path);
+        Ok(())
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
         let path = self.child_of(parent, name)?;
-        match self.remote.rmdir(&path).await {
-            Ok(()) => {
-                self.inodes().remove_path(&path);
-                Ok(())
-            }
-            Err(e) => Err(self.fail(Op::Rmdir, e, &path, None).await),
-        }
+        let res = self.remote.rmdir(&path).await;
+        self.settle_once(&format!("rmdir:{path}"), res, Op::Rmdir, &path, None, Errno::ENOENT).await?;
+        self.inodes().remove_path(&path);
+        Ok(())
     }
 
     pub async fn symlink(&self, parent: Ino, name: &str, target: &str) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
-        if let Err(e) = self.remote.symlink(target, &path).await {
-            return Err(self.fail(Op::Symlink, e, &path, None).await);
-        }
+        let res = self.remote.symlink(target, &path).await;
+        let key = format!("symlink:{path}\0{target}");
+        self.settle_once(&key, res, Op::Symlink, &path, None, Errno::EEXIST).await?;
         self.created(&path, Op::Symlink).await
     }
 
@@ -259,8 +392,13 @@ impl<R: Remote> Fs<R> {
         if flags & libc::RENAME_NOREPLACE != 0 && self.remote.lstat(&to).await.is_ok() {
             return Err(Errno::EEXIST);
         }
-        if let Err(e) = self.remote.rename(&from, &to).await {
-            return Err(self.fail(Op::Rename, e, &to, Some(&from)).await);
+        let res = self.remote.rename(&from, &to).await;
+        let key = format!("rename:{from}\0{to}");
+        // A retry that finds the source gone and the target there was the first
+        // attempt landing.
+        match self.settle_once(&key, res, Op::Rename, &to, Some(&from), Errno::ENOENT).await {
+            Ok(()) => {}
+            Err(e) => return Err(e),
         }
         self.inodes().rename(&from, &to);
         Ok(())
@@ -272,14 +410,24 @@ impl<R: Remote> Fs<R> {
         if !self.remote.extensions().hardlink {
             return Err(Errno::EOPNOTSUPP);
         }
-        if let Err(e) = self.remote.hardlink(&existing, &path).await {
-            return Err(self.fail(Op::Link, e, &path, Some(&existing)).await);
-        }
+        let res = self.remote.hardlink(&existing, &path).await;
+        self.settle_once(&format!("link:{path}"), res, Op::Link, &path, Some(&existing), Errno::EEXIST).await?;
         self.created(&path, Op::Link).await
+    }
+
+    fn register(&self, ino: Ino, handle: crate::remote::Handle, path: String, writable: bool) -> u64 {
+        let wb = Arc::new(WriteBack::default());
+        if writable {
+            lock(&self.writebacks).entry(ino).or_default().push(wb.clone());
+        }
+        self.files.insert(OpenFile { ino, handle, path, writable, wb })
     }
 
     pub async fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
         let path = self.path_of(ino)?;
+        if flags.truncate {
+            self.settle_writes(ino).await?;
+        }
         let opts = OpenOptions {
             read: flags.read,
             write: flags.write,
@@ -288,14 +436,14 @@ impl<R: Remote> Fs<R> {
             ..OpenOptions::default()
         };
         match self.remote.open(&path, opts).await {
-            Ok(handle) => Ok(self.files.insert(OpenFile { handle, path, writable: flags.write })),
+            Ok(handle) => Ok(self.register(ino, handle, path, flags.write)),
             Err(e) => Err(self.fail(Op::Open, e, &path, None).await),
         }
     }
 
     pub async fn create(&self, parent: Ino, name: &str, mode: u32, flags: OpenFlags) -> FsResult<(Entry, u64)> {
         let path = self.child_of(parent, name)?;
-        let opts = OpenOptions {
+        let mut opts = OpenOptions {
             read: flags.read,
             write: true,
             append: flags.append,
@@ -304,9 +452,25 @@ impl<R: Remote> Fs<R> {
             exclusive: flags.exclusive,
             mode: Some(mode & 0o7777),
         };
+        let key = format!("create:{path}");
         let handle = match self.remote.open(&path, opts).await {
             Ok(h) => h,
-            Err(e) => return Err(self.fail(Op::Create, e, &path, None).await),
+            Err(e) if e.outcome_unknown() && flags.exclusive => {
+                self.note_uncertain(&key);
+                return Err(Errno::EAGAIN);
+            }
+            Err(e) => {
+                let errno = self.fail(Op::Create, e, &path, None).await;
+                if !(errno == Errno::EEXIST && flags.exclusive && self.take_uncertain(&key)) {
+                    return Err(errno);
+                }
+                // Our own earlier exclusive create landed: open what it made.
+                opts.exclusive = false;
+                match self.remote.open(&path, opts).await {
+                    Ok(h) => h,
+                    Err(e) => return Err(self.fail(Op::Create, e, &path, None).await),
+                }
+            }
         };
         let entry = match self.remote.lstat(&path).await {
             Ok(attr) => self.entry(&path, attr),
@@ -315,7 +479,7 @@ impl<R: Remote> Fs<R> {
                 return Err(self.fail(Op::Create, e, &path, None).await);
             }
         };
-        let fh = self.files.insert(OpenFile { handle, path, writable: true });
+        let fh = self.register(entry.ino, handle, path, true);
         Ok((entry, fh))
     }
 
@@ -325,6 +489,8 @@ impl<R: Remote> Fs<R> {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file(fh)?;
+        // Read what this mount wrote: queued writes go first.
+        self.settle_writes(file.ino).await?;
         let chunks = (0..size.div_ceil(CHUNK)).map(|i| {
             let off = offset + u64::from(i * CHUNK);
             let len = CHUNK.min(size - i * CHUNK);
@@ -335,10 +501,10 @@ impl<R: Remote> Fs<R> {
             Err(e) => return Err(self.fail(Op::Read, e, &file.path, None).await),
         };
         let mut out = Vec::with_capacity(size as usize);
-        for part in parts {
-            let short = part.len() < part.capacity().min(CHUNK as usize) || part.is_empty();
-            out.extend_from_slice(&part);
-            if short {
+        for (i, part) in parts.iter().enumerate() {
+            let want = CHUNK.min(size - i as u32 * CHUNK) as usize;
+            out.extend_from_slice(part);
+            if part.len() < want {
                 break;
             }
         }
@@ -355,32 +521,66 @@ impl<R: Remote> Fs<R> {
             }
             buf.extend_from_slice(&got);
         }
-        buf.shrink_to_fit();
         Ok(buf)
     }
 
+    /// Queues a write; it is acknowledged at once and reaches the server in order behind
+    /// the writes before it. A failure is reported by a later write, fsync or close.
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let file = self.file(fh)?;
-        let writes = data
-            .chunks(CHUNK as usize)
-            .enumerate()
-            .map(|(i, c)| self.remote.write(&file.handle, offset + (i * CHUNK as usize) as u64, c));
-        if let Err(e) = try_join_all(writes).await {
-            return Err(self.fail(Op::Write, e, &file.path, None).await);
+        if let Some(e) = file.wb.take_error() {
+            return Err(e);
+        }
+        if file.wb.is_dead() {
+            return Err(Errno::EIO);
+        }
+        let need = kib(data.len());
+        let budget = match self.dirty.clone().try_acquire_many_owned(need) {
+            Ok(p) => p,
+            // Full, and nothing drains while the link is down: not accepted, not lost.
+            Err(_) if !self.remote.is_available() => return Err(Errno::EAGAIN),
+            Err(_) => tokio::time::timeout(self.opts.write_wait, self.dirty.clone().acquire_many_owned(need))
+                .await
+                .map_err(|_| Errno::EAGAIN)?
+                .map_err(|_| Errno::EIO)?,
+        };
+        let chunks = data.len().div_ceil(CHUNK as usize);
+        let mut budget = Some(budget);
+        for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
+            let off = offset + (i * CHUNK as usize) as u64;
+            // The whole write's budget rides on its last chunk, acknowledged last.
+            let permit = if i + 1 == chunks { budget.take() } else { None };
+            if file.wb.push(off, chunk.to_vec(), permit) {
+                tokio::spawn(file.wb.clone().flush_queue(self.remote.clone(), file.handle));
+            }
         }
         Ok(data.len() as u32)
     }
 
+    /// Waits (bounded) until `file`'s writes are on the server, reporting any failure.
+    async fn drain(&self, file: &OpenFile) -> FsResult<()> {
+        if !file.wb.is_idle() && !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        match tokio::time::timeout(self.opts.write_wait, file.wb.drained()).await {
+            Ok(r) => r,
+            Err(_) => Err(Errno::EAGAIN),
+        }
+    }
+
+    /// On close: the data must be on the server, or the program hears why not. Data not
+    /// yet sent is kept and sent when the link allows.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        // Writes reach the server before `write` returns, so there is nothing to push.
-        self.file(fh).map(|_| ())
+        let file = self.file(fh)?;
+        self.drain(&file).await
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let file = self.file(fh)?;
+        self.drain(&file).await?;
         if !self.remote.extensions().fsync {
-            // The data is with the server already; without fsync@openssh.com it cannot
-            // be forced to disk from here.
+            // The data is with the server; without fsync@openssh.com it cannot be forced
+            // to disk from here.
             return Ok(());
         }
         match self.remote.fsync(&file.handle).await {
@@ -389,11 +589,54 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// The last close. Queued writes still reach the server, after which the remote file
+    /// is closed; neither waits here.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(file) = self.files.remove(fh) else { return Err(Errno::EBADF) };
+        if file.wb.is_idle() {
+            return self.close_remote(&file).await;
+        }
+        let remote = self.remote.clone();
+        let this = self.writebacks_cleanup(file.clone());
+        tokio::spawn(async move {
+            file.wb.idle().await;
+            let _ = remote.close(&file.handle).await;
+            this();
+        });
+        Ok(())
+    }
+
+    async fn close_remote(&self, file: &OpenFile) -> FsResult<()> {
+        self.forget_writeback(file.ino, &file.wb);
         match self.remote.close(&file.handle).await {
             Ok(()) => Ok(()),
+            // The handle died with an old connection; nothing is left open on the server.
+            Err(e) if e.is_link() => Ok(()),
             Err(e) => Err(self.fail(Op::Release, e, &file.path, None).await),
+        }
+    }
+
+    fn forget_writeback(&self, ino: Ino, wb: &Arc<WriteBack>) {
+        let mut all = lock(&self.writebacks);
+        if let Some(v) = all.get_mut(&ino) {
+            v.retain(|w| !Arc::ptr_eq(w, wb));
+            if v.is_empty() {
+                all.remove(&ino);
+            }
+        }
+    }
+
+    /// A closure that removes `file`'s queue from the registry once it has drained.
+    fn writebacks_cleanup(&self, file: Arc<OpenFile>) -> impl FnOnce() + Send + 'static {
+        let registry = self.writebacks.clone();
+        move || {
+            let mut all = lock(&registry);
+            if let Some(v) = all.get_mut(&file.ino) {
+                v.retain(|w| !Arc::ptr_eq(w, &file.wb));
+                if v.is_empty() {
+                    all.remove(&file.ino);
+                }
+            }
         }
     }
 

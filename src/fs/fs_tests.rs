@@ -9,7 +9,7 @@ use crate::remote::fake::FakeRemote;
 fn setup() -> (Arc<FakeRemote>, Fs<FakeRemote>) {
     let remote = Arc::new(FakeRemote::new());
     remote.put_dir("/srv");
-    let fs = Fs::new(remote.clone(), "/srv");
+    let fs = Fs::new(remote.clone(), "/srv", FsOptions::default());
     (remote, fs)
 }
 
@@ -186,7 +186,7 @@ async fn hardlink_without_extension_is_unsupported() {
         r
     });
     remote.put_file("/f", b"");
-    let fs = Fs::new(remote, "/");
+    let fs = Fs::new(remote, "/", FsOptions::default());
     let f = fs.lookup(ROOT, "f").await.unwrap();
     assert_eq!(fs.link(f.ino, ROOT, "l").await.unwrap_err(), Errno::EOPNOTSUPP);
 }
@@ -235,4 +235,108 @@ async fn statfs_and_failure_facts() {
     let (_, fs) = setup();
     let s = fs.statfs().await.unwrap();
     assert_eq!(s.blocks_avail, 10);
+}
+
+#[tokio::test]
+async fn retried_mkdir_after_lost_reply_succeeds() {
+    let (remote, fs) = setup();
+    remote.lose_reply.store(true, Ordering::SeqCst);
+    // The server made the directory, but the answer was lost with the link.
+    assert_eq!(fs.mkdir(ROOT, "d", 0o755).await.unwrap_err(), Errno::EAGAIN);
+    assert!(remote.exists("/srv/d"));
+    // The program retries: the first attempt had landed, so this is a success.
+    let e = fs.mkdir(ROOT, "d", 0o755).await.unwrap();
+    assert_eq!(e.attr.kind(), FileKind::Dir);
+    // Without a lost answer before it, EEXIST stays EEXIST.
+    assert_eq!(fs.mkdir(ROOT, "d", 0o755).await.unwrap_err(), Errno::EEXIST);
+}
+
+#[tokio::test]
+async fn retried_unlink_and_rename_after_lost_reply_succeed() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/a", b"1");
+    remote.put_file("/srv/b", b"2");
+    remote.lose_reply.store(true, Ordering::SeqCst);
+    assert_eq!(fs.unlink(ROOT, "a").await.unwrap_err(), Errno::EAGAIN);
+    fs.unlink(ROOT, "a").await.unwrap();
+    assert_eq!(fs.unlink(ROOT, "a").await.unwrap_err(), Errno::ENOENT);
+
+    remote.lose_reply.store(true, Ordering::SeqCst);
+    assert_eq!(fs.rename(ROOT, "b", ROOT, "c", 0).await.unwrap_err(), Errno::EAGAIN);
+    fs.rename(ROOT, "b", ROOT, "c", 0).await.unwrap();
+    assert_eq!(remote.file("/srv/c").unwrap(), b"2");
+    assert_eq!(fs.rename(ROOT, "b", ROOT, "c", 0).await.unwrap_err(), Errno::ENOENT);
+}
+
+#[tokio::test]
+async fn retried_exclusive_create_after_lost_reply_opens_the_file() {
+    let (remote, fs) = setup();
+    let flags = OpenFlags { exclusive: true, ..rw() };
+    remote.lose_reply.store(true, Ordering::SeqCst);
+    assert_eq!(fs.create(ROOT, "f", 0o644, flags).await.unwrap_err(), Errno::EAGAIN);
+    assert!(remote.exists("/srv/f"));
+    let (_, fh) = fs.create(ROOT, "f", 0o644, flags).await.unwrap();
+    fs.release(fh).await.unwrap();
+    assert_eq!(fs.create(ROOT, "f", 0o644, flags).await.unwrap_err(), Errno::EEXIST);
+}
+
+#[tokio::test]
+async fn writes_accepted_while_down_are_kept_and_replayed() {
+    let (remote, fs) = setup();
+    let (e, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    assert_eq!(fs.write(fh, 0, b"hello ").await.unwrap(), 6);
+    assert_eq!(fs.write(fh, 6, b"world").await.unwrap(), 5);
+    // The size counts the queued writes, and close says the data is not there yet.
+    assert_eq!(fs.queued_end(e.ino), 11);
+    assert_eq!(fs.flush(fh).await.unwrap_err(), Errno::EAGAIN);
+    assert_eq!(fs.fsync(fh).await.unwrap_err(), Errno::EAGAIN);
+    assert_eq!(remote.file("/srv/f").unwrap(), b"");
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(remote.file("/srv/f").unwrap(), b"hello world");
+    fs.release(fh).await.unwrap();
+    assert_eq!(remote.open_handles(), 0);
+}
+
+#[tokio::test]
+async fn released_file_still_drains_after_the_outage() {
+    let (remote, fs) = setup();
+    let (_, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    fs.write(fh, 0, b"late").await.unwrap();
+    fs.release(fh).await.unwrap();
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    assert_eq!(fs.drain_all(std::time::Duration::from_secs(5)).await, 0);
+    assert_eq!(remote.file("/srv/f").unwrap(), b"late");
+}
+
+#[tokio::test]
+async fn dirty_budget_full_while_down_is_eagain_not_loss() {
+    let remote = Arc::new(FakeRemote::new());
+    let fs = Fs::new(remote.clone(), "/", FsOptions { dirty_limit: 8 * 1024, ..FsOptions::default() });
+    let (_, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    fs.write(fh, 0, &[1; 8 * 1024]).await.unwrap();
+    assert_eq!(fs.write(fh, 8 * 1024, &[2; 1024]).await.unwrap_err(), Errno::EAGAIN);
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    fs.fsync(fh).await.unwrap();
+    // Room again: the refused write can be retried.
+    fs.write(fh, 8 * 1024, &[2; 1024]).await.unwrap();
+    fs.fsync(fh).await.unwrap();
+    let data = remote.file("/f").unwrap();
+    assert_eq!(data.len(), 9 * 1024);
+    assert!(data[..8192].iter().all(|b| *b == 1) && data[8192..].iter().all(|b| *b == 2));
+}
+
+#[tokio::test]
+async fn failed_link_reports_eio() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"x");
+    let f = fs.lookup(ROOT, "f").await.unwrap().ino;
+    remote.failed.store(true, Ordering::SeqCst);
+    assert_eq!(fs.getattr(f).await.unwrap_err(), Errno::EIO);
 }

@@ -24,30 +24,61 @@ pub struct Ttl {
     pub entry: Duration,
 }
 
-impl Default for Ttl {
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterOptions {
+    pub ttl: Ttl,
+    /// No call is answered later than this: past it, the program gets EAGAIN.
+    pub call_timeout: Duration,
+}
+
+impl Default for AdapterOptions {
     fn default() -> Self {
-        Ttl { attr: Duration::from_secs(1), entry: Duration::from_secs(1) }
+        AdapterOptions {
+            ttl: Ttl { attr: Duration::from_secs(1), entry: Duration::from_secs(1) },
+            call_timeout: Duration::from_secs(3),
+        }
     }
 }
 
 pub struct FuseAdapter<R: Remote> {
     fs: Arc<Fs<R>>,
     rt: tokio::runtime::Handle,
+    opts: AdapterOptions,
+}
+
+/// What a call's future must be handed to run under its deadline.
+#[derive(Clone)]
+struct Ctx {
     ttl: Ttl,
+    call_timeout: Duration,
+}
+
+impl Ctx {
+    /// Runs one core operation under the call deadline.
+    async fn within<T>(&self, fut: impl Future<Output = Result<T, Errno>>) -> Result<T, Errno> {
+        match tokio::time::timeout(self.call_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!(timeout = ?self.call_timeout, "call hit its deadline");
+                Err(Errno::EAGAIN)
+            }
+        }
+    }
 }
 
 impl<R: Remote> FuseAdapter<R> {
-    pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle, ttl: Ttl) -> Self {
-        FuseAdapter { fs, rt, ttl }
+    pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle, opts: AdapterOptions) -> Self {
+        FuseAdapter { fs, rt, opts }
     }
 
     /// Runs one operation on the runtime so that the kernel's next request is read at
     /// once: slow remote calls never queue behind each other here.
-    fn run<F>(&self, op: impl FnOnce(Arc<Fs<R>>, Ttl) -> F)
+    fn run<F>(&self, op: impl FnOnce(Arc<Fs<R>>, Ctx) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let fut = op(self.fs.clone(), self.ttl);
+        let ctx = Ctx { ttl: self.opts.ttl, call_timeout: self.opts.call_timeout };
+        let fut = op(self.fs.clone(), ctx);
         self.rt.spawn(fut);
     }
 }
@@ -155,7 +186,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.lookup(parent.0, &name).await) });
+        self.run(|fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.lookup(parent.0, &name)).await) });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -163,9 +194,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.run(|fs, ttl| async move {
-            match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&ttl.attr, &file_attr(ino.0, &a)),
+        self.run(|fs, cx| async move {
+            match cx.within(fs.getattr(ino.0)).await {
+                Ok(a) => reply.attr(&cx.ttl.attr, &file_attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -190,17 +221,17 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyAttr,
     ) {
         let change = AttrChange { size, mode, uid, gid, atime: atime.map(time_set), mtime: mtime.map(time_set) };
-        self.run(|fs, ttl| async move {
-            match fs.setattr(ino.0, fh.map(|f| f.0), change).await {
-                Ok(a) => reply.attr(&ttl.attr, &file_attr(ino.0, &a)),
+        self.run(|fs, cx| async move {
+            match cx.within(fs.setattr(ino.0, fh.map(|f| f.0), change)).await {
+                Ok(a) => reply.attr(&cx.ttl.attr, &file_attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
             }
         });
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.run(|fs, _| async move {
-            match fs.readlink(ino.0).await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.readlink(ino.0)).await {
                 Ok(t) => reply.data(t.as_bytes()),
                 Err(e) => reply.error(errno(e)),
             }
@@ -224,23 +255,25 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.mkdir(parent.0, &name, mode).await) });
+        self.run(|fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.mkdir(parent.0, &name, mode)).await) });
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, _| async move { reply_empty(reply, fs.unlink(parent.0, &name).await) });
+        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.unlink(parent.0, &name)).await) });
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, _| async move { reply_empty(reply, fs.rmdir(parent.0, &name).await) });
+        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.rmdir(parent.0, &name)).await) });
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
-        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.symlink(parent.0, &name, &target).await) });
+        self.run(
+            |fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.symlink(parent.0, &name, &target)).await) },
+        );
     }
 
     fn rename(
@@ -255,20 +288,22 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         let name = name_or_reply!(name, reply);
         let newname = name_or_reply!(newname, reply);
-        self.run(|fs, _| async move {
-            reply_empty(reply, fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()).await)
+        self.run(|fs, cx| async move {
+            reply_empty(reply, cx.within(fs.rename(parent.0, &name, newparent.0, &newname, flags.bits())).await)
         });
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_or_reply!(newname, reply);
-        self.run(|fs, ttl| async move { reply_entry(reply, ttl, fs.link(ino.0, newparent.0, &newname).await) });
+        self.run(
+            |fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.link(ino.0, newparent.0, &newname)).await) },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let flags = OpenFlags::from_libc(flags.0);
-        self.run(|fs, _| async move {
-            match fs.open(ino.0, flags).await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.open(ino.0, flags)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             }
@@ -286,8 +321,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(|fs, _| async move {
-            match fs.read(fh.0, offset, size).await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.read(fh.0, offset, size)).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
             }
@@ -307,8 +342,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.run(|fs, _| async move {
-            match fs.write(fh.0, offset, &data).await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.write(fh.0, offset, &data)).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }
@@ -316,7 +351,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.run(|fs, _| async move { reply_empty(reply, fs.flush(fh.0).await) });
+        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.flush(fh.0)).await) });
     }
 
     fn release(
@@ -329,16 +364,16 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(|fs, _| async move { reply_empty(reply, fs.release(fh.0).await) });
+        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.release(fh.0)).await) });
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.run(|fs, _| async move { reply_empty(reply, fs.fsync(fh.0).await) });
+        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.fsync(fh.0)).await) });
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
-        self.run(|fs, _| async move {
-            match fs.opendir(ino.0).await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.opendir(ino.0)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             }
@@ -372,7 +407,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
                             a
                         }
                     };
-                    let ttl = if item.attr.is_some() { self.ttl.entry } else { Duration::ZERO };
+                    let ttl = if item.attr.is_some() { self.opts.ttl.entry } else { Duration::ZERO };
                     if reply.add(INodeNo(item.ino), next, &item.name, &ttl, &attr, Generation(0)) {
                         break;
                     }
@@ -390,8 +425,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.run(|fs, _| async move {
-            match fs.statfs().await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.statfs()).await {
                 Ok(s) => reply.statfs(
                     s.blocks,
                     s.blocks_free,
@@ -419,10 +454,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         let name = name_or_reply!(name, reply);
         let flags = OpenFlags::from_libc(flags);
-        self.run(|fs, ttl| async move {
-            match fs.create(parent.0, &name, mode, flags).await {
+        self.run(|fs, cx| async move {
+            match cx.within(fs.create(parent.0, &name, mode, flags)).await {
                 Ok((e, fh)) => reply.created(
-                    &ttl.entry,
+                    &cx.ttl.entry,
                     &file_attr(e.ino, &e.attr),
                     Generation(0),
                     FileHandle(fh),

@@ -5,14 +5,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::inode::Ino;
+use super::writeback::WriteBack;
 use crate::remote::{Attr, FileKind, Handle};
 
 /// An open remote file.
 #[derive(Debug)]
 pub struct OpenFile {
+    pub ino: Ino,
     pub handle: Handle,
     pub path: String,
     pub writable: bool,
+    pub wb: Arc<WriteBack>,
 }
 
 /// A directory listing taken at `opendir`, served from memory by `readdir`.

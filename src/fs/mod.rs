@@ -7,5 +7,6 @@ pub mod fs;
 pub mod fuse;
 pub mod handle;
 pub mod inode;
+pub mod writeback;
 
 pub use fs::Fs;

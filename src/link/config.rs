@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use ssh2_config::{ParseRule, SshConfig};
 
 /// What to do with a host key that known_hosts does not have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HostKeyPolicy {
     /// Refuse unknown keys (`yes`, and `ask` since the agent cannot ask).
@@ -22,7 +22,7 @@ pub enum HostKeyPolicy {
 
 /// A fully resolved SSH destination: everything needed to (re)connect without reading
 /// any config again.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Destination {
     /// The host as the user wrote it (a config alias or a name).
     pub alias: String,

@@ -42,7 +42,6 @@ pub enum LinkError {
 
 impl LinkError {
     /// Whether trying again later may succeed without anyone changing anything.
-    #[allow(dead_code)] // the reconnect loop is its user; see PROGRESS.md
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

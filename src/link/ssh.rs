@@ -20,14 +20,14 @@ use super::config::Destination;
 use super::error::LinkError;
 use super::known_hosts::{self, Verdict};
 
-/// How long one SFTP request may take before it counts as lost.
-pub const REQUEST_TIMEOUT_SECS: u64 = 10;
-
 /// A live SSH connection with its SFTP session.
 pub struct SftpConn {
     pub sftp: RawSftpSession,
     /// Extensions the server announced in its SFTP version reply.
     pub extensions: HashMap<String, String>,
+    /// Which connection of its link this is: handles opened on an older one must be
+    /// opened again.
+    pub generation: u64,
     ssh: client::Handle<Client>,
 }
 
@@ -135,19 +135,25 @@ async fn dial(dest: &Destination, deadline: tokio::time::Instant) -> Result<TcpS
 }
 
 /// Connects, authenticates and starts SFTP, all within the destination's connect timeout.
-pub async fn connect(dest: &Destination) -> Result<SftpConn, LinkError> {
+/// Each SFTP request on the result may take `request_timeout` before it counts as lost.
+pub async fn connect(dest: &Destination, request_timeout: Duration, generation: u64) -> Result<SftpConn, LinkError> {
     let deadline = tokio::time::Instant::now() + dest.connect_timeout;
     let timeout = || LinkError::ConnectTimeout {
         addr: format!("{}:{}", dest.host_name, dest.port),
         secs: dest.connect_timeout.as_secs(),
     };
-    match tokio::time::timeout_at(deadline, connect_inner(dest, deadline)).await {
+    match tokio::time::timeout_at(deadline, connect_inner(dest, deadline, request_timeout, generation)).await {
         Ok(r) => r,
         Err(_) => Err(timeout()),
     }
 }
 
-async fn connect_inner(dest: &Destination, deadline: tokio::time::Instant) -> Result<SftpConn, LinkError> {
+async fn connect_inner(
+    dest: &Destination,
+    deadline: tokio::time::Instant,
+    request_timeout: Duration,
+    generation: u64,
+) -> Result<SftpConn, LinkError> {
     let tcp = dial(dest, deadline).await?;
     let verdict = Arc::new(Mutex::new(None));
     let handler = Client { dest: Arc::new(dest.clone()), verdict: verdict.clone() };
@@ -182,7 +188,8 @@ async fn connect_inner(dest: &Destination, deadline: tokio::time::Instant) -> Re
             Some(_) => {}
         }
     }
-    let cfg = russh_sftp::client::Config { request_timeout_secs: REQUEST_TIMEOUT_SECS, ..Default::default() };
+    let cfg =
+        russh_sftp::client::Config { request_timeout_secs: request_timeout.as_secs().max(1), ..Default::default() };
     let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
     let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
     if version.extensions.get("limits@openssh.com").is_some_and(|v| v == "1") {
@@ -190,7 +197,7 @@ async fn connect_inner(dest: &Destination, deadline: tokio::time::Instant) -> Re
             sftp.set_limits(l.into());
         }
     }
-    Ok(SftpConn { sftp, extensions: version.extensions, ssh })
+    Ok(SftpConn { sftp, extensions: version.extensions, generation, ssh })
 }
 
 /// Offers ssh-agent keys, then identity files, as OpenSSH does.

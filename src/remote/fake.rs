@@ -1,10 +1,13 @@
 //! An in-memory [`Remote`] that answers like OpenSSH's sftp-server (generic failures for
 //! EEXIST, ENOTEMPTY and friends), for testing the fs core without a kernel or network.
-//! It can be told to drop the link or to give short reads.
+//! It can be told to drop the link, to fail for good, to lose the reply of an operation
+//! it applied, or to give short reads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+use tokio::sync::Notify;
 
 use super::*;
 
@@ -34,9 +37,13 @@ struct Open {
 #[derive(Debug)]
 pub struct FakeRemote {
     tree: Mutex<BTreeMap<String, Node>>,
-    handles: Mutex<HashMap<String, Open>>,
+    handles: Mutex<HashMap<u64, Open>>,
     next: AtomicU64,
     pub down: AtomicBool,
+    pub failed: AtomicBool,
+    /// The next operation is applied, but answered as if the link broke.
+    pub lose_reply: AtomicBool,
+    available: Notify,
     /// Largest read answered at once, to exercise short reads.
     pub max_read: AtomicU64,
     pub ext: Extensions,
@@ -66,14 +73,33 @@ impl FakeRemote {
             handles: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             down: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            lose_reply: AtomicBool::new(false),
+            available: Notify::new(),
             max_read: AtomicU64::new(u64::MAX),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
         }
     }
 
     fn up(&self) -> Result<()> {
-        if self.down.load(Ordering::SeqCst) {
-            Err(RemoteError::Disconnected("fake link down".into()))
+        if self.failed.load(Ordering::SeqCst) {
+            Err(RemoteError::Failed("fake link failed".into()))
+        } else if self.down.load(Ordering::SeqCst) {
+            Err(RemoteError::Unavailable("fake link down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wakes whoever waits for the link after `down` was cleared.
+    pub fn notify_available(&self) {
+        self.available.notify_waiters();
+    }
+
+    /// The answer to an operation that was applied: lost if so arranged.
+    fn answer(&self) -> Result<()> {
+        if self.lose_reply.swap(false, Ordering::SeqCst) {
+            Err(RemoteError::Disconnected("fake reply lost".into()))
         } else {
             Ok(())
         }
@@ -156,6 +182,20 @@ impl Remote for FakeRemote {
         self.ext
     }
 
+    fn is_available(&self) -> bool {
+        self.up().is_ok()
+    }
+
+    async fn wait_available(&self) -> Result<()> {
+        loop {
+            let wake = self.available.notified();
+            match self.up() {
+                Err(RemoteError::Unavailable(_)) => wake.await,
+                other => return other,
+            }
+        }
+    }
+
     async fn realpath(&self, path: &str) -> Result<String> {
         self.up()?;
         let p = if path == "." { "/".to_string() } else { path.trim_end_matches('/').to_string() };
@@ -223,8 +263,10 @@ impl Remote for FakeRemote {
             }
             None => return Err(RemoteError::NotFound),
         }
-        let h = format!("h{}", self.next.fetch_add(1, Ordering::SeqCst));
-        self.handles.lock().unwrap().insert(h.clone(), Open { path: path.into(), append: o.append });
+        let h = self.next.fetch_add(1, Ordering::SeqCst);
+        self.handles.lock().unwrap().insert(h, Open { path: path.into(), append: o.append });
+        drop(tree);
+        self.answer()?;
         Ok(Handle(h))
     }
 
@@ -272,7 +314,7 @@ impl Remote for FakeRemote {
             return Err(RemoteError::NotFound);
         }
         tree.insert(path.into(), Node { body: Body::Dir, mode: S_IFDIR | mode, uid: 0, gid: 0, atime: 0, mtime: 0 });
-        Ok(())
+        self.answer()
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
@@ -282,7 +324,7 @@ impl Remote for FakeRemote {
             None => Err(RemoteError::NotFound),
             Some(Body::Dir) if Self::children(&tree, path).is_empty() => {
                 tree.remove(path);
-                Ok(())
+                self.answer()
             }
             Some(_) => Err(failure()),
         }
@@ -296,7 +338,7 @@ impl Remote for FakeRemote {
             Some(Body::Dir) => Err(failure()),
             Some(_) => {
                 tree.remove(path);
-                Ok(())
+                self.answer()
             }
         }
     }
@@ -319,7 +361,7 @@ impl Remote for FakeRemote {
             let n = tree.remove(&old).expect("listed above");
             tree.insert(format!("{to}{}", &old[from.len()..]), n);
         }
-        Ok(())
+        self.answer()
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
@@ -332,7 +374,7 @@ impl Remote for FakeRemote {
             link.into(),
             Node { body: Body::Symlink(target.into()), mode: S_IFLNK | 0o777, uid: 0, gid: 0, atime: 0, mtime: 0 },
         );
-        Ok(())
+        self.answer()
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {

@@ -108,9 +108,10 @@ impl StatFs {
     }
 }
 
-/// An open remote file or directory. Opaque to the fs layer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Handle(pub String);
+/// An open remote file. Opaque to the fs layer; it stays valid across reconnects (the
+/// remote layer opens the file again on the new connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Handle(pub u64);
 
 /// What went wrong with a remote operation. SFTP v3 reports few distinct codes, so the fs
 /// layer refines `Failure` by context (see `fs::errno`).
@@ -128,12 +129,30 @@ pub enum RemoteError {
     Unsupported,
     #[error("end of file")]
     Eof,
-    /// The link is down or the request was lost with it; retrying later may succeed.
+    /// The link is down; the request was not sent.
     #[error("link down: {0}")]
+    Unavailable(String),
+    /// The link broke while the request was out: it may or may not have been applied.
+    #[error("connection lost: {0}")]
     Disconnected(String),
-    /// The request outlived its deadline.
+    /// The request outlived its deadline: it may or may not have been applied.
     #[error("timed out")]
     Timeout,
+    /// The link has given up for good (host key changed, remote path gone, ...).
+    #[error("link failed: {0}")]
+    Failed(String),
+}
+
+impl RemoteError {
+    /// The request may have reached the server before the link broke.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, RemoteError::Disconnected(_) | RemoteError::Timeout)
+    }
+
+    /// The link, not the server, failed the request.
+    pub fn is_link(&self) -> bool {
+        matches!(self, RemoteError::Unavailable(_) | RemoteError::Disconnected(_) | RemoteError::Timeout)
+    }
 }
 
 pub type Result<T> = std::result::Result<T, RemoteError>;
@@ -150,6 +169,10 @@ pub struct Extensions {
 /// Remote filesystem operations. Paths are absolute remote paths.
 pub trait Remote: Send + Sync + 'static {
     fn extensions(&self) -> Extensions;
+    /// Whether requests can be sent right now.
+    fn is_available(&self) -> bool;
+    /// Resolves once requests can be sent again (`Ok`), or the link has failed for good.
+    fn wait_available(&self) -> impl Future<Output = Result<()>> + Send;
     /// The canonical absolute form of `path`; relative paths are relative to the home
     /// directory the server gave the session.
     fn realpath(&self, path: &str) -> impl Future<Output = Result<String>> + Send;

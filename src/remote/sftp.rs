@@ -2,28 +2,106 @@
 //! from the link, with the SFTP status turned into a [`RemoteError`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags as SftpOpenFlags, Packet, StatusCode};
 
 use super::{Attr, DirEntry, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs};
-use crate::link::{Link, SftpConn};
+use crate::link::{Link, SftpConn, Unavailable};
 
 const ST_RDONLY: u64 = 1;
 
 pub struct SftpRemote {
     link: Arc<Link>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    next_handle: AtomicU64,
+    /// What the last connection announced, for answers while the link is down.
+    known_extensions: Mutex<Extensions>,
+}
+
+/// What is needed to open a file again on a new connection.
+struct OpenFile {
+    path: String,
+    opts: OpenOptions,
+    /// The server's handle and the connection generation it belongs to.
+    live: tokio::sync::Mutex<Option<(u64, String)>>,
 }
 
 impl SftpRemote {
     pub fn new(link: Arc<Link>) -> SftpRemote {
-        SftpRemote { link }
+        let known = link.conn().map(|c| extensions_from(&c.extensions)).unwrap_or_default();
+        SftpRemote {
+            link,
+            files: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            known_extensions: Mutex::new(known),
+        }
     }
 
     fn conn(&self) -> Result<Arc<SftpConn>> {
-        self.link.conn().map_err(|e| RemoteError::Disconnected(e.to_string()))
+        self.link.conn().map_err(|e| match e {
+            Unavailable::Down(m) => RemoteError::Unavailable(m),
+            Unavailable::Failed(m) => RemoteError::Failed(m),
+        })
     }
+
+    /// Maps a result, telling the link when the connection itself failed.
+    fn check<T>(&self, conn: &SftpConn, r: std::result::Result<T, SftpError>) -> Result<T> {
+        r.map_err(|e| {
+            let e = map_err(e);
+            if e.outcome_unknown() {
+                self.link.report_failure(conn.generation, &e.to_string());
+            }
+            e
+        })
+    }
+
+    fn file(&self, h: &Handle) -> Result<Arc<OpenFile>> {
+        lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::Failure("unknown handle".into()))
+    }
+
+    /// The server's handle for `h` on `conn`, opening the file again if the handle was
+    /// made on an earlier connection.
+    async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<String> {
+        let file = self.file(h)?;
+        let mut live = file.live.lock().await;
+        if let Some((generation, handle)) = live.as_ref() {
+            if *generation == conn.generation {
+                return Ok(handle.clone());
+            }
+        }
+        // Reopening must not create, truncate or fail on existence again.
+        let opts = OpenOptions { create: false, truncate: false, exclusive: false, ..file.opts };
+        let r = conn.sftp.open(file.path.as_str(), open_flags(opts), FileAttributes::empty()).await;
+        let handle = self.check(conn, r)?.handle;
+        tracing::debug!(path = %file.path, "reopened file on the new connection");
+        *live = Some((conn.generation, handle.clone()));
+        Ok(handle)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn open_flags(o: OpenOptions) -> SftpOpenFlags {
+    let mut flags = SftpOpenFlags::empty();
+    // APPEND is left out on purpose: the kernel gives every write its offset, and an
+    // append-mode handle would make a replayed write land twice.
+    for (on, f) in [
+        (o.read, SftpOpenFlags::READ),
+        (o.write, SftpOpenFlags::WRITE),
+        (o.create, SftpOpenFlags::CREATE),
+        (o.truncate, SftpOpenFlags::TRUNCATE),
+        (o.exclusive, SftpOpenFlags::EXCLUDE),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    flags
 }
 
 /// Reads which OpenSSH extensions the server announced in its version reply.
@@ -95,20 +173,33 @@ fn two_strings(a: &str, b: &str) -> Result<Vec<u8>> {
     russh_sftp::ser::to_bytes(&(a, b)).map(|b| b.to_vec()).map_err(|e| RemoteError::BadMessage(e.to_string()))
 }
 
-impl SftpRemote {
-    async fn current_owner(&self, conn: &SftpConn, path: &str) -> Option<(u32, u32)> {
-        conn.sftp.lstat(path).await.ok().map(|a| (a.attrs.uid.unwrap_or(0), a.attrs.gid.unwrap_or(0)))
-    }
-}
-
 impl Remote for SftpRemote {
     fn extensions(&self) -> Extensions {
-        self.link.conn().map(|c| extensions_from(&c.extensions)).unwrap_or_default()
+        match self.link.conn() {
+            Ok(c) => {
+                let ext = extensions_from(&c.extensions);
+                *lock(&self.known_extensions) = ext;
+                ext
+            }
+            Err(_) => *lock(&self.known_extensions),
+        }
+    }
+
+    fn is_available(&self) -> bool {
+        self.link.conn().is_ok()
+    }
+
+    async fn wait_available(&self) -> Result<()> {
+        self.link.wait_up().await.map_err(|e| match e {
+            Unavailable::Down(m) => RemoteError::Unavailable(m),
+            Unavailable::Failed(m) => RemoteError::Failed(m),
+        })
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {
         let c = self.conn()?;
-        let name = c.sftp.realpath(path).await.map_err(map_err)?;
+        let r = c.sftp.realpath(path).await;
+        let name = self.check(&c, r)?;
         name.files
             .into_iter()
             .next()
@@ -118,33 +209,45 @@ impl Remote for SftpRemote {
 
     async fn stat(&self, path: &str) -> Result<Attr> {
         let c = self.conn()?;
-        c.sftp.stat(path).await.map(|a| attr_from(&a.attrs)).map_err(map_err)
+        let r = c.sftp.stat(path).await;
+        self.check(&c, r).map(|a| attr_from(&a.attrs))
     }
 
     async fn lstat(&self, path: &str) -> Result<Attr> {
         let c = self.conn()?;
-        c.sftp.lstat(path).await.map(|a| attr_from(&a.attrs)).map_err(map_err)
+        let r = c.sftp.lstat(path).await;
+        self.check(&c, r).map(|a| attr_from(&a.attrs))
     }
 
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
         let c = self.conn()?;
-        let owner = if set.uid.is_some() != set.gid.is_some() { self.current_owner(&c, path).await } else { None };
-        c.sftp.setstat(path, attrs_to(set, owner)).await.map(|_| ()).map_err(map_err)
+        let owner = if set.uid.is_some() != set.gid.is_some() {
+            let r = c.sftp.lstat(path).await;
+            self.check(&c, r).ok().map(|a| (a.attrs.uid.unwrap_or(0), a.attrs.gid.unwrap_or(0)))
+        } else {
+            None
+        };
+        let r = c.sftp.setstat(path, attrs_to(set, owner)).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
         let c = self.conn()?;
+        let h = self.live_handle(&c, handle).await?;
         let owner = if set.uid.is_some() != set.gid.is_some() {
-            c.sftp.fstat(handle.0.clone()).await.ok().map(|a| (a.attrs.uid.unwrap_or(0), a.attrs.gid.unwrap_or(0)))
+            let r = c.sftp.fstat(h.clone()).await;
+            self.check(&c, r).ok().map(|a| (a.attrs.uid.unwrap_or(0), a.attrs.gid.unwrap_or(0)))
         } else {
             None
         };
-        c.sftp.fsetstat(handle.0.clone(), attrs_to(set, owner)).await.map(|_| ()).map_err(map_err)
+        let r = c.sftp.fsetstat(h, attrs_to(set, owner)).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
         let c = self.conn()?;
-        let h = c.sftp.opendir(path).await.map_err(map_err)?.handle;
+        let r = c.sftp.opendir(path).await;
+        let h = self.check(&c, r)?.handle;
         let mut out = Vec::new();
         let res = loop {
             match c.sftp.readdir(h.clone()).await {
@@ -155,7 +258,7 @@ impl Remote for SftpRemote {
                         .map(|f| DirEntry { attr: attr_from(&f.attrs), name: f.filename }),
                 ),
                 Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break Ok(out),
-                Err(e) => break Err(map_err(e)),
+                Err(e) => break self.check(&c, Err(e)),
             }
         };
         let _ = c.sftp.close(h).await;
@@ -164,79 +267,90 @@ impl Remote for SftpRemote {
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {
         let c = self.conn()?;
-        let mut flags = SftpOpenFlags::empty();
-        for (on, f) in [
-            (o.read, SftpOpenFlags::READ),
-            (o.write, SftpOpenFlags::WRITE),
-            (o.append, SftpOpenFlags::APPEND),
-            (o.create, SftpOpenFlags::CREATE),
-            (o.truncate, SftpOpenFlags::TRUNCATE),
-            (o.exclusive, SftpOpenFlags::EXCLUDE),
-        ] {
-            if on {
-                flags |= f;
-            }
-        }
         let mut attrs = FileAttributes::empty();
         attrs.permissions = o.mode;
-        c.sftp.open(path, flags, attrs).await.map(|h| Handle(h.handle)).map_err(map_err)
+        let r = c.sftp.open(path, open_flags(o), attrs).await;
+        let h = self.check(&c, r)?.handle;
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile { path: path.to_string(), opts: o, live: tokio::sync::Mutex::new(Some((c.generation, h))) };
+        lock(&self.files).insert(id, Arc::new(file));
+        Ok(Handle(id))
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
-        let c = self.conn()?;
-        c.sftp.close(handle.0.clone()).await.map(|_| ()).map_err(map_err)
+        let Some(file) = lock(&self.files).remove(&handle.0) else { return Ok(()) };
+        let live = file.live.lock().await.take();
+        let Some((generation, h)) = live else { return Ok(()) };
+        // A handle of a connection that is gone died with it.
+        let Ok(c) = self.conn() else { return Ok(()) };
+        if c.generation != generation {
+            return Ok(());
+        }
+        let r = c.sftp.close(h).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Vec<u8>> {
         let c = self.conn()?;
-        match c.sftp.read(handle.0.clone(), offset, len).await {
+        let h = self.live_handle(&c, handle).await?;
+        match c.sftp.read(h, offset, len).await {
             Ok(d) => Ok(d.data),
             Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
-            Err(e) => Err(map_err(e)),
+            Err(e) => self.check(&c, Err(e)),
         }
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<()> {
         let c = self.conn()?;
-        c.sftp.write(handle.0.clone(), offset, data.to_vec()).await.map(|_| ()).map_err(map_err)
+        let h = self.live_handle(&c, handle).await?;
+        let r = c.sftp.write(h, offset, data.to_vec()).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
         let c = self.conn()?;
-        c.sftp.fsync(handle.0.clone()).await.map(|_| ()).map_err(map_err)
+        let h = self.live_handle(&c, handle).await?;
+        let r = c.sftp.fsync(h).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
         let c = self.conn()?;
         let mut attrs = FileAttributes::empty();
         attrs.permissions = Some(mode);
-        c.sftp.mkdir(path, attrs).await.map(|_| ()).map_err(map_err)
+        let r = c.sftp.mkdir(path, attrs).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
         let c = self.conn()?;
-        c.sftp.rmdir(path).await.map(|_| ()).map_err(map_err)
+        let r = c.sftp.rmdir(path).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
         let c = self.conn()?;
-        c.sftp.remove(path).await.map(|_| ()).map_err(map_err)
+        let r = c.sftp.remove(path).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let c = self.conn()?;
         if extensions_from(&c.extensions).posix_rename {
-            let packet = c.sftp.extended("posix-rename@openssh.com", two_strings(from, to)?).await.map_err(map_err)?;
-            return status_of(packet);
+            let r = c.sftp.extended("posix-rename@openssh.com", two_strings(from, to)?).await;
+            return status_of(self.check(&c, r)?);
         }
         // Plain SFTP rename refuses to replace: remove the target first (not atomic).
-        match c.sftp.rename(from, to).await {
+        let first = c.sftp.rename(from, to).await;
+        match self.check(&c, first) {
             Ok(_) => Ok(()),
-            Err(first) => {
+            Err(e) if e.is_link() => Err(e),
+            Err(e) => {
                 if c.sftp.lstat(to).await.is_ok() && c.sftp.remove(to).await.is_ok() {
-                    c.sftp.rename(from, to).await.map(|_| ()).map_err(map_err)
+                    let r = c.sftp.rename(from, to).await;
+                    self.check(&c, r).map(|_| ())
                 } else {
-                    Err(map_err(first))
+                    Err(e)
                 }
             }
         }
@@ -246,12 +360,14 @@ impl Remote for SftpRemote {
         let c = self.conn()?;
         // OpenSSH's server takes the arguments in the reverse of the draft's order
         // (target first), as its own client sends them.
-        c.sftp.symlink(target, link).await.map(|_| ()).map_err(map_err)
+        let r = c.sftp.symlink(target, link).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
         let c = self.conn()?;
-        let name = c.sftp.readlink(path).await.map_err(map_err)?;
+        let r = c.sftp.readlink(path).await;
+        let name = self.check(&c, r)?;
         name.files
             .into_iter()
             .next()
@@ -261,12 +377,14 @@ impl Remote for SftpRemote {
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
         let c = self.conn()?;
-        c.sftp.hardlink(existing, new).await.map(|_| ()).map_err(map_err)
+        let r = c.sftp.hardlink(existing, new).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn statfs(&self, path: &str) -> Result<StatFs> {
         let c = self.conn()?;
-        let s = c.sftp.statvfs(path).await.map_err(map_err)?;
+        let r = c.sftp.statvfs(path).await;
+        let s = self.check(&c, r)?;
         Ok(StatFs {
             block_size: s.block_size,
             fragment_size: s.fragment_size,

@@ -1,0 +1,280 @@
+//! Write-behind for one open file: a write is acknowledged once queued; a flusher sends
+//! the queue to the server in order with many requests in flight, keeps what was not
+//! acknowledged across a lost connection and sends it again once the link is back, and
+//! records a failure so that the next write, fsync or close reports it. Nothing that was
+//! acknowledged to a program is dropped without such a report.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::future::join_all;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+use super::errno::{self, Errno, Op};
+use crate::remote::{Handle, Remote, RemoteError};
+
+/// Writes sent together; the server answers them in order.
+const MAX_IN_FLIGHT: usize = 32;
+
+#[derive(Debug)]
+struct Pending {
+    offset: u64,
+    data: Arc<Vec<u8>>,
+    /// Holds this write's share of the mount's dirty-data budget until it is done.
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Writes not yet acknowledged by the server, oldest first.
+    queue: VecDeque<Pending>,
+    /// The first failure not yet reported to the program.
+    error: Option<Errno>,
+    flushing: bool,
+    /// Set when the link failed for good: later writes fail at once.
+    dead: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteBack {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl WriteBack {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Each critical section is a few queue operations; a panic cannot tear one.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a write. Returns whether a flusher must be started.
+    pub fn push(&self, offset: u64, data: Vec<u8>, budget: Option<OwnedSemaphorePermit>) -> bool {
+        let mut s = self.lock();
+        s.queue.push_back(Pending { offset, data: Arc::new(data), _budget: budget });
+        let start = !s.flushing;
+        s.flushing = true;
+        start
+    }
+
+    /// Takes the failure to report, if any (reported once, as with a local filesystem).
+    pub fn take_error(&self) -> Option<Errno> {
+        self.lock().error.take()
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.lock().dead
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
+    pub fn queued_bytes(&self) -> u64 {
+        self.lock().queue.iter().map(|p| p.data.len() as u64).sum()
+    }
+
+    /// The end of the furthest queued write: the file is at least this long.
+    pub fn end(&self) -> u64 {
+        self.lock().queue.iter().map(|p| p.offset + p.data.len() as u64).max().unwrap_or(0)
+    }
+
+    /// Waits until everything queued so far is on the server; reports a failure if one
+    /// happened since the last report.
+    pub async fn drained(&self) -> Result<(), Errno> {
+        loop {
+            let wake = self.changed.notified();
+            {
+                let mut s = self.lock();
+                if s.queue.is_empty() {
+                    return s.error.take().map_or(Ok(()), Err);
+                }
+            }
+            wake.await;
+        }
+    }
+
+    /// Waits until everything queued so far is on the server (or given up), leaving any
+    /// failure for the writer to collect.
+    pub async fn idle(&self) {
+        loop {
+            let wake = self.changed.notified();
+            if self.lock().queue.is_empty() {
+                return;
+            }
+            wake.await;
+        }
+    }
+
+    /// Sends the queue until it is empty. Runs as its own task.
+    pub async fn flush_queue<R: Remote>(self: Arc<Self>, remote: Arc<R>, handle: Handle) {
+        loop {
+            let batch: Vec<(u64, Arc<Vec<u8>>)> = {
+                let mut s = self.lock();
+                if s.queue.is_empty() {
+                    s.flushing = false;
+                    drop(s);
+                    self.changed.notify_waiters();
+                    return;
+                }
+                s.queue.iter().take(MAX_IN_FLIGHT).map(|p| (p.offset, p.data.clone())).collect()
+            };
+            let results = join_all(batch.iter().map(|(off, data)| remote.write(&handle, *off, data))).await;
+            let link_failed = self.settle(&results, &*remote).await;
+            self.changed.notify_waiters();
+            if link_failed {
+                // Keep the rest and send it again once the link is back.
+                if let Err(e) = remote.wait_available().await {
+                    self.give_up(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drops what the server acknowledged or refused, oldest first, stopping at the first
+    /// write lost with the link. Returns whether the link failed.
+    async fn settle<R: Remote>(&self, results: &[crate::remote::Result<()>], remote: &R) -> bool {
+        let mut refused = None;
+        let mut done = 0;
+        let mut link_failed = false;
+        for r in results {
+            match r {
+                Ok(()) => done += 1,
+                Err(e) if e.is_link() => {
+                    link_failed = true;
+                    break;
+                }
+                Err(RemoteError::Failed(_)) => {
+                    link_failed = true;
+                    break;
+                }
+                Err(e) => {
+                    refused.get_or_insert_with(|| e.clone());
+                    done += 1;
+                }
+            }
+        }
+        let errno = match refused {
+            Some(e) => Some(write_errno(remote, e).await),
+            None => None,
+        };
+        let mut s = self.lock();
+        for _ in 0..done {
+            s.queue.pop_front();
+        }
+        if let Some(e) = errno {
+            tracing::warn!(error = %e, "the server refused a write; reporting it at the next write, fsync or close");
+            s.error.get_or_insert(e);
+        }
+        link_failed
+    }
+
+    fn give_up(&self, e: RemoteError) {
+        let mut s = self.lock();
+        let lost: usize = s.queue.iter().map(|p| p.data.len()).sum();
+        tracing::error!(bytes = lost, error = %e, "link failed for good: queued writes are lost");
+        s.queue.clear();
+        s.flushing = false;
+        s.dead = true;
+        s.error.get_or_insert(Errno::EIO);
+        drop(s);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The errno for a write the server refused: the filesystem may be full or read-only.
+async fn write_errno<R: Remote>(remote: &R, e: RemoteError) -> Errno {
+    if let Some(errno) = errno::direct(Op::Write, &e) {
+        return errno;
+    }
+    let mut facts = errno::Facts::default();
+    if remote.extensions().statvfs {
+        if let Ok(s) = remote.statfs("/").await {
+            facts.read_only = s.read_only;
+            facts.full = s.blocks_avail == 0;
+        }
+    }
+    errno::explain(Op::Write, facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::fake::FakeRemote;
+    use crate::remote::OpenOptions;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    async fn open(remote: &FakeRemote) -> Handle {
+        remote.open("/f", OpenOptions { write: true, create: true, ..OpenOptions::default() }).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_land_in_order_and_drain() {
+        let remote = Arc::new(FakeRemote::new());
+        let h = open(&remote).await;
+        let wb = Arc::new(WriteBack::default());
+        for i in 0..100u64 {
+            let start = wb.push(i * 10, vec![i as u8; 10], None);
+            if start {
+                tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+            }
+        }
+        // An overlapping later write must win.
+        if wb.push(5, vec![0xff; 3], None) {
+            tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        }
+        assert_eq!(wb.end(), 1000);
+        tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap().unwrap();
+        let data = remote.file("/f").unwrap();
+        assert_eq!(data.len(), 1000);
+        assert_eq!(&data[0..5], &[0; 5]);
+        assert_eq!(&data[5..8], &[0xff; 3]);
+        assert_eq!(data[999], 99);
+        assert!(wb.is_idle());
+    }
+
+    #[tokio::test]
+    async fn queued_writes_survive_an_outage() {
+        let remote = Arc::new(FakeRemote::new());
+        let h = open(&remote).await;
+        remote.down.store(true, Ordering::SeqCst);
+        let wb = Arc::new(WriteBack::default());
+        assert!(wb.push(0, b"kept".to_vec(), None));
+        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        // Nothing can land while down, and nothing is dropped.
+        let early = tokio::time::timeout(Duration::from_millis(200), wb.drained()).await;
+        assert!(early.is_err(), "drained while the link was down");
+        assert_eq!(wb.end(), 4);
+        remote.down.store(false, Ordering::SeqCst);
+        remote.notify_available();
+        tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap().unwrap();
+        assert_eq!(remote.file("/f").unwrap(), b"kept");
+    }
+
+    #[tokio::test]
+    async fn refused_write_is_reported_once() {
+        let remote = Arc::new(FakeRemote::new());
+        let h = open(&remote).await;
+        remote.close(&h).await.unwrap(); // the server no longer knows the handle
+        let wb = Arc::new(WriteBack::default());
+        assert!(wb.push(0, b"x".to_vec(), None));
+        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
+        assert_eq!(r, Err(Errno::EIO));
+        assert_eq!(wb.take_error(), None);
+    }
+
+    #[tokio::test]
+    async fn permanent_failure_reports_loss() {
+        let remote = Arc::new(FakeRemote::new());
+        let h = open(&remote).await;
+        remote.failed.store(true, Ordering::SeqCst);
+        let wb = Arc::new(WriteBack::default());
+        assert!(wb.push(0, b"x".to_vec(), None));
+        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
+        assert_eq!(r, Err(Errno::EIO));
+        assert!(wb.is_dead());
+    }
+}
