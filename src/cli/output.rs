@@ -36,7 +36,7 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
     if mounts.is_empty() {
         println!("no mounts");
     }
-    let rows: Vec<[String; 6]> = mounts
+    let rows: Vec<[String; 8]> = mounts
         .iter()
         .map(|m| {
             [
@@ -45,11 +45,13 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
                 m.remote.clone(),
                 m.status.to_string(),
                 ago(m.since),
+                m.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
+                m.reconnects.to_string(),
                 m.open_handles.to_string(),
             ]
         })
         .collect();
-    let head = ["NAME", "MOUNTPOINT", "REMOTE", "STATE", "FOR", "HANDLES"];
+    let head = ["NAME", "MOUNTPOINT", "REMOTE", "STATE", "FOR", "RTT", "RECONNECTS", "HANDLES"];
     let mut width = head.map(str::len);
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r.iter()) {

@@ -208,10 +208,11 @@ impl Link {
                 _ => None,
             }
         };
-        if taken.is_some() {
+        if let Some(old) = taken {
             tracing::warn!(host = %self.dest.host_name, what, "connection lost");
             *lock(&self.last_failure) = what.to_string();
             self.failure_seen.notify_one();
+            retire(old);
         }
     }
 
@@ -250,7 +251,9 @@ impl Link {
                 Some(why) => why,
                 None => return,
             };
-            self.current.write().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(old) = self.current.write().unwrap_or_else(|e| e.into_inner()).take() {
+                retire(old);
+            }
             if up_since.elapsed() >= self.opts.stable_after {
                 backoff.reset();
             }
@@ -390,6 +393,13 @@ impl Link {
         }
         Ok(())
     }
+}
+
+/// Ends a connection that is no longer used, without waiting on a dead network.
+fn retire(conn: Arc<SftpConn>) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

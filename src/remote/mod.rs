@@ -136,7 +136,7 @@ pub enum RemoteError {
     #[error("connection lost: {0}")]
     Disconnected(String),
     /// The request outlived its deadline: it may or may not have been applied.
-    #[error("timed out")]
+    #[error("no answer within the request timeout")]
     Timeout,
     /// The link has given up for good (host key changed, remote path gone, ...).
     #[error("link failed: {0}")]

@@ -4,6 +4,8 @@
 //! what it started on drop, so a failing test leaves no mount or process behind.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::fs;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -111,14 +113,16 @@ impl Sshd {
         self.dir.path().join("user_key")
     }
 
-    /// Stops sshd (existing sessions die with it, as on a server reboot).
+    /// Stops sshd and every session it serves, as a server reboot would.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let sessions = descendants(c.id());
             let _ = c.kill();
             let _ = c.wait();
+            for pid in sessions {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
         }
-        // Children serving live sessions outlive the listener; end them too.
-        let _ = Command::new("pkill").args(["-f", &format!("sshd_config.*{}", self.dir.path().display())]).status();
     }
 
     /// Restarts sshd on the same port, optionally with a fresh host key.
@@ -147,10 +151,17 @@ pub struct Client {
     pub home: tempfile::TempDir,
     pub ssh_config: PathBuf,
     pub known_hosts: PathBuf,
+    /// Where the client connects: the sshd, or a proxy in front of it.
+    pub port: u16,
 }
 
 impl Client {
     pub fn new(sshd: &Sshd) -> Client {
+        Client::via(sshd, sshd.port)
+    }
+
+    /// A client that reaches the sshd through `port` (a fault proxy in front of it).
+    pub fn via(sshd: &Sshd, port: u16) -> Client {
         let home = tempfile::Builder::new().prefix("moor-home-").tempdir().unwrap();
         let h = home.path();
         for sub in ["run", "state", ".ssh"] {
@@ -159,7 +170,7 @@ impl Client {
         fs::set_permissions(h.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
         let known_hosts = h.join(".ssh/known_hosts");
         let ssh_config = h.join(".ssh/config");
-        let c = Client { home, ssh_config, known_hosts };
+        let c = Client { home, ssh_config, known_hosts, port };
         c.trust(sshd);
         c.write_config(sshd, "");
         c
@@ -170,7 +181,7 @@ impl Client {
         let text = format!(
             "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  \
              IdentitiesOnly yes\n  UserKnownHostsFile {}\n  ConnectTimeout 5\n{extra}",
-            sshd.port,
+            self.port,
             sshd.user_key().display(),
             self.known_hosts.display()
         );
@@ -180,7 +191,7 @@ impl Client {
     /// Records the sshd's current host key in known_hosts, replacing what was there.
     pub fn trust(&self, sshd: &Sshd) {
         let mut f = fs::File::create(&self.known_hosts).unwrap();
-        writeln!(f, "[127.0.0.1]:{} {}", sshd.port, sshd.host_pub.trim()).unwrap();
+        writeln!(f, "[127.0.0.1]:{} {}", self.port, sshd.host_pub.trim()).unwrap();
     }
 
     /// A `moor` command in this client's private environment.
@@ -302,6 +313,31 @@ impl Drop for Mount {
     }
 }
 
+/// Every process below `pid`, read from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // The parent pid is the second field after the parenthesised command name.
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if let Some(pp) = ppid {
+            parent_of.push((p, pp));
+        }
+    }
+    let mut out = Vec::new();
+    let mut frontier = vec![pid];
+    while let Some(cur) = frontier.pop() {
+        for &(p, pp) in &parent_of {
+            if pp == cur && !out.contains(&p) {
+                out.push(p);
+                frontier.push(p);
+            }
+        }
+    }
+    out
+}
+
 pub fn is_mounted(path: &Path) -> bool {
     let p = path.to_string_lossy().to_string();
     fs::read_to_string("/proc/mounts")
@@ -312,6 +348,11 @@ pub fn is_mounted(path: &Path) -> bool {
 /// Runs a command, killing it if it outlives `deadline`.
 pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
+    run_with_deadline_child(child, deadline)
+}
+
+/// Waits for a started child (with piped output), killing it if it outlives `deadline`.
+pub fn run_with_deadline_child(child: std::process::Child, deadline: Duration) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -321,7 +362,7 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
         Ok(out) => out.expect("wait for command"),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("command {:?} did not finish within {:?}", cmd.get_program(), deadline);
+            panic!("command {pid} did not finish within {deadline:?}");
         }
     }
 }
