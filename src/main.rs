@@ -10,6 +10,7 @@ mod fs;
 mod link;
 mod logging;
 mod remote;
+mod timestamp;
 
 fn main() {
     std::process::exit(cli::run());

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::protocol::{ErrorKind, MoorError, MountRequest, Request, Response};
-use crate::control::{agent, client, mount};
+use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest, Request, Response};
+use crate::control::{agent, client, mount, registry};
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
 
@@ -42,6 +42,9 @@ enum Command {
         after_help = "Examples:\n  moor unmount ~/src\n  moor unmount build-src\n  moor unmount --lazy ~/src    detach now even if busy\n  moor unmount --all"
     )]
     Unmount(UnmountArgs),
+    /// Reconnect a mount now, skipping the backoff (also after it failed), and say how it went
+    #[command(after_help = "Examples:\n  moor reconnect ~/src\n  moor reconnect build-src")]
+    Reconnect(ReconnectArgs),
     /// Serve mounts (started by `moor mount` on demand; not run by hand)
     #[command(hide = true)]
     Agent,
@@ -88,6 +91,9 @@ struct MountArgs {
     /// Stay attached: serve the mount from this process until Ctrl-C, then unmount
     #[arg(long)]
     foreground: bool,
+    /// Keep trying a host that refuses or does not answer (e.g. still booting) this long
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    wait: Option<Duration>,
     #[command(flatten)]
     resilience: ResilienceArgs,
 }
@@ -163,9 +169,22 @@ enum MountAction {
 
 #[derive(Args, Debug)]
 struct StatusArgs {
-    /// Print one JSON document instead of a table
+    /// One mount, in detail (with its connections)
+    #[arg(value_name = "NAME|MOUNTPOINT")]
+    target: Option<String>,
+    /// Print JSON instead of a table (with --watch: one object per line per change)
     #[arg(long)]
     json: bool,
+    /// Print every state change as it happens, until Ctrl-C
+    #[arg(long, conflicts_with = "target")]
+    watch: bool,
+}
+
+#[derive(Args, Debug)]
+struct ReconnectArgs {
+    /// Mountpoint or mount name
+    #[arg(value_name = "MOUNTPOINT|NAME")]
+    target: String,
 }
 
 #[derive(Args, Debug)]
@@ -221,6 +240,9 @@ pub fn run() -> i32 {
         }
     };
     let res = rt.block_on(async move {
+        if !is_agent {
+            report_stale().await;
+        }
         match cli.command {
             Command::Agent => agent::run().await,
             Command::Mount(args) => match args.action {
@@ -228,6 +250,7 @@ pub fn run() -> i32 {
                 None => mount_cmd(*args, cli.verbose).await,
             },
             Command::Unmount(args) => unmount_cmd(args).await,
+            Command::Reconnect(args) => reconnect_cmd(args).await,
         }
     });
     // Background tasks (e.g. a lingering SSH session) must not hold the exit.
@@ -254,7 +277,15 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         options: args.options,
     };
     let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
-    let mountpoint = mount::check_mountpoint(&mountpoint)?;
+    // A moor mount there may be this very mount asked for again: the agent decides.
+    let mountpoint = match mount::check_mountpoint(&mountpoint) {
+        Ok(p) => p,
+        Err(e) if mount::is_moor_mount(&agent::absolute(&mountpoint)) => {
+            let _ = e;
+            agent::absolute(&mountpoint)
+        }
+        Err(e) => return Err(e),
+    };
     let connect_timeout = dest.connect_timeout;
     let req = MountRequest {
         dest,
@@ -263,18 +294,28 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         name: args.name,
         link: args.resilience.link_options(),
         call_timeout: args.resilience.call_timeout,
+        wait: args.wait,
+        verbose,
     };
     if args.foreground {
         return foreground(req).await;
     }
-    let progress = output::Progress::start(format!("connecting to {}", req.dest.display()));
+    let what = match req.wait {
+        Some(w) => format!("waiting for host {} (up to {:.0}s)", req.dest.alias, w.as_secs_f64()),
+        None => format!("connecting to {}", req.dest.display()),
+    };
+    let progress = output::Progress::start(what);
     let stream = client::connect_or_start(verbose).await?;
-    let deadline = connect_timeout + Duration::from_secs(30);
+    let deadline = connect_timeout + req.wait.unwrap_or_default() + Duration::from_secs(30);
     let res = client::exchange(stream, Request::Mount(Box::new(req)), deadline).await;
     progress.finish();
-    let Response::Mounted { mount } = res? else {
+    let Response::Mounted { mount, already } = res? else {
         return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent"));
     };
+    if already {
+        println!("already mounted: {} on {} (name: {})", mount.remote, mount.mountpoint.display(), mount.name);
+        return Ok(());
+    }
     // The command returns only once the mount answers.
     let mp = mountpoint.clone();
     let answered =
@@ -321,21 +362,103 @@ async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     Ok(())
 }
 
-async fn status(args: StatusArgs) -> Result<(), MoorError> {
-    let mounts = match client::connect().await? {
+/// Cleans up after agents that died and tells the user what was found.
+async fn report_stale() {
+    match registry::clean_stale().await {
+        Ok(notices) => {
+            for n in notices {
+                eprintln!("moor: note: {} on {}: {}", n.name, n.mountpoint.display(), n.what);
+            }
+        }
+        Err(e) => tracing::warn!(%e, "cannot check for mounts left by a dead agent"),
+    }
+}
+
+async fn fetch_status() -> Result<Vec<MountInfo>, MoorError> {
+    Ok(match client::connect().await? {
         None => Vec::new(),
         Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
             Response::Status { mounts } => mounts,
             _ => return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
         },
-    };
+    })
+}
+
+async fn status(args: StatusArgs) -> Result<(), MoorError> {
+    if args.watch {
+        return watch(args.json).await;
+    }
+    let mounts = fetch_status().await?;
+    if let Some(target) = &args.target {
+        let abs = agent::absolute(std::path::Path::new(target));
+        let Some(m) = mounts.iter().find(|m| &m.name == target || m.mountpoint == abs) else {
+            return Err(agent::not_mounted(target));
+        };
+        output::detail(m, args.json);
+        return Ok(());
+    }
     let orphans: Vec<PathBuf> = mount::kernel_mounts()
         .into_iter()
         .filter(|k| k.is_moor_of_mine() && !mounts.iter().any(|m| m.mountpoint == k.path))
         .map(|k| k.path)
         .collect();
-    output::status(&mounts, &orphans, args.json);
+    let notices = registry::take_notices().unwrap_or_default();
+    output::status(&mounts, &orphans, &notices, args.json);
     Ok(())
+}
+
+/// Streams state changes until Ctrl-C; waits for an agent if none runs yet.
+async fn watch(json: bool) -> Result<(), MoorError> {
+    let mut announced = false;
+    loop {
+        let stream = match client::connect().await? {
+            Some(s) => s,
+            None => {
+                if !announced && !json {
+                    println!("no mounts yet; waiting for one (Ctrl-C to stop)");
+                    announced = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        };
+        let mut lines = client::stream(stream, Request::Watch).await?;
+        loop {
+            let next = tokio::select! {
+                r = lines.next() => r,
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            };
+            match next? {
+                Some(Response::Watching { mounts }) => {
+                    if !json {
+                        output::status(&mounts, &[], &[], false);
+                    }
+                }
+                Some(Response::Event { event }) => output::event(&event, json),
+                Some(_) => {}
+                // The agent left (its last mount went): wait for the next one.
+                None => break,
+            }
+        }
+    }
+}
+
+async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), MoorError> {
+    let Some(stream) = client::connect().await? else {
+        return Err(agent::not_mounted(&args.target));
+    };
+    let progress = output::Progress::start(format!("reconnecting {}", args.target));
+    let res = client::exchange(stream, Request::Reconnect { target: args.target }, Duration::from_secs(60)).await;
+    progress.finish();
+    match res? {
+        Response::Reconnected { mount, outcome } => {
+            println!("{}: {outcome}", mount.name);
+            Ok(())
+        }
+        _ => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
+    }
 }
 
 async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {

@@ -4,7 +4,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::protocol::{MoorError, MountInfo, Timestamp};
+use crate::control::protocol::{MoorError, MountInfo, MountStatus, StatusEvent, Timestamp};
+use crate::control::registry::Notice;
 
 pub fn error(e: &MoorError) {
     eprintln!("moor: {}", e.message);
@@ -27,16 +28,32 @@ pub fn ago(since: Timestamp) -> String {
     }
 }
 
-pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
+/// Bytes for people: 1.2 MiB.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], notices: &[Notice], json: bool) {
     if json {
-        let doc = serde_json::json!({ "mounts": mounts, "orphans": orphans });
+        let doc = serde_json::json!({ "mounts": mounts, "orphans": orphans, "notices": notices });
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
         return;
     }
     if mounts.is_empty() {
         println!("no mounts");
     }
-    let rows: Vec<[String; 8]> = mounts
+    let rows: Vec<[String; 10]> = mounts
         .iter()
         .map(|m| {
             [
@@ -47,11 +64,14 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
                 ago(m.since),
                 m.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
                 m.reconnects.to_string(),
+                format!("{}/{}", bytes(m.bytes_read), bytes(m.bytes_written)),
                 m.open_handles.to_string(),
+                m.connections.len().to_string(),
             ]
         })
         .collect();
-    let head = ["NAME", "MOUNTPOINT", "REMOTE", "STATE", "FOR", "RTT", "RECONNECTS", "HANDLES"];
+    let head =
+        ["NAME", "MOUNTPOINT", "REMOTE", "STATE", "FOR", "RTT", "RECONNECTS", "READ/WRITTEN", "HANDLES", "CONNS"];
     let mut width = head.map(str::len);
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r.iter()) {
@@ -68,8 +88,56 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], json: bool) {
     for r in &rows {
         line(r);
     }
+    for m in mounts.iter().filter(|m| matches!(m.status, MountStatus::Failed { .. })) {
+        if let Some(log) = &m.log {
+            println!("{}: failed; its log is {}", m.name, log.display());
+        }
+    }
     for o in orphans {
         println!("{}: left by an agent that is gone; clean it with `moor unmount {}`", o.display(), o.display());
+    }
+    for n in notices {
+        println!("{} {} on {}: {}", n.at, n.name, n.mountpoint.display(), n.what);
+    }
+}
+
+/// One mount in detail.
+pub fn detail(m: &MountInfo, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(m).unwrap_or_default());
+        return;
+    }
+    let rtt = m.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
+    println!("name:          {}", m.name);
+    println!("mountpoint:    {}", m.mountpoint.display());
+    println!("remote:        {}", m.remote);
+    println!("state:         {} (for {}, since {})", m.status, ago(m.since), m.since);
+    println!("heartbeat rtt: {rtt}");
+    println!("reconnects:    {}", m.reconnects);
+    println!("read/written:  {} / {}", bytes(m.bytes_read), bytes(m.bytes_written));
+    println!("open handles:  {}", m.open_handles);
+    if let Some(log) = &m.log {
+        println!("log:           {}", log.display());
+    }
+    println!("connections:   {}", m.connections.len());
+    for (i, c) in m.connections.iter().enumerate() {
+        println!(
+            "  #{}  connected {}  last activity {}  idle {:.1}s  operations {}",
+            i + 1,
+            c.connected_at,
+            c.last_activity,
+            c.idle_secs,
+            c.operations
+        );
+    }
+}
+
+/// One state change, as it happens.
+pub fn event(e: &StatusEvent, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(e).unwrap_or_default());
+    } else {
+        println!("{} {}: {} -> {}", e.at, e.mount, e.old, e.new);
     }
 }
 

@@ -2,19 +2,22 @@
 //! exits by itself when its last mount is gone.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::{broadcast, Mutex, Notify};
 
 use super::mount::{self, LiveMount};
 use super::paths;
 use super::protocol::{Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION};
+use super::registry;
+use super::status::{MountStatus, StatusEvent, Timestamp};
+use crate::link::backoff::Backoff;
 use crate::link::{Destination, Link, LinkState};
 
 /// How long a fresh agent waits for its first request before leaving.
@@ -24,7 +27,6 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// How long an ending mount gives its queued writes to reach the server.
 const DRAIN_AT_UNMOUNT: Duration = Duration::from_secs(10);
 
-#[derive(Default)]
 struct Agent {
     mounts: Mutex<HashMap<PathBuf, Arc<LiveMount>>>,
     /// One managed link per destination, shared by its mounts, with how many use it.
@@ -33,6 +35,49 @@ struct Agent {
     in_flight: AtomicUsize,
     served_any: AtomicBool,
     changed: Notify,
+    /// Every mount's state changes, for `moor mount status --watch`.
+    events: broadcast::Sender<StatusEvent>,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            mounts: Mutex::default(),
+            links: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            served_any: AtomicBool::new(false),
+            changed: Notify::new(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+/// Set when the client that asked for a mount hung up (Ctrl-C): stop waiting for it.
+#[derive(Clone, Default)]
+struct Cancel {
+    flag: Arc<AtomicBool>,
+    notify: Arc<Notify>,
+}
+
+impl Cancel {
+    fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let wake = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            wake.await;
+        }
+    }
 }
 
 /// Takes the agent lock, held for the life of the process: one agent per user.
@@ -130,30 +175,71 @@ impl Agent {
             return;
         }
         let (rd, mut wr) = stream.into_split();
+        let mut rd = BufReader::new(rd);
         let mut line = String::new();
-        let read = tokio::time::timeout(READ_DEADLINE, BufReader::new(rd).read_line(&mut line)).await;
-        let response = match read {
+        let read = tokio::time::timeout(READ_DEADLINE, rd.read_line(&mut line)).await;
+        let req = match read {
             Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Envelope<Request>>(&line) {
-                Ok(env) if env.version == PROTOCOL_VERSION => self.handle(env.body).await,
-                Ok(env) => error(ErrorKind::Agent, format!(
-                    "the running agent speaks protocol {PROTOCOL_VERSION}, this moor speaks {}: unmount everything (`moor unmount --all`) to restart it",
-                    env.version
-                )),
-                Err(e) => error(ErrorKind::Agent, format!("bad request: {e}")),
+                Ok(env) if env.version == PROTOCOL_VERSION => env.body,
+                Ok(env) => {
+                    let msg = format!(
+                        "the running agent speaks protocol {PROTOCOL_VERSION}, this moor speaks {}: unmount everything (`moor unmount --all`) to restart it",
+                        env.version
+                    );
+                    let _ = send(&mut wr, error(ErrorKind::Agent, msg)).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = send(&mut wr, error(ErrorKind::Agent, format!("bad request: {e}"))).await;
+                    return;
+                }
             },
             _ => return,
         };
-        let env = Envelope { version: PROTOCOL_VERSION, body: response };
-        if let Ok(mut text) = serde_json::to_string(&env) {
-            text.push('\n');
-            let _ = wr.write_all(text.as_bytes()).await;
+        if matches!(req, Request::Watch) {
+            self.stream_events(wr).await;
+            return;
+        }
+        // The client hanging up (Ctrl-C) cancels what it asked for.
+        let cancel = Cancel::default();
+        let work = self.handle(req, cancel.clone());
+        tokio::pin!(work);
+        let mut probe = [0u8; 1];
+        let response = tokio::select! {
+            r = &mut work => r,
+            _ = rd.read(&mut probe) => {
+                cancel.cancel();
+                work.await
+            }
+        };
+        let _ = send(&mut wr, response).await;
+    }
+
+    /// Sends where things stand, then every state change, until the client hangs up.
+    async fn stream_events(&self, mut wr: tokio::net::unix::OwnedWriteHalf) {
+        let mut rx = self.events.subscribe();
+        let mut mounts: Vec<MountInfo> = self.mounts.lock().await.values().map(|m| m.info()).collect();
+        mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
+        if send(&mut wr, Response::Watching { mounts }).await.is_err() {
+            return;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    if send(&mut wr, Response::Event { event }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(n, "a watcher fell behind"),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
         }
     }
 
-    async fn handle(self: &Arc<Self>, req: Request) -> Response {
+    async fn handle(self: &Arc<Self>, req: Request, cancel: Cancel) -> Response {
         match req {
-            Request::Mount(m) => match self.mount(*m).await {
-                Ok(mount) => Response::Mounted { mount },
+            Request::Mount(m) => match self.mount(*m, cancel).await {
+                Ok((mount, already)) => Response::Mounted { mount, already },
                 Err(error) => Response::Error { error },
             },
             Request::Unmount { target, lazy } => match self.unmount(&target, lazy).await {
@@ -164,6 +250,22 @@ impl Agent {
                 let mut mounts: Vec<MountInfo> = self.mounts.lock().await.values().map(|m| m.info()).collect();
                 mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
                 Response::Status { mounts }
+            }
+            Request::Reconnect { target } => match self.reconnect(&target).await {
+                Ok((mount, outcome)) => Response::Reconnected { mount, outcome },
+                Err(error) => Response::Error { error },
+            },
+            Request::Watch => error(ErrorKind::Internal, "watch is served as a stream".into()),
+        }
+    }
+
+    async fn reconnect(&self, target: &str) -> Result<(MountInfo, String), MoorError> {
+        let m = self.find(target).await.ok_or_else(|| not_mounted(target))?;
+        let limit = m.request.link.reconnect_timeout + Duration::from_secs(5);
+        match m.link().reconnect_now(limit).await {
+            Ok(outcome) => Ok((m.info(), outcome.to_string())),
+            Err(reason) => {
+                Err(MoorError::new(ErrorKind::Connect, format!("{}: still not connected: {reason}", m.name)))
             }
         }
     }
@@ -178,7 +280,21 @@ impl Agent {
         (2..).map(|i| format!("{base}-{i}")).find(|n| !taken(n)).unwrap_or(base)
     }
 
-    async fn mount(self: &Arc<Self>, req: MountRequest) -> Result<MountInfo, MoorError> {
+    async fn mount(self: &Arc<Self>, req: MountRequest, cancel: Cancel) -> Result<(MountInfo, bool), MoorError> {
+        if let Some(existing) = self.mounts.lock().await.get(&req.mountpoint).cloned() {
+            if existing.same_as(&req) {
+                return Ok((existing.info(), true));
+            }
+            return Err(MoorError::new(
+                ErrorKind::Mountpoint,
+                format!(
+                    "{} already has {} mounted (name {}): unmount it first, or pick another directory",
+                    req.mountpoint.display(),
+                    existing.remote,
+                    existing.name
+                ),
+            ));
+        }
         if let Some(n) = &req.name {
             if self.mounts.lock().await.values().any(|m| &m.name == n) {
                 return Err(MoorError::new(
@@ -190,17 +306,46 @@ impl Agent {
         // Fail fast on a bad mountpoint before dialling anyone.
         mount::check_mountpoint(&req.mountpoint)?;
         let name = self.unique_name(&req).await;
-        let link = self.link_for(&req).await?;
-        let live = match mount::start(&req, name, link.clone()).await {
-            Ok(m) => Arc::new(m),
+        let link = self.link_for(&req, &cancel).await?;
+        let mut live = match mount::start(&req, name, link.clone()).await {
+            Ok(m) => m,
             Err(e) => {
                 self.release_link(&req.dest).await;
                 return Err(e);
             }
         };
+        let log = self.open_log(&live, req.verbose);
+        live.log = log.as_ref().map(|(p, _)| p.clone());
+        let live = Arc::new(live);
+        if cancel.is_cancelled() {
+            // Asked for and abandoned: leave nothing behind.
+            let _ = mount::stop(&live, true).await;
+            self.release_link(&req.dest).await;
+            return Err(MoorError::new(ErrorKind::Cancelled, "cancelled"));
+        }
         let info = live.info();
         self.mounts.lock().await.insert(live.mountpoint.clone(), live.clone());
         tracing::info!(name = %info.name, mountpoint = %info.mountpoint.display(), remote = %info.remote, "mounted");
+        let entry = registry::Entry {
+            name: info.name.clone(),
+            mountpoint: info.mountpoint.clone(),
+            remote: info.remote.clone(),
+            request: req.clone(),
+            uid: nix::unistd::getuid().as_raw(),
+            agent_pid: std::process::id(),
+            log: live.log.clone().unwrap_or_default(),
+            mounted_at: Timestamp::now(),
+        };
+        if let Err(e) = registry::record(entry) {
+            tracing::warn!(%e, "cannot record the mount in the registry");
+        }
+        let _ = self.events.send(StatusEvent {
+            mount: info.name.clone(),
+            at: Timestamp::now(),
+            old: MountStatus::Connecting,
+            new: info.status.clone(),
+        });
+        self.forward_events(&live, log.map(|(_, f)| f), req.verbose);
         let agent = self.clone();
         let dest = req.dest.clone();
         tokio::spawn(async move {
@@ -208,15 +353,71 @@ impl Agent {
             let _ = ended.wait_for(|e| *e).await;
             live.drain(DRAIN_AT_UNMOUNT).await;
             agent.mounts.lock().await.remove(&live.mountpoint);
+            if let Err(e) = registry::remove(&live.mountpoint) {
+                tracing::warn!(%e, "cannot update the registry");
+            }
+            let (last, _) = live.monitor().current();
+            let _ = agent.events.send(StatusEvent {
+                mount: live.name.clone(),
+                at: Timestamp::now(),
+                old: last,
+                new: MountStatus::Unmounted,
+            });
             agent.release_link(&dest).await;
             tracing::info!(mountpoint = %live.mountpoint.display(), "unmounted");
             agent.changed.notify_one();
         });
-        Ok(info)
+        Ok((info, false))
     }
 
-    /// The destination's link, connecting it if no mount uses one yet.
-    async fn link_for(&self, req: &MountRequest) -> Result<Arc<Link>, MoorError> {
+    /// The mount's own log file, private to the user.
+    fn open_log(&self, live: &LiveMount, verbose: u8) -> Option<(PathBuf, Arc<std::sync::Mutex<std::fs::File>>)> {
+        let dir = registry::log_dir().ok()?;
+        let path = dir.join(format!("{}.log", live.name));
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).ok()?;
+        let file = Arc::new(std::sync::Mutex::new(file));
+        write_log(&file, &format!("mounted {} on {} (log detail {verbose})", live.remote, live.mountpoint.display()));
+        Some((path, file))
+    }
+
+    /// Passes the mount's state changes to watchers and to its log file.
+    fn forward_events(&self, live: &Arc<LiveMount>, log: Option<Arc<std::sync::Mutex<std::fs::File>>>, verbose: u8) {
+        let mut rx = live.monitor().subscribe();
+        let events = self.events.clone();
+        let mut ended = live.ended();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Ok(ev) => {
+                            // The agent itself reports the end of a mount.
+                            if ev.new == MountStatus::Unmounted {
+                                continue;
+                            }
+                            if let Some(f) = &log {
+                                if verbose > 0 || !ev.old.same_kind(&ev.new) {
+                                    write_log(f, &format!("{} -> {}", ev.old, ev.new));
+                                }
+                            }
+                            let _ = events.send(ev);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    _ = ended.wait_for(|e| *e) => {
+                        if let Some(f) = &log {
+                            write_log(f, "unmounted");
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The destination's link, connecting it if no mount uses one yet. With `--wait`,
+    /// a host that refuses or does not answer is tried again until the deadline.
+    async fn link_for(&self, req: &MountRequest, cancel: &Cancel) -> Result<Arc<Link>, MoorError> {
         {
             let mut links = self.links.lock().await;
             if let Some((link, users)) = links.get_mut(&req.dest) {
@@ -226,7 +427,33 @@ impl Agent {
                 }
             }
         }
-        let link = Link::connect(req.dest.clone(), req.link.clone()).await?;
+        let started = tokio::time::Instant::now();
+        let deadline = req.wait.map(|w| started + w);
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
+        let link = loop {
+            let attempt = tokio::select! {
+                r = Link::connect(req.dest.clone(), req.link.clone()) => r,
+                _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
+            };
+            match attempt {
+                Ok(link) => break link,
+                Err(e) if e.is_transient() && deadline.is_some_and(|d| tokio::time::Instant::now() < d) => {
+                    let left = deadline.map(|d| d - tokio::time::Instant::now()).unwrap_or_default();
+                    tracing::debug!(error = %e, "host not ready; waiting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay().min(left)) => {}
+                        _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
+                    }
+                }
+                Err(e) if e.is_transient() && deadline.is_some() => {
+                    let mut err = MoorError::from(e);
+                    err.message =
+                        format!("gave up waiting after {:.0}s: {}", started.elapsed().as_secs_f64(), err.message);
+                    return Err(err);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let mut links = self.links.lock().await;
         let entry = links.entry(req.dest.clone()).or_insert_with(|| (link.clone(), 0));
         if !Arc::ptr_eq(&entry.0, &link) {
@@ -291,6 +518,20 @@ pub fn not_mounted(target: &str) -> MoorError {
 pub fn absolute(p: &Path) -> PathBuf {
     // canonicalize fails on a dead FUSE mount; fall back to a lexical absolute path.
     std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+async fn send(wr: &mut tokio::net::unix::OwnedWriteHalf, response: Response) -> std::io::Result<()> {
+    let env = Envelope { version: PROTOCOL_VERSION, body: response };
+    let mut text = serde_json::to_string(&env).map_err(std::io::Error::other)?;
+    text.push('\n');
+    wr.write_all(text.as_bytes()).await
+}
+
+fn write_log(file: &std::sync::Mutex<std::fs::File>, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = file.lock() {
+        let _ = writeln!(f, "{} {line}", Timestamp::now());
+    }
 }
 
 fn error(kind: ErrorKind, message: String) -> Response {

@@ -94,3 +94,37 @@ pub async fn exchange(stream: UnixStream, req: Request, deadline: Duration) -> R
         }
     }
 }
+
+/// The lines of a streamed answer (`Watch`).
+pub struct Lines {
+    rd: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    _wr: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Lines {
+    /// The next response, or `None` when the agent ends the stream.
+    pub async fn next(&mut self) -> Result<Option<Response>, MoorError> {
+        match self.rd.next_line().await {
+            Ok(Some(line)) => {
+                let env: Envelope<Response> =
+                    serde_json::from_str(&line).map_err(|e| agent_err(format!("bad answer from the agent: {e}")))?;
+                match env.body {
+                    Response::Error { error } => Err(error),
+                    other => Ok(Some(other)),
+                }
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(agent_err(format!("cannot read from the agent: {e}"))),
+        }
+    }
+}
+
+/// Sends a request whose answer is a stream of responses.
+pub async fn stream(stream: UnixStream, req: Request) -> Result<Lines, MoorError> {
+    let (rd, mut wr) = stream.into_split();
+    let mut text = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body: req })
+        .map_err(|e| agent_err(format!("cannot encode request: {e}")))?;
+    text.push('\n');
+    wr.write_all(text.as_bytes()).await.map_err(|e| agent_err(format!("cannot talk to the agent: {e}")))?;
+    Ok(Lines { rd: BufReader::new(rd).lines(), _wr: wr })
+}

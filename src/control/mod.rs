@@ -6,4 +6,5 @@ pub mod client;
 pub mod mount;
 pub mod paths;
 pub mod protocol;
+pub mod registry;
 pub mod status;

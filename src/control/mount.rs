@@ -21,6 +21,9 @@ pub struct LiveMount {
     pub name: String,
     pub mountpoint: PathBuf,
     pub remote: String,
+    /// What the user asked for, to recognise the same mount asked for again.
+    pub request: MountRequest,
+    pub log: Option<PathBuf>,
     link: Arc<Link>,
     fs: Arc<Fs<SftpRemote>>,
     monitor: Arc<Monitor>,
@@ -44,6 +47,10 @@ impl LiveMount {
             rtt_ms: self.link.last_rtt().map(|d| d.as_secs_f64() * 1000.0),
             reconnects: self.link.reconnects(),
             open_handles: self.fs.open_handles(),
+            bytes_read: self.fs.traffic().0,
+            bytes_written: self.fs.traffic().1,
+            connections: self.link.connections(),
+            log: self.log.clone(),
         }
     }
 
@@ -53,6 +60,15 @@ impl LiveMount {
 
     pub fn link(&self) -> Arc<Link> {
         self.link.clone()
+    }
+
+    pub fn monitor(&self) -> Arc<Monitor> {
+        self.monitor.clone()
+    }
+
+    /// Whether `req` asks for exactly this mount again.
+    pub fn same_as(&self, req: &MountRequest) -> bool {
+        self.request.dest == req.dest && self.request.remote_path == req.remote_path
     }
 
     /// Gives queued writes up to `limit` to reach the server; says what could not.
@@ -209,7 +225,7 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         })
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
     let monitor = Monitor::start(name.clone(), &link);
-    Ok(LiveMount { name, mountpoint, remote: remote_label, link, fs, monitor, ended })
+    Ok(LiveMount { name, mountpoint, remote: remote_label, request: req.clone(), log: None, link, fs, monitor, ended })
 }
 
 /// The absolute remote directory to mount, checked to exist and be a directory.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::status::{MountStatus, Timestamp};
-use crate::link::{Destination, LinkError, LinkOptions};
+pub use super::status::{MountStatus, StatusEvent, Timestamp};
+use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -22,17 +22,46 @@ pub struct Envelope<T> {
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Mount(Box<MountRequest>),
-    Unmount { target: String, lazy: bool },
+    Unmount {
+        target: String,
+        lazy: bool,
+    },
     Status,
+    /// Stream every state change until the client hangs up.
+    Watch,
+    Reconnect {
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
-    Mounted { mount: MountInfo },
-    Unmounted { mount: MountInfo },
-    Status { mounts: Vec<MountInfo> },
-    Error { error: MoorError },
+    /// `already` is true when the same remote was mounted there before.
+    Mounted {
+        mount: MountInfo,
+        already: bool,
+    },
+    Unmounted {
+        mount: MountInfo,
+    },
+    Status {
+        mounts: Vec<MountInfo>,
+    },
+    /// The first answer to `Watch`: where things stand; `Event`s follow.
+    Watching {
+        mounts: Vec<MountInfo>,
+    },
+    Event {
+        event: StatusEvent,
+    },
+    Reconnected {
+        mount: MountInfo,
+        outcome: String,
+    },
+    Error {
+        error: MoorError,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +74,10 @@ pub struct MountRequest {
     pub link: LinkOptions,
     /// Longest any filesystem call may take.
     pub call_timeout: std::time::Duration,
+    /// Keep retrying a host that refuses or does not answer for this long (`--wait`).
+    pub wait: Option<std::time::Duration>,
+    /// Log detail for the mount's log file.
+    pub verbose: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +94,12 @@ pub struct MountInfo {
     /// Connections made again after one was lost.
     pub reconnects: u64,
     pub open_handles: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// The connections of the mount's link.
+    pub connections: Vec<ConnStats>,
+    /// The mount's own log file.
+    pub log: Option<PathBuf>,
 }
 
 /// What kind of failure, which decides the exit code.
@@ -81,6 +120,8 @@ pub enum ErrorKind {
     Mountpoint,
     /// The target names no moor mount.
     NotMounted,
+    /// The user interrupted the command.
+    Cancelled,
     /// The agent could not be started or reached.
     Agent,
     Internal,
@@ -98,6 +139,7 @@ impl ErrorKind {
             ErrorKind::Mountpoint => 7,
             ErrorKind::NotMounted => 8,
             ErrorKind::Agent => 9,
+            ErrorKind::Cancelled => 130,
         }
     }
 }
@@ -145,7 +187,7 @@ mod tests {
     #[test]
     fn exit_codes_are_distinct() {
         use ErrorKind::*;
-        let all = [Usage, Connect, Auth, HostKey, RemotePath, Mountpoint, NotMounted, Agent, Internal];
+        let all = [Usage, Connect, Auth, HostKey, RemotePath, Mountpoint, NotMounted, Agent, Internal, Cancelled];
         let mut codes: Vec<i32> = all.iter().map(|k| k.exit_code()).collect();
         codes.sort();
         codes.dedup();

@@ -2,6 +2,7 @@
 //! [`Remote`]. It knows nothing of the kernel (see `fuse.rs`) or of SSH (see `remote`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -99,6 +100,8 @@ pub struct Fs<R: Remote> {
     writebacks: Arc<Mutex<HashMap<Ino, Vec<Arc<WriteBack>>>>>,
     /// Non-idempotent operations whose outcome the link swallowed.
     uncertain: Mutex<HashMap<String, Instant>>,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
 }
 
 fn kib(n: usize) -> u32 {
@@ -135,6 +138,8 @@ impl<R: Remote> Fs<R> {
             dirty: Arc::new(Semaphore::new(kib(opts.dirty_limit) as usize)),
             writebacks: Arc::new(Mutex::new(HashMap::new())),
             uncertain: Mutex::new(HashMap::new()),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
         }
     }
 
@@ -145,6 +150,11 @@ impl<R: Remote> Fs<R> {
         let idle = futures_util::future::join_all(all.iter().map(|w| w.idle()));
         let _ = tokio::time::timeout(limit, idle).await;
         all.iter().map(|w| w.queued_bytes()).sum()
+    }
+
+    /// Bytes read and written through the mount.
+    pub fn traffic(&self) -> (u64, u64) {
+        (self.bytes_read.load(Ordering::Relaxed), self.bytes_written.load(Ordering::Relaxed))
     }
 
     pub fn open_handles(&self) -> usize {
@@ -508,6 +518,7 @@ impl<R: Remote> Fs<R> {
                 break;
             }
         }
+        self.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -554,6 +565,7 @@ impl<R: Remote> Fs<R> {
                 tokio::spawn(file.wb.clone().flush_queue(self.remote.clone(), file.handle));
             }
         }
+        self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         Ok(data.len() as u32)
     }
 

@@ -42,12 +42,13 @@ pub enum LinkError {
 
 impl LinkError {
     /// Whether trying again later may succeed without anyone changing anything.
+    /// A host that is booting refuses or does not answer; one that has no route or no
+    /// name will not come by waiting.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
             LinkError::Refused { .. }
                 | LinkError::ConnectTimeout { .. }
-                | LinkError::Unreachable { .. }
                 | LinkError::Lost { .. }
                 | LinkError::Protocol { .. }
         )

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod known_hosts;
+pub mod policy;
 pub mod ssh;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,9 +20,9 @@ use tokio::time::Instant;
 
 pub use config::Destination;
 pub use error::LinkError;
-pub use ssh::SftpConn;
+pub use ssh::{ConnStats, SftpConn};
 
-use backoff::Backoff;
+use policy::{Next, Policy};
 
 /// Dials to all destinations together, so that a laptop waking with many mounts does not
 /// trip the servers' MaxStartups.
@@ -93,6 +94,10 @@ pub struct Link {
     state: watch::Sender<LinkState>,
     /// A filesystem call found the link down: try now rather than after the backoff.
     attempt_wanted: Notify,
+    /// `moor reconnect`: try now, whatever the backoff or an earlier failure says.
+    attempt_now: Notify,
+    /// Results of reconnect attempts, numbered, for whoever asked for one.
+    outcomes: watch::Sender<(u64, Result<(), String>)>,
     /// The remote layer saw the current connection fail.
     failure_seen: Notify,
     last_failure: Mutex<String>,
@@ -120,6 +125,8 @@ impl Link {
             generation: AtomicU64::new(1),
             state,
             attempt_wanted: Notify::new(),
+            attempt_now: Notify::new(),
+            outcomes: watch::channel((0, Ok(()))).0,
             failure_seen: Notify::new(),
             last_failure: Mutex::new(String::new()),
             closed: AtomicBool::new(false),
@@ -150,6 +157,11 @@ impl Link {
             0 => None,
             us => Some(Duration::from_micros(us)),
         }
+    }
+
+    /// What each live connection has been doing.
+    pub fn connections(&self) -> Vec<ConnStats> {
+        self.current.read().unwrap_or_else(|e| e.into_inner()).iter().map(|c| c.stats()).collect()
     }
 
     /// A path the link must find after reconnecting, or fail: a mount's root.
@@ -242,30 +254,136 @@ impl Link {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn));
     }
 
-    /// Keeps the link up until it is closed: watch while up, restore while down.
+    /// Keeps the link up until it is closed: watch it while up, restore it while down,
+    /// as the policy decides.
     async fn supervise(self: Arc<Self>) {
-        let mut backoff = Backoff::new(self.opts.backoff_base, self.opts.backoff_cap);
+        let mut policy =
+            Policy::new(self.opts.backoff_base, self.opts.backoff_cap, self.opts.stable_after, self.opts.reconnect);
         let mut up_since = Instant::now();
         loop {
-            let lost = match self.watch_while_up().await {
-                Some(why) => why,
-                None => return,
-            };
+            let Some(lost) = self.watch_while_up().await else { return };
             if let Some(old) = self.current.write().unwrap_or_else(|e| e.into_inner()).take() {
                 retire(old);
             }
-            if up_since.elapsed() >= self.opts.stable_after {
-                backoff.reset();
-            }
-            if !self.opts.reconnect {
-                self.publish(LinkState::Failed { reason: format!("connection lost and reconnecting is off: {lost}") });
+            let next = policy.on_lost(&lost, up_since.elapsed());
+            if !self.restore(&mut policy, next, lost).await {
                 return;
             }
-            match self.restore(&mut backoff, lost).await {
-                Some(()) => up_since = Instant::now(),
-                None => return,
+            policy.on_connected();
+            up_since = Instant::now();
+        }
+    }
+
+    /// Runs reconnect attempts until one succeeds (`true`) or the link is closed.
+    async fn restore(&self, policy: &mut Policy, mut next: Next, mut last_error: String) -> bool {
+        let since = SystemTime::now();
+        let mut last_attempt_end = Instant::now() - MIN_ATTEMPT_GAP;
+        loop {
+            match next {
+                Next::Fail { reason } => {
+                    tracing::warn!(host = %self.dest.host_name, %reason, "link failed");
+                    self.publish(LinkState::Failed { reason });
+                    // Only `moor reconnect` (or closing) moves a failed link.
+                    tokio::select! {
+                        _ = self.attempt_now.notified() => next = policy.on_manual(),
+                        _ = self.close_requested.notified() => return false,
+                    }
+                    continue;
+                }
+                Next::Retry { delay, attempt } => {
+                    self.publish(LinkState::Down {
+                        since,
+                        attempt,
+                        next_attempt_at: SystemTime::now() + delay,
+                        last_error: last_error.clone(),
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.attempt_wanted.notified() => {
+                            let gap = MIN_ATTEMPT_GAP.saturating_sub(last_attempt_end.elapsed());
+                            tokio::time::sleep(gap).await;
+                        }
+                        _ = self.attempt_now.notified() => {}
+                        _ = self.close_requested.notified() => return false,
+                    }
+                    if self.is_closed() {
+                        return false;
+                    }
+                    let outcome = self.attempt(attempt).await;
+                    last_attempt_end = Instant::now();
+                    match outcome {
+                        Ok(()) => {
+                            self.report_outcome(Ok(()));
+                            return true;
+                        }
+                        Err(Ok(e)) => {
+                            tracing::debug!(attempt, error = %e, "reconnect attempt failed");
+                            last_error = e.to_string();
+                            self.report_outcome(Err(last_error.clone()));
+                            next = policy.on_attempt_failed(&e);
+                        }
+                        Err(Err(reason)) => {
+                            self.report_outcome(Err(reason.clone()));
+                            next = Next::Fail { reason };
+                        }
+                    }
+                }
             }
         }
+    }
+
+    /// One reconnect attempt. `Err(Ok(e))`: the dial failed; `Err(Err(reason))`: it
+    /// connected but the mount cannot go on (its remote path is gone).
+    async fn attempt(&self, attempt: u32) -> Result<(), Result<LinkError, String>> {
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let mut dest = self.dest.clone();
+        dest.connect_timeout = dest.connect_timeout.min(self.opts.reconnect_timeout);
+        let conn = {
+            let _permit = DIALS.acquire().await;
+            ssh::connect(&dest, self.opts.request_timeout, generation).await.map_err(Ok)?
+        };
+        if let Err(reason) = self.check_required_paths(&conn).await {
+            conn.close().await;
+            return Err(Err(reason));
+        }
+        self.generation.store(generation, Ordering::SeqCst);
+        self.install(conn);
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(host = %self.dest.host_name, attempt, "reconnected");
+        self.publish(LinkState::Up { since: SystemTime::now() });
+        Ok(())
+    }
+
+    fn report_outcome(&self, r: Result<(), String>) {
+        self.outcomes.send_modify(|(seq, last)| {
+            *seq += 1;
+            *last = r;
+        });
+    }
+
+    /// Makes an attempt now, skipping the backoff (also after a failure), and says how
+    /// it went. Waits at most `limit`.
+    pub async fn reconnect_now(&self, limit: Duration) -> Result<&'static str, String> {
+        match self.state() {
+            LinkState::Up { .. } => return Ok("already active"),
+            LinkState::Closed => return Err("the mount is being unmounted".into()),
+            _ => {}
+        }
+        let mut rx = self.outcomes.subscribe();
+        let seen = rx.borrow_and_update().0;
+        self.attempt_now.notify_one();
+        let wait = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return Err("the link is gone".to_string());
+                }
+                let (seq, r) = rx.borrow_and_update().clone();
+                if seq != seen {
+                    return r.map(|()| "reconnected");
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| Err("no outcome within the time limit".into()))
     }
 
     /// Returns why the connection was declared dead, or `None` once the link is closed.
@@ -318,68 +436,6 @@ impl Link {
 
     fn current_is(&self, generation: u64) -> bool {
         self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|c| c.generation == generation)
-    }
-
-    /// Reconnects with backoff. `Some` once up again; `None` if closed or failed for good.
-    async fn restore(&self, backoff: &mut Backoff, mut last_error: String) -> Option<()> {
-        let since = SystemTime::now();
-        let mut last_attempt_end = Instant::now() - MIN_ATTEMPT_GAP;
-        loop {
-            let delay = backoff.next_delay();
-            let attempt = backoff.attempt();
-            self.publish(LinkState::Down {
-                since,
-                attempt,
-                next_attempt_at: SystemTime::now() + delay,
-                last_error: last_error.clone(),
-            });
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.attempt_wanted.notified() => {
-                    let gap = MIN_ATTEMPT_GAP.saturating_sub(last_attempt_end.elapsed());
-                    tokio::time::sleep(gap).await;
-                }
-                _ = self.close_requested.notified() => return None,
-            }
-            if self.is_closed() {
-                return None;
-            }
-            let generation = self.generation.load(Ordering::SeqCst) + 1;
-            let mut dest = self.dest.clone();
-            dest.connect_timeout = dest.connect_timeout.min(self.opts.reconnect_timeout);
-            let result = {
-                let _permit = DIALS.acquire().await;
-                ssh::connect(&dest, self.opts.request_timeout, generation).await
-            };
-            last_attempt_end = Instant::now();
-            match result {
-                Ok(conn) => match self.check_required_paths(&conn).await {
-                    Ok(()) => {
-                        self.generation.store(generation, Ordering::SeqCst);
-                        self.install(conn);
-                        self.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(host = %self.dest.host_name, attempt, "reconnected");
-                        self.publish(LinkState::Up { since: SystemTime::now() });
-                        return Some(());
-                    }
-                    Err(reason) => {
-                        conn.close().await;
-                        self.publish(LinkState::Failed { reason });
-                        return None;
-                    }
-                },
-                // A name that does not resolve while the network comes back is not final.
-                Err(e) if e.is_transient() || matches!(e, LinkError::Resolve { .. }) => {
-                    tracing::debug!(attempt, error = %e, "reconnect attempt failed");
-                    last_error = e.to_string();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "giving up reconnecting");
-                    self.publish(LinkState::Failed { reason: e.to_string() });
-                    return None;
-                }
-            }
-        }
     }
 
     async fn check_required_paths(&self, conn: &SftpConn) -> Result<(), String> {

@@ -5,8 +5,11 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
 
 use russh::client::{self, AuthResult};
 use russh::keys::agent::client::AgentClient;
@@ -19,6 +22,7 @@ use tokio::net::TcpStream;
 use super::config::Destination;
 use super::error::LinkError;
 use super::known_hosts::{self, Verdict};
+use crate::timestamp::Timestamp;
 
 /// A live SSH connection with its SFTP session.
 pub struct SftpConn {
@@ -28,12 +32,41 @@ pub struct SftpConn {
     /// Which connection of its link this is: handles opened on an older one must be
     /// opened again.
     pub generation: u64,
+    pub connected_at: SystemTime,
+    /// Unix milliseconds of the last request answered on this connection.
+    last_activity_ms: AtomicU64,
+    ops: AtomicU64,
     ssh: client::Handle<Client>,
+}
+
+/// What one pooled connection has been doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnStats {
+    pub connected_at: Timestamp,
+    pub last_activity: Timestamp,
+    pub operations: u64,
+    pub idle_secs: f64,
 }
 
 impl SftpConn {
     pub fn is_closed(&self) -> bool {
         self.ssh.is_closed()
+    }
+
+    /// Counts one answered request.
+    pub fn touch(&self) {
+        self.ops.fetch_add(1, Ordering::Relaxed);
+        self.last_activity_ms.store(Timestamp::now().0, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        let last = Timestamp(self.last_activity_ms.load(Ordering::Relaxed));
+        ConnStats {
+            connected_at: Timestamp::from(self.connected_at),
+            last_activity: last,
+            operations: self.ops.load(Ordering::Relaxed),
+            idle_secs: last.elapsed().as_secs_f64(),
+        }
     }
 
     pub async fn close(&self) {
@@ -197,7 +230,16 @@ async fn connect_inner(
             sftp.set_limits(l.into());
         }
     }
-    Ok(SftpConn { sftp, extensions: version.extensions, generation, ssh })
+    let now = SystemTime::now();
+    Ok(SftpConn {
+        sftp,
+        extensions: version.extensions,
+        generation,
+        connected_at: now,
+        last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
+        ops: AtomicU64::new(0),
+        ssh,
+    })
 }
 
 /// Offers ssh-agent keys, then identity files, as OpenSSH does.

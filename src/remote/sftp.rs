@@ -49,6 +49,7 @@ impl SftpRemote {
 
     /// Maps a result, telling the link when the connection itself failed.
     fn check<T>(&self, conn: &SftpConn, r: std::result::Result<T, SftpError>) -> Result<T> {
+        conn.touch();
         r.map_err(|e| {
             let e = map_err(e);
             if e.outcome_unknown() {

@@ -1,0 +1,299 @@
+//! The control plane through the real binary: watching state changes live, forcing a
+//! reconnect, named mounts, waiting for a booting host, cleaning up after a dead agent,
+//! private state, and refusing other users.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+
+fn status_json(c: &Client) -> serde_json::Value {
+    let out = c.run(&["mount", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn state(c: &Client) -> String {
+    status_json(c)["mounts"][0]["status"]["state"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn watch_json_streams_reconnecting_then_active() {
+    let sshd = Sshd::start();
+    let proxy = Proxy::start(sshd.port);
+    let c = Client::via(&sshd, proxy.port);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    let mut watcher = c
+        .moor()
+        .args(["mount", "status", "--watch", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel::<serde_json::Value>();
+    let out = watcher.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next_state = |want: &str| -> Option<serde_json::Value> {
+        let end = Instant::now() + Duration::from_secs(15);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(ev) if ev["new"]["state"] == want => return Some(ev),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    proxy.black_hole();
+    let _ = fs::metadata(m.p("poke"));
+    let ev = next_state("reconnecting").expect("no reconnecting event");
+    assert_eq!(ev["old"]["state"], "active");
+    assert!(ev["mount"].as_str().unwrap().starts_with("testhost"));
+    assert!(ev["at"].as_str().unwrap().ends_with('Z'), "{ev}");
+    proxy.restore();
+    let _ = fs::metadata(m.p("poke"));
+    let ev = next_state("active").expect("no active event");
+    assert_eq!(ev["old"]["state"], "reconnecting");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+#[test]
+fn reconnect_skips_the_backoff() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let export = sshd.export.to_str().unwrap().to_string();
+    let m = c.mount_at(&export, "mnt", &["--backoff-base", "20s", "--backoff-cap", "60s", "--name", "slow"]);
+    sshd.stop();
+    // Wait (without touching the mount) until the next attempt is far away.
+    let mut next_at = String::new();
+    let far = wait_until(Duration::from_secs(60), || {
+        let st = &status_json(&c)["mounts"][0]["status"];
+        if st["state"] != "reconnecting" {
+            return false;
+        }
+        next_at = st["next_attempt_at"].as_str().unwrap_or("").to_string();
+        let out = sh_ok(&format!("date -d '{next_at}' +%s.%N"));
+        out.trim().parse::<f64>().unwrap_or(0.0) - now_secs() > 8.0
+    });
+    assert!(far, "never saw a long backoff");
+    sshd.restart(false);
+    let t = Instant::now();
+    let out = c.run(&["reconnect", "slow"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("reconnected"), "{}", stdout(&out));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(state(&c), "active");
+    let at: f64 = sh_ok(&format!("date -d '{next_at}' +%s.%N")).trim().parse().unwrap();
+    assert!(now_secs() < at, "reconnected only when the backoff ran out");
+    // Unknown names are refused clearly.
+    let out = c.run(&["reconnect", "nope"]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    drop(m);
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+#[test]
+fn status_of_one_mount_shows_its_connections() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount_at(sshd.export.to_str().unwrap(), "mnt", &["--name", "work"]);
+    fs::write(m.p("f"), vec![7u8; 100_000]).unwrap();
+    assert_eq!(fs::read(m.p("f")).unwrap().len(), 100_000);
+    for target in ["work", m.path.to_str().unwrap()] {
+        let out = c.run(&["mount", "status", target]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        assert!(text.contains("name:          work") && text.contains("connections:   1"), "{text}");
+        assert!(text.contains("operations") && text.contains("idle"), "{text}");
+    }
+    let out = c.run(&["mount", "status", "--json", "work"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["bytes_written"].as_u64().unwrap() >= 100_000, "{v}");
+    assert!(v["connections"][0]["operations"].as_u64().unwrap() > 0, "{v}");
+    let out = c.run(&["mount", "status", "nope"]);
+    assert_eq!(out.status.code(), Some(8));
+}
+
+#[test]
+fn same_remote_again_is_offered_and_another_is_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let export = sshd.export.to_str().unwrap().to_string();
+    let m = c.mount(&export);
+    let out = c.try_mount(&export, &m.path, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("already mounted"), "{}", stdout(&out));
+    fs::create_dir(sshd.export.join("sub")).unwrap();
+    let out = c.try_mount(&format!("{export}/sub"), &m.path, &[]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already has"), "{}", stderr(&out));
+}
+
+#[test]
+fn killed_agent_leaves_no_dead_mount_behind() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    let pids = c.agent_pids();
+    assert_eq!(pids.len(), 1);
+    Command::new("kill").args(["-9", &pids[0].to_string()]).status().unwrap();
+    // The kernel now has a dead mount there.
+    assert!(wait_until(Duration::from_secs(5), || {
+        fs::metadata(&m.path).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    }));
+    let out = c.run(&["mount", "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("died"), "the cleanup is reported: {}", stderr(&out));
+    assert!(stdout(&out).contains("died"), "status says what happened: {}", stdout(&out));
+    assert!(!is_mounted(&m.path), "dead mount left behind");
+    // Reported once.
+    let out = c.run(&["mount", "status"]);
+    assert!(!stdout(&out).contains("died"), "{}", stdout(&out));
+}
+
+#[test]
+fn wait_succeeds_when_the_host_comes_up_later() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.stop();
+    let mnt = c.mountpoint("mnt");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let child = c
+        .moor()
+        .args(["mount", "--wait", "30s", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The host "boots" five seconds after the command started.
+    let started = Instant::now();
+    wait_until(Duration::from_secs(5), || false);
+    sshd.restart(false);
+    let out = run_with_deadline_child(child, Duration::from_secs(40));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(started.elapsed() >= Duration::from_secs(5));
+    assert!(is_mounted(&mnt));
+    let out = c.run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn wait_fails_at_once_on_a_refused_key() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let other = c.home.path().join("other_key");
+    sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
+    let cfg = fs::read_to_string(&c.ssh_config).unwrap();
+    fs::write(&c.ssh_config, cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string()))
+        .unwrap();
+    let mnt = c.mountpoint("mnt");
+    let t = Instant::now();
+    let out = c.try_mount("/", &mnt, &["--wait", "60s"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn garbage_durations_are_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    for bad in ["soon", "5x", "-3s"] {
+        let out = c.try_mount("/", &mnt, &["--wait", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn state_is_private_and_other_users_are_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    let run = c.home.path().join("run/moor");
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&run), 0o700);
+    assert_eq!(mode(&run.join("agent.sock")), 0o600);
+    let state = c.home.path().join("state/moor");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("mounts.json")), 0o600);
+    let registry = fs::read_to_string(state.join("mounts.json")).unwrap();
+    assert!(registry.contains("testhost") && registry.contains("\"uid\""), "{registry}");
+
+    // Another user cannot reach the agent...
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs::set_permissions(elsewhere.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "nobody", "--", "env", "-i"])
+            .arg(format!("HOME={}", elsewhere.path().display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", c.home.path().join("run").display()))
+            .arg(format!("XDG_STATE_HOME={}", elsewhere.path().display()))
+            .arg(MOOR)
+            .args(args)
+            .stdin(Stdio::null());
+        run_with_deadline(cmd, Duration::from_secs(30))
+    };
+    for args in [vec!["mount", "status", "--json"], vec!["unmount", m.path.to_str().unwrap()]] {
+        let out = as_nobody(&args);
+        assert!(!out.status.success(), "{args:?} succeeded as nobody: {}", stdout(&out));
+        assert!(!stdout(&out).contains("testhost"), "{}", stdout(&out));
+    }
+    // ...and even with the directories opened up, the agent itself refuses them (the
+    // CLI would not use a runtime dir it does not own, so a raw client speaks here).
+    for dir in [c.home.path().to_path_buf(), c.home.path().join("run"), run.clone()] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    fs::set_permissions(run.join("agent.sock"), fs::Permissions::from_mode(0o777)).unwrap();
+    let raw = format!(
+        r#"import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}'); s.sendall(b'{{"version":1,"request":"status"}}\n'); s.settimeout(10)
+try: print('answered' if s.recv(4096) else 'refused')
+except ConnectionResetError: print('refused')"#,
+        run.join("agent.sock").display()
+    );
+    let mut cmd = Command::new("runuser");
+    cmd.args(["-u", "nobody", "--", "python3", "-c", &raw]).stdin(Stdio::null());
+    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "refused", "the agent answered another user");
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(is_mounted(&m.path), "another user took the mount down");
+    let log = fs::read_to_string(state.join("agent.log")).unwrap();
+    assert!(log.contains("refused a connection from another user"), "{log}");
+}
+
+#[test]
+fn failed_mount_names_its_log() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let m = c.mount_at(sshd.export.to_str().unwrap(), "mnt", &["--name", "keyed"]);
+    sshd.restart(true);
+    assert!(wait_until(Duration::from_secs(15), || {
+        let _ = fs::metadata(m.p("poke"));
+        state(&c) == "failed"
+    }));
+    let out = c.run(&["mount", "status"]);
+    let text = stdout(&out);
+    assert!(text.contains("keyed: failed; its log is"), "{text}");
+    let log = status_json(&c)["mounts"][0]["log"].as_str().unwrap().to_string();
+    let content = fs::read_to_string(&log).unwrap();
+    assert!(content.contains("mounted") && content.contains("failed"), "{content}");
+    assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+}
