@@ -247,8 +247,14 @@ fn bad_mountpoints() {
     let out = c.try_mount(export, &file, &[]);
     assert_fails(&out, MOUNTPOINT, "not a directory");
     let m = c.mount(export);
-    let out = c.try_mount(export, &m.path, &[]);
-    assert_fails(&out, MOUNTPOINT, "already a moor mount");
+    let out = c.try_mount("/", &m.path, &[]);
+    assert_fails(&out, MOUNTPOINT, "already has");
+    // A mount made by something else is refused before anyone is dialled.
+    let other = c.mountpoint("other");
+    sh_ok(&format!("mount -t tmpfs none {}", other.display()));
+    let out = c.try_mount(export, &other, &[]);
+    let _ = sh(&format!("umount {}", other.display()));
+    assert_fails(&out, MOUNTPOINT, "already a mount");
     assert!(is_mounted(&m.path), "the existing mount is untouched");
 }
 
