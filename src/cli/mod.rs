@@ -96,6 +96,8 @@ struct MountArgs {
     wait: Option<Duration>,
     #[command(flatten)]
     resilience: ResilienceArgs,
+    #[command(flatten)]
+    cache: CacheArgs,
 }
 
 /// How the link is watched and restored.
@@ -123,6 +125,25 @@ struct ResilienceArgs {
     /// Do not reconnect: a lost link fails the mount
     #[arg(long)]
     no_reconnect: bool,
+}
+
+/// How much is cached, and for how long.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Caching")]
+struct CacheArgs {
+    /// How long attributes, directory listings and "no such file" are trusted before
+    /// asking the server again; 0 turns caching off. Changes made through this mount are
+    /// always seen at once; changes made on the server show after at most this long
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_or_zero)]
+    cache_timeout: Duration,
+}
+
+/// Like `parse_duration`, also taking 0.
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic()) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(s)
 }
 
 impl ResilienceArgs {
@@ -296,6 +317,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         call_timeout: args.resilience.call_timeout,
         wait: args.wait,
         verbose,
+        cache_timeout: args.cache.cache_timeout,
     };
     if args.foreground {
         return foreground(req).await;

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
 use super::status::{Monitor, MountStatus, Timestamp};
 use crate::fs::fs::FsOptions;
-use crate::fs::fuse::{AdapterOptions, FuseAdapter};
+use crate::fs::fuse::{AdapterOptions, FuseAdapter, Ttl};
 use crate::fs::Fs;
 use crate::link::Link;
 use crate::remote::sftp::SftpRemote;
@@ -193,11 +193,14 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     link.require_path(&root);
     // Waiting for queued writes must fit inside one call's deadline.
     let write_wait = req.call_timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_millis(100));
-    let fs = Arc::new(Fs::new(remote, &root, FsOptions { write_wait, ..FsOptions::default() }));
+    let fs_opts = FsOptions { write_wait, cache_ttl: req.cache_timeout, ..FsOptions::default() };
+    let fs = Arc::new(Fs::new(remote, &root, fs_opts));
+    // The kernel may trust what it was told as long as the mount's own cache does.
+    let ttl = Ttl { attr: req.cache_timeout, entry: req.cache_timeout };
     let adapter = FuseAdapter::new(
         fs.clone(),
         tokio::runtime::Handle::current(),
-        AdapterOptions { call_timeout: req.call_timeout, ..AdapterOptions::default() },
+        AdapterOptions { call_timeout: req.call_timeout, ttl },
     );
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let mut cfg = fuser::Config::default();

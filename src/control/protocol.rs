@@ -74,6 +74,8 @@ pub struct MountRequest {
     pub link: LinkOptions,
     /// Longest any filesystem call may take.
     pub call_timeout: std::time::Duration,
+    /// How long attributes and listings are trusted (zero: always ask the server).
+    pub cache_timeout: std::time::Duration,
     /// Keep retrying a host that refuses or does not answer for this long (`--wait`).
     pub wait: Option<std::time::Duration>,
     /// Log detail for the mount's log file.

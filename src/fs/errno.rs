@@ -48,7 +48,6 @@ pub enum Op {
     Read,
     Write,
     Fsync,
-    Release,
     Mkdir,
     Rmdir,
     Unlink,
@@ -69,7 +68,6 @@ impl Op {
                 | Op::Create
                 | Op::Write
                 | Op::Fsync
-                | Op::Release
                 | Op::Mkdir
                 | Op::Rmdir
                 | Op::Unlink

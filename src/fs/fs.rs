@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::try_join_all;
 use tokio::sync::Semaphore;
 
+use super::cache::{parent_and_name, Known, MetaCache};
 use super::errno::{self, Errno, Facts, Op};
 use super::handle::{DirItem, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
@@ -17,9 +18,6 @@ use crate::remote::{Attr, FileKind, OpenOptions, Remote, RemoteError, SetAttr, S
 
 pub type FsResult<T> = Result<T, Errno>;
 
-/// Largest single SFTP read or write: OpenSSH's server caps reads at 256 KiB, and smaller
-/// requests in flight together keep the pipe full.
-pub const CHUNK: u32 = 64 * 1024;
 const NAME_MAX: usize = 255;
 
 /// A file the kernel now knows by number.
@@ -76,13 +74,25 @@ pub struct FsOptions {
     pub dirty_limit: usize,
     /// Longest a call waits for queued writes to reach the server.
     pub write_wait: Duration,
+    /// How long attributes and listings are trusted (zero: not cached).
+    pub cache_ttl: Duration,
+    /// List subdirectories ahead of a tree walk.
+    pub readdir_ahead: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { dirty_limit: 64 * 1024 * 1024, write_wait: Duration::from_millis(2500) }
+        FsOptions {
+            dirty_limit: 64 * 1024 * 1024,
+            write_wait: Duration::from_millis(2500),
+            cache_ttl: Duration::from_secs(5),
+            readdir_ahead: true,
+        }
     }
 }
+
+/// Directory listings fetched ahead at once.
+const READ_AHEAD_DIRS: usize = 8;
 
 /// How long a failed non-idempotent operation stays on record: a retry within this time
 /// that meets "already done" was the first attempt landing after all.
@@ -102,6 +112,16 @@ pub struct Fs<R: Remote> {
     uncertain: Mutex<HashMap<String, Instant>>,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    cache: Arc<Mutex<MetaCache>>,
+    dir_permits: Arc<Semaphore>,
+}
+
+/// Splits a pipelined result into the operation's outcome and the stat that came with it.
+fn split(r: crate::remote::Result<Option<Attr>>) -> (crate::remote::Result<()>, Option<Attr>) {
+    match r {
+        Ok(a) => (Ok(()), a),
+        Err(e) => (Err(e), None),
+    }
 }
 
 fn kib(n: usize) -> u32 {
@@ -140,6 +160,8 @@ impl<R: Remote> Fs<R> {
             uncertain: Mutex::new(HashMap::new()),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            cache: Arc::new(Mutex::new(MetaCache::new(opts.cache_ttl))),
+            dir_permits: Arc::new(Semaphore::new(READ_AHEAD_DIRS)),
         }
     }
 
@@ -286,10 +308,24 @@ impl<R: Remote> Fs<R> {
         errno::explain(op, facts)
     }
 
+    fn cache(&self) -> MutexGuard<'_, MetaCache> {
+        lock(&self.cache)
+    }
+
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
+        let (dir, _) = parent_and_name(&path);
+        match self.cache().lookup(dir, name) {
+            Known::Exists(attr) => return Ok(self.entry(&path, attr)),
+            Known::Absent => return Err(Errno::ENOENT),
+            Known::Unknown => {}
+        }
+        let asked = self.cache().generation();
         match self.remote.lstat(&path).await {
-            Ok(attr) => Ok(self.entry(&path, attr)),
+            Ok(attr) => {
+                self.cache().put_attr(&path, attr, asked);
+                Ok(self.entry(&path, attr))
+            }
             Err(e) => Err(self.fail(Op::Lookup, e, &path, None).await),
         }
     }
@@ -300,8 +336,17 @@ impl<R: Remote> Fs<R> {
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
-        let mut attr =
-            self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
+        let cached = self.cache().attr(&path);
+        let mut attr = match cached {
+            Some(a) => a,
+            None => {
+                let asked = self.cache().generation();
+                let a =
+                    self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
+                self.cache().put_attr(&path, a, asked);
+                a
+            }
+        };
         // Writes still queued make the file longer than the server knows yet.
         attr.size = attr.size.max(self.queued_end(ino));
         Ok(attr)
@@ -336,13 +381,24 @@ impl<R: Remote> Fs<R> {
         // allows opening it for writing (ftruncate after chmod).
         let file = fh.and_then(|fh| self.files.get(fh)).filter(|f| f.writable);
         let res = match &file {
-            Some(f) => self.remote.fsetstat(&f.handle, set).await,
-            None => self.remote.setstat(&path, set).await,
+            Some(f) => self.remote.fsetstat_stat(&f.handle, &path, set).await,
+            None => self.remote.setstat_stat(&path, set).await,
         };
-        if let Err(e) = res {
-            return Err(self.fail(op, e, &path, None).await);
+        match res {
+            Ok(Some(mut attr)) => {
+                self.cache().set(&path, attr);
+                attr.size = attr.size.max(self.queued_end(ino));
+                Ok(attr)
+            }
+            Ok(None) => {
+                self.cache().forget(&path);
+                self.getattr(ino).await
+            }
+            Err(e) => {
+                self.cache().forget(&path);
+                Err(self.fail(op, e, &path, None).await)
+            }
         }
-        self.getattr(ino).await
     }
 
     pub async fn readlink(&self, ino: Ino) -> FsResult<String> {
@@ -355,9 +411,23 @@ impl<R: Remote> Fs<R> {
 
     pub async fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
-        let res = self.remote.mkdir(&path, mode & 0o7777).await;
+        let (res, attr) = split(self.remote.mkdir_stat(&path, mode & 0o7777).await);
         self.settle_once(&format!("mkdir:{path}"), res, Op::Mkdir, &path, None, Errno::EEXIST).await?;
-        self.created(&path, Op::Mkdir).await
+        let e = self.made(&path, attr, Op::Mkdir).await?;
+        match attr {
+            // Made just now by us: known to be empty.
+            Some(a) => self.cache().new_dir(&path, a),
+            None => self.cache().set(&path, e.attr),
+        }
+        Ok(e)
+    }
+
+    /// The entry for what an operation just made, from its stat if that came back.
+    async fn made(&self, path: &str, attr: Option<Attr>, op: Op) -> FsResult<Entry> {
+        match attr {
+            Some(a) => Ok(self.entry(path, a)),
+            None => self.created(path, op).await,
+        }
     }
 
     /// Looks up what an operation just made.
@@ -371,7 +441,9 @@ impl<R: Remote> Fs<R> {
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         let path = self.child_of(parent, name)?;
         let res = self.remote.remove(&path).await;
-        self.settle_once(&format!("unlink:{path}"), res, Op::Unlink, &path, None, Errno::ENOENT).await?;
+        let settled = self.settle_once(&format!("unlink:{path}"), res, Op::Unlink, &path, None, Errno::ENOENT).await;
+        self.cache().remove(&path);
+        settled?;
         self.inodes().remove_path(&path);
         Ok(())
     }
@@ -379,17 +451,22 @@ impl<R: Remote> Fs<R> {
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
         let path = self.child_of(parent, name)?;
         let res = self.remote.rmdir(&path).await;
-        self.settle_once(&format!("rmdir:{path}"), res, Op::Rmdir, &path, None, Errno::ENOENT).await?;
+        let settled = self.settle_once(&format!("rmdir:{path}"), res, Op::Rmdir, &path, None, Errno::ENOENT).await;
+        self.cache().forget(&path);
+        settled?;
+        self.cache().remove(&path);
         self.inodes().remove_path(&path);
         Ok(())
     }
 
     pub async fn symlink(&self, parent: Ino, name: &str, target: &str) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
-        let res = self.remote.symlink(target, &path).await;
+        let (res, attr) = split(self.remote.symlink_stat(target, &path).await);
         let key = format!("symlink:{path}\0{target}");
         self.settle_once(&key, res, Op::Symlink, &path, None, Errno::EEXIST).await?;
-        self.created(&path, Op::Symlink).await
+        let e = self.made(&path, attr, Op::Symlink).await?;
+        self.cache().set(&path, e.attr);
+        Ok(e)
     }
 
     pub async fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, flags: u32) -> FsResult<()> {
@@ -406,10 +483,14 @@ impl<R: Remote> Fs<R> {
         let key = format!("rename:{from}\0{to}");
         // A retry that finds the source gone and the target there was the first
         // attempt landing.
-        match self.settle_once(&key, res, Op::Rename, &to, Some(&from), Errno::ENOENT).await {
-            Ok(()) => {}
-            Err(e) => return Err(e),
+        let settled = self.settle_once(&key, res, Op::Rename, &to, Some(&from), Errno::ENOENT).await;
+        if settled.is_err() {
+            // Whatever happened, what the cache knew of both names may be wrong now.
+            self.cache().forget(&from);
+            self.cache().forget(&to);
+            return settled;
         }
+        self.cache().rename(&from, &to);
         self.inodes().rename(&from, &to);
         Ok(())
     }
@@ -422,7 +503,10 @@ impl<R: Remote> Fs<R> {
         }
         let res = self.remote.hardlink(&existing, &path).await;
         self.settle_once(&format!("link:{path}"), res, Op::Link, &path, Some(&existing), Errno::EEXIST).await?;
-        self.created(&path, Op::Link).await
+        let e = self.created(&path, Op::Link).await?;
+        self.cache().set(&path, e.attr);
+        self.cache().forget(&existing);
+        Ok(e)
     }
 
     fn register(&self, ino: Ino, handle: crate::remote::Handle, path: String, writable: bool) -> u64 {
@@ -445,6 +529,9 @@ impl<R: Remote> Fs<R> {
             truncate: flags.truncate,
             ..OpenOptions::default()
         };
+        if flags.truncate {
+            self.cache().forget(&path);
+        }
         match self.remote.open(&path, opts).await {
             Ok(handle) => Ok(self.register(ino, handle, path, flags.write)),
             Err(e) => Err(self.fail(Op::Open, e, &path, None).await),
@@ -463,8 +550,8 @@ impl<R: Remote> Fs<R> {
             mode: Some(mode & 0o7777),
         };
         let key = format!("create:{path}");
-        let handle = match self.remote.open(&path, opts).await {
-            Ok(h) => h,
+        let (handle, attr) = match self.remote.open_stat(&path, opts).await {
+            Ok(opened) => opened,
             Err(e) if e.outcome_unknown() && flags.exclusive => {
                 self.note_uncertain(&key);
                 return Err(Errno::EAGAIN);
@@ -476,19 +563,23 @@ impl<R: Remote> Fs<R> {
                 }
                 // Our own earlier exclusive create landed: open what it made.
                 opts.exclusive = false;
-                match self.remote.open(&path, opts).await {
-                    Ok(h) => h,
+                match self.remote.open_stat(&path, opts).await {
+                    Ok(opened) => opened,
                     Err(e) => return Err(self.fail(Op::Create, e, &path, None).await),
                 }
             }
         };
-        let entry = match self.remote.lstat(&path).await {
-            Ok(attr) => self.entry(&path, attr),
-            Err(e) => {
-                let _ = self.remote.close(&handle).await;
-                return Err(self.fail(Op::Create, e, &path, None).await);
-            }
+        let entry = match attr {
+            Some(a) => self.entry(&path, a),
+            None => match self.remote.lstat(&path).await {
+                Ok(a) => self.entry(&path, a),
+                Err(e) => {
+                    let _ = self.remote.close(&handle).await;
+                    return Err(self.fail(Op::Create, e, &path, None).await);
+                }
+            },
         };
+        self.cache().set(&path, entry.attr);
         let fh = self.register(entry.ino, handle, path, true);
         Ok((entry, fh))
     }
@@ -501,9 +592,10 @@ impl<R: Remote> Fs<R> {
         let file = self.file(fh)?;
         // Read what this mount wrote: queued writes go first.
         self.settle_writes(file.ino).await?;
-        let chunks = (0..size.div_ceil(CHUNK)).map(|i| {
-            let off = offset + u64::from(i * CHUNK);
-            let len = CHUNK.min(size - i * CHUNK);
+        let io = self.remote.io_size().max(4096);
+        let chunks = (0..size.div_ceil(io)).map(|i| {
+            let off = offset + u64::from(i * io);
+            let len = io.min(size - i * io);
             self.read_exact_or_eof(&file, off, len)
         });
         let parts = match try_join_all(chunks).await {
@@ -512,7 +604,7 @@ impl<R: Remote> Fs<R> {
         };
         let mut out = Vec::with_capacity(size as usize);
         for (i, part) in parts.iter().enumerate() {
-            let want = CHUNK.min(size - i as u32 * CHUNK) as usize;
+            let want = io.min(size - i as u32 * io) as usize;
             out.extend_from_slice(part);
             if part.len() < want {
                 break;
@@ -555,10 +647,11 @@ impl<R: Remote> Fs<R> {
                 .map_err(|_| Errno::EAGAIN)?
                 .map_err(|_| Errno::EIO)?,
         };
-        let chunks = data.len().div_ceil(CHUNK as usize);
+        let io = self.remote.io_size().max(4096) as usize;
+        let chunks = data.len().div_ceil(io);
         let mut budget = Some(budget);
-        for (i, chunk) in data.chunks(CHUNK as usize).enumerate() {
-            let off = offset + (i * CHUNK as usize) as u64;
+        for (i, chunk) in data.chunks(io).enumerate() {
+            let off = offset + (i * io) as u64;
             // The whole write's budget rides on its last chunk, acknowledged last.
             let permit = if i + 1 == chunks { budget.take() } else { None };
             if file.wb.push(off, chunk.to_vec(), permit) {
@@ -566,6 +659,7 @@ impl<R: Remote> Fs<R> {
             }
         }
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.cache().grew(&file.path, offset + data.len() as u64);
         Ok(data.len() as u32)
     }
 
@@ -618,14 +712,20 @@ impl<R: Remote> Fs<R> {
         Ok(())
     }
 
-    async fn close_remote(&self, file: &OpenFile) -> FsResult<()> {
+    /// Closes the remote file without making the program wait: its data is already on
+    /// the server (flush saw to that), so nothing it could learn depends on the answer.
+    async fn close_remote(&self, file: &Arc<OpenFile>) -> FsResult<()> {
         self.forget_writeback(file.ino, &file.wb);
-        match self.remote.close(&file.handle).await {
-            Ok(()) => Ok(()),
-            // The handle died with an old connection; nothing is left open on the server.
-            Err(e) if e.is_link() => Ok(()),
-            Err(e) => Err(self.fail(Op::Release, e, &file.path, None).await),
-        }
+        let remote = self.remote.clone();
+        let file = file.clone();
+        tokio::spawn(async move {
+            if let Err(e) = remote.close(&file.handle).await {
+                if !e.is_link() {
+                    tracing::debug!(path = %file.path, %e, "close failed");
+                }
+            }
+        });
+        Ok(())
     }
 
     fn forget_writeback(&self, ino: Ino, wb: &Arc<WriteBack>) {
@@ -654,10 +754,21 @@ impl<R: Remote> Fs<R> {
 
     pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
         let path = self.path_of(ino)?;
-        let list = match self.remote.read_dir(&path).await {
-            Ok(l) => l,
-            Err(e) => return Err(self.fail(Op::Readdir, e, &path, None).await),
+        let cached = self.cache().listing(&path);
+        let list = match cached {
+            Some(l) => l,
+            None => {
+                let asked = self.cache().generation();
+                match self.remote.read_dir(&path).await {
+                    Ok(l) => {
+                        self.cache().put_listing(&path, &l, asked);
+                        l
+                    }
+                    Err(e) => return Err(self.fail(Op::Readdir, e, &path, None).await),
+                }
+            }
         };
+        self.read_ahead_dirs(&path, &list);
         let parent = if ino == ROOT { ROOT } else { self.parent_ino(&path) };
         let mut entries = Vec::with_capacity(list.len() + 2);
         entries.push(DirItem { ino, kind: FileKind::Dir, name: ".".into(), attr: None });
@@ -673,6 +784,35 @@ impl<R: Remote> Fs<R> {
         }
         drop(inodes);
         Ok(self.dirs.insert(OpenDir { entries }))
+    }
+
+    /// Lists the subdirectories of a directory being read, a few at a time in the
+    /// background: a tree walk (`find`, `ls -R`, `du`) then finds each listing ready
+    /// instead of waiting a round trip per directory. One level ahead only, so listing
+    /// a large tree's root does not crawl the whole tree.
+    fn read_ahead_dirs(&self, dir: &str, list: &[crate::remote::DirEntry]) {
+        if !self.opts.readdir_ahead || !self.cache().enabled() {
+            return;
+        }
+        let subdirs: Vec<String> = list
+            .iter()
+            .filter(|e| e.attr.kind() == FileKind::Dir)
+            .map(|e| super::inode::join(dir, &e.name))
+            .filter(|p| !self.cache().has_listing(p))
+            .collect();
+        for sub in subdirs {
+            let (remote, cache, permits) = (self.remote.clone(), self.cache.clone(), self.dir_permits.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                if lock(&cache).has_listing(&sub) {
+                    return;
+                }
+                let asked = lock(&cache).generation();
+                if let Ok(l) = remote.read_dir(&sub).await {
+                    lock(&cache).put_listing(&sub, &l, asked);
+                }
+            });
+        }
     }
 
     fn parent_ino(&self, path: &str) -> Ino {

@@ -7,10 +7,29 @@ use super::*;
 use crate::remote::fake::FakeRemote;
 
 fn setup() -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+    setup_with(FsOptions::default())
+}
+
+fn setup_with(opts: FsOptions) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
     let remote = Arc::new(FakeRemote::new());
     remote.put_dir("/srv");
-    let fs = Fs::new(remote.clone(), "/srv", FsOptions::default());
+    let fs = Fs::new(remote.clone(), "/srv", opts);
     (remote, fs)
+}
+
+fn uncached() -> FsOptions {
+    FsOptions { cache_ttl: std::time::Duration::ZERO, ..FsOptions::default() }
+}
+
+/// Waits (bounded) for the asynchronous closes to reach the remote.
+async fn closed_soon(remote: &FakeRemote) {
+    let done = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while remote.open_handles() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "remote handles left open: {}", remote.open_handles());
 }
 
 fn rw() -> OpenFlags {
@@ -28,14 +47,14 @@ async fn create_write_read_roundtrip_across_chunks() {
     let (remote, fs) = setup();
     let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
     assert_eq!(e.attr.mode & 0o777, 0o600);
-    let data: Vec<u8> = (0..(CHUNK as usize * 3 + 123)).map(|i| (i % 251) as u8).collect();
+    let data: Vec<u8> = (0..(64 * 1024 * 3 + 123)).map(|i| (i % 251) as u8).collect();
     assert_eq!(fs.write(fh, 0, &data).await.unwrap() as usize, data.len());
     assert_eq!(fs.read(fh, 0, data.len() as u32 + 1000).await.unwrap(), data);
     assert_eq!(fs.read(fh, 10, 5).await.unwrap(), data[10..15].to_vec());
     assert_eq!(fs.read(fh, data.len() as u64 + 5, 100).await.unwrap(), Vec::<u8>::new());
     fs.release(fh).await.unwrap();
     assert_eq!(remote.file("/srv/f").unwrap(), data);
-    assert_eq!(remote.open_handles(), 0);
+    closed_soon(&remote).await;
     assert_eq!(fs.open_handles(), 0);
 }
 
@@ -213,7 +232,7 @@ const S_IFREG_TEST: u32 = crate::remote::S_IFREG;
 
 #[tokio::test]
 async fn link_down_gives_eagain() {
-    let (remote, fs) = setup();
+    let (remote, fs) = setup_with(uncached());
     remote.put_file("/srv/f", b"x");
     let f = fs.lookup(ROOT, "f").await.unwrap().ino;
     remote.down.store(true, Ordering::SeqCst);
@@ -297,7 +316,7 @@ async fn writes_accepted_while_down_are_kept_and_replayed() {
     fs.fsync(fh).await.unwrap();
     assert_eq!(remote.file("/srv/f").unwrap(), b"hello world");
     fs.release(fh).await.unwrap();
-    assert_eq!(remote.open_handles(), 0);
+    closed_soon(&remote).await;
 }
 
 #[tokio::test]
@@ -334,9 +353,77 @@ async fn dirty_budget_full_while_down_is_eagain_not_loss() {
 
 #[tokio::test]
 async fn failed_link_reports_eio() {
-    let (remote, fs) = setup();
+    let (remote, fs) = setup_with(uncached());
     remote.put_file("/srv/f", b"x");
     let f = fs.lookup(ROOT, "f").await.unwrap().ino;
     remote.failed.store(true, Ordering::SeqCst);
     assert_eq!(fs.getattr(f).await.unwrap_err(), Errno::EIO);
+}
+
+#[tokio::test]
+async fn cached_metadata_answers_while_down() {
+    let (remote, fs) = setup();
+    remote.put_dir("/srv/d");
+    remote.put_file("/srv/d/f", b"abc");
+    let d = fs.lookup(ROOT, "d").await.unwrap().ino;
+    let fh = fs.opendir(d).await.unwrap();
+    fs.releasedir(fh);
+    remote.down.store(true, Ordering::SeqCst);
+    // Known from the listing: attributes, the entry, and that other names do not exist.
+    let f = fs.lookup(d, "f").await.unwrap();
+    assert_eq!(f.attr.size, 3);
+    assert_eq!(fs.getattr(f.ino).await.unwrap().size, 3);
+    assert_eq!(fs.lookup(d, "nope").await.unwrap_err(), Errno::ENOENT);
+    let fh = fs.opendir(d).await.unwrap();
+    assert_eq!(fs.readdir(fh, 0).unwrap().len(), 3);
+    // Not known: needs the server.
+    assert_eq!(fs.lookup(ROOT, "other").await.unwrap_err(), Errno::EAGAIN);
+}
+
+#[tokio::test]
+async fn own_changes_are_seen_at_once_through_the_cache() {
+    let (remote, fs) = setup();
+    let d = fs.mkdir(ROOT, "d", 0o755).await.unwrap().ino;
+    // A fresh directory is known empty: no question to the server.
+    remote.down.store(true, Ordering::SeqCst);
+    assert_eq!(fs.lookup(d, "x").await.unwrap_err(), Errno::ENOENT);
+    remote.down.store(false, Ordering::SeqCst);
+    let (_, fh) = fs.create(d, "x", 0o644, rw()).await.unwrap();
+    fs.write(fh, 0, b"12345").await.unwrap();
+    let x = fs.lookup(d, "x").await.unwrap();
+    assert_eq!(fs.getattr(x.ino).await.unwrap().size, 5);
+    fs.release(fh).await.unwrap();
+    fs.rename(d, "x", d, "y", 0).await.unwrap();
+    assert_eq!(fs.lookup(d, "x").await.unwrap_err(), Errno::ENOENT);
+    assert_eq!(fs.lookup(d, "y").await.unwrap().attr.size, 5);
+    fs.unlink(d, "y").await.unwrap();
+    assert_eq!(fs.lookup(d, "y").await.unwrap_err(), Errno::ENOENT);
+    let h = fs.opendir(d).await.unwrap();
+    assert_eq!(fs.readdir(h, 0).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn subdirectories_are_listed_ahead() {
+    let (remote, fs) = setup();
+    for d in ["a", "b", "c"] {
+        remote.put_dir(&format!("/srv/{d}"));
+        remote.put_file(&format!("/srv/{d}/f"), b"1");
+    }
+    let fh = fs.opendir(ROOT).await.unwrap();
+    fs.releasedir(fh);
+    // The listings arrive in the background; then they answer without the server.
+    let ready = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if ["/srv/a", "/srv/b", "/srv/c"].iter().all(|p| fs.cache().has_listing(p)) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok());
+    remote.down.store(true, Ordering::SeqCst);
+    let b = fs.lookup(ROOT, "b").await.unwrap().ino;
+    let fh = fs.opendir(b).await.unwrap();
+    assert_eq!(fs.readdir(fh, 0).unwrap().len(), 3);
 }

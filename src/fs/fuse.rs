@@ -155,6 +155,19 @@ fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: Result<Entry, Errno>) {
     }
 }
 
+fn reply_lookup(reply: ReplyEntry, ttl: Ttl, r: Result<Entry, Errno>) {
+    match r {
+        Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(e.ino, &e.attr), Generation(0)),
+        // Node 0 with a timeout: the kernel remembers that the name does not exist.
+        Err(Errno::ENOENT) if !ttl.entry.is_zero() => {
+            let mut none = file_attr(0, &Attr::default());
+            none.ino = INodeNo(0);
+            reply.entry(&ttl.entry, &none, Generation(0))
+        }
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
 fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
     match r {
         Ok(()) => reply.ok(),
@@ -186,7 +199,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.lookup(parent.0, &name)).await) });
+        self.run(|fs, cx| async move { reply_lookup(reply, cx.ttl, cx.within(fs.lookup(parent.0, &name)).await) });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

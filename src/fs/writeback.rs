@@ -7,13 +7,13 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures_util::future::join_all;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::errno::{self, Errno, Op};
 use crate::remote::{Handle, Remote, RemoteError};
 
-/// Writes sent together; the server answers them in order.
+/// Writes out at once per file; the server answers them in order.
 const MAX_IN_FLIGHT: usize = 32;
 
 #[derive(Debug)]
@@ -105,68 +105,62 @@ impl WriteBack {
         }
     }
 
-    /// Sends the queue until it is empty. Runs as its own task.
+    /// Sends the queue until it is empty, keeping up to `MAX_IN_FLIGHT` writes out at
+    /// once. The server answers in order, so what is unanswered when the link dies is
+    /// always the tail of what was sent: it is sent again, in order, once the link is
+    /// back. Runs as its own task.
     pub async fn flush_queue<R: Remote>(self: Arc<Self>, remote: Arc<R>, handle: Handle) {
+        let mut in_flight = FuturesOrdered::new();
+        // How many writes at the front of the queue are out.
+        let mut sent = 0usize;
         loop {
-            let batch: Vec<(u64, Arc<Vec<u8>>)> = {
+            {
                 let mut s = self.lock();
-                if s.queue.is_empty() {
+                while in_flight.len() < MAX_IN_FLIGHT && sent < s.queue.len() {
+                    let p = &s.queue[sent];
+                    let (off, data, remote) = (p.offset, p.data.clone(), remote.clone());
+                    in_flight.push_back(async move { remote.write(&handle, off, &data).await });
+                    sent += 1;
+                }
+                if in_flight.is_empty() {
                     s.flushing = false;
                     drop(s);
                     self.changed.notify_waiters();
                     return;
                 }
-                s.queue.iter().take(MAX_IN_FLIGHT).map(|p| (p.offset, p.data.clone())).collect()
-            };
-            let results = join_all(batch.iter().map(|(off, data)| remote.write(&handle, *off, data))).await;
-            let link_failed = self.settle(&results, &*remote).await;
-            self.changed.notify_waiters();
-            if link_failed {
-                // Keep the rest and send it again once the link is back.
-                if let Err(e) = remote.wait_available().await {
-                    self.give_up(e);
-                    return;
+            }
+            let Some(result) = in_flight.next().await else { continue };
+            match result {
+                Ok(()) => self.done_front(None),
+                Err(e) if e.is_link() || matches!(e, RemoteError::Failed(_)) => {
+                    // Drop what is still out; all of it is sent again.
+                    in_flight = FuturesOrdered::new();
+                    sent = 0;
+                    self.changed.notify_waiters();
+                    if let Err(e) = remote.wait_available().await {
+                        self.give_up(e);
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    let errno = write_errno(&*remote, e).await;
+                    tracing::warn!(error = %errno, "the server refused a write; reporting it at the next write, fsync or close");
+                    self.done_front(Some(errno));
                 }
             }
+            sent -= 1;
+            self.changed.notify_waiters();
         }
     }
 
-    /// Drops what the server acknowledged or refused, oldest first, stopping at the first
-    /// write lost with the link. Returns whether the link failed.
-    async fn settle<R: Remote>(&self, results: &[crate::remote::Result<()>], remote: &R) -> bool {
-        let mut refused = None;
-        let mut done = 0;
-        let mut link_failed = false;
-        for r in results {
-            match r {
-                Ok(()) => done += 1,
-                Err(e) if e.is_link() => {
-                    link_failed = true;
-                    break;
-                }
-                Err(RemoteError::Failed(_)) => {
-                    link_failed = true;
-                    break;
-                }
-                Err(e) => {
-                    refused.get_or_insert_with(|| e.clone());
-                    done += 1;
-                }
-            }
-        }
-        let errno = match refused {
-            Some(e) => Some(write_errno(remote, e).await),
-            None => None,
-        };
+    /// The oldest write is settled: acknowledged, or refused with `error`.
+    fn done_front(&self, error: Option<Errno>) {
         let mut s = self.lock();
-        for _ in 0..done {
-            s.queue.pop_front();
-        }
-        if let Some(e) = errno {
-            tracing::warn!(error = %e, "the server refused a write; reporting it at the next write, fsync or close");
+        s.queue.pop_front();
+        if let Some(e) = error {
             s.error.get_or_insert(e);
         }
-        link_failed
     }
 
     fn give_up(&self, e: RemoteError) {

@@ -32,6 +32,8 @@ pub struct SftpConn {
     /// Which connection of its link this is: handles opened on an older one must be
     /// opened again.
     pub generation: u64,
+    /// Largest read or write to ask for, within what the server allows.
+    pub io_size: u32,
     pub connected_at: SystemTime,
     /// Unix milliseconds of the last request answered on this connection.
     last_activity_ms: AtomicU64,
@@ -225,16 +227,28 @@ async fn connect_inner(
         russh_sftp::client::Config { request_timeout_secs: request_timeout.as_secs().max(1), ..Default::default() };
     let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
     let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
+    // 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers, and what
+    // the library accepts for an answer.
+    let mut io_size: u32 = 255 * 1024;
     if version.extensions.get("limits@openssh.com").is_some_and(|v| v == "1") {
         if let Ok(l) = sftp.limits().await {
+            for lim in [l.max_read_len, l.max_write_len] {
+                if lim > 0 {
+                    io_size = io_size.min(lim.min(u64::from(u32::MAX)) as u32);
+                }
+            }
             sftp.set_limits(l.into());
         }
+    } else {
+        // Without limits, stay where every server is known to be fine.
+        io_size = 32 * 1024;
     }
     let now = SystemTime::now();
     Ok(SftpConn {
         sftp,
         extensions: version.extensions,
         generation,
+        io_size,
         connected_at: now,
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),

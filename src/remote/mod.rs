@@ -196,4 +196,53 @@ pub trait Remote: Send + Sync + 'static {
     fn readlink(&self, path: &str) -> impl Future<Output = Result<String>> + Send;
     fn hardlink(&self, existing: &str, new: &str) -> impl Future<Output = Result<()>> + Send;
     fn statfs(&self, path: &str) -> impl Future<Output = Result<StatFs>> + Send;
+
+    /// Largest read or write to ask for in one request.
+    fn io_size(&self) -> u32 {
+        64 * 1024
+    }
+
+    // Operations followed by a stat of what they made or changed. The SFTP remote sends
+    // both requests at once (the server answers them in order), saving a round trip.
+    // `Ok(None)`: the operation succeeded but the stat did not.
+
+    fn open_stat(&self, path: &str, opts: OpenOptions) -> impl Future<Output = Result<(Handle, Option<Attr>)>> + Send {
+        async move {
+            let h = self.open(path, opts).await?;
+            Ok((h, self.lstat(path).await.ok()))
+        }
+    }
+
+    fn mkdir_stat(&self, path: &str, mode: u32) -> impl Future<Output = Result<Option<Attr>>> + Send {
+        async move {
+            self.mkdir(path, mode).await?;
+            Ok(self.lstat(path).await.ok())
+        }
+    }
+
+    fn symlink_stat(&self, target: &str, link: &str) -> impl Future<Output = Result<Option<Attr>>> + Send {
+        async move {
+            self.symlink(target, link).await?;
+            Ok(self.lstat(link).await.ok())
+        }
+    }
+
+    fn setstat_stat(&self, path: &str, set: SetAttr) -> impl Future<Output = Result<Option<Attr>>> + Send {
+        async move {
+            self.setstat(path, set).await?;
+            Ok(self.lstat(path).await.ok())
+        }
+    }
+
+    fn fsetstat_stat(
+        &self,
+        handle: &Handle,
+        path: &str,
+        set: SetAttr,
+    ) -> impl Future<Output = Result<Option<Attr>>> + Send {
+        async move {
+            self.fsetstat(handle, set).await?;
+            Ok(self.lstat(path).await.ok())
+        }
+    }
 }

@@ -83,6 +83,16 @@ impl SftpRemote {
     }
 }
 
+impl SftpRemote {
+    /// Numbers a server handle so it can be opened again after a reconnect.
+    fn register(&self, path: &str, opts: OpenOptions, generation: u64, handle: String) -> Handle {
+        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let file = OpenFile { path: path.to_string(), opts, live: tokio::sync::Mutex::new(Some((generation, handle))) };
+        lock(&self.files).insert(id, Arc::new(file));
+        Handle(id)
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -250,19 +260,28 @@ impl Remote for SftpRemote {
         let r = c.sftp.opendir(path).await;
         let h = self.check(&c, r)?.handle;
         let mut out = Vec::new();
-        let res = loop {
-            match c.sftp.readdir(h.clone()).await {
-                Ok(name) => out.extend(
-                    name.files
-                        .into_iter()
-                        .filter(|f| f.filename != "." && f.filename != "..")
-                        .map(|f| DirEntry { attr: attr_from(&f.attrs), name: f.filename }),
-                ),
-                Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break Ok(out),
-                Err(e) => break self.check(&c, Err(e)),
+        // Two READDIRs in flight: a small directory comes back, with its end, in one
+        // round trip.
+        let res = 'list: loop {
+            let (a, b) = futures_util::join!(c.sftp.readdir(h.clone()), c.sftp.readdir(h.clone()));
+            for r in [a, b] {
+                match r {
+                    Ok(name) => out.extend(
+                        name.files
+                            .into_iter()
+                            .filter(|f| f.filename != "." && f.filename != "..")
+                            .map(|f| DirEntry { attr: attr_from(&f.attrs), name: f.filename }),
+                    ),
+                    Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break 'list Ok(out),
+                    Err(e) => break 'list self.check(&c, Err(e)),
+                }
             }
         };
-        let _ = c.sftp.close(h).await;
+        // Nobody needs to wait for the directory to be closed.
+        let closer = c.clone();
+        tokio::spawn(async move {
+            let _ = closer.sftp.close(h).await;
+        });
         res
     }
 
@@ -272,10 +291,7 @@ impl Remote for SftpRemote {
         attrs.permissions = o.mode;
         let r = c.sftp.open(path, open_flags(o), attrs).await;
         let h = self.check(&c, r)?.handle;
-        let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile { path: path.to_string(), opts: o, live: tokio::sync::Mutex::new(Some((c.generation, h))) };
-        lock(&self.files).insert(id, Arc::new(file));
-        Ok(Handle(id))
+        Ok(self.register(path, o, c.generation, h))
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
@@ -398,5 +414,59 @@ impl Remote for SftpRemote {
             name_max: s.name_max,
             read_only: s.flags & ST_RDONLY != 0,
         })
+    }
+
+    fn io_size(&self) -> u32 {
+        self.link.conn().map(|c| c.io_size).unwrap_or(64 * 1024)
+    }
+
+    async fn open_stat(&self, path: &str, o: OpenOptions) -> Result<(Handle, Option<Attr>)> {
+        let c = self.conn()?;
+        let mut attrs = FileAttributes::empty();
+        attrs.permissions = o.mode;
+        let (opened, stat) = futures_util::join!(c.sftp.open(path, open_flags(o), attrs), c.sftp.lstat(path));
+        let h = self.check(&c, opened)?.handle;
+        let attr = self.check(&c, stat).ok().map(|a| attr_from(&a.attrs));
+        Ok((self.register(path, o, c.generation, h), attr))
+    }
+
+    async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
+        let c = self.conn()?;
+        let mut attrs = FileAttributes::empty();
+        attrs.permissions = Some(mode);
+        let (made, stat) = futures_util::join!(c.sftp.mkdir(path, attrs), c.sftp.lstat(path));
+        self.check(&c, made)?;
+        Ok(self.check(&c, stat).ok().map(|a| attr_from(&a.attrs)))
+    }
+
+    async fn symlink_stat(&self, target: &str, link: &str) -> Result<Option<Attr>> {
+        let c = self.conn()?;
+        let (made, stat) = futures_util::join!(c.sftp.symlink(target, link), c.sftp.lstat(link));
+        self.check(&c, made)?;
+        Ok(self.check(&c, stat).ok().map(|a| attr_from(&a.attrs)))
+    }
+
+    async fn setstat_stat(&self, path: &str, set: SetAttr) -> Result<Option<Attr>> {
+        if set.uid.is_some() != set.gid.is_some() {
+            // The owner pair needs the current owner first.
+            self.setstat(path, set).await?;
+            return Ok(self.lstat(path).await.ok());
+        }
+        let c = self.conn()?;
+        let (done, stat) = futures_util::join!(c.sftp.setstat(path, attrs_to(set, None)), c.sftp.lstat(path));
+        self.check(&c, done)?;
+        Ok(self.check(&c, stat).ok().map(|a| attr_from(&a.attrs)))
+    }
+
+    async fn fsetstat_stat(&self, handle: &Handle, path: &str, set: SetAttr) -> Result<Option<Attr>> {
+        if set.uid.is_some() != set.gid.is_some() {
+            self.fsetstat(handle, set).await?;
+            return Ok(self.lstat(path).await.ok());
+        }
+        let c = self.conn()?;
+        let h = self.live_handle(&c, handle).await?;
+        let (done, stat) = futures_util::join!(c.sftp.fsetstat(h.clone(), attrs_to(set, None)), c.sftp.fstat(h));
+        self.check(&c, done)?;
+        Ok(self.check(&c, stat).ok().map(|a| attr_from(&a.attrs)))
     }
 }

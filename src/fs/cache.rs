@@ -1,0 +1,289 @@
+//! What the mount knows about remote metadata: attributes and complete directory
+//! listings, each trusted for a short time and kept true through the mount's own
+//! changes. A fresh listing also answers "no such file" without asking the server.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::remote::{Attr, DirEntry};
+
+/// What the cache can say about a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    Exists(Attr),
+    Absent,
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Listing {
+    entries: Vec<DirEntry>,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct MetaCache {
+    ttl: Duration,
+    attrs: HashMap<String, (Attr, Instant)>,
+    dirs: HashMap<String, Listing>,
+    /// Bumped by every change the mount makes; an answer fetched across a change is
+    /// not cached, since it may predate it.
+    generation: u64,
+    max_entries: usize,
+}
+
+pub fn parent_and_name(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", n)) => ("/", n),
+        Some((d, n)) => (d, n),
+        None => ("/", path),
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    super::inode::join(dir, name)
+}
+
+impl MetaCache {
+    pub fn new(ttl: Duration) -> MetaCache {
+        MetaCache { ttl, attrs: HashMap::new(), dirs: HashMap::new(), generation: 0, max_entries: 200_000 }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.ttl
+    }
+
+    pub fn attr(&self, path: &str) -> Option<Attr> {
+        self.attrs.get(path).filter(|(_, at)| self.fresh(*at)).map(|(a, _)| *a)
+    }
+
+    pub fn lookup(&self, dir: &str, name: &str) -> Known {
+        let path = join(dir, name);
+        if let Some(a) = self.attr(&path) {
+            return Known::Exists(a);
+        }
+        match self.dirs.get(dir).filter(|l| self.fresh(l.at)) {
+            Some(l) => match l.entries.iter().find(|e| e.name == name) {
+                Some(e) => Known::Exists(e.attr),
+                None => Known::Absent,
+            },
+            None => Known::Unknown,
+        }
+    }
+
+    pub fn listing(&self, dir: &str) -> Option<Vec<DirEntry>> {
+        self.dirs.get(dir).filter(|l| self.fresh(l.at)).map(|l| l.entries.clone())
+    }
+
+    pub fn has_listing(&self, dir: &str) -> bool {
+        self.dirs.get(dir).is_some_and(|l| self.fresh(l.at))
+    }
+
+    fn make_room(&mut self) {
+        if self.attrs.len() + self.dirs.len() < self.max_entries {
+            return;
+        }
+        let ttl = self.ttl;
+        self.attrs.retain(|_, (_, at)| at.elapsed() < ttl);
+        self.dirs.retain(|_, l| l.at.elapsed() < ttl);
+        if self.attrs.len() + self.dirs.len() >= self.max_entries {
+            self.attrs.clear();
+            self.dirs.clear();
+        }
+    }
+
+    /// Records what the server said, if nothing changed since it was asked (`asked_at`
+    /// is the generation when the request went out).
+    pub fn put_attr(&mut self, path: &str, attr: Attr, asked_at: u64) {
+        if !self.enabled() || asked_at != self.generation {
+            return;
+        }
+        self.make_room();
+        self.attrs.insert(path.to_string(), (attr, Instant::now()));
+    }
+
+    pub fn put_listing(&mut self, dir: &str, entries: &[DirEntry], asked_at: u64) {
+        if !self.enabled() || asked_at != self.generation {
+            return;
+        }
+        self.make_room();
+        let now = Instant::now();
+        for e in entries {
+            self.attrs.insert(join(dir, &e.name), (e.attr, now));
+        }
+        self.dirs.insert(dir.to_string(), Listing { entries: entries.to_vec(), at: now });
+    }
+
+    fn changed(&mut self) {
+        self.generation += 1;
+    }
+
+    /// The mount made or changed `path`; `attr` is what it is now.
+    pub fn set(&mut self, path: &str, attr: Attr) {
+        self.changed();
+        if !self.enabled() {
+            return;
+        }
+        self.attrs.insert(path.to_string(), (attr, Instant::now()));
+        let (dir, name) = parent_and_name(path);
+        if let Some(l) = self.dirs.get_mut(dir) {
+            match l.entries.iter_mut().find(|e| e.name == name) {
+                Some(e) => e.attr = attr,
+                None => l.entries.push(DirEntry { name: name.to_string(), attr }),
+            }
+        }
+    }
+
+    /// The mount made an empty directory: its listing is known.
+    pub fn new_dir(&mut self, path: &str, attr: Attr) {
+        self.set(path, attr);
+        if self.enabled() {
+            self.dirs.insert(path.to_string(), Listing { entries: Vec::new(), at: Instant::now() });
+        }
+    }
+
+    /// The mount removed `path`.
+    pub fn remove(&mut self, path: &str) {
+        self.changed();
+        self.attrs.remove(path);
+        self.dirs.remove(path);
+        let (dir, name) = parent_and_name(path);
+        if let Some(l) = self.dirs.get_mut(dir) {
+            l.entries.retain(|e| e.name != name);
+        }
+    }
+
+    /// `path` changed in a way the mount cannot describe: ask the server next time.
+    pub fn forget(&mut self, path: &str) {
+        self.changed();
+        self.attrs.remove(path);
+        let (dir, name) = parent_and_name(path);
+        if let Some(l) = self.dirs.get(dir) {
+            if l.entries.iter().any(|e| e.name == name) {
+                self.dirs.remove(dir);
+            }
+        }
+    }
+
+    /// The file at `path` grew to at least `size` through this mount.
+    pub fn grew(&mut self, path: &str, size: u64) {
+        let (dir, name) = parent_and_name(path);
+        if let Some((a, _)) = self.attrs.get_mut(path) {
+            a.size = a.size.max(size);
+        }
+        if let Some(l) = self.dirs.get_mut(dir) {
+            if let Some(e) = l.entries.iter_mut().find(|e| e.name == name) {
+                e.attr.size = e.attr.size.max(size);
+            }
+        }
+    }
+
+    /// `from` moved to `to`, with everything below it.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let moved = self.attrs.get(from).map(|(a, _)| *a);
+        self.remove(from);
+        let prefix = format!("{}/", from.trim_end_matches('/'));
+        self.attrs.retain(|p, _| !p.starts_with(&prefix));
+        self.dirs.retain(|p, _| !p.starts_with(&prefix));
+        self.remove(to);
+        match moved {
+            Some(a) => self.set(to, a),
+            None => self.forget(to),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::{S_IFDIR, S_IFREG};
+
+    fn file(size: u64) -> Attr {
+        Attr { size, mode: S_IFREG | 0o644, ..Attr::default() }
+    }
+
+    fn cache() -> MetaCache {
+        MetaCache::new(Duration::from_secs(60))
+    }
+
+    #[test]
+    fn listing_answers_lookups_and_absence() {
+        let mut c = cache();
+        let g = c.generation();
+        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }], g);
+        assert_eq!(c.lookup("/d", "a"), Known::Exists(file(3)));
+        assert_eq!(c.lookup("/d", "b"), Known::Absent);
+        assert_eq!(c.lookup("/e", "a"), Known::Unknown);
+    }
+
+    #[test]
+    fn own_changes_keep_the_cache_true() {
+        let mut c = cache();
+        let g = c.generation();
+        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }], g);
+        c.set("/d/b", file(0));
+        assert_eq!(c.lookup("/d", "b"), Known::Exists(file(0)));
+        c.remove("/d/a");
+        assert_eq!(c.lookup("/d", "a"), Known::Absent);
+        c.grew("/d/b", 100);
+        assert_eq!(c.attr("/d/b").unwrap().size, 100);
+        assert_eq!(c.listing("/d").unwrap()[0].attr.size, 100);
+        c.rename("/d/b", "/d/c");
+        assert_eq!(c.lookup("/d", "b"), Known::Absent);
+        assert_eq!(c.lookup("/d", "c"), Known::Exists(file(100)));
+        c.new_dir("/d/sub", Attr { mode: S_IFDIR | 0o755, ..Attr::default() });
+        assert_eq!(c.lookup("/d/sub", "x"), Known::Absent);
+    }
+
+    #[test]
+    fn answers_from_before_a_change_are_not_cached() {
+        let mut c = cache();
+        let asked = c.generation();
+        c.remove("/d/a");
+        c.put_attr("/d/a", file(1), asked);
+        assert_eq!(c.attr("/d/a"), None);
+        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(1) }], asked);
+        assert!(!c.has_listing("/d"));
+    }
+
+    #[test]
+    fn entries_expire() {
+        let mut c = MetaCache::new(Duration::from_millis(1));
+        let g = c.generation();
+        c.put_attr("/a", file(1), g);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(5) {
+            std::hint::spin_loop();
+        }
+        assert_eq!(c.attr("/a"), None);
+        assert_eq!(c.lookup("/", "a"), Known::Unknown);
+    }
+
+    #[test]
+    fn disabled_cache_keeps_nothing() {
+        let mut c = MetaCache::new(Duration::ZERO);
+        c.put_attr("/a", file(1), 0);
+        c.set("/b", file(1));
+        assert_eq!(c.attr("/a"), None);
+        assert_eq!(c.attr("/b"), None);
+    }
+
+    #[test]
+    fn rename_of_a_directory_drops_what_was_below() {
+        let mut c = cache();
+        let g = c.generation();
+        c.put_listing("/d", &[DirEntry { name: "x".into(), attr: file(1) }], g);
+        c.set("/d", Attr { mode: S_IFDIR | 0o755, ..Attr::default() });
+        c.rename("/d", "/e");
+        assert_eq!(c.attr("/d/x"), None);
+        assert!(!c.has_listing("/d"));
+    }
+}
