@@ -263,9 +263,15 @@ fn state_is_private_and_other_users_are_refused() {
     }
     fs::set_permissions(run.join("agent.sock"), fs::Permissions::from_mode(0o777)).unwrap();
     let raw = format!(
-        r#"import socket; s=socket.socket(socket.AF_UNIX); s.connect('{}'); s.sendall(b'{{"version":1,"request":"status"}}\n'); s.settimeout(10)
-try: print('answered' if s.recv(4096) else 'refused')
-except ConnectionResetError: print('refused')"#,
+        r#"import socket
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+try:
+    s.connect('{}')
+    s.sendall(b'{{"version":1,"request":"status"}}\n')
+    print('answered' if s.recv(4096) else 'refused')
+except ConnectionError:
+    print('refused')"#,
         run.join("agent.sock").display()
     );
     let mut cmd = Command::new("runuser");

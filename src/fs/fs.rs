@@ -13,8 +13,10 @@ use super::cache::{parent_and_name, Known, MetaCache};
 use super::errno::{self, Errno, Facts, Op};
 use super::handle::{DirItem, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
+use super::prefetch::{assemble, ChunkResult, ReadAhead};
 use super::writeback::WriteBack;
 use crate::remote::{Attr, FileKind, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
+use futures_util::future::{BoxFuture, FutureExt};
 
 pub type FsResult<T> = Result<T, Errno>;
 
@@ -114,6 +116,25 @@ pub struct Fs<R: Remote> {
     bytes_written: AtomicU64,
     cache: Arc<Mutex<MetaCache>>,
     dir_permits: Arc<Semaphore>,
+    write_counts: Mutex<HashMap<Ino, u64>>,
+}
+
+/// Reads `len` bytes at `offset`, re-asking after a short answer, stopping at EOF.
+async fn read_fully<R: Remote>(
+    remote: &R,
+    handle: &crate::remote::Handle,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, RemoteError> {
+    let mut buf = Vec::with_capacity(len as usize);
+    while (buf.len() as u32) < len {
+        let got = remote.read(handle, offset + buf.len() as u64, len - buf.len() as u32).await?;
+        if got.is_empty() {
+            break;
+        }
+        buf.extend_from_slice(&got);
+    }
+    Ok(buf)
 }
 
 /// Splits a pipelined result into the operation's outcome and the stat that came with it.
@@ -162,6 +183,7 @@ impl<R: Remote> Fs<R> {
             bytes_written: AtomicU64::new(0),
             cache: Arc::new(Mutex::new(MetaCache::new(opts.cache_ttl))),
             dir_permits: Arc::new(Semaphore::new(READ_AHEAD_DIRS)),
+            write_counts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -514,7 +536,15 @@ impl<R: Remote> Fs<R> {
         if writable {
             lock(&self.writebacks).entry(ino).or_default().push(wb.clone());
         }
-        self.files.insert(OpenFile { ino, handle, path, writable, wb })
+        let ra = (!writable).then(ReadAhead::default);
+        let size_hint = self.cache().attr(&path).map_or(u64::MAX, |a| a.size);
+        self.files.insert(OpenFile { ino, handle, path, writable, wb, ra, size_hint })
+    }
+
+    /// How often `ino` was written through this mount: read-ahead of it is stale when
+    /// this changes.
+    fn writes_to(&self, ino: Ino) -> u64 {
+        lock(&self.write_counts).get(&ino).copied().unwrap_or(0)
     }
 
     pub async fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
@@ -593,6 +623,31 @@ impl<R: Remote> Fs<R> {
         // Read what this mount wrote: queued writes go first.
         self.settle_writes(file.ino).await?;
         let io = self.remote.io_size().max(4096);
+        if let Some(ra) = &file.ra {
+            let (remote, handle) = (self.remote.clone(), file.handle);
+            let fetch = move |off: u64, len: u32| -> BoxFuture<'static, ChunkResult> {
+                let remote = remote.clone();
+                // Started now, not when first awaited: that is the point of reading ahead.
+                let task = tokio::spawn(async move { read_fully(&*remote, &handle, off, len).await.map(Arc::new) });
+                async move { task.await.unwrap_or_else(|e| Err(RemoteError::Failure(format!("read task: {e}")))) }
+                    .boxed()
+            };
+            if let Some(plan) = ra.plan(offset, size, io, file.size_hint, self.writes_to(file.ino), fetch) {
+                let mut parts = Vec::with_capacity(plan.len());
+                for (start, chunk) in plan {
+                    match chunk.await {
+                        Ok(data) => parts.push((start, data)),
+                        Err(e) => {
+                            ra.reset();
+                            return Err(self.fail(Op::Read, e, &file.path, None).await);
+                        }
+                    }
+                }
+                let out = assemble(offset, size, io, &parts);
+                self.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
+                return Ok(out);
+            }
+        }
         let chunks = (0..size.div_ceil(io)).map(|i| {
             let off = offset + u64::from(i * io);
             let len = io.min(size - i * io);
@@ -614,17 +669,8 @@ impl<R: Remote> Fs<R> {
         Ok(out)
     }
 
-    /// Reads `len` bytes at `offset`, re-asking after a short answer, stopping at EOF.
     async fn read_exact_or_eof(&self, file: &OpenFile, offset: u64, len: u32) -> Result<Vec<u8>, RemoteError> {
-        let mut buf = Vec::with_capacity(len as usize);
-        while (buf.len() as u32) < len {
-            let got = self.remote.read(&file.handle, offset + buf.len() as u64, len - buf.len() as u32).await?;
-            if got.is_empty() {
-                break;
-            }
-            buf.extend_from_slice(&got);
-        }
-        Ok(buf)
+        read_fully(&*self.remote, &file.handle, offset, len).await
     }
 
     /// Queues a write; it is acknowledged at once and reaches the server in order behind
@@ -660,6 +706,7 @@ impl<R: Remote> Fs<R> {
         }
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.cache().grew(&file.path, offset + data.len() as u64);
+        *lock(&self.write_counts).entry(file.ino).or_default() += 1;
         Ok(data.len() as u32)
     }
 

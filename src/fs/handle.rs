@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::inode::Ino;
+use super::prefetch::ReadAhead;
 use super::writeback::WriteBack;
 use crate::remote::{Attr, FileKind, Handle};
 
@@ -16,6 +17,10 @@ pub struct OpenFile {
     pub path: String,
     pub writable: bool,
     pub wb: Arc<WriteBack>,
+    /// For files opened read-only: chunks fetched ahead of a sequential reader.
+    pub ra: Option<ReadAhead>,
+    /// The size known when the file was opened: read-ahead stops there.
+    pub size_hint: u64,
 }
 
 /// A directory listing taken at `opendir`, served from memory by `readdir`.

@@ -8,6 +8,7 @@ pub mod fs;
 pub mod fuse;
 pub mod handle;
 pub mod inode;
+pub mod prefetch;
 pub mod writeback;
 
 pub use fs::Fs;
