@@ -14,6 +14,7 @@ use super::errno::{self, Errno, Facts, Op};
 use super::handle::{DirItem, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
 use super::prefetch::{assemble, ChunkResult, ReadAhead};
+use super::smallfiles::{SmallFiles, MAX_FILES_PER_DIR, SMALL};
 use super::writeback::WriteBack;
 use crate::remote::{Attr, FileKind, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -117,6 +118,7 @@ pub struct Fs<R: Remote> {
     cache: Arc<Mutex<MetaCache>>,
     dir_permits: Arc<Semaphore>,
     write_counts: Mutex<HashMap<Ino, u64>>,
+    small: Arc<Mutex<SmallFiles>>,
 }
 
 /// Reads `len` bytes at `offset`, re-asking after a short answer, stopping at EOF.
@@ -184,6 +186,7 @@ impl<R: Remote> Fs<R> {
             cache: Arc::new(Mutex::new(MetaCache::new(opts.cache_ttl))),
             dir_permits: Arc::new(Semaphore::new(READ_AHEAD_DIRS)),
             write_counts: Mutex::new(HashMap::new()),
+            small: Arc::new(Mutex::new(SmallFiles::new(opts.cache_ttl))),
         }
     }
 
@@ -399,6 +402,7 @@ impl<R: Remote> Fs<R> {
             set.times = Some((pick(change.atime, cur.atime), pick(change.mtime, cur.mtime)));
         }
         let op = if set.uid.is_some() || set.gid.is_some() { Op::Chown } else { Op::Setattr };
+        lock(&self.small).forget(&path);
         // A size change on an open handle must work even when the file's mode no longer
         // allows opening it for writing (ftruncate after chmod).
         let file = fh.and_then(|fh| self.files.get(fh)).filter(|f| f.writable);
@@ -464,6 +468,7 @@ impl<R: Remote> Fs<R> {
         let path = self.child_of(parent, name)?;
         let res = self.remote.remove(&path).await;
         let settled = self.settle_once(&format!("unlink:{path}"), res, Op::Unlink, &path, None, Errno::ENOENT).await;
+        lock(&self.small).forget(&path);
         self.cache().remove(&path);
         settled?;
         self.inodes().remove_path(&path);
@@ -502,6 +507,11 @@ impl<R: Remote> Fs<R> {
             return Err(Errno::EEXIST);
         }
         let res = self.remote.rename(&from, &to).await;
+        {
+            let mut small = lock(&self.small);
+            small.forget(&from);
+            small.forget(&to);
+        }
         let key = format!("rename:{from}\0{to}");
         // A retry that finds the source gone and the target there was the first
         // attempt landing.
@@ -538,7 +548,7 @@ impl<R: Remote> Fs<R> {
         }
         let ra = (!writable).then(ReadAhead::default);
         let size_hint = self.cache().attr(&path).map_or(u64::MAX, |a| a.size);
-        self.files.insert(OpenFile { ino, handle, path, writable, wb, ra, size_hint })
+        self.files.insert(OpenFile { ino, handle, path, writable, wb, ra, size_hint, memory: None })
     }
 
     /// How often `ino` was written through this mount: read-ahead of it is stale when
@@ -559,12 +569,86 @@ impl<R: Remote> Fs<R> {
             truncate: flags.truncate,
             ..OpenOptions::default()
         };
-        if flags.truncate {
+        if flags.truncate || flags.write {
             self.cache().forget(&path);
+            lock(&self.small).forget(&path);
+        }
+        if !flags.write {
+            if let Some(fh) = self.open_from_memory(ino, &path) {
+                return Ok(fh);
+            }
         }
         match self.remote.open(&path, opts).await {
             Ok(handle) => Ok(self.register(ino, handle, path, flags.write)),
             Err(e) => Err(self.fail(Op::Open, e, &path, None).await),
+        }
+    }
+
+    /// Serves a read-only open of a small file from memory if it was fetched ahead, and
+    /// fetches the directory's other small files once a program is seen going through
+    /// them.
+    fn open_from_memory(&self, ino: Ino, path: &str) -> Option<u64> {
+        let attr = self.cache().attr(path)?;
+        if attr.kind() != FileKind::File || attr.size > SMALL {
+            return None;
+        }
+        let (dir, _) = parent_and_name(path);
+        let (content, fetch_dir) = {
+            let mut small = lock(&self.small);
+            (small.get(path, &attr), small.opened_in(dir))
+        };
+        if fetch_dir {
+            self.fetch_small_files(dir.to_string(), path.to_string());
+        }
+        let data = content?;
+        let file = OpenFile {
+            ino,
+            handle: crate::remote::Handle(0),
+            path: path.to_string(),
+            writable: false,
+            wb: Arc::new(WriteBack::default()),
+            ra: None,
+            size_hint: attr.size,
+            memory: Some(data),
+        };
+        Some(self.files.insert(file))
+    }
+
+    /// Fetches the small files of `dir` (as the cached listing has them, after `from`)
+    /// a few at a time in the background.
+    fn fetch_small_files(&self, dir: String, from: String) {
+        let Some(listing) = self.cache().listing(&dir) else { return };
+        let (_, from_name) = parent_and_name(&from);
+        let mut names: Vec<_> = listing
+            .into_iter()
+            .filter(|e| e.attr.kind() == FileKind::File && e.attr.size <= SMALL && e.name.as_str() != from_name)
+            .collect();
+        // Programs mostly go on in listing or name order from where they are.
+        names.sort_by(|a, b| {
+            (a.name.as_str() <= from_name).cmp(&(b.name.as_str() <= from_name)).then(a.name.cmp(&b.name))
+        });
+        names.truncate(MAX_FILES_PER_DIR);
+        for e in names {
+            let path = super::inode::join(&dir, &e.name);
+            if lock(&self.small).contains(&path) {
+                continue;
+            }
+            let (remote, small, cache, permits) =
+                (self.remote.clone(), self.small.clone(), self.cache.clone(), self.dir_permits.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                let asked = lock(&cache).generation();
+                let opts = OpenOptions { read: true, ..OpenOptions::default() };
+                let Ok(h) = remote.open(&path, opts).await else { return };
+                let data = read_fully(&*remote, &h, 0, e.attr.size.max(1) as u32).await;
+                let _ = remote.close(&h).await;
+                if let Ok(data) = data {
+                    // Kept only if the mount changed nothing meanwhile.
+                    if lock(&cache).generation() == asked {
+                        lock(&small).put(&path, e.attr, data);
+                    }
+                }
+            });
         }
     }
 
@@ -620,6 +704,12 @@ impl<R: Remote> Fs<R> {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let file = self.file(fh)?;
+        if let Some(data) = &file.memory {
+            let start = (offset as usize).min(data.len());
+            let end = (offset as usize).saturating_add(size as usize).min(data.len());
+            self.bytes_read.fetch_add((end - start) as u64, Ordering::Relaxed);
+            return Ok(data[start..end].to_vec());
+        }
         // Read what this mount wrote: queued writes go first.
         self.settle_writes(file.ino).await?;
         let io = self.remote.io_size().max(4096);
@@ -706,6 +796,7 @@ impl<R: Remote> Fs<R> {
         }
         self.bytes_written.fetch_add(data.len() as u64, Ordering::Relaxed);
         self.cache().grew(&file.path, offset + data.len() as u64);
+        lock(&self.small).forget(&file.path);
         *lock(&self.write_counts).entry(file.ino).or_default() += 1;
         Ok(data.len() as u32)
     }
@@ -730,6 +821,9 @@ impl<R: Remote> Fs<R> {
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let file = self.file(fh)?;
+        if file.memory.is_some() {
+            return Ok(());
+        }
         self.drain(&file).await?;
         if !self.remote.extensions().fsync {
             // The data is with the server; without fsync@openssh.com it cannot be forced
@@ -746,6 +840,9 @@ impl<R: Remote> Fs<R> {
     /// is closed; neither waits here.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let Some(file) = self.files.remove(fh) else { return Err(Errno::EBADF) };
+        if file.memory.is_some() {
+            return Ok(());
+        }
         if file.wb.is_idle() {
             return self.close_remote(&file).await;
         }

@@ -21,6 +21,9 @@ pub struct OpenFile {
     pub ra: Option<ReadAhead>,
     /// The size known when the file was opened: read-ahead stops there.
     pub size_hint: u64,
+    /// The whole file, when it was fetched ahead: reads need no server and `handle`
+    /// is not open on it.
+    pub memory: Option<Arc<Vec<u8>>>,
 }
 
 /// A directory listing taken at `opendir`, served from memory by `readdir`.

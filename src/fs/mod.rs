@@ -9,6 +9,7 @@ pub mod fuse;
 pub mod handle;
 pub mod inode;
 pub mod prefetch;
+pub mod smallfiles;
 pub mod writeback;
 
 pub use fs::Fs;
