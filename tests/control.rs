@@ -120,7 +120,8 @@ fn status_of_one_mount_shows_its_connections() {
         let out = c.run(&["mount", "status", target]);
         assert!(out.status.success(), "{}", stderr(&out));
         let text = stdout(&out);
-        assert!(text.contains("name:          work") && text.contains("connections:   1"), "{text}");
+        assert!(text.contains("name:          work") && text.contains("connections:   4"), "{text}");
+        assert_eq!(text.matches("  #").count(), 4, "{text}");
         assert!(text.contains("operations") && text.contains("idle"), "{text}");
     }
     let out = c.run(&["mount", "status", "--json", "work"]);

@@ -127,10 +127,14 @@ struct ResilienceArgs {
     no_reconnect: bool,
 }
 
-/// How much is cached, and for how long.
+/// How much is cached, and how many connections carry the traffic.
 #[derive(Args, Debug)]
-#[command(next_help_heading = "Caching")]
+#[command(next_help_heading = "Performance")]
 struct CacheArgs {
+    /// SSH connections per destination; requests, reads ahead and writes behind are
+    /// spread over them. More helps big transfers on fast links and many cores
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    connections: u16,
     /// How long attributes, directory listings and "no such file" are trusted before
     /// asking the server again; 0 turns caching off. Changes made through this mount are
     /// always seen at once; changes made on the server show after at most this long
@@ -147,7 +151,7 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
 }
 
 impl ResilienceArgs {
-    fn link_options(&self) -> LinkOptions {
+    fn link_options(&self, connections: u16) -> LinkOptions {
         LinkOptions {
             heartbeat_interval: self.heartbeat_interval,
             max_heartbeat_failures: self.max_heartbeat_failures,
@@ -155,6 +159,7 @@ impl ResilienceArgs {
             backoff_base: self.backoff_base,
             backoff_cap: self.backoff_cap,
             reconnect: !self.no_reconnect,
+            connections: usize::from(connections),
             ..LinkOptions::default()
         }
     }
@@ -313,7 +318,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         remote_path,
         mountpoint: mountpoint.clone(),
         name: args.name,
-        link: args.resilience.link_options(),
+        link: args.resilience.link_options(args.cache.connections),
         call_timeout: args.resilience.call_timeout,
         wait: args.wait,
         verbose,

@@ -121,6 +121,25 @@ pub struct Fs<R: Remote> {
     small: Arc<Mutex<SmallFiles>>,
 }
 
+/// `read_fully` on one lane of the pool.
+async fn read_fully_on<R: Remote>(
+    remote: &R,
+    handle: &crate::remote::Handle,
+    lane: usize,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, RemoteError> {
+    let mut buf = Vec::with_capacity(len as usize);
+    while (buf.len() as u32) < len {
+        let got = remote.read_lane(handle, lane, offset + buf.len() as u64, len - buf.len() as u32).await?;
+        if got.is_empty() {
+            break;
+        }
+        buf.extend_from_slice(&got);
+    }
+    Ok(buf)
+}
+
 /// Reads `len` bytes at `offset`, re-asking after a short answer, stopping at EOF.
 async fn read_fully<R: Remote>(
     remote: &R,
@@ -718,7 +737,10 @@ impl<R: Remote> Fs<R> {
             let fetch = move |off: u64, len: u32| -> BoxFuture<'static, ChunkResult> {
                 let remote = remote.clone();
                 // Started now, not when first awaited: that is the point of reading ahead.
-                let task = tokio::spawn(async move { read_fully(&*remote, &handle, off, len).await.map(Arc::new) });
+                // Chunks take turns over the pool's connections.
+                let lane = (off / u64::from(len.max(1))) as usize;
+                let task =
+                    tokio::spawn(async move { read_fully_on(&*remote, &handle, lane, off, len).await.map(Arc::new) });
                 async move { task.await.unwrap_or_else(|e| Err(RemoteError::Failure(format!("read task: {e}")))) }
                     .boxed()
             };

@@ -111,16 +111,24 @@ impl WriteBack {
     /// back. Runs as its own task.
     pub async fn flush_queue<R: Remote>(self: Arc<Self>, remote: Arc<R>, handle: Handle) {
         let mut in_flight = FuturesOrdered::new();
-        // How many writes at the front of the queue are out.
-        let mut sent = 0usize;
+        // The byte ranges out, oldest first, matching `in_flight`.
+        let mut ranges: VecDeque<(u64, u64)> = VecDeque::new();
+        let io = u64::from(remote.io_size().max(1));
         loop {
             {
                 let mut s = self.lock();
-                while in_flight.len() < MAX_IN_FLIGHT && sent < s.queue.len() {
-                    let p = &s.queue[sent];
+                while in_flight.len() < MAX_IN_FLIGHT && ranges.len() < s.queue.len() {
+                    let p = &s.queue[ranges.len()];
+                    let range = (p.offset, p.offset + p.data.len() as u64);
+                    // Writes spread over the pool's connections may land in any order:
+                    // one that overlaps a write still out waits for it.
+                    if ranges.iter().any(|r| r.0 < range.1 && range.0 < r.1) {
+                        break;
+                    }
                     let (off, data, remote) = (p.offset, p.data.clone(), remote.clone());
-                    in_flight.push_back(async move { remote.write(&handle, off, &data).await });
-                    sent += 1;
+                    let lane = (off / io) as usize;
+                    in_flight.push_back(async move { remote.write_lane(&handle, lane, off, &data).await });
+                    ranges.push_back(range);
                 }
                 if in_flight.is_empty() {
                     s.flushing = false;
@@ -133,9 +141,9 @@ impl WriteBack {
             match result {
                 Ok(()) => self.done_front(None),
                 Err(e) if e.is_link() || matches!(e, RemoteError::Failed(_)) => {
-                    // Drop what is still out; all of it is sent again.
+                    // Drop what is still out; all of it is sent again, in order.
                     in_flight = FuturesOrdered::new();
-                    sent = 0;
+                    ranges.clear();
                     self.changed.notify_waiters();
                     if let Err(e) = remote.wait_available().await {
                         self.give_up(e);
@@ -149,7 +157,7 @@ impl WriteBack {
                     self.done_front(Some(errno));
                 }
             }
-            sent -= 1;
+            ranges.pop_front();
             self.changed.notify_waiters();
         }
     }

@@ -10,7 +10,7 @@ pub mod known_hosts;
 pub mod policy;
 pub mod ssh;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -47,6 +47,8 @@ pub struct LinkOptions {
     /// Upper bound on one reconnect attempt (dial, handshake, authentication).
     pub reconnect_timeout: Duration,
     pub reconnect: bool,
+    /// SSH connections in the pool.
+    pub connections: usize,
 }
 
 impl Default for LinkOptions {
@@ -60,6 +62,7 @@ impl Default for LinkOptions {
             stable_after: Duration::from_secs(10),
             reconnect_timeout: Duration::from_secs(5),
             reconnect: true,
+            connections: 4,
         }
     }
 }
@@ -89,7 +92,10 @@ pub enum Unavailable {
 pub struct Link {
     dest: Destination,
     opts: LinkOptions,
-    current: RwLock<Option<Arc<SftpConn>>>,
+    /// The pool: every connection of the current generation (empty while down).
+    current: RwLock<Vec<Arc<SftpConn>>>,
+    /// Spreads requests over the pool.
+    next_conn: AtomicUsize,
     generation: AtomicU64,
     state: watch::Sender<LinkState>,
     /// A filesystem call found the link down: try now rather than after the backoff.
@@ -113,15 +119,13 @@ impl Link {
     /// Connects to `dest`, failing with the reason if it cannot, then keeps the
     /// connection alive in the background until `close`.
     pub async fn connect(dest: Destination, opts: LinkOptions) -> Result<Arc<Link>, LinkError> {
-        let conn = {
-            let _permit = DIALS.acquire().await;
-            ssh::connect(&dest, opts.request_timeout, 1).await?
-        };
+        let pool = dial_pool(&dest, &opts, 1).await?;
         let (state, _) = watch::channel(LinkState::Up { since: SystemTime::now() });
         let link = Arc::new(Link {
             dest,
             opts,
-            current: RwLock::new(Some(Arc::new(conn))),
+            current: RwLock::new(pool),
+            next_conn: AtomicUsize::new(0),
             generation: AtomicU64::new(1),
             state,
             attempt_wanted: Notify::new(),
@@ -169,14 +173,29 @@ impl Link {
         lock(&self.required_paths).push(path.to_string());
     }
 
-    /// The live connection, at once; or why there is none. Asking while the link is down
-    /// brings the next reconnect attempt forward.
+    /// A live connection of the pool, at once, taking turns; or why there is none.
+    /// Asking while the link is down brings the next reconnect attempt forward.
     pub fn conn(&self) -> Result<Arc<SftpConn>, Unavailable> {
-        if let Some(c) = self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            if !c.is_closed() {
-                return Ok(c.clone());
+        let lane = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        self.conn_at(lane)
+    }
+
+    /// The pool's connection number `lane` (modulo its size): requests that must stay
+    /// together (a file's handle) ask for the same lane.
+    pub fn conn_at(&self, lane: usize) -> Result<Arc<SftpConn>, Unavailable> {
+        {
+            let pool = self.current.read().unwrap_or_else(|e| e.into_inner());
+            if !pool.is_empty() {
+                let c = &pool[lane % pool.len()];
+                if !c.is_closed() {
+                    return Ok(c.clone());
+                }
             }
         }
+        self.unavailable()
+    }
+
+    fn unavailable(&self) -> Result<Arc<SftpConn>, Unavailable> {
         match &*self.state.borrow() {
             LinkState::Failed { reason } => Err(Unavailable::Failed(reason.clone())),
             LinkState::Closed => Err(Unavailable::Failed("unmounted".into())),
@@ -215,16 +234,17 @@ impl Link {
         }
         let taken = {
             let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
-            match cur.as_ref() {
-                Some(c) if c.generation == generation => cur.take(),
-                _ => None,
+            if cur.first().is_some_and(|c| c.generation == generation) {
+                std::mem::take(&mut *cur)
+            } else {
+                Vec::new()
             }
         };
-        if let Some(old) = taken {
+        if !taken.is_empty() {
             tracing::warn!(host = %self.dest.host_name, what, "connection lost");
             *lock(&self.last_failure) = what.to_string();
             self.failure_seen.notify_one();
-            retire(old);
+            retire(taken);
         }
     }
 
@@ -232,8 +252,8 @@ impl Link {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_requested.notify_one();
-        let conn = self.current.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(c) = conn {
+        let pool = std::mem::take(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()));
+        for c in pool {
             c.close().await;
         }
         self.publish(LinkState::Closed);
@@ -250,8 +270,8 @@ impl Link {
         self.state.send_replace(s);
     }
 
-    fn install(&self, conn: SftpConn) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(conn));
+    fn install(&self, pool: Vec<Arc<SftpConn>>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = pool;
     }
 
     /// Keeps the link up until it is closed: watch it while up, restore it while down,
@@ -262,9 +282,8 @@ impl Link {
         let mut up_since = Instant::now();
         loop {
             let Some(lost) = self.watch_while_up().await else { return };
-            if let Some(old) = self.current.write().unwrap_or_else(|e| e.into_inner()).take() {
-                retire(old);
-            }
+            let old = std::mem::take(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()));
+            retire(old);
             let next = policy.on_lost(&lost, up_since.elapsed());
             if !self.restore(&mut policy, next, lost).await {
                 return;
@@ -338,16 +357,15 @@ impl Link {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         let mut dest = self.dest.clone();
         dest.connect_timeout = dest.connect_timeout.min(self.opts.reconnect_timeout);
-        let conn = {
-            let _permit = DIALS.acquire().await;
-            ssh::connect(&dest, self.opts.request_timeout, generation).await.map_err(Ok)?
-        };
-        if let Err(reason) = self.check_required_paths(&conn).await {
-            conn.close().await;
+        let pool = dial_pool(&dest, &self.opts, generation).await.map_err(Ok)?;
+        if let Err(reason) = self.check_required_paths(&pool[0]).await {
+            for c in pool {
+                c.close().await;
+            }
             return Err(Err(reason));
         }
         self.generation.store(generation, Ordering::SeqCst);
-        self.install(conn);
+        self.install(pool);
         self.reconnects.fetch_add(1, Ordering::Relaxed);
         tracing::info!(host = %self.dest.host_name, attempt, "reconnected");
         self.publish(LinkState::Up { since: SystemTime::now() });
@@ -386,13 +404,15 @@ impl Link {
         tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| Err("no outcome within the time limit".into()))
     }
 
-    /// Returns why the connection was declared dead, or `None` once the link is closed.
+    /// Returns why the pool was declared dead, or `None` once the link is closed. Every
+    /// connection gets a heartbeat; one that misses too many, or ends, takes the pool
+    /// down (and the pool comes back whole).
     async fn watch_while_up(&self) -> Option<String> {
-        let conn = match self.current.read().unwrap_or_else(|e| e.into_inner()).clone() {
-            Some(c) => c,
-            None => return Some(lock(&self.last_failure).clone()),
+        let pool = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(generation) = pool.first().map(|c| c.generation) else {
+            return Some(lock(&self.last_failure).clone());
         };
-        let mut misses = 0u32;
+        let mut misses = vec![0u32; pool.len()];
         let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -401,31 +421,35 @@ impl Link {
             }
             tokio::select! {
                 _ = tick.tick() => {
-                    if conn.is_closed() {
-                        return Some("the SSH session ended".into());
+                    if pool.iter().any(|c| c.is_closed()) {
+                        return Some("an SSH session ended".into());
                     }
-                    if !self.current_is(conn.generation) {
+                    if !self.current_is(generation) {
                         return Some(lock(&self.last_failure).clone());
                     }
                     let started = Instant::now();
-                    let beat = tokio::time::timeout(self.opts.heartbeat_interval, conn.sftp.stat(".")).await;
-                    match beat {
-                        Ok(Ok(_)) => {
-                            misses = 0;
-                            let rtt = started.elapsed().as_micros().max(1) as u64;
-                            self.last_rtt_us.store(rtt, Ordering::Relaxed);
-                        }
-                        _ => {
-                            misses += 1;
-                            tracing::debug!(misses, "heartbeat missed");
-                            if misses >= self.opts.max_heartbeat_failures {
-                                return Some(format!("{misses} heartbeats missed"));
+                    let beats = futures_util::future::join_all(
+                        pool.iter().map(|c| tokio::time::timeout(self.opts.heartbeat_interval, c.sftp.stat("."))),
+                    )
+                    .await;
+                    for (i, beat) in beats.into_iter().enumerate() {
+                        if matches!(beat, Ok(Ok(_))) {
+                            misses[i] = 0;
+                            if i == 0 {
+                                let rtt = started.elapsed().as_micros().max(1) as u64;
+                                self.last_rtt_us.store(rtt, Ordering::Relaxed);
+                            }
+                        } else {
+                            misses[i] += 1;
+                            tracing::debug!(connection = i, misses = misses[i], "heartbeat missed");
+                            if misses[i] >= self.opts.max_heartbeat_failures {
+                                return Some(format!("{} heartbeats missed", misses[i]));
                             }
                         }
                     }
                 }
                 _ = self.failure_seen.notified() => {
-                    if !self.current_is(conn.generation) || conn.is_closed() {
+                    if !self.current_is(generation) || pool.iter().any(|c| c.is_closed()) {
                         return Some(lock(&self.last_failure).clone());
                     }
                 }
@@ -435,7 +459,7 @@ impl Link {
     }
 
     fn current_is(&self, generation: u64) -> bool {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|c| c.generation == generation)
+        self.current.read().unwrap_or_else(|e| e.into_inner()).first().is_some_and(|c| c.generation == generation)
     }
 
     async fn check_required_paths(&self, conn: &SftpConn) -> Result<(), String> {
@@ -451,11 +475,41 @@ impl Link {
     }
 }
 
-/// Ends a connection that is no longer used, without waiting on a dead network.
-fn retire(conn: Arc<SftpConn>) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+/// Ends connections that are no longer used, without waiting on a dead network.
+fn retire(pool: Vec<Arc<SftpConn>>) {
+    for conn in pool {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
+        });
+    }
+}
+
+/// Dials the whole pool at once; fails (closing what did connect) if any dial fails.
+async fn dial_pool(dest: &Destination, opts: &LinkOptions, generation: u64) -> Result<Vec<Arc<SftpConn>>, LinkError> {
+    let dials = (0..opts.connections.max(1)).map(|lane| async move {
+        let _permit = DIALS.acquire().await;
+        let mut c = ssh::connect(dest, opts.request_timeout, generation).await?;
+        c.lane = lane;
+        Ok::<_, LinkError>(c)
     });
+    let results = futures_util::future::join_all(dials).await;
+    let mut pool = Vec::with_capacity(results.len());
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(c) => pool.push(Arc::new(c)),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        for c in pool {
+            c.close().await;
+        }
+        return Err(e);
+    }
+    Ok(pool)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

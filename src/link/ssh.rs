@@ -32,6 +32,8 @@ pub struct SftpConn {
     /// Which connection of its link this is: handles opened on an older one must be
     /// opened again.
     pub generation: u64,
+    /// Its place in the link's pool.
+    pub lane: usize,
     /// Largest read or write to ask for, within what the server allows.
     pub io_size: u32,
     pub connected_at: SystemTime,
@@ -248,6 +250,7 @@ async fn connect_inner(
         sftp,
         extensions: version.extensions,
         generation,
+        lane: 0,
         io_size,
         connected_at: now,
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),

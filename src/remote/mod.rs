@@ -202,6 +202,30 @@ pub trait Remote: Send + Sync + 'static {
         64 * 1024
     }
 
+    /// Like `read`, on connection `lane` of a pool, so that one file's reads can run
+    /// over several connections at once.
+    fn read_lane(
+        &self,
+        handle: &Handle,
+        _lane: usize,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        self.read(handle, offset, len)
+    }
+
+    /// Like `write`, on connection `lane` of a pool. Writes that overlap must not be out
+    /// on different lanes at once: their order would be lost.
+    fn write_lane(
+        &self,
+        handle: &Handle,
+        _lane: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.write(handle, offset, data)
+    }
+
     // Operations followed by a stat of what they made or changed. The SFTP remote sends
     // both requests at once (the server answers them in order), saving a round trip.
     // `Ok(None)`: the operation succeeded but the stat did not.

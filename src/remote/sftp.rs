@@ -25,8 +25,10 @@ pub struct SftpRemote {
 struct OpenFile {
     path: String,
     opts: OpenOptions,
-    /// The server's handle and the connection generation it belongs to.
-    live: tokio::sync::Mutex<Option<(u64, String)>>,
+    /// The lane the file was opened on: where its requests go unless told otherwise.
+    home: usize,
+    /// The server's handles, by lane, with the connection generation each belongs to.
+    live: tokio::sync::Mutex<HashMap<usize, (u64, String)>>,
 }
 
 impl SftpRemote {
@@ -63,12 +65,21 @@ impl SftpRemote {
         lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::Failure("unknown handle".into()))
     }
 
-    /// The server's handle for `h` on `conn`, opening the file again if the handle was
-    /// made on an earlier connection.
+    /// The connection for `h`'s requests on `lane` (its home lane if `None`).
+    fn file_conn(&self, h: &Handle, lane: Option<usize>) -> Result<Arc<SftpConn>> {
+        let home = self.file(h)?.home;
+        self.link.conn_at(lane.unwrap_or(home)).map_err(|e| match e {
+            Unavailable::Down(m) => RemoteError::Unavailable(m),
+            Unavailable::Failed(m) => RemoteError::Failed(m),
+        })
+    }
+
+    /// The server's handle for `h` on `conn`, opening the file there if it is not open
+    /// on that connection (another lane, or a connection made after a reconnect).
     async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<String> {
         let file = self.file(h)?;
         let mut live = file.live.lock().await;
-        if let Some((generation, handle)) = live.as_ref() {
+        if let Some((generation, handle)) = live.get(&conn.lane) {
             if *generation == conn.generation {
                 return Ok(handle.clone());
             }
@@ -77,17 +88,35 @@ impl SftpRemote {
         let opts = OpenOptions { create: false, truncate: false, exclusive: false, ..file.opts };
         let r = conn.sftp.open(file.path.as_str(), open_flags(opts), FileAttributes::empty()).await;
         let handle = self.check(conn, r)?.handle;
-        tracing::debug!(path = %file.path, "reopened file on the new connection");
-        *live = Some((conn.generation, handle.clone()));
+        tracing::debug!(path = %file.path, lane = conn.lane, "opened the file on another connection");
+        live.insert(conn.lane, (conn.generation, handle.clone()));
         Ok(handle)
     }
 }
 
 impl SftpRemote {
+    async fn read_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let c = self.file_conn(handle, lane)?;
+        let h = self.live_handle(&c, handle).await?;
+        match c.sftp.read(h, offset, len).await {
+            Ok(d) => Ok(d.data),
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
+            Err(e) => self.check(&c, Err(e)),
+        }
+    }
+
+    async fn write_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, data: &[u8]) -> Result<()> {
+        let c = self.file_conn(handle, lane)?;
+        let h = self.live_handle(&c, handle).await?;
+        let r = c.sftp.write(h, offset, data.to_vec()).await;
+        self.check(&c, r).map(|_| ())
+    }
+
     /// Numbers a server handle so it can be opened again after a reconnect.
-    fn register(&self, path: &str, opts: OpenOptions, generation: u64, handle: String) -> Handle {
+    fn register(&self, path: &str, opts: OpenOptions, conn: &SftpConn, handle: String) -> Handle {
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let file = OpenFile { path: path.to_string(), opts, live: tokio::sync::Mutex::new(Some((generation, handle))) };
+        let live = HashMap::from([(conn.lane, (conn.generation, handle))]);
+        let file = OpenFile { path: path.to_string(), opts, home: conn.lane, live: tokio::sync::Mutex::new(live) };
         lock(&self.files).insert(id, Arc::new(file));
         Handle(id)
     }
@@ -243,7 +272,7 @@ impl Remote for SftpRemote {
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
-        let c = self.conn()?;
+        let c = self.file_conn(handle, None)?;
         let h = self.live_handle(&c, handle).await?;
         let owner = if set.uid.is_some() != set.gid.is_some() {
             let r = c.sftp.fstat(h.clone()).await;
@@ -291,41 +320,45 @@ impl Remote for SftpRemote {
         attrs.permissions = o.mode;
         let r = c.sftp.open(path, open_flags(o), attrs).await;
         let h = self.check(&c, r)?.handle;
-        Ok(self.register(path, o, c.generation, h))
+        Ok(self.register(path, o, &c, h))
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
         let Some(file) = lock(&self.files).remove(&handle.0) else { return Ok(()) };
-        let live = file.live.lock().await.take();
-        let Some((generation, h)) = live else { return Ok(()) };
-        // A handle of a connection that is gone died with it.
-        let Ok(c) = self.conn() else { return Ok(()) };
-        if c.generation != generation {
-            return Ok(());
+        let live = std::mem::take(&mut *file.live.lock().await);
+        let mut result = Ok(());
+        for (lane, (generation, h)) in live {
+            // A handle of a connection that is gone died with it.
+            let Ok(c) = self.link.conn_at(lane) else { continue };
+            if c.generation != generation {
+                continue;
+            }
+            let r = c.sftp.close(h).await;
+            if let Err(e) = self.check(&c, r) {
+                result = Err(e);
+            }
         }
-        let r = c.sftp.close(h).await;
-        self.check(&c, r).map(|_| ())
+        result
     }
 
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let c = self.conn()?;
-        let h = self.live_handle(&c, handle).await?;
-        match c.sftp.read(h, offset, len).await {
-            Ok(d) => Ok(d.data),
-            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
-            Err(e) => self.check(&c, Err(e)),
-        }
+        self.read_lane_opt(handle, None, offset, len).await
+    }
+
+    async fn read_lane(&self, handle: &Handle, lane: usize, offset: u64, len: u32) -> Result<Vec<u8>> {
+        self.read_lane_opt(handle, Some(lane), offset, len).await
+    }
+
+    async fn write_lane(&self, handle: &Handle, lane: usize, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_lane_opt(handle, Some(lane), offset, data).await
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<()> {
-        let c = self.conn()?;
-        let h = self.live_handle(&c, handle).await?;
-        let r = c.sftp.write(h, offset, data.to_vec()).await;
-        self.check(&c, r).map(|_| ())
+        self.write_lane_opt(handle, None, offset, data).await
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
-        let c = self.conn()?;
+        let c = self.file_conn(handle, None)?;
         let h = self.live_handle(&c, handle).await?;
         let r = c.sftp.fsync(h).await;
         self.check(&c, r).map(|_| ())
@@ -427,7 +460,7 @@ impl Remote for SftpRemote {
         let (opened, stat) = futures_util::join!(c.sftp.open(path, open_flags(o), attrs), c.sftp.lstat(path));
         let h = self.check(&c, opened)?.handle;
         let attr = self.check(&c, stat).ok().map(|a| attr_from(&a.attrs));
-        Ok((self.register(path, o, c.generation, h), attr))
+        Ok((self.register(path, o, &c, h), attr))
     }
 
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
@@ -463,7 +496,7 @@ impl Remote for SftpRemote {
             self.fsetstat(handle, set).await?;
             return Ok(self.lstat(path).await.ok());
         }
-        let c = self.conn()?;
+        let c = self.file_conn(handle, None)?;
         let h = self.live_handle(&c, handle).await?;
         let (done, stat) = futures_util::join!(c.sftp.fsetstat(h.clone(), attrs_to(set, None)), c.sftp.fstat(h));
         self.check(&c, done)?;
