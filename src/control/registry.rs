@@ -103,14 +103,12 @@ pub fn take_notices() -> Result<Vec<Notice>, MoorError> {
     update(|r| std::mem::take(&mut r.notices))
 }
 
-/// Whether `pid` is a running moor agent, or `None` if that cannot be told.
+/// Whether `pid` is a running agent, or `None` if that cannot be told. The binary may
+/// have any name (a package may rename it), so the test is the `agent` argument: a pid
+/// reused by some other program is very unlikely to carry it.
 fn agent_alive(pid: u32) -> Option<bool> {
     match fs::read(format!("/proc/{pid}/cmdline")) {
-        Ok(cmd) => {
-            let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-            let is_moor = args.first().is_some_and(|a| a.ends_with(b"moor"));
-            Some(is_moor && args.iter().any(|a| *a == b"agent"))
-        }
+        Ok(cmd) => Some(cmd.split(|b| *b == 0).skip(1).any(|a| a == b"agent")),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
         Err(_) => None,
     }
