@@ -175,6 +175,8 @@ impl MetaCache {
 
     /// The file at `path` grew to at least `size` through this mount.
     pub fn grew(&mut self, path: &str, size: u64) {
+        // What the server says about the file while this write is on its way is stale.
+        self.changed();
         let (dir, name) = parent_and_name(path);
         if let Some((a, _)) = self.attrs.get_mut(path) {
             a.size = a.size.max(size);

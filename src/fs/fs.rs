@@ -119,7 +119,15 @@ pub struct Fs<R: Remote> {
     dir_permits: Arc<Semaphore>,
     write_counts: Mutex<HashMap<Ino, u64>>,
     small: Arc<Mutex<SmallFiles>>,
+    /// Writes acknowledged by the server, mount-wide (see `Asked`).
+    acks: Arc<AtomicU64>,
 }
+
+/// When a question went to the server: its answer may be cached only if the mount
+/// changed nothing and no write of it landed meanwhile (on another connection of the
+/// pool, a write in flight can land after the answer was made).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Asked(u64, u64);
 
 /// `read_fully` on one lane of the pool.
 async fn read_fully_on<R: Remote>(
@@ -206,6 +214,7 @@ impl<R: Remote> Fs<R> {
             dir_permits: Arc::new(Semaphore::new(READ_AHEAD_DIRS)),
             write_counts: Mutex::new(HashMap::new()),
             small: Arc::new(Mutex::new(SmallFiles::new(opts.cache_ttl))),
+            acks: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -356,6 +365,17 @@ impl<R: Remote> Fs<R> {
         lock(&self.cache)
     }
 
+    fn asked(&self) -> Asked {
+        Asked(self.cache().generation(), self.acks.load(Ordering::SeqCst))
+    }
+
+    /// Caches what the server said of `path` if nothing changed since `asked`.
+    fn remember_attr(&self, path: &str, attr: Attr, asked: Asked) {
+        if self.acks.load(Ordering::SeqCst) == asked.1 {
+            self.cache().put_attr(path, attr, asked.0);
+        }
+    }
+
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
         let (dir, _) = parent_and_name(&path);
@@ -364,11 +384,16 @@ impl<R: Remote> Fs<R> {
             Known::Absent => return Err(Errno::ENOENT),
             Known::Unknown => {}
         }
-        let asked = self.cache().generation();
+        let asked = self.asked();
+        // Writes out now may land after the server answers, on another connection.
+        let known = self.inodes().lookup_path(&path).map_or(0, |ino| self.queued_end(ino));
         match self.remote.lstat(&path).await {
             Ok(attr) => {
-                self.cache().put_attr(&path, attr, asked);
-                Ok(self.entry(&path, attr))
+                self.remember_attr(&path, attr, asked);
+                let mut e = self.entry(&path, attr);
+                // Writes still on their way make the file longer than the server says.
+                e.attr.size = e.attr.size.max(known).max(self.queued_end(e.ino));
+                Ok(e)
             }
             Err(e) => Err(self.fail(Op::Lookup, e, &path, None).await),
         }
@@ -410,9 +435,16 @@ impl<R: Remote> Fs<R> {
             times: None,
         };
         if change.atime.is_some() || change.mtime.is_some() {
-            // SFTP sets both times at once: keep the one not being changed.
-            let cur =
-                self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Setattr, &e).unwrap_or(Errno::EIO))?;
+            // SFTP sets both times at once: keep the one not being changed (known, or
+            // asked for only when needed).
+            let cached = self.cache().attr(&path);
+            let cur = match cached {
+                Some(a) => a,
+                None if change.atime.is_some() && change.mtime.is_some() => Attr::default(),
+                None => {
+                    self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Setattr, &e).unwrap_or(Errno::EIO))?
+                }
+            };
             let pick = |t: Option<TimeSet>, keep: u32| match t {
                 Some(TimeSet::Now) => now_secs(),
                 Some(TimeSet::At(s)) => s,
@@ -422,17 +454,24 @@ impl<R: Remote> Fs<R> {
         }
         let op = if set.uid.is_some() || set.gid.is_some() { Op::Chown } else { Op::Setattr };
         lock(&self.small).forget(&path);
+        if let Some(attr) = self.queue_setattr(ino, fh, &path, set) {
+            return Ok(attr);
+        }
         // A size change on an open handle must work even when the file's mode no longer
         // allows opening it for writing (ftruncate after chmod).
         let file = fh.and_then(|fh| self.files.get(fh)).filter(|f| f.writable);
+        let known = self.queued_end(ino);
         let res = match &file {
             Some(f) => self.remote.fsetstat_stat(&f.handle, &path, set).await,
             None => self.remote.setstat_stat(&path, set).await,
         };
         match res {
             Ok(Some(mut attr)) => {
+                if change.size.is_none() {
+                    // Writes out on other connections may land after the stat.
+                    attr.size = attr.size.max(known).max(self.queued_end(ino));
+                }
                 self.cache().set(&path, attr);
-                attr.size = attr.size.max(self.queued_end(ino));
                 Ok(attr)
             }
             Ok(None) => {
@@ -444,6 +483,36 @@ impl<R: Remote> Fs<R> {
                 Err(self.fail(op, e, &path, None).await)
             }
         }
+    }
+
+    /// `fchmod`, `fchown` and `futimens` on a file open for writing go behind its queued
+    /// writes, like the writes themselves: answered at once, sent in order (pipelined
+    /// with the writes on the file's connection), failures reported at the next write,
+    /// fsync or close. This is what makes unpacking an archive fast.
+    fn queue_setattr(&self, ino: Ino, fh: Option<u64>, path: &str, set: SetAttr) -> Option<Attr> {
+        if set.size.is_some() {
+            return None;
+        }
+        let file = self.files.get(fh?).filter(|f| f.writable && f.memory.is_none())?;
+        let mut attr = self.cache().attr(path)?;
+        if let Some(m) = set.mode {
+            attr.mode = (attr.mode & crate::remote::S_IFMT) | m;
+        }
+        attr.uid = set.uid.unwrap_or(attr.uid);
+        attr.gid = set.gid.unwrap_or(attr.gid);
+        if let Some((a, m)) = set.times {
+            attr.atime = a;
+            attr.mtime = m;
+        }
+        // Both ids go together in SFTP; the one not given is the current one.
+        let set =
+            SetAttr { uid: set.uid.or(set.gid.map(|_| attr.uid)), gid: set.gid.or(set.uid.map(|_| attr.gid)), ..set };
+        if file.wb.push_setattr(set) {
+            tokio::spawn(file.wb.clone().flush_queue(self.remote.clone(), file.handle));
+        }
+        attr.size = attr.size.max(self.queued_end(ino));
+        self.cache().set(path, attr);
+        Some(attr)
     }
 
     pub async fn readlink(&self, ino: Ino) -> FsResult<String> {
@@ -561,7 +630,7 @@ impl<R: Remote> Fs<R> {
     }
 
     fn register(&self, ino: Ino, handle: crate::remote::Handle, path: String, writable: bool) -> u64 {
-        let wb = Arc::new(WriteBack::default());
+        let wb = Arc::new(WriteBack::new(self.acks.clone()));
         if writable {
             lock(&self.writebacks).entry(ino).or_default().push(wb.clone());
         }
@@ -652,18 +721,23 @@ impl<R: Remote> Fs<R> {
             if lock(&self.small).contains(&path) {
                 continue;
             }
-            let (remote, small, cache, permits) =
-                (self.remote.clone(), self.small.clone(), self.cache.clone(), self.dir_permits.clone());
+            let (remote, small, cache, permits, acks) = (
+                self.remote.clone(),
+                self.small.clone(),
+                self.cache.clone(),
+                self.dir_permits.clone(),
+                self.acks.clone(),
+            );
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else { return };
-                let asked = lock(&cache).generation();
+                let asked = (lock(&cache).generation(), acks.load(Ordering::SeqCst));
                 let opts = OpenOptions { read: true, ..OpenOptions::default() };
                 let Ok(h) = remote.open(&path, opts).await else { return };
                 let data = read_fully(&*remote, &h, 0, e.attr.size.max(1) as u32).await;
                 let _ = remote.close(&h).await;
                 if let Ok(data) = data {
                     // Kept only if the mount changed nothing meanwhile.
-                    if lock(&cache).generation() == asked {
+                    if (lock(&cache).generation(), acks.load(Ordering::SeqCst)) == asked {
                         lock(&small).put(&path, e.attr, data);
                     }
                 }
@@ -924,10 +998,12 @@ impl<R: Remote> Fs<R> {
         let list = match cached {
             Some(l) => l,
             None => {
-                let asked = self.cache().generation();
+                let asked = self.asked();
                 match self.remote.read_dir(&path).await {
                     Ok(l) => {
-                        self.cache().put_listing(&path, &l, asked);
+                        if self.acks.load(Ordering::SeqCst) == asked.1 {
+                            self.cache().put_listing(&path, &l, asked.0);
+                        }
                         l
                     }
                     Err(e) => return Err(self.fail(Op::Readdir, e, &path, None).await),
@@ -946,7 +1022,9 @@ impl<R: Remote> Fs<R> {
             }
             let kind = e.attr.kind();
             let child = inodes.intern(&super::inode::join(&path, &e.name), kind, false);
-            entries.push(DirItem { ino: child, kind, name: e.name, attr: Some(e.attr) });
+            let mut attr = e.attr;
+            attr.size = attr.size.max(self.queued_end(child));
+            entries.push(DirItem { ino: child, kind, name: e.name, attr: Some(attr) });
         }
         drop(inodes);
         Ok(self.dirs.insert(OpenDir { entries }))
@@ -967,15 +1045,18 @@ impl<R: Remote> Fs<R> {
             .filter(|p| !self.cache().has_listing(p))
             .collect();
         for sub in subdirs {
-            let (remote, cache, permits) = (self.remote.clone(), self.cache.clone(), self.dir_permits.clone());
+            let (remote, cache, permits, acks) =
+                (self.remote.clone(), self.cache.clone(), self.dir_permits.clone(), self.acks.clone());
             tokio::spawn(async move {
                 let Ok(_permit) = permits.acquire_owned().await else { return };
                 if lock(&cache).has_listing(&sub) {
                     return;
                 }
-                let asked = lock(&cache).generation();
+                let asked = (lock(&cache).generation(), acks.load(Ordering::SeqCst));
                 if let Ok(l) = remote.read_dir(&sub).await {
-                    lock(&cache).put_listing(&sub, &l, asked);
+                    if acks.load(Ordering::SeqCst) == asked.1 {
+                        lock(&cache).put_listing(&sub, &l, asked.0);
+                    }
                 }
             });
         }

@@ -469,3 +469,27 @@ async fn small_files_are_fetched_ahead_and_served_from_memory() {
     let fh = fs.open(f, ro).await.unwrap();
     assert_eq!(fs.read(fh, 0, 100).await.unwrap(), b"new");
 }
+
+#[tokio::test]
+async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
+    let (remote, fs) = setup();
+    let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    fs.write(fh, 0, b"data").await.unwrap();
+    // Answered at once, from what is known, even with the link down.
+    let change = AttrChange {
+        mode: Some(0o640),
+        mtime: Some(TimeSet::At(777)),
+        atime: Some(TimeSet::At(1)),
+        ..AttrChange::default()
+    };
+    let a = fs.setattr(e.ino, Some(fh), change).await.unwrap();
+    assert_eq!((a.mode & 0o777, a.mtime, a.size), (0o640, 777, 4));
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(remote.file("/srv/f").unwrap(), b"data");
+    let server = remote.lstat("/srv/f").await.unwrap();
+    assert_eq!((server.mode & 0o777, server.mtime), (0o640, 777));
+    fs.release(fh).await.unwrap();
+}

@@ -52,6 +52,11 @@ impl Inodes {
         self.nodes.get(&ino).map(|n| n.kind)
     }
 
+    /// The number `path` has, if any.
+    pub fn lookup_path(&self, path: &str) -> Option<Ino> {
+        self.by_path.get(path).copied()
+    }
+
     pub fn child_path(&self, parent: Ino, name: &str) -> Option<String> {
         self.path(parent).map(|p| join(p, name))
     }

@@ -5,13 +5,14 @@
 //! acknowledged to a program is dropped without such a report.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::errno::{self, Errno, Op};
-use crate::remote::{Handle, Remote, RemoteError};
+use crate::remote::{Handle, Remote, RemoteError, SetAttr};
 
 /// Writes out at once per file; the server answers them in order.
 const MAX_IN_FLIGHT: usize = 32;
@@ -20,6 +21,8 @@ const MAX_IN_FLIGHT: usize = 32;
 struct Pending {
     offset: u64,
     data: Arc<Vec<u8>>,
+    /// A change of attributes queued behind the writes before it (`data` is empty).
+    set: Option<SetAttr>,
     /// Holds this write's share of the mount's dirty-data budget until it is done.
     _budget: Option<OwnedSemaphorePermit>,
 }
@@ -39,9 +42,17 @@ struct State {
 pub struct WriteBack {
     state: Mutex<State>,
     changed: Notify,
+    /// Counts every write the server acknowledged, mount-wide: what the server said of
+    /// a file while a write to it was landing may predate it.
+    acks: Arc<AtomicU64>,
 }
 
 impl WriteBack {
+    /// A queue that counts its acknowledgements in the mount's `acks`.
+    pub fn new(acks: Arc<AtomicU64>) -> WriteBack {
+        WriteBack { acks, ..WriteBack::default() }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Each critical section is a few queue operations; a panic cannot tear one.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -50,7 +61,17 @@ impl WriteBack {
     /// Queues a write. Returns whether a flusher must be started.
     pub fn push(&self, offset: u64, data: Vec<u8>, budget: Option<OwnedSemaphorePermit>) -> bool {
         let mut s = self.lock();
-        s.queue.push_back(Pending { offset, data: Arc::new(data), _budget: budget });
+        s.queue.push_back(Pending { offset, data: Arc::new(data), set: None, _budget: budget });
+        let start = !s.flushing;
+        s.flushing = true;
+        start
+    }
+
+    /// Queues a change of attributes behind the writes before it. Returns whether a
+    /// flusher must be started.
+    pub fn push_setattr(&self, set: SetAttr) -> bool {
+        let mut s = self.lock();
+        s.queue.push_back(Pending { offset: 0, data: Arc::new(Vec::new()), set: Some(set), _budget: None });
         let start = !s.flushing;
         s.flushing = true;
         start
@@ -111,24 +132,33 @@ impl WriteBack {
     /// back. Runs as its own task.
     pub async fn flush_queue<R: Remote>(self: Arc<Self>, remote: Arc<R>, handle: Handle) {
         let mut in_flight = FuturesOrdered::new();
-        // The byte ranges out, oldest first, matching `in_flight`.
-        let mut ranges: VecDeque<(u64, u64)> = VecDeque::new();
+        // What is out, oldest first, matching `in_flight`: lane and byte range.
+        let mut ranges: VecDeque<(usize, u64, u64)> = VecDeque::new();
         let io = u64::from(remote.io_size().max(1));
         loop {
             {
                 let mut s = self.lock();
                 while in_flight.len() < MAX_IN_FLIGHT && ranges.len() < s.queue.len() {
                     let p = &s.queue[ranges.len()];
-                    let range = (p.offset, p.offset + p.data.len() as u64);
-                    // Writes spread over the pool's connections may land in any order:
-                    // one that overlaps a write still out waits for it.
-                    if ranges.iter().any(|r| r.0 < range.1 && range.0 < r.1) {
+                    // Writes take turns over the pool's lanes, from the file's own; an
+                    // attribute change goes on the file's lane and covers everything.
+                    let (lane, start, end) = match p.set {
+                        Some(_) => (0, 0, u64::MAX),
+                        None => ((p.offset / io) as usize, p.offset, p.offset + p.data.len() as u64),
+                    };
+                    // One connection answers in order, but lanes may land in any order:
+                    // what overlaps something out on another lane waits for it.
+                    if ranges.iter().any(|r| r.0 != lane && r.1 < end && start < r.2) {
                         break;
                     }
-                    let (off, data, remote) = (p.offset, p.data.clone(), remote.clone());
-                    let lane = (off / io) as usize;
-                    in_flight.push_back(async move { remote.write_lane(&handle, lane, off, &data).await });
-                    ranges.push_back(range);
+                    let (off, data, set, remote) = (p.offset, p.data.clone(), p.set, remote.clone());
+                    in_flight.push_back(async move {
+                        match set {
+                            Some(set) => remote.fsetstat(&handle, set).await,
+                            None => remote.write_lane(&handle, lane, off, &data).await,
+                        }
+                    });
+                    ranges.push_back((lane, start, end));
                 }
                 if in_flight.is_empty() {
                     s.flushing = false;
@@ -166,6 +196,7 @@ impl WriteBack {
     fn done_front(&self, error: Option<Errno>) {
         let mut s = self.lock();
         s.queue.pop_front();
+        self.acks.fetch_add(1, Ordering::SeqCst);
         if let Some(e) = error {
             s.error.get_or_insert(e);
         }

@@ -202,8 +202,9 @@ pub trait Remote: Send + Sync + 'static {
         64 * 1024
     }
 
-    /// Like `read`, on connection `lane` of a pool, so that one file's reads can run
-    /// over several connections at once.
+    /// Like `read`, on connection `lane` of a pool (counted from the file's own
+    /// connection, which lane 0 is), so that one file's reads can run over several
+    /// connections at once.
     fn read_lane(
         &self,
         handle: &Handle,
@@ -214,8 +215,9 @@ pub trait Remote: Send + Sync + 'static {
         self.read(handle, offset, len)
     }
 
-    /// Like `write`, on connection `lane` of a pool. Writes that overlap must not be out
-    /// on different lanes at once: their order would be lost.
+    /// Like `write`, on connection `lane` of a pool (as for `read_lane`). Writes that
+    /// overlap must not be out on different lanes at once: their order would be lost.
+    /// Requests on lane 0 are ordered with the file's other requests (`fsetstat`).
     fn write_lane(
         &self,
         handle: &Handle,

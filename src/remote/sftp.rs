@@ -65,10 +65,11 @@ impl SftpRemote {
         lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::Failure("unknown handle".into()))
     }
 
-    /// The connection for `h`'s requests on `lane` (its home lane if `None`).
+    /// The connection for `h`'s requests on `lane`, counted from the file's own lane
+    /// (which `None` and 0 both mean).
     fn file_conn(&self, h: &Handle, lane: Option<usize>) -> Result<Arc<SftpConn>> {
         let home = self.file(h)?.home;
-        self.link.conn_at(lane.unwrap_or(home)).map_err(|e| match e {
+        self.link.conn_at(home + lane.unwrap_or(0)).map_err(|e| match e {
             Unavailable::Down(m) => RemoteError::Unavailable(m),
             Unavailable::Failed(m) => RemoteError::Failed(m),
         })
