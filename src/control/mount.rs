@@ -227,8 +227,25 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
             let _ = tx.send(true);
         })
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
+    raise_readahead(&mountpoint);
     let monitor = Monitor::start(name.clone(), &link);
     Ok(LiveMount { name, mountpoint, remote: remote_label, request: req.clone(), log: None, link, fs, monitor, ended })
+}
+
+/// The kernel asks a FUSE filesystem for at most 128 KiB ahead of a reader; moor reads
+/// much further ahead itself, so larger kernel requests mean fewer round trips through
+/// the kernel. Only root may change it; others keep the default.
+const KERNEL_READAHEAD_KB: u32 = 1024;
+
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
+    let dev = meta.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    if let Err(e) = std::fs::write(&knob, KERNEL_READAHEAD_KB.to_string()) {
+        tracing::debug!(%knob, %e, "kernel read-ahead left as it is");
+    }
 }
 
 /// The absolute remote directory to mount, checked to exist and be a directory.
