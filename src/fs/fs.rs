@@ -861,7 +861,13 @@ impl<R: Remote> Fs<R> {
 
     /// Queues a write; it is acknowledged at once and reaches the server in order behind
     /// the writes before it. A failure is reported by a later write, fsync or close.
+    #[cfg(test)]
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        self.write_bytes(fh, offset, bytes::Bytes::copy_from_slice(data)).await
+    }
+
+    /// `write` of data the caller owns: split into requests without copying.
+    pub async fn write_bytes(&self, fh: u64, offset: u64, data: bytes::Bytes) -> FsResult<u32> {
         let file = self.file(fh)?;
         if let Some(e) = file.wb.take_error() {
             return Err(e);
@@ -882,11 +888,12 @@ impl<R: Remote> Fs<R> {
         let io = self.remote.io_size().max(4096) as usize;
         let chunks = data.len().div_ceil(io);
         let mut budget = Some(budget);
-        for (i, chunk) in data.chunks(io).enumerate() {
+        for i in 0..chunks {
             let off = offset + (i * io) as u64;
+            let chunk = data.slice(i * io..((i + 1) * io).min(data.len()));
             // The whole write's budget rides on its last chunk, acknowledged last.
             let permit = if i + 1 == chunks { budget.take() } else { None };
-            if file.wb.push(off, chunk.to_vec(), permit) {
+            if file.wb.push(off, chunk, permit) {
                 tokio::spawn(file.wb.clone().flush_queue(self.remote.clone(), file.handle));
             }
         }

@@ -354,9 +354,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
+        let data = bytes::Bytes::copy_from_slice(data);
         self.run(|fs, cx| async move {
-            match cx.within(fs.write(fh.0, offset, &data)).await {
+            match cx.within(fs.write_bytes(fh.0, offset, data)).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
             }

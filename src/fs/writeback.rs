@@ -6,6 +6,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -20,7 +22,7 @@ const MAX_IN_FLIGHT: usize = 32;
 #[derive(Debug)]
 struct Pending {
     offset: u64,
-    data: Arc<Vec<u8>>,
+    data: Bytes,
     /// A change of attributes queued behind the writes before it (`data` is empty).
     set: Option<SetAttr>,
     /// Holds this write's share of the mount's dirty-data budget until it is done.
@@ -59,9 +61,9 @@ impl WriteBack {
     }
 
     /// Queues a write. Returns whether a flusher must be started.
-    pub fn push(&self, offset: u64, data: Vec<u8>, budget: Option<OwnedSemaphorePermit>) -> bool {
+    pub fn push(&self, offset: u64, data: Bytes, budget: Option<OwnedSemaphorePermit>) -> bool {
         let mut s = self.lock();
-        s.queue.push_back(Pending { offset, data: Arc::new(data), set: None, _budget: budget });
+        s.queue.push_back(Pending { offset, data, set: None, _budget: budget });
         let start = !s.flushing;
         s.flushing = true;
         start
@@ -71,7 +73,7 @@ impl WriteBack {
     /// flusher must be started.
     pub fn push_setattr(&self, set: SetAttr) -> bool {
         let mut s = self.lock();
-        s.queue.push_back(Pending { offset: 0, data: Arc::new(Vec::new()), set: Some(set), _budget: None });
+        s.queue.push_back(Pending { offset: 0, data: Bytes::new(), set: Some(set), _budget: None });
         let start = !s.flushing;
         s.flushing = true;
         start
@@ -248,13 +250,13 @@ mod tests {
         let h = open(&remote).await;
         let wb = Arc::new(WriteBack::default());
         for i in 0..100u64 {
-            let start = wb.push(i * 10, vec![i as u8; 10], None);
+            let start = wb.push(i * 10, Bytes::from(vec![i as u8; 10]), None);
             if start {
                 tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
             }
         }
         // An overlapping later write must win.
-        if wb.push(5, vec![0xff; 3], None) {
+        if wb.push(5, Bytes::from(vec![0xff; 3]), None) {
             tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
         }
         assert_eq!(wb.end(), 1000);
@@ -273,7 +275,7 @@ mod tests {
         let h = open(&remote).await;
         remote.down.store(true, Ordering::SeqCst);
         let wb = Arc::new(WriteBack::default());
-        assert!(wb.push(0, b"kept".to_vec(), None));
+        assert!(wb.push(0, Bytes::from(b"kept".to_vec()), None));
         tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
         // Nothing can land while down, and nothing is dropped.
         let early = tokio::time::timeout(Duration::from_millis(200), wb.drained()).await;
@@ -291,7 +293,7 @@ mod tests {
         let h = open(&remote).await;
         remote.close(&h).await.unwrap(); // the server no longer knows the handle
         let wb = Arc::new(WriteBack::default());
-        assert!(wb.push(0, b"x".to_vec(), None));
+        assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
         tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
         let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
         assert_eq!(r, Err(Errno::EIO));
@@ -304,7 +306,7 @@ mod tests {
         let h = open(&remote).await;
         remote.failed.store(true, Ordering::SeqCst);
         let wb = Arc::new(WriteBack::default());
-        assert!(wb.push(0, b"x".to_vec(), None));
+        assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
         tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
         let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
         assert_eq!(r, Err(Errno::EIO));
