@@ -156,8 +156,9 @@ fn killed_agent_leaves_no_dead_mount_behind() {
     assert_eq!(pids.len(), 1);
     Command::new("kill").args(["-9", &pids[0].to_string()]).status().unwrap();
     // The kernel now has a dead mount there.
+    // (Opening the directory always reaches the server side; a stat may be cached.)
     assert!(wait_until(Duration::from_secs(5), || {
-        fs::metadata(&m.path).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+        fs::read_dir(&m.path).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
     }));
     let out = c.run(&["mount", "status"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -167,6 +168,70 @@ fn killed_agent_leaves_no_dead_mount_behind() {
     // Reported once.
     let out = c.run(&["mount", "status"]);
     assert!(!stdout(&out).contains("died"), "{}", stdout(&out));
+    // The dead agent's socket is still there; a new mount replaces it with a new agent.
+    assert!(c.home.path().join("run/moor/agent.sock").exists());
+    let m2 = c.mount_at(sshd.export.to_str().unwrap(), "again", &[]);
+    assert!(is_mounted(&m2.path));
+    assert_eq!(c.agent_pids().len(), 1);
+}
+
+#[test]
+fn racing_mounts_share_one_agent() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let spec = format!("testhost:{}", sshd.export.display());
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let mnt = c.mountpoint(&format!("race{i}"));
+            c.moor()
+                .args(["mount", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = run_with_deadline_child(child, Duration::from_secs(60));
+        let log = fs::read_to_string(c.home.path().join("state/moor/agent.log")).unwrap_or_default();
+        assert!(out.status.success(), "{}\nagent log:\n{log}", stderr(&out));
+    }
+    // Agents that lost the race leave once they see the winner keeps the lock.
+    assert!(wait_until(Duration::from_secs(10), || c.agent_pids().len() == 1), "exactly one agent serves every mount");
+    let out = c.run(&["mount", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mounts"].as_array().unwrap().len(), 3);
+    let out = c.run(&["unmount", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn interrupted_wait_leaves_nothing_behind() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.stop();
+    let mnt = c.mountpoint("mnt");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let mut child = c
+        .moor()
+        .args(["mount", "--wait", "60s", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The plain progress line says what it waits for.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.contains("waiting for host testhost"), "{line}");
+    assert!(wait_until(Duration::from_secs(10), || c.agent_pids().len() == 1));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || child.try_wait().ok().flatten().is_some()));
+    assert_eq!(child.wait().unwrap().code(), Some(130), "Ctrl-C exits with 130");
+    // The agent notices, gives up waiting, and leaves: nothing mounted, nothing running.
+    sshd.restart(false);
+    assert!(wait_until(Duration::from_secs(15), || c.agent_pids().is_empty()), "agent still running");
+    assert!(!is_mounted(&mnt));
 }
 
 #[test]

@@ -294,6 +294,9 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
         return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
     };
+    // Listen for Ctrl-C from the start, so that it always cancels cleanly.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
     let (user_host, remote_path) = parse_remote(&spec)?;
     let ov = Overrides {
         user: args.user,
@@ -331,10 +334,15 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         Some(w) => format!("waiting for host {} (up to {:.0}s)", req.dest.alias, w.as_secs_f64()),
         None => format!("connecting to {}", req.dest.display()),
     };
-    let progress = output::Progress::start(what);
+    let progress =
+        if req.wait.is_some() { output::Progress::start_or_say(what) } else { output::Progress::start(what) };
     let stream = client::connect_or_start(verbose).await?;
     let deadline = connect_timeout + req.wait.unwrap_or_default() + Duration::from_secs(30);
-    let res = client::exchange(stream, Request::Mount(Box::new(req)), deadline).await;
+    // Ctrl-C hangs up on the agent, which then gives up the mount and leaves nothing.
+    let res = tokio::select! {
+        r = client::exchange(stream, Request::Mount(Box::new(req)), deadline) => r,
+        _ = interrupt.recv() => Err(MoorError::new(ErrorKind::Cancelled, "cancelled: nothing was mounted")),
+    };
     progress.finish();
     let Response::Mounted { mount, already } = res? else {
         return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent"));
@@ -426,7 +434,7 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
     }
     let orphans: Vec<PathBuf> = mount::kernel_mounts()
         .into_iter()
-        .filter(|k| k.is_moor_of_mine() && !mounts.iter().any(|m| m.mountpoint == k.path))
+        .filter(|k| k.is_orphan() && !mounts.iter().any(|m| m.mountpoint == k.path))
         .map(|k| k.path)
         .collect();
     let notices = registry::take_notices().unwrap_or_default();
@@ -499,7 +507,7 @@ async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
         };
         let orphans: Vec<String> = mount::kernel_mounts()
             .into_iter()
-            .filter(|k| k.is_moor_of_mine() && !t.contains(&k.path.display().to_string()))
+            .filter(|k| k.is_orphan() && !t.contains(&k.path.display().to_string()))
             .map(|k| k.path.display().to_string())
             .collect();
         t.extend(orphans);
@@ -538,7 +546,7 @@ async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
         Err(e) if e.kind == ErrorKind::NotMounted => {
             // A mount left by an agent that died: still ours to clean up.
             let abs = agent::absolute(std::path::Path::new(target));
-            if mount::is_moor_mount(&abs) {
+            if mount::is_orphan_mount(&abs) {
                 mount::kernel_unmount(&abs, lazy).await?;
                 output::unmounted(&abs);
                 Ok(())

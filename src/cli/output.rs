@@ -173,6 +173,15 @@ impl Progress {
         Progress { stop: Some(tx), thread: Some(thread) }
     }
 
+    /// Like `start`, but says it in one plain line when stderr is not a terminal.
+    pub fn start_or_say(what: String) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("moor: {what}...");
+            return Progress { stop: None, thread: None };
+        }
+        Progress::start(what)
+    }
+
     pub fn finish(mut self) {
         self.end();
     }

@@ -22,6 +22,8 @@ use crate::link::{Destination, Link, LinkState};
 
 /// How long a fresh agent waits for its first request before leaving.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(30);
+/// How long a new agent waits for a leaving one to release the lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// How long a client may take to send its request line.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// How long an ending mount gives its queued writes to reach the server.
@@ -90,10 +92,24 @@ fn take_lock() -> Result<Option<nix::fcntl::Flock<std::fs::File>>, MoorError> {
         .open(&path)
         .map_err(|e| MoorError::new(ErrorKind::Agent, format!("cannot open {}: {e}", path.display())))?;
     let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(MoorError::new(ErrorKind::Agent, format!("cannot lock {}: {e}", path.display()))),
+    // An agent that is just leaving still holds the lock for a moment: wait for it a
+    // little, so that the client that started us is served.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut file = file;
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(Some(lock)),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                if std::time::Instant::now() >= deadline {
+                    return Ok(None);
+                }
+                file = f;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, e)) => {
+                return Err(MoorError::new(ErrorKind::Agent, format!("cannot lock {}: {e}", path.display())))
+            }
+        }
     }
 }
 
@@ -143,7 +159,12 @@ pub async fn run() -> Result<(), MoorError> {
             _ = int.recv() => { agent.shutdown().await; break; }
         }
     }
+    // No new client can find us once the socket is gone; one that connected just
+    // before is still served, and only then does the agent leave.
     let _ = std::fs::remove_file(&sock);
+    while let Ok(Ok((stream, _))) = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+        agent.serve(stream).await;
+    }
     tracing::info!("agent exiting");
     Ok(())
 }
@@ -207,7 +228,8 @@ impl Agent {
         let mut probe = [0u8; 1];
         let response = tokio::select! {
             r = &mut work => r,
-            _ = rd.read(&mut probe) => {
+            r = rd.read(&mut probe) => {
+                tracing::debug!(?r, "the client hung up; cancelling its request");
                 cancel.cancel();
                 work.await
             }

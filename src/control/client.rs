@@ -11,7 +11,7 @@ use super::paths;
 use super::protocol::{Envelope, ErrorKind, MoorError, Request, Response, PROTOCOL_VERSION};
 
 /// How long a fresh agent may take to open its socket.
-const AGENT_START_DEADLINE: Duration = Duration::from_secs(5);
+const AGENT_START_DEADLINE: Duration = Duration::from_secs(10);
 
 fn agent_err(m: String) -> MoorError {
     MoorError::new(ErrorKind::Agent, m)

@@ -97,6 +97,24 @@ impl KernelMount {
             && self.source.starts_with("moor")
             && self.fuse_user == Some(nix::unistd::getuid().as_raw())
     }
+
+    /// The process serving the mount, as recorded in its source (`moor:PID#...`).
+    pub fn server_pid(&self) -> Option<u32> {
+        self.source.strip_prefix("moor:")?.split('#').next()?.parse().ok()
+    }
+
+    /// A moor mount of this user whose serving process is gone: a dead mount to clean.
+    /// One served by another live agent (another runtime dir) is not ours to touch.
+    pub fn is_orphan(&self) -> bool {
+        self.is_moor_of_mine() && self.server_pid().is_none_or(|pid| !serves_mounts(pid))
+    }
+}
+
+/// Whether `pid` is a moor process that serves mounts (an agent, or `mount --foreground`).
+pub fn serves_mounts(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmd| cmd.split(|b| *b == 0).skip(1).any(|a| a == b"agent" || a == b"--foreground"))
+        .unwrap_or(false)
 }
 
 /// Mounts as the kernel lists them, unescaped.
@@ -145,6 +163,11 @@ pub fn is_mountpoint(path: &Path) -> bool {
 /// A FUSE mount at `path` made by moor for this user (by this or an earlier agent).
 pub fn is_moor_mount(path: &Path) -> bool {
     kernel_mounts().iter().any(|m| m.path == path && m.is_moor_of_mine())
+}
+
+/// A moor mount at `path` whose serving process is gone.
+pub fn is_orphan_mount(path: &Path) -> bool {
+    kernel_mounts().iter().any(|m| m.path == path && m.is_orphan())
 }
 
 /// The absolute form of a mountpoint, checked to be an empty-enough directory that is not
@@ -205,7 +228,15 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
-        fuser::MountOption::FSName(format!("moor#{}@{}:{}", req.dest.user, req.dest.alias, root)),
+        // The serving process is named in the source, so that a mount it leaves behind
+        // when it dies can be told from one another live agent serves.
+        fuser::MountOption::FSName(format!(
+            "moor:{}#{}@{}:{}",
+            std::process::id(),
+            req.dest.user,
+            req.dest.alias,
+            root
+        )),
         fuser::MountOption::Subtype("moor".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
@@ -238,11 +269,18 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
 const KERNEL_READAHEAD_KB: u32 = 1024;
 
 fn raise_readahead(mountpoint: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else { return };
-    let dev = meta.dev();
-    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    // The device number comes from the mount table: a stat of the mountpoint would be a
+    // request to this very process.
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let Some(dev) = text.lines().find_map(|l| {
+        let mut f = l.split(' ');
+        let dev = f.nth(2)?;
+        let mp = f.nth(1)?;
+        (Path::new(&unescape(mp)) == mountpoint).then(|| dev.to_string())
+    }) else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{dev}/read_ahead_kb");
     if let Err(e) = std::fs::write(&knob, KERNEL_READAHEAD_KB.to_string()) {
         tracing::debug!(%knob, %e, "kernel read-ahead left as it is");
     }

@@ -125,7 +125,7 @@ pub async fn clean_stale() -> Result<Vec<Notice>, MoorError> {
         match agent_alive(e.agent_pid) {
             Some(true) => {}
             Some(false) => {
-                let what = if mount::is_moor_mount(&e.mountpoint) {
+                let what = if mount::is_orphan_mount(&e.mountpoint) {
                     match mount::kernel_unmount(&e.mountpoint, true).await {
                         Ok(()) => format!(
                             "the agent serving it (pid {}) died; its dead mount was detached. Mount it again with `moor mount`",
