@@ -108,6 +108,7 @@ pub fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
         // Whatever the link does, the program gets "try again", at once.
         RemoteError::Unavailable(_) | RemoteError::Disconnected(_) | RemoteError::Timeout => Errno::EAGAIN,
         RemoteError::Failed(_) => Errno::EIO,
+        RemoteError::TooManyOpen => Errno(libc::EMFILE),
         RemoteError::Failure(_) => return None,
     })
 }

@@ -37,11 +37,18 @@ pub struct SftpConn {
     /// Largest read or write to ask for, within what the server allows.
     pub io_size: u32,
     pub connected_at: SystemTime,
+    /// Server handles this connection may hold at once: the library carries handles as
+    /// UTF-8 text, and OpenSSH numbers them from 0, so numbers of 128 and up would not
+    /// survive the trip. Keeping below that keeps every handle intact.
+    pub handle_slots: Arc<tokio::sync::Semaphore>,
     /// Unix milliseconds of the last request answered on this connection.
     last_activity_ms: AtomicU64,
     ops: AtomicU64,
     ssh: client::Handle<Client>,
 }
+
+/// See `SftpConn::handle_slots`; a few are left for directory listings.
+pub const MAX_HANDLES_PER_CONNECTION: usize = 120;
 
 /// What one pooled connection has been doing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +260,7 @@ async fn connect_inner(
         lane: 0,
         io_size,
         connected_at: now,
+        handle_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HANDLES_PER_CONNECTION)),
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),
         ssh,

@@ -141,6 +141,9 @@ pub enum RemoteError {
     /// The link has given up for good (host key changed, remote path gone, ...).
     #[error("link failed: {0}")]
     Failed(String),
+    /// Every connection holds as many open files as it safely can.
+    #[error("too many files open on the server")]
+    TooManyOpen,
 }
 
 impl RemoteError {

@@ -10,6 +10,10 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags as SftpOpenFlags, Packet, S
 
 use super::{Attr, DirEntry, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs};
 use crate::link::{Link, SftpConn, Unavailable};
+use tokio::sync::OwnedSemaphorePermit;
+
+/// Pools are never larger than this (see `--connections`).
+const MAX_LANES: usize = 32;
 
 const ST_RDONLY: u64 = 1;
 
@@ -27,8 +31,9 @@ struct OpenFile {
     opts: OpenOptions,
     /// The lane the file was opened on: where its requests go unless told otherwise.
     home: usize,
-    /// The server's handles, by lane, with the connection generation each belongs to.
-    live: tokio::sync::Mutex<HashMap<usize, (u64, String)>>,
+    /// The server's handles, by lane, with the connection generation each belongs to and
+    /// the slot it takes on that connection.
+    live: tokio::sync::Mutex<HashMap<usize, (u64, String, OwnedSemaphorePermit)>>,
 }
 
 impl SftpRemote {
@@ -77,28 +82,66 @@ impl SftpRemote {
 
     /// The server's handle for `h` on `conn`, opening the file there if it is not open
     /// on that connection (another lane, or a connection made after a reconnect).
-    async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<String> {
+    /// `Ok(None)`: that connection has no handle slot free.
+    async fn live_handle_opt(&self, conn: &SftpConn, h: &Handle) -> Result<Option<String>> {
         let file = self.file(h)?;
         let mut live = file.live.lock().await;
-        if let Some((generation, handle)) = live.get(&conn.lane) {
+        if let Some((generation, handle, _)) = live.get(&conn.lane) {
             if *generation == conn.generation {
-                return Ok(handle.clone());
+                return Ok(Some(handle.clone()));
             }
         }
+        // A handle of an older connection died with it, and so did its slot.
+        live.remove(&conn.lane);
+        let Ok(slot) = conn.handle_slots.clone().try_acquire_owned() else { return Ok(None) };
         // Reopening must not create, truncate or fail on existence again.
         let opts = OpenOptions { create: false, truncate: false, exclusive: false, ..file.opts };
         let r = conn.sftp.open(file.path.as_str(), open_flags(opts), FileAttributes::empty()).await;
         let handle = self.check(conn, r)?.handle;
         tracing::debug!(path = %file.path, lane = conn.lane, "opened the file on another connection");
-        live.insert(conn.lane, (conn.generation, handle.clone()));
-        Ok(handle)
+        live.insert(conn.lane, (conn.generation, handle.clone(), slot));
+        Ok(Some(handle))
+    }
+
+    async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<String> {
+        self.live_handle_opt(conn, h).await?.ok_or(RemoteError::TooManyOpen)
+    }
+
+    /// The connection and server handle for `h`'s requests on `lane`; the file's own
+    /// connection when that lane has no handle slot free.
+    async fn handle_on(&self, h: &Handle, lane: Option<usize>) -> Result<(Arc<SftpConn>, String)> {
+        let c = self.file_conn(h, lane)?;
+        if let Some(handle) = self.live_handle_opt(&c, h).await? {
+            return Ok((c, handle));
+        }
+        let home = self.file_conn(h, None)?;
+        let handle = self.live_handle(&home, h).await?;
+        Ok((home, handle))
+    }
+
+    /// A connection to open a file on, with a handle slot taken on it: the next in turn,
+    /// or any with a slot free.
+    fn conn_for_open(&self) -> Result<(Arc<SftpConn>, OwnedSemaphorePermit)> {
+        let first = self.conn()?;
+        if let Ok(slot) = first.handle_slots.clone().try_acquire_owned() {
+            return Ok((first, slot));
+        }
+        for lane in 0..MAX_LANES {
+            let Ok(c) = self.link.conn_at(lane) else { break };
+            if c.lane != lane {
+                break; // wrapped around the pool
+            }
+            if let Ok(slot) = c.handle_slots.clone().try_acquire_owned() {
+                return Ok((c, slot));
+            }
+        }
+        Err(RemoteError::TooManyOpen)
     }
 }
 
 impl SftpRemote {
     async fn read_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let c = self.file_conn(handle, lane)?;
-        let h = self.live_handle(&c, handle).await?;
+        let (c, h) = self.handle_on(handle, lane).await?;
         match c.sftp.read(h, offset, len).await {
             Ok(d) => Ok(d.data),
             Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
@@ -107,16 +150,22 @@ impl SftpRemote {
     }
 
     async fn write_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, data: &[u8]) -> Result<()> {
-        let c = self.file_conn(handle, lane)?;
-        let h = self.live_handle(&c, handle).await?;
+        let (c, h) = self.handle_on(handle, lane).await?;
         let r = c.sftp.write(h, offset, data.to_vec()).await;
         self.check(&c, r).map(|_| ())
     }
 
     /// Numbers a server handle so it can be opened again after a reconnect.
-    fn register(&self, path: &str, opts: OpenOptions, conn: &SftpConn, handle: String) -> Handle {
+    fn register(
+        &self,
+        path: &str,
+        opts: OpenOptions,
+        conn: &SftpConn,
+        handle: String,
+        slot: OwnedSemaphorePermit,
+    ) -> Handle {
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let live = HashMap::from([(conn.lane, (conn.generation, handle))]);
+        let live = HashMap::from([(conn.lane, (conn.generation, handle, slot))]);
         let file = OpenFile { path: path.to_string(), opts, home: conn.lane, live: tokio::sync::Mutex::new(live) };
         lock(&self.files).insert(id, Arc::new(file));
         Handle(id)
@@ -286,7 +335,7 @@ impl Remote for SftpRemote {
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let c = self.conn()?;
+        let (c, slot) = self.conn_for_open()?;
         let r = c.sftp.opendir(path).await;
         let h = self.check(&c, r)?.handle;
         let mut out = Vec::new();
@@ -311,24 +360,25 @@ impl Remote for SftpRemote {
         let closer = c.clone();
         tokio::spawn(async move {
             let _ = closer.sftp.close(h).await;
+            drop(slot);
         });
         res
     }
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {
-        let c = self.conn()?;
+        let (c, slot) = self.conn_for_open()?;
         let mut attrs = FileAttributes::empty();
         attrs.permissions = o.mode;
         let r = c.sftp.open(path, open_flags(o), attrs).await;
         let h = self.check(&c, r)?.handle;
-        Ok(self.register(path, o, &c, h))
+        Ok(self.register(path, o, &c, h, slot))
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
         let Some(file) = lock(&self.files).remove(&handle.0) else { return Ok(()) };
         let live = std::mem::take(&mut *file.live.lock().await);
         let mut result = Ok(());
-        for (lane, (generation, h)) in live {
+        for (lane, (generation, h, _slot)) in live {
             // A handle of a connection that is gone died with it.
             let Ok(c) = self.link.conn_at(lane) else { continue };
             if c.generation != generation {
@@ -455,13 +505,13 @@ impl Remote for SftpRemote {
     }
 
     async fn open_stat(&self, path: &str, o: OpenOptions) -> Result<(Handle, Option<Attr>)> {
-        let c = self.conn()?;
+        let (c, slot) = self.conn_for_open()?;
         let mut attrs = FileAttributes::empty();
         attrs.permissions = o.mode;
         let (opened, stat) = futures_util::join!(c.sftp.open(path, open_flags(o), attrs), c.sftp.lstat(path));
         let h = self.check(&c, opened)?.handle;
         let attr = self.check(&c, stat).ok().map(|a| attr_from(&a.attrs));
-        Ok((self.register(path, o, &c, h), attr))
+        Ok((self.register(path, o, &c, h, slot), attr))
     }
 
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
