@@ -152,12 +152,7 @@ fn connection_refused() {
 fn key_not_accepted() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
-    let other = c.home.path().join("other_key");
-    sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
-    // The config names the other key; the server only knows the test key.
-    let cfg = fs::read_to_string(&c.ssh_config).unwrap();
-    fs::write(&c.ssh_config, cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string()))
-        .unwrap();
+    c.offer_unknown_key(&sshd);
     let mnt = c.mountpoint("mnt");
     let out = c.try_mount("/", &mnt, &[]);
     assert_fails(&out, AUTH, "refused every key");

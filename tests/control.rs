@@ -264,11 +264,7 @@ fn wait_succeeds_when_the_host_comes_up_later() {
 fn wait_fails_at_once_on_a_refused_key() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
-    let other = c.home.path().join("other_key");
-    sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
-    let cfg = fs::read_to_string(&c.ssh_config).unwrap();
-    fs::write(&c.ssh_config, cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string()))
-        .unwrap();
+    c.offer_unknown_key(&sshd);
     let mnt = c.mountpoint("mnt");
     let t = Instant::now();
     let out = c.try_mount("/", &mnt, &["--wait", "60s"]);

@@ -37,6 +37,18 @@ fn state(c: &Client) -> String {
     status(c)["state"].as_str().unwrap_or("").to_string()
 }
 
+/// Python for a program that retries a call for as long as it gets EAGAIN, as programs
+/// written for moor do.
+const RETRY_ON_EAGAIN: &str = "
+import os, sys, errno, hashlib, time, json
+def retry(f, *a):
+    while True:
+        try: return f(*a)
+        except OSError as e:
+            if e.errno != errno.EAGAIN: raise
+            time.sleep(0.05)
+";
+
 /// Runs a Python probe and parses the JSON it prints last.
 fn probe(script: &str) -> serde_json::Value {
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -174,14 +186,7 @@ fn open_files_survive_a_reconnect() {
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     fs::write(e.sshd.export.join("big"), &data).unwrap();
     let script = format!(
-        r#"
-import os, sys, errno, hashlib, time, json
-def retry(f, *a):
-    while True:
-        try: return f(*a)
-        except OSError as e:
-            if e.errno != errno.EAGAIN: raise
-            time.sleep(0.05)
+        r#"{RETRY_ON_EAGAIN}
 r = os.open('{m}/big', os.O_RDONLY)
 w = os.open('{m}/out', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 first = retry(os.pread, r, 1000000, 0)
@@ -236,14 +241,7 @@ fn flapping_link_loses_nothing() {
     let src: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
     fs::write(e.sshd.export.join("src"), &src).unwrap();
     let script = format!(
-        r#"
-import os, sys, errno, hashlib, time, json
-def retry(f, *a):
-    while True:
-        try: return f(*a)
-        except OSError as e:
-            if e.errno != errno.EAGAIN: raise
-            time.sleep(0.05)
+        r#"{RETRY_ON_EAGAIN}
 def pattern(n, seed):
     return bytes(((i * 131 + seed) >> 3) & 0xff for i in range(n))
 written = []

@@ -249,6 +249,17 @@ impl Client {
         self.run(&args)
     }
 
+    /// Makes the config offer a fresh key the server does not know, instead of the test
+    /// key; returns that key's path.
+    pub fn offer_unknown_key(&self, sshd: &Sshd) -> PathBuf {
+        let other = self.home.path().join("other_key");
+        sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
+        let cfg = fs::read_to_string(&self.ssh_config).unwrap();
+        let cfg = cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string());
+        fs::write(&self.ssh_config, cfg).unwrap();
+        other
+    }
+
     /// The ssh config path as a str, for argument lists.
     pub fn cfg(&self) -> &str {
         self.ssh_config.to_str().unwrap()
