@@ -292,10 +292,10 @@ print(json.dumps({{'written': written, 'reads': reads}}))
         let mut faults = 0;
         while start.elapsed() < Duration::from_secs(30) {
             let calm = Duration::from_millis(1500 + next() % 2000);
-            wait_until(calm, || false);
+            pause(calm);
             if next() % 2 == 0 {
                 e.proxy.black_hole();
-                wait_until(Duration::from_millis(500 + next() % 1500), || false);
+                pause(Duration::from_millis(500 + next() % 1500));
                 e.proxy.restore();
             } else {
                 e.proxy.reset_all();

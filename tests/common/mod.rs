@@ -30,6 +30,12 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Lets time pass where the passage of time is itself what a test exercises (a host that
+/// comes up later, a fault schedule); never a stand-in for waiting on a condition.
+pub fn pause(d: Duration) {
+    std::thread::sleep(d);
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
