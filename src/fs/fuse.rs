@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -71,15 +72,22 @@ impl<R: Remote> FuseAdapter<R> {
         FuseAdapter { fs, rt, opts }
     }
 
-    /// Runs one operation on the runtime so that the kernel's next request is read at
-    /// once: slow remote calls never queue behind each other here.
+    /// Runs one operation: what can be answered at once (a cache hit, data already read
+    /// ahead, a write that only needs queueing) is answered on this thread, sparing a
+    /// hop to a runtime worker and back; the rest moves to the runtime so that the
+    /// kernel's next request is read at once and slow calls never queue here.
     fn run<F>(&self, op: impl FnOnce(Arc<Fs<R>>, Ctx) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let ctx = Ctx { ttl: self.opts.ttl, call_timeout: self.opts.call_timeout };
-        let fut = op(self.fs.clone(), ctx);
-        self.rt.spawn(fut);
+        let _runtime = self.rt.enter();
+        let mut fut = Box::pin(op(self.fs.clone(), ctx));
+        // A first poll with a waker that does nothing: every future re-registers the
+        // waker it is given on each poll, so the runtime's polls take over cleanly.
+        if fut.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
+            self.rt.spawn(fut);
+        }
     }
 }
 
