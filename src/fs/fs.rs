@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use futures_util::future::try_join_all;
 use tokio::sync::Semaphore;
 
@@ -16,7 +17,7 @@ use super::inode::{Ino, Inodes, ROOT};
 use super::prefetch::{assemble, ChunkResult, ReadAhead};
 use super::smallfiles::{SmallFiles, MAX_FILES_PER_DIR, SMALL};
 use super::writeback::WriteBack;
-use crate::remote::{Attr, FileKind, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
+use crate::remote::{Attr, Bytes, FileKind, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
 use futures_util::future::{BoxFuture, FutureExt};
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -136,8 +137,13 @@ async fn read_fully_on<R: Remote>(
     lane: usize,
     offset: u64,
     len: u32,
-) -> Result<Vec<u8>, RemoteError> {
-    let mut buf = Vec::with_capacity(len as usize);
+) -> Result<Bytes, RemoteError> {
+    let first = remote.read_lane(handle, lane, offset, len).await?;
+    if first.len() as u32 >= len || first.is_empty() {
+        return Ok(first);
+    }
+    let mut buf = BytesMut::with_capacity(len as usize);
+    buf.extend_from_slice(&first);
     while (buf.len() as u32) < len {
         let got = remote.read_lane(handle, lane, offset + buf.len() as u64, len - buf.len() as u32).await?;
         if got.is_empty() {
@@ -145,7 +151,7 @@ async fn read_fully_on<R: Remote>(
         }
         buf.extend_from_slice(&got);
     }
-    Ok(buf)
+    Ok(buf.freeze())
 }
 
 /// Reads `len` bytes at `offset`, re-asking after a short answer, stopping at EOF.
@@ -154,8 +160,13 @@ async fn read_fully<R: Remote>(
     handle: &crate::remote::Handle,
     offset: u64,
     len: u32,
-) -> Result<Vec<u8>, RemoteError> {
-    let mut buf = Vec::with_capacity(len as usize);
+) -> Result<Bytes, RemoteError> {
+    let first = remote.read(handle, offset, len).await?;
+    if first.len() as u32 >= len || first.is_empty() {
+        return Ok(first);
+    }
+    let mut buf = BytesMut::with_capacity(len as usize);
+    buf.extend_from_slice(&first);
     while (buf.len() as u32) < len {
         let got = remote.read(handle, offset + buf.len() as u64, len - buf.len() as u32).await?;
         if got.is_empty() {
@@ -163,7 +174,7 @@ async fn read_fully<R: Remote>(
         }
         buf.extend_from_slice(&got);
     }
-    Ok(buf)
+    Ok(buf.freeze())
 }
 
 /// Splits a pipelined result into the operation's outcome and the stat that came with it.
@@ -795,17 +806,17 @@ impl<R: Remote> Fs<R> {
         self.files.get(fh).ok_or(Errno::EBADF)
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let file = self.file(fh)?;
         if let Some(data) = &file.memory {
             let start = (offset as usize).min(data.len());
             let end = (offset as usize).saturating_add(size as usize).min(data.len());
             self.bytes_read.fetch_add((end - start) as u64, Ordering::Relaxed);
-            return Ok(data[start..end].to_vec());
+            return Ok(data.slice(start..end.max(start)));
         }
         // Read what this mount wrote: queued writes go first.
         self.settle_writes(file.ino).await?;
-        let io = self.remote.io_size().max(4096);
+        let io = self.remote.read_size().max(4096);
         if let Some(ra) = &file.ra {
             let (remote, handle) = (self.remote.clone(), file.handle);
             let fetch = move |off: u64, len: u32| -> BoxFuture<'static, ChunkResult> {
@@ -813,8 +824,7 @@ impl<R: Remote> Fs<R> {
                 // Started now, not when first awaited: that is the point of reading ahead.
                 // Chunks take turns over the pool's connections.
                 let lane = (off / u64::from(len.max(1))) as usize;
-                let task =
-                    tokio::spawn(async move { read_fully_on(&*remote, &handle, lane, off, len).await.map(Arc::new) });
+                let task = tokio::spawn(async move { read_fully_on(&*remote, &handle, lane, off, len).await });
                 async move { task.await.unwrap_or_else(|e| Err(RemoteError::Failure(format!("read task: {e}")))) }
                     .boxed()
             };
@@ -843,7 +853,11 @@ impl<R: Remote> Fs<R> {
             Ok(p) => p,
             Err(e) => return Err(self.fail(Op::Read, e, &file.path, None).await),
         };
-        let mut out = Vec::with_capacity(size as usize);
+        if let [only] = &parts[..] {
+            self.bytes_read.fetch_add(only.len() as u64, Ordering::Relaxed);
+            return Ok(only.clone());
+        }
+        let mut out = BytesMut::with_capacity(size as usize);
         for (i, part) in parts.iter().enumerate() {
             let want = io.min(size - i as u32 * io) as usize;
             out.extend_from_slice(part);
@@ -852,10 +866,10 @@ impl<R: Remote> Fs<R> {
             }
         }
         self.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok(out)
+        Ok(out.freeze())
     }
 
-    async fn read_exact_or_eof(&self, file: &OpenFile, offset: u64, len: u32) -> Result<Vec<u8>, RemoteError> {
+    async fn read_exact_or_eof(&self, file: &OpenFile, offset: u64, len: u32) -> Result<Bytes, RemoteError> {
         read_fully(&*self.remote, &file.handle, offset, len).await
     }
 
@@ -885,7 +899,7 @@ impl<R: Remote> Fs<R> {
                 .map_err(|_| Errno::EAGAIN)?
                 .map_err(|_| Errno::EIO)?,
         };
-        let io = self.remote.io_size().max(4096) as usize;
+        let io = self.remote.write_size().max(4096) as usize;
         let chunks = data.len().div_ceil(io);
         let mut budget = Some(budget);
         for i in 0..chunks {

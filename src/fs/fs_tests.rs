@@ -456,8 +456,8 @@ async fn small_files_are_fetched_ahead_and_served_from_memory() {
     remote.down.store(true, Ordering::SeqCst);
     let f = fs.lookup(d, "f7").await.unwrap().ino;
     let fh = fs.open(f, ro).await.unwrap();
-    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), b"content 7");
-    assert_eq!(fs.read(fh, 3, 2).await.unwrap(), b"te");
+    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), &b"content 7"[..]);
+    assert_eq!(fs.read(fh, 3, 2).await.unwrap(), &b"te"[..]);
     fs.release(fh).await.unwrap();
     remote.down.store(false, Ordering::SeqCst);
     // A change through the mount drops the fetched copy.
@@ -467,7 +467,7 @@ async fn small_files_are_fetched_ahead_and_served_from_memory() {
     fs.release(wh).await.unwrap();
     let f = fs.lookup(d, "f8").await.unwrap().ino;
     let fh = fs.open(f, ro).await.unwrap();
-    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), b"new");
+    assert_eq!(fs.read(fh, 0, 100).await.unwrap(), &b"new"[..]);
 }
 
 #[tokio::test]

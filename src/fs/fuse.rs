@@ -14,9 +14,15 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use super::buffers::BufferPool;
 use super::errno::Errno;
 use super::fs::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
 use crate::remote::{Attr, FileKind, Remote};
+
+/// The largest write the kernel sends in one request.
+const MAX_WRITE: u32 = 1024 * 1024;
+/// Write buffers kept for reuse: enough for a steady stream, little when idle.
+const POOLED_BUFFERS: usize = 16;
 
 /// How long the kernel may trust what it was told before asking again.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +51,8 @@ pub struct FuseAdapter<R: Remote> {
     fs: Arc<Fs<R>>,
     rt: tokio::runtime::Handle,
     opts: AdapterOptions,
+    /// Where write data is copied out of the kernel's buffer.
+    buffers: Arc<BufferPool>,
 }
 
 /// What a call's future must be handed to run under its deadline.
@@ -69,7 +77,7 @@ impl Ctx {
 
 impl<R: Remote> FuseAdapter<R> {
     pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle, opts: AdapterOptions) -> Self {
-        FuseAdapter { fs, rt, opts }
+        FuseAdapter { fs, rt, opts, buffers: BufferPool::new(MAX_WRITE as usize, POOLED_BUFFERS) }
     }
 
     /// Runs one operation: what can be answered at once (a cache hit, data already read
@@ -199,7 +207,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO;
         let _ = config.add_capabilities(wanted & config.capabilities());
-        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_background(64);
         let _ = config.set_congestion_threshold(48);
         Ok(())
@@ -362,7 +370,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = bytes::Bytes::copy_from_slice(data);
+        let data = self.buffers.copy(data);
         self.run(|fs, cx| async move {
             match cx.within(fs.write_bytes(fh.0, offset, data)).await {
                 Ok(n) => reply.written(n),

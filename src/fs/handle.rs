@@ -23,7 +23,7 @@ pub struct OpenFile {
     pub size_hint: u64,
     /// The whole file, when it was fetched ahead: reads need no server and `handle`
     /// is not open on it.
-    pub memory: Option<Arc<Vec<u8>>>,
+    pub memory: Option<crate::remote::Bytes>,
 }
 
 /// A directory listing taken at `opendir`, served from memory by `readdir`.

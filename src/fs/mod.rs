@@ -1,6 +1,7 @@
 //! The filesystem: a plain async core (`fs`) over the remote, and the kernel adapter
 //! (`fuse`) over the core.
 
+pub mod buffers;
 pub mod cache;
 pub mod errno;
 #[allow(clippy::module_inception)]

@@ -4,13 +4,15 @@
 //! doubling up to a limit, so a stream runs at the link's bandwidth.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
-use crate::remote::RemoteError;
+use bytes::BytesMut;
 
-pub type ChunkResult = Result<Arc<Vec<u8>>, RemoteError>;
+use crate::remote::{Bytes, RemoteError};
+
+pub type ChunkResult = Result<Bytes, RemoteError>;
 pub type Chunk = Shared<BoxFuture<'static, ChunkResult>>;
 
 /// The first window, and the largest, in bytes.
@@ -97,9 +99,15 @@ impl ReadAhead {
 
 /// Cuts the bytes of `[offset, offset + size)` out of consecutive chunks; stops at a
 /// short chunk (end of file).
-pub fn assemble(offset: u64, size: u32, chunk: u32, parts: &[(u64, Arc<Vec<u8>>)]) -> Vec<u8> {
+pub fn assemble(offset: u64, size: u32, chunk: u32, parts: &[(u64, Bytes)]) -> Bytes {
     let end = offset + u64::from(size);
-    let mut out = Vec::with_capacity(size as usize);
+    if let [(start, data)] = parts {
+        // Within one chunk: a slice of it, no copy.
+        let from = (offset.saturating_sub(*start) as usize).min(data.len());
+        let to = ((end - start) as usize).min(data.len());
+        return data.slice(from..to.max(from));
+    }
+    let mut out = BytesMut::with_capacity(size as usize);
     for (start, data) in parts {
         let from = offset.saturating_sub(*start) as usize;
         let to = ((end - start) as usize).min(data.len());
@@ -110,18 +118,19 @@ pub fn assemble(offset: u64, size: u32, chunk: u32, parts: &[(u64, Arc<Vec<u8>>)
             break;
         }
     }
-    out
+    out.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     fn counting(counter: Arc<AtomicUsize>) -> impl Fn(u64, u32) -> BoxFuture<'static, ChunkResult> {
         move |off, len| {
             counter.fetch_add(1, Ordering::SeqCst);
-            async move { Ok(Arc::new((off..off + u64::from(len)).map(|b| b as u8).collect::<Vec<u8>>())) }.boxed()
+            async move { Ok(Bytes::from((off..off + u64::from(len)).map(|b| b as u8).collect::<Vec<u8>>())) }.boxed()
         }
     }
 
@@ -176,7 +185,7 @@ mod tests {
         let want: Vec<u8> = (1000u64..3500).map(|b| b as u8).collect();
         assert_eq!(got, want);
         // A short chunk is the end of the file.
-        let parts = vec![(0u64, Arc::new(vec![1u8; 1000])), (1000, Arc::new(vec![2u8; 10]))];
+        let parts = vec![(0u64, Bytes::from(vec![1u8; 1000])), (1000, Bytes::from(vec![2u8; 10]))];
         assert_eq!(assemble(500, 2000, 1000, &parts).len(), 510);
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::remote::Attr;
+use crate::remote::{Attr, Bytes};
 
 /// Files up to this size are fetched whole.
 pub const SMALL: u64 = 128 * 1024;
@@ -21,7 +21,7 @@ pub const MAX_FILES_PER_DIR: usize = 512;
 
 #[derive(Debug)]
 struct Content {
-    data: std::sync::Arc<Vec<u8>>,
+    data: Bytes,
     attr: Attr,
     at: Instant,
 }
@@ -40,7 +40,7 @@ impl SmallFiles {
     }
 
     /// The content of `path`, if fetched recently and the file still looks the same.
-    pub fn get(&self, path: &str, attr: &Attr) -> Option<std::sync::Arc<Vec<u8>>> {
+    pub fn get(&self, path: &str, attr: &Attr) -> Option<Bytes> {
         let c = self.files.get(path)?;
         (c.at.elapsed() < self.ttl && c.attr.size == attr.size && c.attr.mtime == attr.mtime).then(|| c.data.clone())
     }
@@ -49,7 +49,7 @@ impl SmallFiles {
         self.files.contains_key(path)
     }
 
-    pub fn put(&mut self, path: &str, attr: Attr, data: Vec<u8>) {
+    pub fn put(&mut self, path: &str, attr: Attr, data: Bytes) {
         if self.ttl.is_zero() || data.len() as u64 != attr.size {
             return;
         }
@@ -62,7 +62,7 @@ impl SmallFiles {
             }
         }
         self.bytes += data.len();
-        if let Some(old) = self.files.insert(path.to_string(), Content { data: data.into(), attr, at: Instant::now() })
+        if let Some(old) = self.files.insert(path.to_string(), Content { data, attr, at: Instant::now() })
         {
             self.bytes -= old.data.len();
         }
@@ -102,8 +102,8 @@ mod tests {
     #[test]
     fn served_only_while_the_file_looks_the_same() {
         let mut c = SmallFiles::new(Duration::from_secs(60));
-        c.put("/a", attr(3, 10), b"abc".to_vec());
-        assert_eq!(c.get("/a", &attr(3, 10)).unwrap().as_slice(), b"abc");
+        c.put("/a", attr(3, 10), Bytes::from_static(b"abc"));
+        assert_eq!(c.get("/a", &attr(3, 10)).unwrap(), &b"abc"[..]);
         assert!(c.get("/a", &attr(4, 10)).is_none());
         assert!(c.get("/a", &attr(3, 11)).is_none());
         c.forget("/a");
@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn incomplete_content_is_not_kept() {
         let mut c = SmallFiles::new(Duration::from_secs(60));
-        c.put("/a", attr(10, 1), b"short".to_vec());
+        c.put("/a", attr(10, 1), Bytes::from_static(b"short"));
         assert!(!c.contains("/a"));
     }
 
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn capacity_is_respected() {
         let mut c = SmallFiles::new(Duration::from_secs(60));
-        let big = vec![0u8; CAPACITY / 2 + 1];
+        let big = Bytes::from(vec![0u8; CAPACITY / 2 + 1]);
         c.put("/a", attr(big.len() as u64, 1), big.clone());
         c.put("/b", attr(big.len() as u64, 1), big);
         assert!(c.contains("/a") && !c.contains("/b"));

@@ -136,7 +136,7 @@ impl WriteBack {
         let mut in_flight = FuturesOrdered::new();
         // What is out, oldest first, matching `in_flight`: lane and byte range.
         let mut ranges: VecDeque<(usize, u64, u64)> = VecDeque::new();
-        let io = u64::from(remote.io_size().max(1));
+        let io = u64::from(remote.write_size().max(1));
         loop {
             {
                 let mut s = self.lock();
@@ -157,7 +157,7 @@ impl WriteBack {
                     in_flight.push_back(async move {
                         match set {
                             Some(set) => remote.fsetstat(&handle, set).await,
-                            None => remote.write_lane(&handle, lane, off, &data).await,
+                            None => remote.write_lane(&handle, lane, off, data).await,
                         }
                     });
                     ranges.push_back((lane, start, end));

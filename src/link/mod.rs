@@ -4,6 +4,7 @@
 //! swapped underneath whoever uses the link.
 
 pub mod backoff;
+pub mod channel;
 pub mod config;
 pub mod error;
 pub mod known_hosts;

@@ -17,6 +17,8 @@ use russh::keys::agent::AgentIdentity;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 use russh_sftp::client::RawSftpSession;
+
+use super::channel::DirectSftp;
 use tokio::net::TcpStream;
 
 use super::config::Destination;
@@ -27,6 +29,8 @@ use crate::timestamp::Timestamp;
 /// A live SSH connection with its SFTP session.
 pub struct SftpConn {
     pub sftp: RawSftpSession,
+    /// File data goes this way, beside the library (see `channel`).
+    pub direct: DirectSftp,
     /// Extensions the server announced in its SFTP version reply.
     pub extensions: HashMap<String, String>,
     /// Which connection of its link this is: handles opened on an older one must be
@@ -34,8 +38,10 @@ pub struct SftpConn {
     pub generation: u64,
     /// Its place in the link's pool.
     pub lane: usize,
-    /// Largest read or write to ask for, within what the server allows.
-    pub io_size: u32,
+    /// Largest read to ask for, within what the server allows.
+    pub read_size: u32,
+    /// Largest write to send, within what the server allows.
+    pub write_size: u32,
     pub connected_at: SystemTime,
     /// Server handles this connection may hold at once: the library carries handles as
     /// UTF-8 text, and OpenSSH numbers them from 0, so numbers of 128 and up would not
@@ -234,31 +240,37 @@ async fn connect_inner(
     }
     let cfg =
         russh_sftp::client::Config { request_timeout_secs: request_timeout.as_secs().max(1), ..Default::default() };
-    let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
+    let (read_half, write_half) = channel.split();
+    let (direct, library) = super::channel::start(read_half, write_half, request_timeout.max(Duration::from_secs(1)));
+    let mut sftp = RawSftpSession::new_with_config(library, cfg);
     let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
-    // 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers, and what
-    // the library accepts for an answer.
-    let mut io_size: u32 = 255 * 1024;
+    // Reads: 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers,
+    // and is what the library accepts for an answer. Writes: 120 KiB keeps each message
+    // under glibc's 128 KiB mmap threshold in the server, which otherwise maps and
+    // unmaps every message on a fresh connection (measured: 512 MiB written in 0.80-0.84 s
+    // at 120 KiB, 0.93-0.98 s at 255 KiB, 0.84-0.86 s at 64 KiB; fresh mounts, loopback).
+    let (mut read_size, mut write_size): (u32, u32) = (255 * 1024, 120 * 1024);
     if version.extensions.get("limits@openssh.com").is_some_and(|v| v == "1") {
         if let Ok(l) = sftp.limits().await {
-            for lim in [l.max_read_len, l.max_write_len] {
-                if lim > 0 {
-                    io_size = io_size.min(lim.min(u64::from(u32::MAX)) as u32);
-                }
-            }
+            let within =
+                |size: u32, lim: u64| if lim > 0 { size.min(lim.min(u64::from(u32::MAX)) as u32) } else { size };
+            read_size = within(read_size, l.max_read_len);
+            write_size = within(write_size, l.max_write_len);
             sftp.set_limits(l.into());
         }
     } else {
         // Without limits, stay where every server is known to be fine.
-        io_size = 32 * 1024;
+        (read_size, write_size) = (32 * 1024, 32 * 1024);
     }
     let now = SystemTime::now();
     Ok(SftpConn {
         sftp,
+        direct,
         extensions: version.extensions,
         generation,
         lane: 0,
-        io_size,
+        read_size,
+        write_size,
         connected_at: now,
         handle_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HANDLES_PER_CONNECTION)),
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),

@@ -275,7 +275,7 @@ impl Remote for FakeRemote {
         self.handles.lock().unwrap().remove(&handle.0).map(|_| ()).ok_or_else(failure)
     }
 
-    async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Vec<u8>> {
+    async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         self.up()?;
         let (path, _) = self.handle_path(handle)?;
         let tree = self.tree.lock().unwrap();
@@ -283,10 +283,10 @@ impl Remote for FakeRemote {
         let len = u64::from(len).min(self.max_read.load(Ordering::SeqCst));
         let start = (offset as usize).min(d.len());
         let end = (offset.saturating_add(len) as usize).min(d.len());
-        Ok(d[start..end].to_vec())
+        Ok(Bytes::copy_from_slice(&d[start..end]))
     }
 
-    async fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
         self.up()?;
         let (path, append) = self.handle_path(handle)?;
         let mut tree = self.tree.lock().unwrap();
@@ -295,7 +295,7 @@ impl Remote for FakeRemote {
         if d.len() < at + data.len() {
             d.resize(at + data.len(), 0);
         }
-        d[at..at + data.len()].copy_from_slice(data);
+        d[at..at + data.len()].copy_from_slice(&data);
         Ok(())
     }
 

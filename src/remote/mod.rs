@@ -9,6 +9,8 @@ pub mod fake;
 
 use std::future::Future;
 
+pub use bytes::Bytes;
+
 /// File type bits as in `st_mode` (`S_IFMT`).
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFDIR: u32 = 0o040000;
@@ -187,8 +189,8 @@ pub trait Remote: Send + Sync + 'static {
     fn open(&self, path: &str, opts: OpenOptions) -> impl Future<Output = Result<Handle>> + Send;
     fn close(&self, handle: &Handle) -> impl Future<Output = Result<()>> + Send;
     /// Reads up to `len` bytes; an empty result means end of file.
-    fn read(&self, handle: &Handle, offset: u64, len: u32) -> impl Future<Output = Result<Vec<u8>>> + Send;
-    fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> impl Future<Output = Result<()>> + Send;
+    fn read(&self, handle: &Handle, offset: u64, len: u32) -> impl Future<Output = Result<Bytes>> + Send;
+    fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> impl Future<Output = Result<()>> + Send;
     fn fsync(&self, handle: &Handle) -> impl Future<Output = Result<()>> + Send;
     fn mkdir(&self, path: &str, mode: u32) -> impl Future<Output = Result<()>> + Send;
     fn rmdir(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
@@ -200,8 +202,13 @@ pub trait Remote: Send + Sync + 'static {
     fn hardlink(&self, existing: &str, new: &str) -> impl Future<Output = Result<()>> + Send;
     fn statfs(&self, path: &str) -> impl Future<Output = Result<StatFs>> + Send;
 
-    /// Largest read or write to ask for in one request.
-    fn io_size(&self) -> u32 {
+    /// Largest read to ask for in one request.
+    fn read_size(&self) -> u32 {
+        64 * 1024
+    }
+
+    /// Largest write to send in one request.
+    fn write_size(&self) -> u32 {
         64 * 1024
     }
 
@@ -214,7 +221,7 @@ pub trait Remote: Send + Sync + 'static {
         _lane: usize,
         offset: u64,
         len: u32,
-    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+    ) -> impl Future<Output = Result<Bytes>> + Send {
         self.read(handle, offset, len)
     }
 
@@ -226,7 +233,7 @@ pub trait Remote: Send + Sync + 'static {
         handle: &Handle,
         _lane: usize,
         offset: u64,
-        data: &[u8],
+        data: Bytes,
     ) -> impl Future<Output = Result<()>> + Send {
         self.write(handle, offset, data)
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags as SftpOpenFlags, Packet, StatusCode};
 
-use super::{Attr, DirEntry, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs};
+use super::{Attr, Bytes, DirEntry, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs};
 use crate::link::{Link, SftpConn, Unavailable};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -140,19 +140,21 @@ impl SftpRemote {
 }
 
 impl SftpRemote {
-    async fn read_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, len: u32) -> Result<Vec<u8>> {
+    async fn read_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, len: u32) -> Result<Bytes> {
         let (c, h) = self.handle_on(handle, lane).await?;
-        match c.sftp.read(h, offset, len).await {
-            Ok(d) => Ok(d.data),
-            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => Ok(Vec::new()),
-            Err(e) => self.check(&c, Err(e)),
+        match c.direct.read(&h, offset, len).await {
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
+                c.touch();
+                Ok(Bytes::new())
+            }
+            r => self.check(&c, r),
         }
     }
 
-    async fn write_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, data: Bytes) -> Result<()> {
         let (c, h) = self.handle_on(handle, lane).await?;
-        let r = c.sftp.write(h, offset, data.to_vec()).await;
-        self.check(&c, r).map(|_| ())
+        let r = c.direct.write(&h, offset, data).await;
+        self.check(&c, r)
     }
 
     /// Numbers a server handle so it can be opened again after a reconnect.
@@ -392,19 +394,19 @@ impl Remote for SftpRemote {
         result
     }
 
-    async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Vec<u8>> {
+    async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         self.read_lane_opt(handle, None, offset, len).await
     }
 
-    async fn read_lane(&self, handle: &Handle, lane: usize, offset: u64, len: u32) -> Result<Vec<u8>> {
+    async fn read_lane(&self, handle: &Handle, lane: usize, offset: u64, len: u32) -> Result<Bytes> {
         self.read_lane_opt(handle, Some(lane), offset, len).await
     }
 
-    async fn write_lane(&self, handle: &Handle, lane: usize, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write_lane(&self, handle: &Handle, lane: usize, offset: u64, data: Bytes) -> Result<()> {
         self.write_lane_opt(handle, Some(lane), offset, data).await
     }
 
-    async fn write(&self, handle: &Handle, offset: u64, data: &[u8]) -> Result<()> {
+    async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
         self.write_lane_opt(handle, None, offset, data).await
     }
 
@@ -500,8 +502,12 @@ impl Remote for SftpRemote {
         })
     }
 
-    fn io_size(&self) -> u32 {
-        self.link.conn().map(|c| c.io_size).unwrap_or(64 * 1024)
+    fn read_size(&self) -> u32 {
+        self.link.conn().map(|c| c.read_size).unwrap_or(64 * 1024)
+    }
+
+    fn write_size(&self) -> u32 {
+        self.link.conn().map(|c| c.write_size).unwrap_or(64 * 1024)
     }
 
     async fn open_stat(&self, path: &str, o: OpenOptions) -> Result<(Handle, Option<Attr>)> {
