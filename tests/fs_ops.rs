@@ -315,3 +315,55 @@ fn many_open_files_stay_correct() {
         c.mount_at(&export, "single", &["--cache-timeout", "0", "--connections", "1", "-o", "ConnectTimeout=6"]);
     assert_eq!(probe(&single.path), "120 {'EMFILE': 180} 0");
 }
+
+/// Clears the immutable flag again, even when the test fails, so the directory can go.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: std::path::PathBuf) -> Immutable {
+        sh_ok(&format!("chattr +i {}", path.display()));
+        Immutable(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = sh(&format!("chattr -i {}", self.0.display()));
+    }
+}
+
+#[test]
+fn rm_rf_removes_a_tree_and_reports_a_refused_removal() {
+    let e = env();
+    let mnt = e.m.s();
+    let r = e.sshd.export.display();
+    sh_ok(&format!(
+        "mkdir -p {r}/t/a/b {r}/t/c && for i in $(seq 1 60); do echo $i > {r}/t/a/b/f$i; echo $i > {r}/t/c/g$i; done"
+    ));
+    sh_ok(&format!("ls -R {mnt}/t > /dev/null && rm -rf {mnt}/t"));
+    assert!(!e.remote("t").exists(), "rm -rf left something on the server");
+
+    // Removals are answered before the server confirms them: one it refuses must
+    // still surface, and the file must show again.
+    sh_ok(&format!("mkdir -p {r}/u/v && echo x > {r}/u/v/locked && echo y > {r}/u/v/other"));
+    let _locked = Immutable::set(e.remote("u/v/locked"));
+    let out = sh(&format!("rm -rf {mnt}/u"));
+    assert!(!out.status.success(), "rm -rf succeeded although the server kept a file");
+    let err = stderr(&out);
+    assert!(err.contains("Permission denied") || err.contains("not permitted"), "rm said: {err}");
+    assert!(e.remote("u/v/locked").exists());
+    assert!(!e.remote("u/v/other").exists());
+    assert_eq!(sh_ok(&format!("ls {mnt}/u/v")), "locked\n", "the kept file shows again");
+}
+
+#[test]
+fn a_file_removed_on_the_server_can_be_created_again_through_the_mount() {
+    let e = env();
+    let mnt = e.m.s();
+    fs::write(e.remote("f"), "old\n").unwrap();
+    assert_eq!(sh_ok(&format!("cat {mnt}/f")), "old\n");
+    // Another client removes it while the mount still has the name cached.
+    fs::remove_file(e.remote("f")).unwrap();
+    sh_ok(&format!("echo new > {mnt}/f"));
+    assert_eq!(fs::read_to_string(e.remote("f")).unwrap(), "new\n");
+}

@@ -126,6 +126,12 @@ impl MetaCache {
         self.generation += 1;
     }
 
+    /// A change the mount made earlier has now reached the server: answers asked in
+    /// the meantime may predate it and are not kept.
+    pub fn landed(&mut self) {
+        self.changed();
+    }
+
     /// The mount made or changed `path`; `attr` is what it is now.
     pub fn set(&mut self, path: &str, attr: Attr) {
         self.changed();
@@ -159,6 +165,12 @@ impl MetaCache {
         if let Some(l) = self.dirs.get_mut(dir) {
             l.entries.retain(|e| e.name != name);
         }
+    }
+
+    /// What `dir` holds is no longer known: list it again next time.
+    pub fn forget_listing(&mut self, dir: &str) {
+        self.changed();
+        self.dirs.remove(dir);
     }
 
     /// `path` changed in a way the mount cannot describe: ask the server next time.

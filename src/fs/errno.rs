@@ -27,6 +27,7 @@ impl Errno {
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
 }
 
 impl std::fmt::Display for Errno {

@@ -15,6 +15,7 @@ use super::errno::{self, Errno, Facts, Op};
 use super::handle::{DirItem, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
 use super::prefetch::{assemble, ChunkResult, ReadAhead};
+use super::removals::Removals;
 use super::smallfiles::{SmallFiles, MAX_FILES_PER_DIR, SMALL};
 use super::writeback::WriteBack;
 use crate::remote::{Attr, Bytes, FileKind, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
@@ -122,6 +123,8 @@ pub struct Fs<R: Remote> {
     small: Arc<Mutex<SmallFiles>>,
     /// Writes acknowledged by the server, mount-wide (see `Asked`).
     acks: Arc<AtomicU64>,
+    /// Removals answered but not yet done on the server.
+    removals: Arc<Removals>,
 }
 
 /// When a question went to the server: its answer may be cached only if the mount
@@ -177,6 +180,37 @@ async fn read_fully<R: Remote>(
     Ok(buf.freeze())
 }
 
+/// Removes `path` (last known as `known`) for `unlink_behind`, across reconnects.
+/// "No such file" counts as done: the name is gone either way. After the link lost a
+/// removal, the file is removed only if it still looks as it did: a file made under the
+/// same name meanwhile, by someone else, is not ours to remove.
+async fn remove_reliably<R: Remote>(remote: &R, path: &str, known: Attr) -> FsResult<()> {
+    loop {
+        match remote.remove(path).await {
+            Ok(()) | Err(RemoteError::NotFound) => return Ok(()),
+            Err(e) if e.is_link() => {
+                if remote.wait_available().await.is_err() {
+                    return Err(Errno::EIO);
+                }
+                match remote.lstat(path).await {
+                    Err(RemoteError::NotFound) => return Ok(()),
+                    Ok(now) if now.size != known.size || now.mtime != known.mtime || now.kind() != known.kind() => {
+                        tracing::warn!(path, "after a reconnect another file has the name of one removed; leaving it");
+                        return Ok(());
+                    }
+                    // Ours, or unknown yet (the link went again): try again.
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                return Err(
+                    errno::direct(Op::Unlink, &e).unwrap_or_else(|| errno::explain(Op::Unlink, Facts::default()))
+                )
+            }
+        }
+    }
+}
+
 /// Splits a pipelined result into the operation's outcome and the stat that came with it.
 fn split(r: crate::remote::Result<Option<Attr>>) -> (crate::remote::Result<()>, Option<Attr>) {
     match r {
@@ -226,6 +260,7 @@ impl<R: Remote> Fs<R> {
             write_counts: Mutex::new(HashMap::new()),
             small: Arc::new(Mutex::new(SmallFiles::new(opts.cache_ttl))),
             acks: Arc::new(AtomicU64::new(0)),
+            removals: Arc::new(Removals::default()),
         }
     }
 
@@ -234,7 +269,7 @@ impl<R: Remote> Fs<R> {
     pub async fn drain_all(&self, limit: Duration) -> u64 {
         let all: Vec<Arc<WriteBack>> = lock(&self.writebacks).values().flatten().cloned().collect();
         let idle = futures_util::future::join_all(all.iter().map(|w| w.idle()));
-        let _ = tokio::time::timeout(limit, idle).await;
+        let _ = tokio::time::timeout(limit, futures_util::future::join(idle, self.removals.settled())).await;
         all.iter().map(|w| w.queued_bytes()).sum()
     }
 
@@ -395,6 +430,7 @@ impl<R: Remote> Fs<R> {
             Known::Absent => return Err(Errno::ENOENT),
             Known::Unknown => {}
         }
+        self.after_removals().await?;
         let asked = self.asked();
         // Writes out now may land after the server answers, on another connection.
         let known = self.inodes().lookup_path(&path).map_or(0, |ino| self.queued_end(ino));
@@ -536,6 +572,7 @@ impl<R: Remote> Fs<R> {
 
     pub async fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
+        self.after_removals().await?;
         let (res, attr) = split(self.remote.mkdir_stat(&path, mode & 0o7777).await);
         self.settle_once(&format!("mkdir:{path}"), res, Op::Mkdir, &path, None, Errno::EEXIST).await?;
         let e = self.made(&path, attr, Op::Mkdir).await?;
@@ -565,6 +602,13 @@ impl<R: Remote> Fs<R> {
 
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         let path = self.child_of(parent, name)?;
+        let (dir, _) = parent_and_name(&path);
+        let cached = self.cache().lookup(dir, name);
+        if let Known::Exists(known) = cached {
+            if known.kind() != FileKind::Dir && self.remote.is_available() {
+                return self.unlink_behind(path, known).await;
+            }
+        }
         let res = self.remote.remove(&path).await;
         let settled = self.settle_once(&format!("unlink:{path}"), res, Op::Unlink, &path, None, Errno::ENOENT).await;
         lock(&self.small).forget(&path);
@@ -574,8 +618,49 @@ impl<R: Remote> Fs<R> {
         Ok(())
     }
 
+    /// Removes a file the mount knows, answering once the removal is on its way (see
+    /// `removals`).
+    async fn unlink_behind(&self, path: String, known: Attr) -> FsResult<()> {
+        let removal = self.removals.start(&path).await;
+        lock(&self.small).forget(&path);
+        self.cache().remove(&path);
+        self.inodes().remove_path(&path);
+        let (remote, removals, cache) = (self.remote.clone(), self.removals.clone(), self.cache.clone());
+        tokio::spawn(async move {
+            let result = remove_reliably(&*remote, &path, known).await;
+            // Answers asked while the removal was out may predate it.
+            lock(&cache).landed();
+            if let Err(e) = result {
+                tracing::warn!(path, error = %e, "the server refused a removal; the file stays, and rmdir of its directory reports it");
+                let (dir, _) = parent_and_name(&path);
+                lock(&cache).forget_listing(dir);
+                lock(&cache).forget(&path);
+            }
+            removals.finish(removal, result);
+        });
+        Ok(())
+    }
+
+    /// Waits for the removals answered before: what the server says next must not
+    /// predate them. While the link is down they cannot land, so the caller hears
+    /// EAGAIN at once.
+    async fn after_removals(&self) -> FsResult<()> {
+        if self.removals.is_idle() {
+            return Ok(());
+        }
+        if !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        self.removals.settled().await;
+        Ok(())
+    }
+
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
         let path = self.child_of(parent, name)?;
+        self.after_removals().await?;
+        if let Some(e) = self.removals.take_refusal(&path) {
+            return Err(e);
+        }
         let res = self.remote.rmdir(&path).await;
         let settled = self.settle_once(&format!("rmdir:{path}"), res, Op::Rmdir, &path, None, Errno::ENOENT).await;
         self.cache().forget(&path);
@@ -587,6 +672,7 @@ impl<R: Remote> Fs<R> {
 
     pub async fn symlink(&self, parent: Ino, name: &str, target: &str) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
+        self.after_removals().await?;
         let (res, attr) = split(self.remote.symlink_stat(target, &path).await);
         let key = format!("symlink:{path}\0{target}");
         self.settle_once(&key, res, Op::Symlink, &path, None, Errno::EEXIST).await?;
@@ -602,6 +688,7 @@ impl<R: Remote> Fs<R> {
             // SFTP has no way to swap two names atomically.
             return Err(Errno::EINVAL);
         }
+        self.after_removals().await?;
         if flags & libc::RENAME_NOREPLACE != 0 && self.remote.lstat(&to).await.is_ok() {
             return Err(Errno::EEXIST);
         }
@@ -632,6 +719,7 @@ impl<R: Remote> Fs<R> {
         if !self.remote.extensions().hardlink {
             return Err(Errno::EOPNOTSUPP);
         }
+        self.after_removals().await?;
         let res = self.remote.hardlink(&existing, &path).await;
         self.settle_once(&format!("link:{path}"), res, Op::Link, &path, Some(&existing), Errno::EEXIST).await?;
         let e = self.created(&path, Op::Link).await?;
@@ -679,6 +767,17 @@ impl<R: Remote> Fs<R> {
         }
         match self.remote.open(&path, opts).await {
             Ok(handle) => Ok(self.register(ino, handle, path, flags.write)),
+            Err(RemoteError::NotFound) => {
+                // The file went away on the server behind the kernel's cached name (another
+                // client removed it). ESTALE makes the kernel look the name up once more,
+                // which now asks the server: `open(O_CREAT)` then creates the file instead
+                // of failing.
+                let (dir, _) = parent_and_name(&path);
+                self.cache().forget_listing(dir);
+                self.cache().forget(&path);
+                lock(&self.small).forget(&path);
+                Err(Errno::ESTALE)
+            }
             Err(e) => Err(self.fail(Op::Open, e, &path, None).await),
         }
     }
@@ -758,6 +857,8 @@ impl<R: Remote> Fs<R> {
 
     pub async fn create(&self, parent: Ino, name: &str, mode: u32, flags: OpenFlags) -> FsResult<(Entry, u64)> {
         let path = self.child_of(parent, name)?;
+        // A removal of the same name still on its way would remove the new file.
+        self.after_removals().await?;
         let mut opts = OpenOptions {
             read: flags.read,
             write: true,
@@ -1019,6 +1120,7 @@ impl<R: Remote> Fs<R> {
         let list = match cached {
             Some(l) => l,
             None => {
+                self.after_removals().await?;
                 let asked = self.asked();
                 match self.remote.read_dir(&path).await {
                     Ok(l) => {

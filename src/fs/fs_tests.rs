@@ -138,6 +138,8 @@ async fn unlinked_path_gets_a_new_number() {
     remote.put_file("/srv/f", b"1");
     let a = fs.lookup(ROOT, "f").await.unwrap().ino;
     fs.unlink(ROOT, "f").await.unwrap();
+    // The server changes only after the removal landed.
+    fs.drain_all(std::time::Duration::from_secs(5)).await;
     remote.put_file("/srv/f", b"2");
     let b = fs.lookup(ROOT, "f").await.unwrap().ino;
     assert_ne!(a, b);
@@ -492,4 +494,122 @@ async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
     let server = remote.lstat("/srv/f").await.unwrap();
     assert_eq!((server.mode & 0o777, server.mtime), (0o640, 777));
     fs.release(fh).await.unwrap();
+}
+
+/// A directory `/srv/d` holding `names`, with its listing in the mount's cache.
+async fn listed_dir(remote: &FakeRemote, fs: &Fs<FakeRemote>, names: &[&str]) -> Ino {
+    remote.put_dir("/srv/d");
+    for n in names {
+        remote.put_file(&format!("/srv/d/{n}"), n.as_bytes());
+    }
+    let d = fs.lookup(ROOT, "d").await.unwrap().ino;
+    let dh = fs.opendir(d).await.unwrap();
+    fs.releasedir(dh);
+    d
+}
+
+#[tokio::test]
+async fn unlink_answers_before_the_server_and_rmdir_waits_for_it() {
+    use futures_util::FutureExt;
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["a", "b"]).await;
+    remote.hold_removals.store(true, Ordering::SeqCst);
+    fs.unlink(d, "a").await.unwrap();
+    fs.unlink(d, "b").await.unwrap();
+    assert!(remote.exists("/srv/d/a"), "answered, but not yet done on the server");
+    assert_eq!(fs.lookup(d, "a").await, Err(Errno::ENOENT), "the mount already shows it gone");
+    let mut rmdir = Box::pin(fs.rmdir(ROOT, "d"));
+    assert!(rmdir.as_mut().now_or_never().is_none(), "rmdir went ahead of the removals in its directory");
+    remote.release_removals();
+    tokio::time::timeout(std::time::Duration::from_secs(5), rmdir).await.unwrap().unwrap();
+    assert!(!remote.exists("/srv/d"));
+}
+
+#[tokio::test]
+async fn create_after_unlink_waits_so_the_new_file_survives() {
+    use futures_util::FutureExt;
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["f"]).await;
+    remote.hold_removals.store(true, Ordering::SeqCst);
+    fs.unlink(d, "f").await.unwrap();
+    let mut create = Box::pin(fs.create(d, "f", 0o644, rw()));
+    assert!(create.as_mut().now_or_never().is_none(), "create went ahead of the removal of the same name");
+    remote.release_removals();
+    let (_, fh) = tokio::time::timeout(std::time::Duration::from_secs(5), create).await.unwrap().unwrap();
+    fs.write(fh, 0, b"new").await.unwrap();
+    fs.release(fh).await.unwrap();
+    fs.drain_all(std::time::Duration::from_secs(5)).await;
+    assert_eq!(remote.file("/srv/d/f").unwrap(), b"new");
+}
+
+#[tokio::test]
+async fn refused_removal_shows_again_and_rmdir_reports_it() {
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["keep"]).await;
+    remote.refuse_removals.store(true, Ordering::SeqCst);
+    fs.unlink(d, "keep").await.unwrap();
+    assert_eq!(fs.rmdir(ROOT, "d").await, Err(Errno::EACCES), "the refusal is reported by rmdir");
+    assert!(remote.exists("/srv/d/keep"));
+    assert!(fs.lookup(d, "keep").await.is_ok(), "the file shows again");
+    assert_eq!(fs.rmdir(ROOT, "d").await, Err(Errno::ENOTEMPTY), "reported once");
+}
+
+/// Waits (bounded) until the remote has seen `n` removal attempts.
+async fn attempted(remote: &FakeRemote, n: u64) {
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while remote.removal_attempts.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the removal was never tried");
+}
+
+#[tokio::test]
+async fn removal_out_when_the_link_drops_lands_after_it_returns() {
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["a"]).await;
+    remote.hold_removals.store(true, Ordering::SeqCst);
+    fs.unlink(d, "a").await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    remote.release_removals();
+    attempted(&remote, 1).await;
+    // While it cannot land, what must wait for it answers EAGAIN at once.
+    assert_eq!(fs.rmdir(ROOT, "d").await, Err(Errno::EAGAIN));
+    assert_eq!(fs.create(d, "a", 0o644, rw()).await.unwrap_err(), Errno::EAGAIN);
+    assert!(remote.exists("/srv/d/a"));
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    assert_eq!(fs.drain_all(std::time::Duration::from_secs(5)).await, 0);
+    assert!(!remote.exists("/srv/d/a"));
+    fs.rmdir(ROOT, "d").await.unwrap();
+}
+
+#[tokio::test]
+async fn removal_lost_in_an_outage_spares_a_new_file_of_that_name() {
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["a"]).await;
+    remote.hold_removals.store(true, Ordering::SeqCst);
+    fs.unlink(d, "a").await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    remote.release_removals();
+    attempted(&remote, 1).await;
+    // Someone else replaces the file while the link is down.
+    remote.put_file("/srv/d/a", b"someone else's, longer");
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    fs.drain_all(std::time::Duration::from_secs(5)).await;
+    assert_eq!(remote.file("/srv/d/a").unwrap(), b"someone else's, longer");
+}
+
+#[tokio::test]
+async fn open_of_a_name_removed_elsewhere_is_estale_and_the_next_lookup_asks() {
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["gone"]).await;
+    let ino = fs.lookup(d, "gone").await.unwrap().ino;
+    // Another client removes it; the mount still has it cached.
+    remote.remove("/srv/d/gone").await.unwrap();
+    let write = OpenFlags { write: true, ..OpenFlags::default() };
+    assert_eq!(fs.open(ino, write).await, Err(Errno::ESTALE), "the kernel is told to look again");
+    assert_eq!(fs.lookup(d, "gone").await, Err(Errno::ENOENT), "and the look goes to the server");
 }

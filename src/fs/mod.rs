@@ -10,6 +10,7 @@ pub mod fuse;
 pub mod handle;
 pub mod inode;
 pub mod prefetch;
+pub mod removals;
 pub mod smallfiles;
 pub mod writeback;
 

@@ -62,8 +62,7 @@ impl SmallFiles {
             }
         }
         self.bytes += data.len();
-        if let Some(old) = self.files.insert(path.to_string(), Content { data, attr, at: Instant::now() })
-        {
+        if let Some(old) = self.files.insert(path.to_string(), Content { data, attr, at: Instant::now() }) {
             self.bytes -= old.data.len();
         }
     }

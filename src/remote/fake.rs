@@ -46,6 +46,13 @@ pub struct FakeRemote {
     available: Notify,
     /// Largest read answered at once, to exercise short reads.
     pub max_read: AtomicU64,
+    /// Removals wait (before anything else) until `release_removals`.
+    pub hold_removals: AtomicBool,
+    removals_released: Notify,
+    /// Removals of files are refused as the server refuses them without permission.
+    pub refuse_removals: AtomicBool,
+    /// Removals that got past the hold.
+    pub removal_attempts: AtomicU64,
     pub ext: Extensions,
 }
 
@@ -77,6 +84,10 @@ impl FakeRemote {
             lose_reply: AtomicBool::new(false),
             available: Notify::new(),
             max_read: AtomicU64::new(u64::MAX),
+            hold_removals: AtomicBool::new(false),
+            removals_released: Notify::new(),
+            refuse_removals: AtomicBool::new(false),
+            removal_attempts: AtomicU64::new(0),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
         }
     }
@@ -89,6 +100,12 @@ impl FakeRemote {
         } else {
             Ok(())
         }
+    }
+
+    /// Lets held removals go on.
+    pub fn release_removals(&self) {
+        self.hold_removals.store(false, Ordering::SeqCst);
+        self.removals_released.notify_waiters();
     }
 
     /// Wakes whoever waits for the link after `down` was cleared.
@@ -331,7 +348,18 @@ impl Remote for FakeRemote {
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
+        loop {
+            let released = self.removals_released.notified();
+            if !self.hold_removals.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
+        self.removal_attempts.fetch_add(1, Ordering::SeqCst);
         self.up()?;
+        if self.refuse_removals.load(Ordering::SeqCst) {
+            return Err(RemoteError::PermissionDenied);
+        }
         let mut tree = self.tree.lock().unwrap();
         match tree.get(path).map(|n| &n.body) {
             None => Err(RemoteError::NotFound),
