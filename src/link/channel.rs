@@ -47,7 +47,8 @@ enum Outgoing {
     Close,
 }
 
-type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<Bytes>>>>;
+/// Direct requests waiting for their answer; `None` once the channel has ended.
+type Waiting = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Bytes>>>>>;
 
 /// Direct READ and WRITE on an SFTP channel.
 pub struct DirectSftp {
@@ -70,7 +71,7 @@ pub struct LibraryStream {
 pub fn start(read: ChannelReadHalf, write: ChannelWriteHalf<Msg>, timeout: Duration) -> (DirectSftp, LibraryStream) {
     let (out, out_rx) = mpsc::unbounded_channel();
     let (to_library, incoming) = mpsc::unbounded_channel();
-    let waiting: Waiting = Arc::default();
+    let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
     tokio::spawn(write_frames(out_rx, write));
     tokio::spawn(read_frames(read, waiting.clone(), to_library));
     let direct = DirectSftp { out: out.clone(), waiting, next_id: AtomicU32::new(0), timeout };
@@ -136,9 +137,9 @@ async fn read_frames(mut channel: ChannelReadHalf, waiting: Waiting, to_library:
             route(buf.split_to(len).freeze(), &waiting, &to_library);
         }
     }
-    // Dropping the senders fails every direct request still waiting; dropping
-    // `to_library` ends the library's stream.
-    lock(&waiting).clear();
+    // Dropping the senders fails every direct request still waiting, and later ones are
+    // refused at once; dropping `to_library` ends the library's stream.
+    lock(&waiting).take();
 }
 
 /// The length of the frame at the start of `b`, its 4-byte length field included.
@@ -154,7 +155,7 @@ fn route(frame: Bytes, waiting: &Waiting, to_library: &mpsc::UnboundedSender<Byt
     };
     if id & DIRECT_ID != 0 {
         // A request that timed out is no longer waited for; its answer is dropped.
-        if let Some(tx) = lock(waiting).remove(&id) {
+        if let Some(tx) = lock(waiting).as_mut().and_then(|w| w.remove(&id)) {
             let _ = tx.send(frame);
         }
     } else {
@@ -224,18 +225,27 @@ impl DirectSftp {
 
     async fn request(&self, id: u32, item: Outgoing) -> Result<Bytes, SftpError> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.waiting).insert(id, tx);
+        match lock(&self.waiting).as_mut() {
+            Some(w) => w.insert(id, tx),
+            None => return Err(lost()),
+        };
         if self.out.send(item).is_err() {
-            lock(&self.waiting).remove(&id);
+            self.forget(id);
             return Err(lost());
         }
         match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(frame)) => Ok(frame),
             Ok(Err(_)) => Err(lost()),
             Err(_) => {
-                lock(&self.waiting).remove(&id);
+                self.forget(id);
                 Err(SftpError::Timeout)
             }
+        }
+    }
+
+    fn forget(&self, id: u32) {
+        if let Some(w) = lock(&self.waiting).as_mut() {
+            w.remove(&id);
         }
     }
 }
@@ -381,9 +391,9 @@ mod tests {
 
     #[test]
     fn answers_go_to_their_waiter_or_to_the_library() {
-        let waiting: Waiting = Arc::default();
+        let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, rx) = oneshot::channel();
-        lock(&waiting).insert(DIRECT_ID | 3, tx);
+        lock(&waiting).as_mut().unwrap().insert(DIRECT_ID | 3, tx);
         let (to_library, mut library) = mpsc::unbounded_channel();
         let answer = |id: u32| {
             let mut f = BytesMut::new();
