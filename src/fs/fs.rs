@@ -540,7 +540,19 @@ impl<R: Remote> Fs<R> {
         if set.size.is_some() {
             return None;
         }
-        let file = self.files.get(fh?).filter(|f| f.writable && f.memory.is_none())?;
+        let file = match fh {
+            Some(fh) => self.files.get(fh).filter(|f| f.writable && f.memory.is_none())?,
+            // fchmod, fchown and futimens reach a filesystem without their handle: the
+            // file's one open writer stands for it. With several, the change could land
+            // before another one's writes, so it goes to the server now instead.
+            None => {
+                let mut writers = self.files.find_all(|f| f.ino == ino && f.writable && f.memory.is_none());
+                if writers.len() != 1 || self.writebacks_of(ino).len() > 1 {
+                    return None;
+                }
+                writers.pop()?
+            }
+        };
         let mut attr = self.cache().attr(path)?;
         if let Some(m) = set.mode {
             attr.mode = (attr.mode & crate::remote::S_IFMT) | m;

@@ -613,3 +613,29 @@ async fn open_of_a_name_removed_elsewhere_is_estale_and_the_next_lookup_asks() {
     assert_eq!(fs.open(ino, write).await, Err(Errno::ESTALE), "the kernel is told to look again");
     assert_eq!(fs.lookup(d, "gone").await, Err(Errno::ENOENT), "and the look goes to the server");
 }
+
+#[tokio::test]
+async fn fchmod_without_a_handle_queues_behind_the_files_one_writer() {
+    let (remote, fs) = setup();
+    let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    fs.write(fh, 0, b"data").await.unwrap();
+    // The kernel sends fchmod, fchown and futimens without their handle.
+    let chmod = AttrChange { mode: Some(0o644), ..AttrChange::default() };
+    let a = fs.setattr(e.ino, None, chmod).await.unwrap();
+    assert_eq!(a.mode & 0o777, 0o644, "answered from what is known while the link is down");
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    fs.fsync(fh).await.unwrap();
+    // With a second writer the order against its writes is unknown: to the server
+    // (which, being unreachable, makes it EAGAIN rather than queued).
+    let fh2 = fs.open(e.ino, rw()).await.unwrap();
+    remote.down.store(true, Ordering::SeqCst);
+    let again = AttrChange { mode: Some(0o600), ..AttrChange::default() };
+    assert_eq!(fs.setattr(e.ino, None, again).await.unwrap_err(), Errno::EAGAIN);
+    remote.down.store(false, Ordering::SeqCst);
+    remote.notify_available();
+    fs.release(fh2).await.unwrap();
+    assert_eq!(remote.lstat("/srv/f").await.unwrap().mode & 0o777, 0o644);
+    fs.release(fh).await.unwrap();
+}

@@ -73,6 +73,11 @@ impl<T> Handles<T> {
         self.lock().len()
     }
 
+    /// Every open handle `pick` chooses.
+    pub fn find_all(&self, pick: impl Fn(&T) -> bool) -> Vec<Arc<T>> {
+        self.lock().values().filter(|v| pick(v)).cloned().collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>>> {
         // A panic while holding this lock leaves the map itself consistent.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
