@@ -36,6 +36,9 @@ struct State {
     /// The first failure not yet reported to the program.
     error: Option<Errno>,
     flushing: bool,
+    /// The flusher has sent all it was given and has room for more: the next push
+    /// wakes it rather than waiting for an answer.
+    wants_more: bool,
     /// Set when the link failed for good: later writes fail at once.
     dead: bool,
 }
@@ -44,6 +47,8 @@ struct State {
 pub struct WriteBack {
     state: Mutex<State>,
     changed: Notify,
+    /// Something was queued: the flusher sends it without waiting for an answer first.
+    pushed: Notify,
     /// Counts every write the server acknowledged, mount-wide: what the server said of
     /// a file while a write to it was landing may predate it.
     acks: Arc<AtomicU64>,
@@ -66,6 +71,11 @@ impl WriteBack {
         s.queue.push_back(Pending { offset, data, set: None, _budget: budget });
         let start = !s.flushing;
         s.flushing = true;
+        let wake = std::mem::take(&mut s.wants_more);
+        drop(s);
+        if wake {
+            self.pushed.notify_one();
+        }
         start
     }
 
@@ -76,6 +86,11 @@ impl WriteBack {
         s.queue.push_back(Pending { offset: 0, data: Bytes::new(), set: Some(set), _budget: None });
         let start = !s.flushing;
         s.flushing = true;
+        let wake = std::mem::take(&mut s.wants_more);
+        drop(s);
+        if wake {
+            self.pushed.notify_one();
+        }
         start
     }
 
@@ -162,14 +177,24 @@ impl WriteBack {
                     });
                     ranges.push_back((lane, start, end));
                 }
+                s.wants_more = ranges.len() == s.queue.len() && in_flight.len() < MAX_IN_FLIGHT;
                 if in_flight.is_empty() {
                     s.flushing = false;
+                    s.wants_more = false;
                     drop(s);
                     self.changed.notify_waiters();
                     return;
                 }
             }
-            let Some(result) = in_flight.next().await else { continue };
+            // What is queued while answers are awaited goes out at once: a file's write
+            // and the attribute changes after it share one round trip.
+            let result = tokio::select! {
+                r = in_flight.next() => match r {
+                    Some(r) => r,
+                    None => continue,
+                },
+                _ = self.pushed.notified() => continue,
+            };
             match result {
                 Ok(()) => self.done_front(None),
                 Err(e) if e.is_link() || matches!(e, RemoteError::Failed(_)) => {
@@ -267,6 +292,30 @@ mod tests {
         assert_eq!(&data[5..8], &[0xff; 3]);
         assert_eq!(data[999], 99);
         assert!(wb.is_idle());
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_while_a_write_is_out_goes_out_at_once() {
+        let remote = Arc::new(FakeRemote::new());
+        let h = open(&remote).await;
+        let wb = Arc::new(WriteBack::default());
+        remote.hold_writes.store(true, Ordering::SeqCst);
+        assert!(wb.push(0, Bytes::from_static(b"data"), None));
+        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        tokio::task::yield_now().await;
+        // The write is out and unanswered; an attribute change queued now must not wait
+        // for its answer (on a slow link that is a round trip per file).
+        assert!(!wb.push_setattr(SetAttr { mode: Some(0o640), ..SetAttr::default() }));
+        let sent = tokio::time::timeout(Duration::from_secs(5), async {
+            while remote.fsetstats.load(Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(sent.is_ok(), "the change waited for the write's answer");
+        remote.release_writes();
+        tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap().unwrap();
+        assert_eq!(remote.file("/f").unwrap(), b"data");
     }
 
     #[tokio::test]

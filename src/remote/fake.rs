@@ -53,6 +53,11 @@ pub struct FakeRemote {
     pub refuse_removals: AtomicBool,
     /// Removals that got past the hold.
     pub removal_attempts: AtomicU64,
+    /// Writes wait (before anything else) until `release_writes`.
+    pub hold_writes: AtomicBool,
+    writes_released: Notify,
+    /// `fsetstat` requests received.
+    pub fsetstats: AtomicU64,
     pub ext: Extensions,
 }
 
@@ -88,6 +93,9 @@ impl FakeRemote {
             removals_released: Notify::new(),
             refuse_removals: AtomicBool::new(false),
             removal_attempts: AtomicU64::new(0),
+            hold_writes: AtomicBool::new(false),
+            writes_released: Notify::new(),
+            fsetstats: AtomicU64::new(0),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
         }
     }
@@ -100,6 +108,12 @@ impl FakeRemote {
         } else {
             Ok(())
         }
+    }
+
+    /// Lets held writes go on.
+    pub fn release_writes(&self) {
+        self.hold_writes.store(false, Ordering::SeqCst);
+        self.writes_released.notify_waiters();
     }
 
     /// Lets held removals go on.
@@ -242,6 +256,7 @@ impl Remote for FakeRemote {
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
+        self.fsetstats.fetch_add(1, Ordering::SeqCst);
         let (path, _) = self.handle_path(handle)?;
         self.setstat(&path, set).await
     }
@@ -304,6 +319,13 @@ impl Remote for FakeRemote {
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
+        loop {
+            let released = self.writes_released.notified();
+            if !self.hold_writes.load(Ordering::SeqCst) {
+                break;
+            }
+            released.await;
+        }
         self.up()?;
         let (path, append) = self.handle_path(handle)?;
         let mut tree = self.tree.lock().unwrap();
