@@ -565,15 +565,21 @@ async fn attempted(remote: &FakeRemote, n: u64) {
     assert!(seen.is_ok(), "the removal was never tried");
 }
 
-#[tokio::test]
-async fn removal_out_when_the_link_drops_lands_after_it_returns() {
-    let (remote, fs) = setup();
-    let d = listed_dir(&remote, &fs, &["a"]).await;
+/// `d/a` removed behind, the link going down while the removal is out.
+async fn removal_caught_by_an_outage(remote: &FakeRemote, fs: &Fs<FakeRemote>) -> Ino {
+    let d = listed_dir(remote, fs, &["a"]).await;
     remote.hold_removals.store(true, Ordering::SeqCst);
     fs.unlink(d, "a").await.unwrap();
     remote.down.store(true, Ordering::SeqCst);
     remote.release_removals();
-    attempted(&remote, 1).await;
+    attempted(remote, 1).await;
+    d
+}
+
+#[tokio::test]
+async fn removal_out_when_the_link_drops_lands_after_it_returns() {
+    let (remote, fs) = setup();
+    let d = removal_caught_by_an_outage(&remote, &fs).await;
     // While it cannot land, what must wait for it answers EAGAIN at once.
     assert_eq!(fs.rmdir(ROOT, "d").await, Err(Errno::EAGAIN));
     assert_eq!(fs.create(d, "a", 0o644, rw()).await.unwrap_err(), Errno::EAGAIN);
@@ -588,12 +594,7 @@ async fn removal_out_when_the_link_drops_lands_after_it_returns() {
 #[tokio::test]
 async fn removal_lost_in_an_outage_spares_a_new_file_of_that_name() {
     let (remote, fs) = setup();
-    let d = listed_dir(&remote, &fs, &["a"]).await;
-    remote.hold_removals.store(true, Ordering::SeqCst);
-    fs.unlink(d, "a").await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
-    remote.release_removals();
-    attempted(&remote, 1).await;
+    removal_caught_by_an_outage(&remote, &fs).await;
     // Someone else replaces the file while the link is down.
     remote.put_file("/srv/d/a", b"someone else's, longer");
     remote.down.store(false, Ordering::SeqCst);
