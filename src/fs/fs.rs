@@ -616,22 +616,27 @@ impl<R: Remote> Fs<R> {
         let path = self.child_of(parent, name)?;
         let (dir, _) = parent_and_name(&path);
         let cached = self.cache().lookup(dir, name);
+        let burst = self.removals.in_burst(dir);
         if let Known::Exists(known) = cached {
-            if known.kind() != FileKind::Dir && self.remote.is_available() {
+            if burst && known.kind() != FileKind::Dir && self.remote.is_available() {
                 return self.unlink_behind(path, known).await;
             }
         }
         let res = self.remote.remove(&path).await;
         let settled = self.settle_once(&format!("unlink:{path}"), res, Op::Unlink, &path, None, Errno::ENOENT).await;
         lock(&self.small).forget(&path);
+        if settled.is_err() {
+            // Refused, or unknown: the file may well still be there.
+            self.cache().forget(&path);
+            return settled;
+        }
         self.cache().remove(&path);
-        settled?;
         self.inodes().remove_path(&path);
         Ok(())
     }
 
-    /// Removes a file the mount knows, answering once the removal is on its way (see
-    /// `removals`).
+    /// Removes a file the mount knows, in a burst of removals, answering once the
+    /// removal is on its way (see `removals`).
     async fn unlink_behind(&self, path: String, known: Attr) -> FsResult<()> {
         let removal = self.removals.start(&path).await;
         lock(&self.small).forget(&path);

@@ -499,7 +499,7 @@ async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
 /// A directory `/srv/d` holding `names`, with its listing in the mount's cache.
 async fn listed_dir(remote: &FakeRemote, fs: &Fs<FakeRemote>, names: &[&str]) -> Ino {
     remote.put_dir("/srv/d");
-    for n in names {
+    for n in names.iter().chain(&["first"]) {
         remote.put_file(&format!("/srv/d/{n}"), n.as_bytes());
     }
     let d = fs.lookup(ROOT, "d").await.unwrap().ino;
@@ -508,11 +508,33 @@ async fn listed_dir(remote: &FakeRemote, fs: &Fs<FakeRemote>, names: &[&str]) ->
     d
 }
 
+/// `listed_dir`, with a burst of removals started there: its first unlink (of a file
+/// named "first") was answered by the server.
+async fn removing_in_dir(remote: &FakeRemote, fs: &Fs<FakeRemote>, names: &[&str]) -> Ino {
+    let d = listed_dir(remote, fs, names).await;
+    fs.unlink(d, "first").await.unwrap();
+    assert!(!remote.exists("/srv/d/first"));
+    d
+}
+
+#[tokio::test]
+async fn a_lone_unlink_waits_for_the_server() {
+    use futures_util::FutureExt;
+    let (remote, fs) = setup();
+    let d = listed_dir(&remote, &fs, &["a"]).await;
+    remote.hold_removals.store(true, Ordering::SeqCst);
+    let mut unlink = Box::pin(fs.unlink(d, "a"));
+    assert!(unlink.as_mut().now_or_never().is_none(), "a lone unlink answered before the server");
+    remote.release_removals();
+    tokio::time::timeout(std::time::Duration::from_secs(5), unlink).await.unwrap().unwrap();
+    assert!(!remote.exists("/srv/d/a"), "gone on the server once answered");
+}
+
 #[tokio::test]
 async fn unlink_answers_before_the_server_and_rmdir_waits_for_it() {
     use futures_util::FutureExt;
     let (remote, fs) = setup();
-    let d = listed_dir(&remote, &fs, &["a", "b"]).await;
+    let d = removing_in_dir(&remote, &fs, &["a", "b"]).await;
     remote.hold_removals.store(true, Ordering::SeqCst);
     fs.unlink(d, "a").await.unwrap();
     fs.unlink(d, "b").await.unwrap();
@@ -529,7 +551,7 @@ async fn unlink_answers_before_the_server_and_rmdir_waits_for_it() {
 async fn create_after_unlink_waits_so_the_new_file_survives() {
     use futures_util::FutureExt;
     let (remote, fs) = setup();
-    let d = listed_dir(&remote, &fs, &["f"]).await;
+    let d = removing_in_dir(&remote, &fs, &["f"]).await;
     remote.hold_removals.store(true, Ordering::SeqCst);
     fs.unlink(d, "f").await.unwrap();
     let mut create = Box::pin(fs.create(d, "f", 0o644, rw()));
@@ -545,7 +567,7 @@ async fn create_after_unlink_waits_so_the_new_file_survives() {
 #[tokio::test]
 async fn refused_removal_shows_again_and_rmdir_reports_it() {
     let (remote, fs) = setup();
-    let d = listed_dir(&remote, &fs, &["keep"]).await;
+    let d = removing_in_dir(&remote, &fs, &["keep"]).await;
     remote.refuse_removals.store(true, Ordering::SeqCst);
     fs.unlink(d, "keep").await.unwrap();
     assert_eq!(fs.rmdir(ROOT, "d").await, Err(Errno::EACCES), "the refusal is reported by rmdir");
@@ -567,12 +589,13 @@ async fn attempted(remote: &FakeRemote, n: u64) {
 
 /// `d/a` removed behind, the link going down while the removal is out.
 async fn removal_caught_by_an_outage(remote: &FakeRemote, fs: &Fs<FakeRemote>) -> Ino {
-    let d = listed_dir(remote, fs, &["a"]).await;
+    let d = removing_in_dir(remote, fs, &["a"]).await;
+    let before = remote.removal_attempts.load(Ordering::SeqCst);
     remote.hold_removals.store(true, Ordering::SeqCst);
     fs.unlink(d, "a").await.unwrap();
     remote.down.store(true, Ordering::SeqCst);
     remote.release_removals();
-    attempted(remote, 1).await;
+    attempted(remote, before + 1).await;
     d
 }
 

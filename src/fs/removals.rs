@@ -1,7 +1,9 @@
-//! Delete-behind: `unlink` of a file the mount knows answers once the removal is on its
-//! way, so that a program removing many files (`rm -rf`, `make clean`) has many removals
-//! out at once instead of waiting a round trip for each (the server's own work per
-//! removal, a disk discard included, then overlaps too).
+//! Delete-behind: in a burst of removals in one directory (`rm -rf`, `rm *.o`, `make
+//! clean`), `unlink` of a file the mount knows answers once the removal is on its way,
+//! so that many removals are out at once instead of one round trip each (the server's
+//! own work per removal, a disk discard included, then overlaps too). A lone `rm` still
+//! waits for the server, so a program that removes one file and looks on the server
+//! finds it gone; `rm -rf` ends with an `rmdir`, which waits for everything before it.
 //!
 //! Order is kept where a program could see it: every other change of the namespace, and
 //! every listing or lookup that asks the server, first waits for the removals before it.
@@ -11,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -21,11 +24,15 @@ use super::errno::Errno;
 const MAX_OUT: usize = 64;
 /// Directories whose refused removals are remembered until their `rmdir`.
 const MAX_REFUSED_DIRS: usize = 1024;
+/// An unlink this soon after another in the same directory is part of a burst.
+const BURST_GAP: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct State {
     pending: HashSet<String>,
     refused: HashMap<String, Errno>,
+    /// The directory of the last unlink, and when.
+    last: Option<(String, Instant)>,
 }
 
 pub struct Removals {
@@ -54,6 +61,16 @@ impl Removals {
 
     pub fn is_idle(&self) -> bool {
         self.lock().pending.is_empty()
+    }
+
+    /// Records an unlink in `dir`; whether it follows another there closely enough to
+    /// go behind.
+    pub fn in_burst(&self, dir: &str) -> bool {
+        let now = Instant::now();
+        let mut s = self.lock();
+        let burst = matches!(&s.last, Some((d, at)) if d == dir && now.duration_since(*at) < BURST_GAP);
+        s.last = Some((dir.to_string(), now));
+        burst
     }
 
     /// Registers the removal of `path`, waiting while `MAX_OUT` are out.
@@ -123,6 +140,16 @@ mod tests {
         assert!(r.is_idle());
         assert_eq!(r.take_refusal("/d"), Some(Errno::EACCES));
         assert_eq!(r.take_refusal("/d"), None, "reported once");
+    }
+
+    #[test]
+    fn a_burst_is_unlinks_following_each_other_in_one_directory() {
+        let r = Removals::default();
+        assert!(!r.in_burst("/a"), "a lone unlink");
+        assert!(r.in_burst("/a"));
+        assert!(!r.in_burst("/b"), "another directory starts afresh");
+        r.lock().last = Some(("/b".into(), Instant::now() - BURST_GAP));
+        assert!(!r.in_burst("/b"), "too long after the last one");
     }
 
     #[tokio::test]

@@ -101,45 +101,59 @@ async fn write_frames(mut queue: mpsc::UnboundedReceiver<Outgoing>, channel: Cha
 }
 
 async fn read_frames(mut channel: ChannelReadHalf, waiting: Waiting, to_library: mpsc::UnboundedSender<Bytes>) {
-    let mut buf = BytesMut::new();
-    'channel: while let Some(msg) = channel.wait().await {
+    let mut frames = Frames::default();
+    while let Some(msg) = channel.wait().await {
         let data = match msg {
             ChannelMsg::Data { data } => data,
             ChannelMsg::Eof | ChannelMsg::Close => break,
             _ => continue,
         };
-        if buf.is_empty() {
-            // Whole frames in one SSH packet are handed on without a copy.
-            let mut data = data;
-            while let Some(len) = frame_len(&data) {
-                if len > MAX_FRAME {
-                    tracing::warn!(len, "SFTP frame too large; closing the channel");
-                    break 'channel;
-                }
-                if data.len() < len {
-                    break;
-                }
-                route(data.split_to(len), &waiting, &to_library);
-            }
-            buf.extend_from_slice(&data);
-        } else {
-            buf.extend_from_slice(&data);
-        }
-        while let Some(len) = frame_len(&buf) {
-            if len > MAX_FRAME {
-                tracing::warn!(len, "SFTP frame too large; closing the channel");
-                break 'channel;
-            }
-            if buf.len() < len {
-                buf.reserve(len - buf.len());
-                break;
-            }
-            route(buf.split_to(len).freeze(), &waiting, &to_library);
+        let done = frames.push(data, |frame| route(frame, &waiting, &to_library));
+        if let Err(len) = done {
+            tracing::warn!(len, "SFTP frame too large; closing the channel");
+            break;
         }
     }
     // Dropping the senders fails every direct request still waiting, and later ones are
     // refused at once; dropping `to_library` ends the library's stream.
     lock(&waiting).take();
+}
+
+/// Cuts the channel's byte stream into SFTP frames.
+#[derive(Default)]
+struct Frames {
+    partial: BytesMut,
+}
+
+impl Frames {
+    /// Hands every frame `data` completes to `out`; `Err(len)` if a frame announces more
+    /// than any server sends, after which the stream cannot be followed.
+    fn push(&mut self, mut data: Bytes, mut out: impl FnMut(Bytes)) -> Result<(), usize> {
+        if self.partial.is_empty() {
+            // Whole frames in one SSH packet are handed on without a copy.
+            while let Some(len) = frame_len(&data) {
+                if len > MAX_FRAME {
+                    return Err(len);
+                }
+                if data.len() < len {
+                    break;
+                }
+                out(data.split_to(len));
+            }
+        }
+        self.partial.extend_from_slice(&data);
+        while let Some(len) = frame_len(&self.partial) {
+            if len > MAX_FRAME {
+                return Err(len);
+            }
+            if self.partial.len() < len {
+                self.partial.reserve(len - self.partial.len());
+                break;
+            }
+            out(self.partial.split_to(len).freeze());
+        }
+        Ok(())
+    }
 }
 
 /// The length of the frame at the start of `b`, its 4-byte length field included.
@@ -353,6 +367,55 @@ impl AsyncWrite for LibraryStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn framed(kind: u8, id: u32, body: &[u8]) -> Bytes {
+        let mut f = BytesMut::new();
+        f.put_u32(0);
+        f.put_u8(kind);
+        f.put_u32(id);
+        f.extend_from_slice(body);
+        finish(f)
+    }
+
+    #[test]
+    fn frames_are_cut_across_and_within_packets() {
+        let a = framed(FXP_DATA, 1, &[7; 100_000]);
+        let b = framed(FXP_STATUS, 2, &[0; 8]);
+        let c = framed(FXP_STATUS, 3, &[0; 8]);
+        let mut stream = BytesMut::new();
+        for f in [&a, &b, &c] {
+            stream.extend_from_slice(f);
+        }
+        let stream = stream.freeze();
+        // SSH packets of 32 KiB, and one odd cut inside a length field.
+        let mut cuts: Vec<usize> = (1..stream.len() / 32768 + 1).map(|i| i * 32768).collect();
+        cuts.push(a.len() + 2);
+        cuts.sort();
+        let mut frames = Frames::default();
+        let mut got = Vec::new();
+        let mut at = 0;
+        for cut in cuts.into_iter().chain([stream.len()]) {
+            frames.push(stream.slice(at..cut), |f| got.push(f)).unwrap();
+            at = cut;
+        }
+        assert_eq!(got, vec![a, b.clone(), c.clone()]);
+        // Several whole frames in one packet.
+        let mut both = BytesMut::new();
+        both.extend_from_slice(&b);
+        both.extend_from_slice(&c);
+        let mut got = Vec::new();
+        frames.push(both.freeze(), |f| got.push(f)).unwrap();
+        assert_eq!(got, vec![b, c]);
+    }
+
+    #[test]
+    fn an_oversized_frame_stops_the_stream() {
+        let mut frames = Frames::default();
+        let mut head = BytesMut::new();
+        head.put_u32(MAX_FRAME as u32 + 1);
+        head.put_u8(FXP_DATA);
+        assert_eq!(frames.push(head.freeze(), |_| panic!("no frame expected")), Err(MAX_FRAME + 5));
+    }
 
     #[test]
     fn write_header_announces_the_data_sent_after_it() {
