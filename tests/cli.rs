@@ -270,6 +270,11 @@ fn garbage_options() {
         assert_eq!(out.status.code(), Some(USAGE), "{args:?}: {}", stderr(&out));
         assert!(!stderr(&out).contains("panicked"));
     }
+    for (size, needle) in [("12Q", "unknown unit 'Q'"), ("2G", "out of range")] {
+        let out = c.run(&["mount", "--read-ahead", size, "testhost:/", m]);
+        assert_eq!(out.status.code(), Some(USAGE), "--read-ahead {size}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "--read-ahead {size}: {}", stderr(&out));
+    }
     for (args, needle) in [
         (vec!["mount", "-F", c.cfg(), "-o", "nonsense", "testhost:/", m], "bad -o option"),
         (vec!["mount", "-F", "/nonexistent/config", "testhost:/", m], "/nonexistent/config"),

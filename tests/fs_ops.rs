@@ -386,3 +386,13 @@ fn a_file_removed_on_the_server_can_be_created_again_through_the_mount() {
     sh_ok(&format!("echo new > {mnt}/f"));
     assert_eq!(fs::read_to_string(e.remote("f")).unwrap(), "new\n");
 }
+
+#[test]
+fn reads_are_right_with_read_ahead_small_or_off() {
+    let e = env();
+    sh_ok(&format!("head -c 5000000 /dev/urandom > {}", e.remote("big").display()));
+    for ra in ["0", "256K"] {
+        let m = e.c.mount_at(e.sshd.export.to_str().unwrap(), &format!("ra{ra}"), &["--read-ahead", ra]);
+        sh_ok(&format!("cmp {} {}", m.p("big").display(), e.remote("big").display()));
+    }
+}

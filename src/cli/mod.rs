@@ -140,6 +140,28 @@ struct CacheArgs {
     /// always seen at once; changes made on the server show after at most this long
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration_or_zero)]
     cache_timeout: Duration,
+    /// How far ahead of a sequential reader a file is fetched, at most (the window grows
+    /// from 1 MiB to this). Larger helps long fat links; 0 turns read-ahead off
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    read_ahead: u64,
+}
+
+/// Parses a size in bytes: `0`, `512K`, `16M`, `1G` (powers of 1024), up to 1 GiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. 0, 512K, 16M, 1G"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => return Err(format!("unknown unit '{other}' in '{s}': use K, M or G")),
+    };
+    match n.checked_mul(scale) {
+        Some(v) if v <= 1 << 30 => Ok(v),
+        _ => Err(format!("'{s}' is out of range (at most 1G)")),
+    }
 }
 
 /// Like `parse_duration`, also taking 0.
@@ -332,6 +354,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         wait: args.wait,
         verbose,
         cache_timeout: args.cache.cache_timeout,
+        read_ahead: args.cache.read_ahead,
     };
     if args.foreground {
         return foreground(req).await;
@@ -589,6 +612,19 @@ mod tests {
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
         for bad in ["", "abc", "5x", "-1s", "0s", "1e999s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("16M").unwrap(), 16 << 20);
+        assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        for bad in ["", "M", "-1M", "2G", "12Q", "99999999999999999999"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 }

@@ -216,7 +216,8 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     link.require_path(&root);
     // Waiting for queued writes must fit inside one call's deadline.
     let write_wait = req.call_timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_millis(100));
-    let fs_opts = FsOptions { write_wait, cache_ttl: req.cache_timeout, ..FsOptions::default() };
+    let fs_opts =
+        FsOptions { write_wait, cache_ttl: req.cache_timeout, read_ahead: req.read_ahead, ..FsOptions::default() };
     let fs = Arc::new(Fs::new(remote, &root, fs_opts));
     // The kernel may trust what it was told as long as the mount's own cache does.
     let ttl = Ttl { attr: req.cache_timeout, entry: req.cache_timeout };

@@ -76,6 +76,8 @@ pub struct MountRequest {
     pub call_timeout: std::time::Duration,
     /// How long attributes and listings are trusted (zero: always ask the server).
     pub cache_timeout: std::time::Duration,
+    /// Largest read-ahead window per open file, in bytes (zero: no read-ahead).
+    pub read_ahead: u64,
     /// Keep retrying a host that refuses or does not answer for this long (`--wait`).
     pub wait: Option<std::time::Duration>,
     /// Log detail for the mount's log file.

@@ -83,6 +83,8 @@ pub struct FsOptions {
     pub cache_ttl: Duration,
     /// List subdirectories ahead of a tree walk.
     pub readdir_ahead: bool,
+    /// Largest read-ahead window per open file, in bytes (zero: none).
+    pub read_ahead: u64,
 }
 
 impl Default for FsOptions {
@@ -92,6 +94,7 @@ impl Default for FsOptions {
             write_wait: Duration::from_millis(2500),
             cache_ttl: Duration::from_secs(5),
             readdir_ahead: true,
+            read_ahead: super::prefetch::MAX_WINDOW,
         }
     }
 }
@@ -750,7 +753,7 @@ impl<R: Remote> Fs<R> {
         if writable {
             lock(&self.writebacks).entry(ino).or_default().push(wb.clone());
         }
-        let ra = (!writable).then(ReadAhead::default);
+        let ra = (!writable && self.opts.read_ahead > 0).then(|| ReadAhead::new(self.opts.read_ahead));
         let size_hint = self.cache().attr(&path).map_or(u64::MAX, |a| a.size);
         self.files.insert(OpenFile { ino, handle, path, writable, wb, ra, size_hint, memory: None })
     }

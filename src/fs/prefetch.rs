@@ -15,7 +15,7 @@ use crate::remote::{Bytes, RemoteError};
 pub type ChunkResult = Result<Bytes, RemoteError>;
 pub type Chunk = Shared<BoxFuture<'static, ChunkResult>>;
 
-/// The first window, and the largest, in bytes.
+/// The first window, and the largest by default (`--read-ahead`), in bytes.
 pub const INITIAL_WINDOW: u64 = 1024 * 1024;
 pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
 
@@ -30,12 +30,24 @@ struct State {
     seen_writes: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReadAhead {
     state: Mutex<State>,
+    max_window: u64,
+}
+
+impl Default for ReadAhead {
+    fn default() -> Self {
+        ReadAhead::new(MAX_WINDOW)
+    }
 }
 
 impl ReadAhead {
+    /// Read-ahead whose window grows up to `max_window` bytes.
+    pub fn new(max_window: u64) -> ReadAhead {
+        ReadAhead { state: Mutex::default(), max_window: max_window.max(1) }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A few map operations per critical section; a panic cannot tear one.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -71,7 +83,7 @@ impl ReadAhead {
             s.streak += 1;
         } else {
             s.streak = 0;
-            s.window = INITIAL_WINDOW;
+            s.window = INITIAL_WINDOW.min(self.max_window);
             s.chunks.clear();
         }
         // The first read of a file at 0 counts: `cat` and `cp` start there.
@@ -79,7 +91,7 @@ impl ReadAhead {
             return None;
         }
         if s.window == 0 {
-            s.window = INITIAL_WINDOW;
+            s.window = INITIAL_WINDOW.min(self.max_window);
         }
         let cs = u64::from(chunk);
         let first = offset / cs * cs;
@@ -92,7 +104,7 @@ impl ReadAhead {
             s.chunks.entry(start).or_insert_with(|| fetch(start, chunk).shared());
             start += cs;
         }
-        s.window = (s.window * 2).min(MAX_WINDOW);
+        s.window = (s.window * 2).min(self.max_window);
         Some(s.chunks.range(first..read_end).map(|(k, v)| (*k, v.clone())).collect())
     }
 }
@@ -159,6 +171,23 @@ mod tests {
         let n = Arc::new(AtomicUsize::new(0));
         ra.plan(0, 4096, cs, 100_000, 0, counting(n.clone())).unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn the_window_stops_growing_at_its_limit() {
+        let cs: u32 = 64 * 1024;
+        let limit = 256 * 1024;
+        let ra = ReadAhead::new(limit);
+        let n = Arc::new(AtomicUsize::new(0));
+        let mut at = 0u64;
+        for _ in 0..20 {
+            ra.plan(at, cs, cs, 1 << 30, 0, counting(n.clone())).unwrap();
+            at += u64::from(cs);
+        }
+        // Everything read, plus at most `limit` ahead of the last read.
+        let fetched = n.load(Ordering::SeqCst) as u64 * u64::from(cs);
+        assert!(fetched <= at + limit, "fetched {fetched} for {at} read with a {limit} window");
+        assert!(fetched > at, "nothing was read ahead");
     }
 
     #[test]
