@@ -167,9 +167,12 @@ impl MetaCache {
         }
     }
 
-    /// What `dir` holds is no longer known: list it again next time.
-    pub fn forget_listing(&mut self, dir: &str) {
-        self.changed();
+    /// Whether `path` exists is no longer known (a removal was refused, or someone else
+    /// removed it): its attributes go, and so does its directory's listing, whether or
+    /// not the listing still names it.
+    pub fn forget_name(&mut self, path: &str) {
+        self.forget(path);
+        let (dir, _) = parent_and_name(path);
         self.dirs.remove(dir);
     }
 

@@ -160,27 +160,15 @@ async fn read_fully_on<R: Remote>(
     Ok(buf.freeze())
 }
 
-/// Reads `len` bytes at `offset`, re-asking after a short answer, stopping at EOF.
+/// Reads `len` bytes at `offset` on the file's own connection, re-asking after a short
+/// answer, stopping at EOF.
 async fn read_fully<R: Remote>(
     remote: &R,
     handle: &crate::remote::Handle,
     offset: u64,
     len: u32,
 ) -> Result<Bytes, RemoteError> {
-    let first = remote.read(handle, offset, len).await?;
-    if first.len() as u32 >= len || first.is_empty() {
-        return Ok(first);
-    }
-    let mut buf = BytesMut::with_capacity(len as usize);
-    buf.extend_from_slice(&first);
-    while (buf.len() as u32) < len {
-        let got = remote.read(handle, offset + buf.len() as u64, len - buf.len() as u32).await?;
-        if got.is_empty() {
-            break;
-        }
-        buf.extend_from_slice(&got);
-    }
-    Ok(buf.freeze())
+    read_fully_on(remote, handle, 0, offset, len).await
 }
 
 /// Removes `path` (last known as `known`) for `unlink_behind`, across reconnects.
@@ -648,13 +636,13 @@ impl<R: Remote> Fs<R> {
         let (remote, removals, cache) = (self.remote.clone(), self.removals.clone(), self.cache.clone());
         tokio::spawn(async move {
             let result = remove_reliably(&*remote, &path, known).await;
-            // Answers asked while the removal was out may predate it.
-            lock(&cache).landed();
-            if let Err(e) = result {
-                tracing::warn!(path, error = %e, "the server refused a removal; the file stays, and rmdir of its directory reports it");
-                let (dir, _) = parent_and_name(&path);
-                lock(&cache).forget_listing(dir);
-                lock(&cache).forget(&path);
+            match result {
+                // Answers asked while the removal was out may predate it.
+                Ok(()) => lock(&cache).landed(),
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "the server refused a removal; the file stays, and rmdir of its directory reports it");
+                    lock(&cache).forget_name(&path);
+                }
             }
             removals.finish(removal, result);
         });
@@ -792,9 +780,7 @@ impl<R: Remote> Fs<R> {
                 // client removed it). ESTALE makes the kernel look the name up once more,
                 // which now asks the server: `open(O_CREAT)` then creates the file instead
                 // of failing.
-                let (dir, _) = parent_and_name(&path);
-                self.cache().forget_listing(dir);
-                self.cache().forget(&path);
+                self.cache().forget_name(&path);
                 lock(&self.small).forget(&path);
                 Err(Errno::ESTALE)
             }
