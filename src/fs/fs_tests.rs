@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
-use crate::remote::fake::FakeRemote;
+use crate::remote::fake::{eventually, FakeRemote};
 
 fn setup() -> (Arc<FakeRemote>, Fs<FakeRemote>) {
     setup_with(FsOptions::default())
@@ -23,13 +23,8 @@ fn uncached() -> FsOptions {
 
 /// Waits (bounded) for the asynchronous closes to reach the remote.
 async fn closed_soon(remote: &FakeRemote) {
-    let done = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while remote.open_handles() > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(done.is_ok(), "remote handles left open: {}", remote.open_handles());
+    let done = eventually(|| remote.open_handles() == 0).await;
+    assert!(done, "remote handles left open: {}", remote.open_handles());
 }
 
 fn rw() -> OpenFlags {
@@ -414,16 +409,8 @@ async fn subdirectories_are_listed_ahead() {
     let fh = fs.opendir(ROOT).await.unwrap();
     fs.releasedir(fh);
     // The listings arrive in the background; then they answer without the server.
-    let ready = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        loop {
-            if ["/srv/a", "/srv/b", "/srv/c"].iter().all(|p| fs.cache().has_listing(p)) {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(ready.is_ok());
+    let ready = eventually(|| ["/srv/a", "/srv/b", "/srv/c"].iter().all(|p| fs.cache().has_listing(p))).await;
+    assert!(ready);
     remote.down.store(true, Ordering::SeqCst);
     let b = fs.lookup(ROOT, "b").await.unwrap().ino;
     let fh = fs.opendir(b).await.unwrap();
@@ -447,13 +434,8 @@ async fn small_files_are_fetched_ahead_and_served_from_memory() {
         assert_eq!(fs.read(fh, 0, 100).await.unwrap(), format!("content {i}").as_bytes());
         fs.release(fh).await.unwrap();
     }
-    let fetched = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while !(2..10).all(|i| lock(&fs.small).contains(&format!("/srv/d/f{i}"))) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(fetched.is_ok(), "the directory's other files were not fetched");
+    let fetched = eventually(|| (2..10).all(|i| lock(&fs.small).contains(&format!("/srv/d/f{i}")))).await;
+    assert!(fetched, "the directory's other files were not fetched");
     // With the link down, the fetched files still open and read.
     remote.down.store(true, Ordering::SeqCst);
     let f = fs.lookup(d, "f7").await.unwrap().ino;
@@ -522,10 +504,10 @@ async fn a_lone_unlink_waits_for_the_server() {
     use futures_util::FutureExt;
     let (remote, fs) = setup();
     let d = listed_dir(&remote, &fs, &["a"]).await;
-    remote.hold_removals.store(true, Ordering::SeqCst);
+    remote.removals.hold();
     let mut unlink = Box::pin(fs.unlink(d, "a"));
     assert!(unlink.as_mut().now_or_never().is_none(), "a lone unlink answered before the server");
-    remote.release_removals();
+    remote.removals.release();
     tokio::time::timeout(std::time::Duration::from_secs(5), unlink).await.unwrap().unwrap();
     assert!(!remote.exists("/srv/d/a"), "gone on the server once answered");
 }
@@ -535,14 +517,14 @@ async fn unlink_answers_before_the_server_and_rmdir_waits_for_it() {
     use futures_util::FutureExt;
     let (remote, fs) = setup();
     let d = removing_in_dir(&remote, &fs, &["a", "b"]).await;
-    remote.hold_removals.store(true, Ordering::SeqCst);
+    remote.removals.hold();
     fs.unlink(d, "a").await.unwrap();
     fs.unlink(d, "b").await.unwrap();
     assert!(remote.exists("/srv/d/a"), "answered, but not yet done on the server");
     assert_eq!(fs.lookup(d, "a").await, Err(Errno::ENOENT), "the mount already shows it gone");
     let mut rmdir = Box::pin(fs.rmdir(ROOT, "d"));
     assert!(rmdir.as_mut().now_or_never().is_none(), "rmdir went ahead of the removals in its directory");
-    remote.release_removals();
+    remote.removals.release();
     tokio::time::timeout(std::time::Duration::from_secs(5), rmdir).await.unwrap().unwrap();
     assert!(!remote.exists("/srv/d"));
 }
@@ -552,11 +534,11 @@ async fn create_after_unlink_waits_so_the_new_file_survives() {
     use futures_util::FutureExt;
     let (remote, fs) = setup();
     let d = removing_in_dir(&remote, &fs, &["f"]).await;
-    remote.hold_removals.store(true, Ordering::SeqCst);
+    remote.removals.hold();
     fs.unlink(d, "f").await.unwrap();
     let mut create = Box::pin(fs.create(d, "f", 0o644, rw()));
     assert!(create.as_mut().now_or_never().is_none(), "create went ahead of the removal of the same name");
-    remote.release_removals();
+    remote.removals.release();
     let (_, fh) = tokio::time::timeout(std::time::Duration::from_secs(5), create).await.unwrap().unwrap();
     fs.write(fh, 0, b"new").await.unwrap();
     fs.release(fh).await.unwrap();
@@ -578,23 +560,18 @@ async fn refused_removal_shows_again_and_rmdir_reports_it() {
 
 /// Waits (bounded) until the remote has seen `n` removal attempts.
 async fn attempted(remote: &FakeRemote, n: u64) {
-    let seen = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        while remote.removal_attempts.load(Ordering::SeqCst) < n {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert!(seen.is_ok(), "the removal was never tried");
+    let seen = eventually(|| remote.removal_attempts.load(Ordering::SeqCst) >= n).await;
+    assert!(seen, "the removal was never tried");
 }
 
 /// `d/a` removed behind, the link going down while the removal is out.
 async fn removal_caught_by_an_outage(remote: &FakeRemote, fs: &Fs<FakeRemote>) -> Ino {
     let d = removing_in_dir(remote, fs, &["a"]).await;
     let before = remote.removal_attempts.load(Ordering::SeqCst);
-    remote.hold_removals.store(true, Ordering::SeqCst);
+    remote.removals.hold();
     fs.unlink(d, "a").await.unwrap();
     remote.down.store(true, Ordering::SeqCst);
-    remote.release_removals();
+    remote.removals.release();
     attempted(remote, before + 1).await;
     d
 }

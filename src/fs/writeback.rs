@@ -260,7 +260,7 @@ async fn write_errno<R: Remote>(remote: &R, e: RemoteError) -> Errno {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::fake::FakeRemote;
+    use crate::remote::fake::{eventually, FakeRemote};
     use crate::remote::OpenOptions;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
@@ -299,21 +299,16 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         let wb = Arc::new(WriteBack::default());
-        remote.hold_writes.store(true, Ordering::SeqCst);
+        remote.writes.hold();
         assert!(wb.push(0, Bytes::from_static(b"data"), None));
         tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
         tokio::task::yield_now().await;
         // The write is out and unanswered; an attribute change queued now must not wait
         // for its answer (on a slow link that is a round trip per file).
         assert!(!wb.push_setattr(SetAttr { mode: Some(0o640), ..SetAttr::default() }));
-        let sent = tokio::time::timeout(Duration::from_secs(5), async {
-            while remote.fsetstats.load(Ordering::SeqCst) == 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
-        assert!(sent.is_ok(), "the change waited for the write's answer");
-        remote.release_writes();
+        let sent = eventually(|| remote.fsetstats.load(Ordering::SeqCst) > 0).await;
+        assert!(sent, "the change waited for the write's answer");
+        remote.writes.release();
         tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap().unwrap();
         assert_eq!(remote.file("/f").unwrap(), b"data");
     }

@@ -34,6 +34,46 @@ struct Open {
     append: bool,
 }
 
+/// Resolves whether `cond` came to hold within five seconds, letting the runtime's other
+/// tasks run between checks: how the fs core's tests wait for background work.
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let polled = async {
+        while !cond() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), polled).await.is_ok()
+}
+
+/// Where requests of one kind wait while a test holds them.
+#[derive(Debug, Default)]
+pub struct Gate {
+    held: AtomicBool,
+    opened: Notify,
+}
+
+impl Gate {
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets what waits go on, and what comes later pass.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    async fn pass(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if !self.held.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.await;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct FakeRemote {
     tree: Mutex<BTreeMap<String, Node>>,
@@ -46,16 +86,14 @@ pub struct FakeRemote {
     available: Notify,
     /// Largest read answered at once, to exercise short reads.
     pub max_read: AtomicU64,
-    /// Removals wait (before anything else) until `release_removals`.
-    pub hold_removals: AtomicBool,
-    removals_released: Notify,
+    /// Removals wait here (before anything else) while it is held.
+    pub removals: Gate,
     /// Removals of files are refused as the server refuses them without permission.
     pub refuse_removals: AtomicBool,
     /// Removals that got past the hold.
     pub removal_attempts: AtomicU64,
-    /// Writes wait (before anything else) until `release_writes`.
-    pub hold_writes: AtomicBool,
-    writes_released: Notify,
+    /// Writes wait here (before anything else) while it is held.
+    pub writes: Gate,
     /// `fsetstat` requests received.
     pub fsetstats: AtomicU64,
     pub ext: Extensions,
@@ -89,12 +127,10 @@ impl FakeRemote {
             lose_reply: AtomicBool::new(false),
             available: Notify::new(),
             max_read: AtomicU64::new(u64::MAX),
-            hold_removals: AtomicBool::new(false),
-            removals_released: Notify::new(),
+            removals: Gate::default(),
             refuse_removals: AtomicBool::new(false),
             removal_attempts: AtomicU64::new(0),
-            hold_writes: AtomicBool::new(false),
-            writes_released: Notify::new(),
+            writes: Gate::default(),
             fsetstats: AtomicU64::new(0),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
         }
@@ -108,18 +144,6 @@ impl FakeRemote {
         } else {
             Ok(())
         }
-    }
-
-    /// Lets held writes go on.
-    pub fn release_writes(&self) {
-        self.hold_writes.store(false, Ordering::SeqCst);
-        self.writes_released.notify_waiters();
-    }
-
-    /// Lets held removals go on.
-    pub fn release_removals(&self) {
-        self.hold_removals.store(false, Ordering::SeqCst);
-        self.removals_released.notify_waiters();
     }
 
     /// Wakes whoever waits for the link after `down` was cleared.
@@ -319,13 +343,7 @@ impl Remote for FakeRemote {
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
-        loop {
-            let released = self.writes_released.notified();
-            if !self.hold_writes.load(Ordering::SeqCst) {
-                break;
-            }
-            released.await;
-        }
+        self.writes.pass().await;
         self.up()?;
         let (path, append) = self.handle_path(handle)?;
         let mut tree = self.tree.lock().unwrap();
@@ -370,13 +388,7 @@ impl Remote for FakeRemote {
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
-        loop {
-            let released = self.removals_released.notified();
-            if !self.hold_removals.load(Ordering::SeqCst) {
-                break;
-            }
-            released.await;
-        }
+        self.removals.pass().await;
         self.removal_attempts.fetch_add(1, Ordering::SeqCst);
         self.up()?;
         if self.refuse_removals.load(Ordering::SeqCst) {
