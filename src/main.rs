@@ -10,6 +10,7 @@ mod fs;
 mod link;
 mod logging;
 mod remote;
+mod sync;
 mod timestamp;
 
 fn main() {

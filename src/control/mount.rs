@@ -9,9 +9,7 @@ use tokio::sync::watch;
 
 use super::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
 use super::status::{Monitor, MountStatus, Timestamp};
-use crate::fs::fs::FsOptions;
-use crate::fs::fuse::{AdapterOptions, FuseAdapter, Ttl};
-use crate::fs::Fs;
+use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, KernelTimeouts};
 use crate::link::Link;
 use crate::remote::sftp::SftpRemote;
 use crate::remote::{FileKind, Remote, RemoteError};
@@ -71,9 +69,10 @@ impl LiveMount {
         self.request.dest == req.dest && self.request.remote_path == req.remote_path
     }
 
-    /// Gives queued writes up to `limit` to reach the server; says what could not.
+    /// Gives queued writes up to `limit` to reach the server, says what could not, and
+    /// ends the mount's background work.
     pub async fn drain(&self, limit: Duration) {
-        let left = self.fs.drain_all(limit).await;
+        let left = self.fs.shutdown(limit).await;
         if left > 0 {
             tracing::error!(mountpoint = %self.mountpoint.display(), bytes = left, "unmounted with writes that never reached the server");
         }
@@ -217,14 +216,14 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     // Waiting for queued writes must fit inside one call's deadline.
     let write_wait = req.call_timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_millis(100));
     let fs_opts =
-        FsOptions { write_wait, cache_ttl: req.cache_timeout, read_ahead: req.read_ahead, ..FsOptions::default() };
+        FsOptions { write_wait, cache_timeout: req.cache_timeout, read_ahead: req.read_ahead, ..FsOptions::default() };
     let fs = Arc::new(Fs::new(remote, &root, fs_opts));
     // The kernel may trust what it was told as long as the mount's own cache does.
-    let ttl = Ttl { attr: req.cache_timeout, entry: req.cache_timeout };
+    let kernel = KernelTimeouts { attr: req.cache_timeout, entry: req.cache_timeout };
     let adapter = FuseAdapter::new(
         fs.clone(),
         tokio::runtime::Handle::current(),
-        AdapterOptions { call_timeout: req.call_timeout, ttl },
+        AdapterOptions { call_timeout: req.call_timeout, kernel },
     );
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let mut cfg = fuser::Config::default();

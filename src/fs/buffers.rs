@@ -61,8 +61,7 @@ impl BufferPool {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        // Holders push or pop one buffer.
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.free)
     }
 
     #[cfg(test)]

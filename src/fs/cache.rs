@@ -1,11 +1,25 @@
 //! What the mount knows about remote metadata: attributes and complete directory
-//! listings, each trusted for a short time and kept true through the mount's own
+//! listings, each trusted for `--cache-timeout` and kept true through the mount's own
 //! changes. A fresh listing also answers "no such file" without asking the server.
+//! An answer is kept only if nothing changed while it was on its way (`Snapshot`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::path::{join, parent_and_name, strip_subtree};
 use crate::remote::{Attr, DirEntry};
+
+/// Where things stood when a question went to the server. Its answer may be cached only
+/// if the mount changed nothing (`generation`) and no write landed (`acks`) meanwhile:
+/// on another connection of the pool, a write in flight can land after the answer was
+/// made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Snapshot {
+    pub generation: u64,
+    pub acks: u64,
+}
 
 /// What the cache can say about a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,43 +36,41 @@ struct Listing {
 }
 
 #[derive(Debug)]
-pub struct MetaCache {
-    ttl: Duration,
+pub(super) struct MetaCache {
+    timeout: Duration,
     attrs: HashMap<String, (Attr, Instant)>,
     dirs: HashMap<String, Listing>,
     /// Bumped by every change the mount makes; an answer fetched across a change is
     /// not cached, since it may predate it.
     generation: u64,
+    /// Writes the server acknowledged, mount-wide (counted by write-behind).
+    acks: Arc<AtomicU64>,
     max_entries: usize,
 }
 
-pub fn parent_and_name(path: &str) -> (&str, &str) {
-    match path.rsplit_once('/') {
-        Some(("", n)) => ("/", n),
-        Some((d, n)) => (d, n),
-        None => ("/", path),
-    }
-}
-
-fn join(dir: &str, name: &str) -> String {
-    super::inode::join(dir, name)
-}
-
 impl MetaCache {
-    pub fn new(ttl: Duration) -> MetaCache {
-        MetaCache { ttl, attrs: HashMap::new(), dirs: HashMap::new(), generation: 0, max_entries: 200_000 }
+    /// A cache trusting what it holds for `timeout` (zero: nothing is kept), whose
+    /// answers are checked against the write acknowledgements counted in `acks`.
+    pub fn new(timeout: Duration, acks: Arc<AtomicU64>) -> MetaCache {
+        MetaCache { timeout, attrs: HashMap::new(), dirs: HashMap::new(), generation: 0, acks, max_entries: 200_000 }
     }
 
     pub fn enabled(&self) -> bool {
-        !self.ttl.is_zero()
+        !self.timeout.is_zero()
     }
 
-    pub fn generation(&self) -> u64 {
-        self.generation
+    /// Where things stand now, for a question about to go to the server.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { generation: self.generation, acks: self.acks.load(Ordering::SeqCst) }
+    }
+
+    /// Whether an answer asked at `asked` is still true enough to keep.
+    pub fn unchanged_since(&self, asked: Snapshot) -> bool {
+        self.snapshot() == asked
     }
 
     fn fresh(&self, at: Instant) -> bool {
-        at.elapsed() < self.ttl
+        at.elapsed() < self.timeout
     }
 
     pub fn attr(&self, path: &str) -> Option<Attr> {
@@ -91,27 +103,26 @@ impl MetaCache {
         if self.attrs.len() + self.dirs.len() < self.max_entries {
             return;
         }
-        let ttl = self.ttl;
-        self.attrs.retain(|_, (_, at)| at.elapsed() < ttl);
-        self.dirs.retain(|_, l| l.at.elapsed() < ttl);
+        let timeout = self.timeout;
+        self.attrs.retain(|_, (_, at)| at.elapsed() < timeout);
+        self.dirs.retain(|_, l| l.at.elapsed() < timeout);
         if self.attrs.len() + self.dirs.len() >= self.max_entries {
             self.attrs.clear();
             self.dirs.clear();
         }
     }
 
-    /// Records what the server said, if nothing changed since it was asked (`asked_at`
-    /// is the generation when the request went out).
-    pub fn put_attr(&mut self, path: &str, attr: Attr, asked_at: u64) {
-        if !self.enabled() || asked_at != self.generation {
+    /// Records what the server said, if nothing changed since it was `asked`.
+    pub fn put_attr(&mut self, path: &str, attr: Attr, asked: Snapshot) {
+        if !self.enabled() || !self.unchanged_since(asked) {
             return;
         }
         self.make_room();
         self.attrs.insert(path.to_string(), (attr, Instant::now()));
     }
 
-    pub fn put_listing(&mut self, dir: &str, entries: &[DirEntry], asked_at: u64) {
-        if !self.enabled() || asked_at != self.generation {
+    pub fn put_listing(&mut self, dir: &str, entries: &[DirEntry], asked: Snapshot) {
+        if !self.enabled() || !self.unchanged_since(asked) {
             return;
         }
         self.make_room();
@@ -128,7 +139,7 @@ impl MetaCache {
 
     /// A change the mount made earlier has now reached the server: answers asked in
     /// the meantime may predate it and are not kept.
-    pub fn landed(&mut self) {
+    pub fn changed_on_server(&mut self) {
         self.changed();
     }
 
@@ -207,9 +218,9 @@ impl MetaCache {
     pub fn rename(&mut self, from: &str, to: &str) {
         let moved = self.attrs.get(from).map(|(a, _)| *a);
         self.remove(from);
-        let prefix = format!("{}/", from.trim_end_matches('/'));
-        self.attrs.retain(|p, _| !p.starts_with(&prefix));
-        self.dirs.retain(|p, _| !p.starts_with(&prefix));
+        let below = |p: &str| strip_subtree(p, from).is_some_and(|rest| !rest.is_empty());
+        self.attrs.retain(|p, _| !below(p));
+        self.dirs.retain(|p, _| !below(p));
         self.remove(to);
         match moved {
             Some(a) => self.set(to, a),
@@ -228,13 +239,13 @@ mod tests {
     }
 
     fn cache() -> MetaCache {
-        MetaCache::new(Duration::from_secs(60))
+        MetaCache::new(Duration::from_secs(60), Arc::default())
     }
 
     #[test]
     fn listing_answers_lookups_and_absence() {
         let mut c = cache();
-        let g = c.generation();
+        let g = c.snapshot();
         c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }], g);
         assert_eq!(c.lookup("/d", "a"), Known::Exists(file(3)));
         assert_eq!(c.lookup("/d", "b"), Known::Absent);
@@ -244,7 +255,7 @@ mod tests {
     #[test]
     fn own_changes_keep_the_cache_true() {
         let mut c = cache();
-        let g = c.generation();
+        let g = c.snapshot();
         c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }], g);
         c.set("/d/b", file(0));
         assert_eq!(c.lookup("/d", "b"), Known::Exists(file(0)));
@@ -263,7 +274,7 @@ mod tests {
     #[test]
     fn answers_from_before_a_change_are_not_cached() {
         let mut c = cache();
-        let asked = c.generation();
+        let asked = c.snapshot();
         c.remove("/d/a");
         c.put_attr("/d/a", file(1), asked);
         assert_eq!(c.attr("/d/a"), None);
@@ -272,9 +283,19 @@ mod tests {
     }
 
     #[test]
+    fn answers_from_before_a_write_landed_are_not_cached() {
+        let acks = Arc::new(AtomicU64::new(0));
+        let mut c = MetaCache::new(Duration::from_secs(60), acks.clone());
+        let asked = c.snapshot();
+        acks.fetch_add(1, Ordering::SeqCst);
+        c.put_attr("/a", file(1), asked);
+        assert_eq!(c.attr("/a"), None);
+    }
+
+    #[test]
     fn entries_expire() {
-        let mut c = MetaCache::new(Duration::from_millis(1));
-        let g = c.generation();
+        let mut c = MetaCache::new(Duration::from_millis(1), Arc::default());
+        let g = c.snapshot();
         c.put_attr("/a", file(1), g);
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(5) {
@@ -286,8 +307,9 @@ mod tests {
 
     #[test]
     fn disabled_cache_keeps_nothing() {
-        let mut c = MetaCache::new(Duration::ZERO);
-        c.put_attr("/a", file(1), 0);
+        let mut c = MetaCache::new(Duration::ZERO, Arc::default());
+        let g = c.snapshot();
+        c.put_attr("/a", file(1), g);
         c.set("/b", file(1));
         assert_eq!(c.attr("/a"), None);
         assert_eq!(c.attr("/b"), None);
@@ -296,7 +318,7 @@ mod tests {
     #[test]
     fn rename_of_a_directory_drops_what_was_below() {
         let mut c = cache();
-        let g = c.generation();
+        let g = c.snapshot();
         c.put_listing("/d", &[DirEntry { name: "x".into(), attr: file(1) }], g);
         c.set("/d", Attr { mode: S_IFDIR | 0o755, ..Attr::default() });
         c.rename("/d", "/e");

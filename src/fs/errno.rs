@@ -1,11 +1,13 @@
 //! The one place where remote failures become errno values.
 //!
 //! SFTP v3 has only a handful of status codes, and OpenSSH's server folds most errno
-//! values into `SSH_FX_FAILURE`. So a generic failure is explained with facts the fs core
-//! gathered right after it (does the target exist, is the directory empty, is the remote
-//! filesystem read-only or full), and mapped here by what the operation was.
+//! values into `SSH_FX_FAILURE`. So a generic failure is explained with facts gathered
+//! right after it (`errno_for`: does the target exist, is the directory empty, is the
+//! remote filesystem read-only or full), and mapped by the pure `explain` by what the
+//! operation was.
 
-use crate::remote::{FileKind, RemoteError};
+use super::path;
+use crate::remote::{FileKind, Remote, RemoteError};
 
 /// A POSIX error number as given back to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +98,7 @@ pub struct Facts {
 
 /// Maps an error that needs no further facts. Returns `None` for a generic failure that
 /// `explain` should refine.
-pub fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
+pub(super) fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
     Some(match err {
         RemoteError::NotFound => Errno::ENOENT,
         // The server folds EPERM into "permission denied"; for ownership changes POSIX
@@ -108,14 +110,50 @@ pub fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
         RemoteError::Eof => Errno::EIO,
         // Whatever the link does, the program gets "try again", at once.
         RemoteError::Unavailable(_) | RemoteError::Disconnected(_) | RemoteError::Timeout => Errno::EAGAIN,
-        RemoteError::Failed(_) => Errno::EIO,
+        RemoteError::LinkFailed(_) => Errno::EIO,
         RemoteError::TooManyOpen => Errno(libc::EMFILE),
-        RemoteError::Failure(_) => return None,
+        RemoteError::ServerFailure(_) => return None,
     })
 }
 
+/// The errno for `err`, the failure of `op` on `target` (moving or linking `source`):
+/// asks the server the facts `explain` needs when the failure is a generic one.
+pub(super) async fn errno_for<R: Remote>(
+    remote: &R,
+    op: Op,
+    err: RemoteError,
+    target: &str,
+    source: Option<&str>,
+) -> Errno {
+    if let Some(e) = direct(op, &err) {
+        return e;
+    }
+    tracing::debug!(?op, target, %err, "explaining generic failure");
+    explain(op, facts(remote, op, target, source).await)
+}
+
+async fn facts<R: Remote>(remote: &R, op: Op, target: &str, source: Option<&str>) -> Facts {
+    let mut facts = Facts::default();
+    if let Ok(a) = remote.lstat(target).await {
+        facts.target = Some(a.kind());
+        if a.kind() == FileKind::Dir && matches!(op, Op::Rmdir | Op::Rename) {
+            facts.target_nonempty = remote.read_dir(target).await.is_ok_and(|v| !v.is_empty());
+        }
+    }
+    if let Some(src) = source {
+        facts.source = remote.lstat(src).await.ok().map(|a| a.kind());
+    }
+    if remote.extensions().statvfs {
+        if let Ok(s) = remote.statfs(path::parent(target)).await {
+            facts.read_only = s.read_only;
+            facts.full = s.blocks_avail == 0;
+        }
+    }
+    facts
+}
+
 /// Maps a generic failure of `op` given what was found out after it.
-pub fn explain(op: Op, f: Facts) -> Errno {
+pub(super) fn explain(op: Op, f: Facts) -> Errno {
     use FileKind::Dir;
     let by_op = match op {
         Op::Mkdir | Op::Symlink | Op::Link | Op::Create if f.target.is_some() => Some(Errno::EEXIST),
@@ -153,9 +191,9 @@ mod tests {
         assert_eq!(direct(Op::Read, &RemoteError::Disconnected("x".into())), Some(Errno::EAGAIN));
         assert_eq!(direct(Op::Read, &RemoteError::Unavailable("x".into())), Some(Errno::EAGAIN));
         assert_eq!(direct(Op::Read, &RemoteError::Timeout), Some(Errno::EAGAIN));
-        assert_eq!(direct(Op::Read, &RemoteError::Failed("x".into())), Some(Errno::EIO));
+        assert_eq!(direct(Op::Read, &RemoteError::LinkFailed("x".into())), Some(Errno::EIO));
         assert_eq!(direct(Op::Link, &RemoteError::Unsupported), Some(Errno::EOPNOTSUPP));
-        assert_eq!(direct(Op::Mkdir, &RemoteError::Failure("x".into())), None);
+        assert_eq!(direct(Op::Mkdir, &RemoteError::ServerFailure("x".into())), None);
     }
 
     #[test]

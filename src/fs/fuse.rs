@@ -26,14 +26,14 @@ const POOLED_BUFFERS: usize = 16;
 
 /// How long the kernel may trust what it was told before asking again.
 #[derive(Debug, Clone, Copy)]
-pub struct Ttl {
+pub struct KernelTimeouts {
     pub attr: Duration,
     pub entry: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdapterOptions {
-    pub ttl: Ttl,
+    pub kernel: KernelTimeouts,
     /// No call is answered later than this: past it, the program gets EAGAIN.
     pub call_timeout: Duration,
 }
@@ -41,7 +41,7 @@ pub struct AdapterOptions {
 impl Default for AdapterOptions {
     fn default() -> Self {
         AdapterOptions {
-            ttl: Ttl { attr: Duration::from_secs(1), entry: Duration::from_secs(1) },
+            kernel: KernelTimeouts { attr: Duration::from_secs(1), entry: Duration::from_secs(1) },
             call_timeout: Duration::from_secs(3),
         }
     }
@@ -58,7 +58,7 @@ pub struct FuseAdapter<R: Remote> {
 /// What a call's future must be handed to run under its deadline.
 #[derive(Clone)]
 struct Ctx {
-    ttl: Ttl,
+    kernel: KernelTimeouts,
     call_timeout: Duration,
 }
 
@@ -88,7 +88,7 @@ impl<R: Remote> FuseAdapter<R> {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let ctx = Ctx { ttl: self.opts.ttl, call_timeout: self.opts.call_timeout };
+        let ctx = Ctx { kernel: self.opts.kernel, call_timeout: self.opts.call_timeout };
         let _runtime = self.rt.enter();
         let mut fut = Box::pin(op(self.fs.clone(), ctx));
         // A first poll with a waker that does nothing: every future re-registers the
@@ -164,21 +164,21 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, ttl: Ttl, r: Result<Entry, Errno>) {
+fn reply_entry(reply: ReplyEntry, kernel: KernelTimeouts, r: Result<Entry, Errno>) {
     match r {
-        Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(e.ino, &e.attr), Generation(0)),
+        Ok(e) => reply.entry_with_ttls(&kernel.attr, &kernel.entry, &file_attr(e.ino, &e.attr), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
 
-fn reply_lookup(reply: ReplyEntry, ttl: Ttl, r: Result<Entry, Errno>) {
+fn reply_lookup(reply: ReplyEntry, kernel: KernelTimeouts, r: Result<Entry, Errno>) {
     match r {
-        Ok(e) => reply.entry_with_ttls(&ttl.attr, &ttl.entry, &file_attr(e.ino, &e.attr), Generation(0)),
+        Ok(e) => reply.entry_with_ttls(&kernel.attr, &kernel.entry, &file_attr(e.ino, &e.attr), Generation(0)),
         // Node 0 with a timeout: the kernel remembers that the name does not exist.
-        Err(Errno::ENOENT) if !ttl.entry.is_zero() => {
+        Err(Errno::ENOENT) if !kernel.entry.is_zero() => {
             let mut none = file_attr(0, &Attr::default());
             none.ino = INodeNo(0);
-            reply.entry(&ttl.entry, &none, Generation(0))
+            reply.entry(&kernel.entry, &none, Generation(0))
         }
         Err(e) => reply.error(errno(e)),
     }
@@ -215,7 +215,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, cx| async move { reply_lookup(reply, cx.ttl, cx.within(fs.lookup(parent.0, &name)).await) });
+        self.run(|fs, cx| async move { reply_lookup(reply, cx.kernel, cx.within(fs.lookup(parent.0, &name)).await) });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -225,7 +225,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.run(|fs, cx| async move {
             match cx.within(fs.getattr(ino.0)).await {
-                Ok(a) => reply.attr(&cx.ttl.attr, &file_attr(ino.0, &a)),
+                Ok(a) => reply.attr(&cx.kernel.attr, &file_attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -252,7 +252,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let change = AttrChange { size, mode, uid, gid, atime: atime.map(time_set), mtime: mtime.map(time_set) };
         self.run(|fs, cx| async move {
             match cx.within(fs.setattr(ino.0, fh.map(|f| f.0), change)).await {
-                Ok(a) => reply.attr(&cx.ttl.attr, &file_attr(ino.0, &a)),
+                Ok(a) => reply.attr(&cx.kernel.attr, &file_attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -284,7 +284,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.mkdir(parent.0, &name, mode)).await) });
+        self.run(
+            |fs, cx| async move { reply_entry(reply, cx.kernel, cx.within(fs.mkdir(parent.0, &name, mode)).await) },
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -300,9 +302,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
-        self.run(
-            |fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.symlink(parent.0, &name, &target)).await) },
-        );
+        self.run(|fs, cx| async move {
+            reply_entry(reply, cx.kernel, cx.within(fs.symlink(parent.0, &name, &target)).await)
+        });
     }
 
     fn rename(
@@ -324,9 +326,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_or_reply!(newname, reply);
-        self.run(
-            |fs, cx| async move { reply_entry(reply, cx.ttl, cx.within(fs.link(ino.0, newparent.0, &newname)).await) },
-        );
+        self.run(|fs, cx| async move {
+            reply_entry(reply, cx.kernel, cx.within(fs.link(ino.0, newparent.0, &newname)).await)
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
@@ -436,8 +438,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
                             a
                         }
                     };
-                    let ttl = if item.attr.is_some() { self.opts.ttl.entry } else { Duration::ZERO };
-                    if reply.add(INodeNo(item.ino), next, &item.name, &ttl, &attr, Generation(0)) {
+                    let timeout = if item.attr.is_some() { self.opts.kernel.entry } else { Duration::ZERO };
+                    if reply.add(INodeNo(item.ino), next, &item.name, &timeout, &attr, Generation(0)) {
                         break;
                     }
                     self.fs.count_lookup(&item);
@@ -486,7 +488,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         self.run(|fs, cx| async move {
             match cx.within(fs.create(parent.0, &name, mode, flags)).await {
                 Ok((e, fh)) => reply.created(
-                    &cx.ttl.entry,
+                    &cx.kernel.entry,
                     &file_attr(e.ino, &e.attr),
                     Generation(0),
                     FileHandle(fh),

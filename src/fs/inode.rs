@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::path::{join, strip_subtree};
 use crate::remote::FileKind;
 
 pub type Ino = u64;
@@ -19,19 +20,10 @@ struct Node {
 }
 
 #[derive(Debug)]
-pub struct Inodes {
+pub(super) struct Inodes {
     nodes: HashMap<Ino, Node>,
     by_path: HashMap<String, Ino>,
     next: Ino,
-}
-
-/// Joins a remote directory path and a name.
-pub fn join(dir: &str, name: &str) -> String {
-    if dir.ends_with('/') {
-        format!("{dir}{name}")
-    } else {
-        format!("{dir}/{name}")
-    }
 }
 
 impl Inodes {
@@ -124,16 +116,13 @@ impl Inodes {
     /// `from` now lives at `to`, with everything below it.
     pub fn rename(&mut self, from: &str, to: &str) {
         self.remove_path(to);
-        let prefix = format!("{}/", from.trim_end_matches('/'));
-        let moved: Vec<(String, Ino)> = self
+        let moved: Vec<(String, String, Ino)> = self
             .by_path
             .iter()
-            .filter(|(p, _)| p.as_str() == from || p.starts_with(&prefix))
-            .map(|(p, &i)| (p.clone(), i))
+            .filter_map(|(p, &i)| strip_subtree(p, from).map(|rest| (p.clone(), format!("{to}{rest}"), i)))
             .collect();
-        for (old, ino) in moved {
+        for (old, new, ino) in moved {
             self.by_path.remove(&old);
-            let new = format!("{to}{}", &old[from.len()..]);
             if let Some(n) = self.nodes.get_mut(&ino) {
                 n.path = Some(new.clone());
             }
@@ -192,11 +181,5 @@ mod tests {
         assert_eq!(t.path(other), Some("/r/dx"));
         assert_eq!(t.path(victim), None);
         assert_eq!(t.intern("/r/e/f", FileKind::File, false), f);
-    }
-
-    #[test]
-    fn join_paths() {
-        assert_eq!(join("/", "a"), "/a");
-        assert_eq!(join("/x", "a"), "/x/a");
     }
 }

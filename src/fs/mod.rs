@@ -1,17 +1,27 @@
 //! The filesystem: a plain async core (`fs`) over the remote, and the kernel adapter
-//! (`fuse`) over the core.
+//! (`fuse`) over the core. Each concern of the core has its own module, which owns its
+//! state and background tasks: write-behind, delete-behind, read-ahead, small files,
+//! listing ahead, retries of lost answers; `fs` coordinates them.
 
-pub mod buffers;
-pub mod cache;
-pub mod errno;
+mod buffers;
+mod cache;
+mod delete_behind;
+mod errno;
 #[allow(clippy::module_inception)]
-pub mod fs;
-pub mod fuse;
-pub mod handle;
-pub mod inode;
-pub mod prefetch;
-pub mod removals;
-pub mod smallfiles;
-pub mod writeback;
+mod fs;
+mod fuse;
+mod handles;
+mod inode;
+mod list_ahead;
+mod path;
+mod read_ahead;
+mod retries;
+mod small_files;
+mod tasks;
+mod write_behind;
 
-pub use fs::Fs;
+#[cfg(test)]
+mod tests;
+
+pub use fs::{Fs, FsOptions};
+pub use fuse::{AdapterOptions, FuseAdapter, KernelTimeouts};

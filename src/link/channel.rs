@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::sync::lock;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
@@ -175,11 +176,6 @@ fn route(frame: Bytes, waiting: &Waiting, to_library: &mpsc::UnboundedSender<Byt
     } else {
         let _ = to_library.send(frame);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each holder inserts or removes one entry.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lost() -> SftpError {

@@ -108,7 +108,7 @@ fn parent(path: &str) -> &str {
 }
 
 fn failure() -> RemoteError {
-    RemoteError::Failure("Failure".into())
+    RemoteError::ServerFailure("Failure".into())
 }
 
 impl FakeRemote {
@@ -138,7 +138,7 @@ impl FakeRemote {
 
     fn up(&self) -> Result<()> {
         if self.failed.load(Ordering::SeqCst) {
-            Err(RemoteError::Failed("fake link failed".into()))
+            Err(RemoteError::LinkFailed("fake link failed".into()))
         } else if self.down.load(Ordering::SeqCst) {
             Err(RemoteError::Unavailable("fake link down".into()))
         } else {

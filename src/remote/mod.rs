@@ -116,15 +116,16 @@ impl StatFs {
 pub struct Handle(pub u64);
 
 /// What went wrong with a remote operation. SFTP v3 reports few distinct codes, so the fs
-/// layer refines `Failure` by context (see `fs::errno`).
+/// layer refines `ServerFailure` by context (see `fs::errno`).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum RemoteError {
     #[error("no such file")]
     NotFound,
     #[error("permission denied")]
     PermissionDenied,
+    /// The server's generic failure (`SSH_FX_FAILURE`), which folds most causes.
     #[error("operation failed: {0}")]
-    Failure(String),
+    ServerFailure(String),
     #[error("bad message: {0}")]
     BadMessage(String),
     #[error("operation not supported by the server")]
@@ -142,7 +143,7 @@ pub enum RemoteError {
     Timeout,
     /// The link has given up for good (host key changed, remote path gone, ...).
     #[error("link failed: {0}")]
-    Failed(String),
+    LinkFailed(String),
     /// Every connection holds as many open files as it safely can.
     #[error("too many files open on the server")]
     TooManyOpen,

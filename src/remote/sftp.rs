@@ -10,6 +10,7 @@ use russh_sftp::protocol::{FileAttributes, OpenFlags as SftpOpenFlags, Packet, S
 
 use super::{Attr, Bytes, DirEntry, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs};
 use crate::link::{Link, SftpConn, Unavailable};
+use crate::sync::lock;
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Pools are never larger than this (see `--connections`).
@@ -48,10 +49,7 @@ impl SftpRemote {
     }
 
     fn conn(&self) -> Result<Arc<SftpConn>> {
-        self.link.conn().map_err(|e| match e {
-            Unavailable::Down(m) => RemoteError::Unavailable(m),
-            Unavailable::Failed(m) => RemoteError::Failed(m),
-        })
+        self.link.conn().map_err(RemoteError::from)
     }
 
     /// Maps a result, telling the link when the connection itself failed.
@@ -67,17 +65,14 @@ impl SftpRemote {
     }
 
     fn file(&self, h: &Handle) -> Result<Arc<OpenFile>> {
-        lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::Failure("unknown handle".into()))
+        lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::ServerFailure("unknown handle".into()))
     }
 
     /// The connection for `h`'s requests on `lane`, counted from the file's own lane
     /// (which `None` and 0 both mean).
     fn file_conn(&self, h: &Handle, lane: Option<usize>) -> Result<Arc<SftpConn>> {
         let home = self.file(h)?.home;
-        self.link.conn_at(home + lane.unwrap_or(0)).map_err(|e| match e {
-            Unavailable::Down(m) => RemoteError::Unavailable(m),
-            Unavailable::Failed(m) => RemoteError::Failed(m),
-        })
+        self.link.conn_at(home + lane.unwrap_or(0)).map_err(RemoteError::from)
     }
 
     /// The server's handle for `h` on `conn`, opening the file there if it is not open
@@ -174,10 +169,6 @@ impl SftpRemote {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn open_flags(o: OpenOptions) -> SftpOpenFlags {
     let mut flags = SftpOpenFlags::empty();
     // APPEND is left out on purpose: the kernel gives every write its offset, and an
@@ -207,6 +198,15 @@ pub fn extensions_from(announced: &HashMap<String, String>) -> Extensions {
     }
 }
 
+impl From<Unavailable> for RemoteError {
+    fn from(e: Unavailable) -> RemoteError {
+        match e {
+            Unavailable::Down(m) => RemoteError::Unavailable(m),
+            Unavailable::Failed(m) => RemoteError::LinkFailed(m),
+        }
+    }
+}
+
 fn map_err(err: SftpError) -> RemoteError {
     match err {
         SftpError::Status(s) => match s.status_code {
@@ -216,11 +216,11 @@ fn map_err(err: SftpError) -> RemoteError {
             StatusCode::OpUnsupported => RemoteError::Unsupported,
             StatusCode::Eof => RemoteError::Eof,
             StatusCode::NoConnection | StatusCode::ConnectionLost => RemoteError::Disconnected(s.error_message),
-            StatusCode::Failure | StatusCode::Ok => RemoteError::Failure(s.error_message),
+            StatusCode::Failure | StatusCode::Ok => RemoteError::ServerFailure(s.error_message),
         },
         SftpError::Timeout => RemoteError::Timeout,
         SftpError::Limited(m) => RemoteError::BadMessage(m),
-        SftpError::UnexpectedPacket => RemoteError::Failure("unexpected reply from the server".into()),
+        SftpError::UnexpectedPacket => RemoteError::ServerFailure("unexpected reply from the server".into()),
         SftpError::IO(m) | SftpError::UnexpectedBehavior(m) => RemoteError::Disconnected(m),
     }
 }
@@ -257,7 +257,7 @@ fn status_of(packet: Packet) -> Result<()> {
     match packet {
         Packet::Status(s) if s.status_code == StatusCode::Ok => Ok(()),
         Packet::Status(s) => Err(map_err(SftpError::Status(s))),
-        _ => Err(RemoteError::Failure("unexpected reply from the server".into())),
+        _ => Err(RemoteError::ServerFailure("unexpected reply from the server".into())),
     }
 }
 
@@ -282,10 +282,7 @@ impl Remote for SftpRemote {
     }
 
     async fn wait_available(&self) -> Result<()> {
-        self.link.wait_up().await.map_err(|e| match e {
-            Unavailable::Down(m) => RemoteError::Unavailable(m),
-            Unavailable::Failed(m) => RemoteError::Failed(m),
-        })
+        self.link.wait_up().await.map_err(RemoteError::from)
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {
@@ -296,7 +293,7 @@ impl Remote for SftpRemote {
             .into_iter()
             .next()
             .map(|f| f.filename)
-            .ok_or_else(|| RemoteError::Failure("empty realpath reply".into()))
+            .ok_or_else(|| RemoteError::ServerFailure("empty realpath reply".into()))
     }
 
     async fn stat(&self, path: &str) -> Result<Attr> {
@@ -475,7 +472,7 @@ impl Remote for SftpRemote {
             .into_iter()
             .next()
             .map(|f| f.filename)
-            .ok_or_else(|| RemoteError::Failure("empty readlink reply".into()))
+            .ok_or_else(|| RemoteError::ServerFailure("empty readlink reply".into()))
     }
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {

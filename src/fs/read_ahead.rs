@@ -1,23 +1,151 @@
-//! Read-ahead for one open file. The kernel asks for at most 128 KiB ahead, which on a
-//! link with any latency means one round trip per 128 KiB. Once reads run sequentially,
-//! chunks ahead of the reader are fetched with many requests in flight, the window
-//! doubling up to a limit, so a stream runs at the link's bandwidth.
+//! Read-ahead, and the read path that uses it. The kernel asks for at most 128 KiB ahead,
+//! which on a link with any latency means one round trip per 128 KiB. Once a file is
+//! read sequentially, its `Window` fetches chunks ahead of the reader with many requests
+//! in flight, doubling up to a limit (`--read-ahead`), so a stream runs at the link's
+//! bandwidth. `ReadAhead` owns the mount's side: which files were written (what was
+//! fetched of them is stale), the fetch tasks, and reads that go straight to the server.
 
-use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
-
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
+use futures_util::future::{try_join_all, BoxFuture, FutureExt, Shared};
 
-use crate::remote::{Bytes, RemoteError};
+use super::inode::Ino;
+use super::tasks::Tasks;
+use crate::remote::{Bytes, Handle, Remote, RemoteError};
+use crate::sync::lock;
 
-pub type ChunkResult = Result<Bytes, RemoteError>;
-pub type Chunk = Shared<BoxFuture<'static, ChunkResult>>;
+pub(super) type ChunkResult = Result<Bytes, RemoteError>;
+type Chunk = Shared<BoxFuture<'static, ChunkResult>>;
 
 /// The first window, and the largest by default (`--read-ahead`), in bytes.
 pub const INITIAL_WINDOW: u64 = 1024 * 1024;
 pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// The mount's read path.
+pub(super) struct ReadAhead<R: Remote> {
+    remote: Arc<R>,
+    tasks: Tasks,
+    /// The largest window per open file, in bytes (zero: no read-ahead).
+    max_window: u64,
+    /// How often each file was written through this mount: what was fetched ahead of
+    /// it is stale once this changes.
+    writes: Mutex<HashMap<Ino, u64>>,
+}
+
+impl<R: Remote> ReadAhead<R> {
+    pub(super) fn new(remote: Arc<R>, tasks: Tasks, max_window: u64) -> Self {
+        ReadAhead { remote, tasks, max_window, writes: Mutex::default() }
+    }
+
+    /// The window for a file just opened read-only, if read-ahead is on.
+    pub(super) fn window(&self) -> Option<Window> {
+        (self.max_window > 0).then(|| Window::new(self.max_window))
+    }
+
+    /// `ino` was written through the mount.
+    pub(super) fn note_write(&self, ino: Ino) {
+        *lock(&self.writes).entry(ino).or_default() += 1;
+    }
+
+    fn writes_to(&self, ino: Ino) -> u64 {
+        lock(&self.writes).get(&ino).copied().unwrap_or(0)
+    }
+
+    /// Reads `size` bytes at `offset` of `ino`, open as `handle`: from the chunks of its
+    /// `window` once reads are sequential, else straight from the server, `size` cut
+    /// into requests the server takes whole, all out at once.
+    pub(super) async fn read(
+        &self,
+        ino: Ino,
+        handle: Handle,
+        window: Option<&Window>,
+        size_hint: u64,
+        offset: u64,
+        size: u32,
+    ) -> ChunkResult {
+        let io = self.remote.read_size().max(4096);
+        if let Some(window) = window {
+            let (remote, tasks) = (self.remote.clone(), self.tasks.clone());
+            let fetch = move |off: u64, len: u32| -> BoxFuture<'static, ChunkResult> {
+                let remote = remote.clone();
+                // Started now, not when first awaited: that is the point of reading ahead.
+                // Chunks take turns over the pool's connections.
+                let lane = (off / u64::from(len.max(1))) as usize;
+                let task = tasks.spawn(async move { read_fully(&*remote, &handle, lane, off, len).await });
+                async move {
+                    match task.await {
+                        Ok(Some(r)) => r,
+                        Ok(None) => Err(RemoteError::Unavailable("unmounting".into())),
+                        Err(e) => Err(RemoteError::ServerFailure(format!("read task: {e}"))),
+                    }
+                }
+                .boxed()
+            };
+            if let Some(plan) = window.plan(offset, size, io, size_hint, self.writes_to(ino), fetch) {
+                let mut parts = Vec::with_capacity(plan.len());
+                for (start, chunk) in plan {
+                    match chunk.await {
+                        Ok(data) => parts.push((start, data)),
+                        Err(e) => {
+                            window.reset();
+                            return Err(e);
+                        }
+                    }
+                }
+                return Ok(assemble(offset, size, io, &parts));
+            }
+        }
+        self.read_direct(handle, offset, size, io).await
+    }
+
+    async fn read_direct(&self, handle: Handle, offset: u64, size: u32, io: u32) -> ChunkResult {
+        let chunks = (0..size.div_ceil(io)).map(|i| {
+            let off = offset + u64::from(i * io);
+            let len = io.min(size - i * io);
+            read_fully(&*self.remote, &handle, 0, off, len)
+        });
+        let parts = try_join_all(chunks).await?;
+        if let [only] = &parts[..] {
+            return Ok(only.clone());
+        }
+        let mut out = BytesMut::with_capacity(size as usize);
+        for (i, part) in parts.iter().enumerate() {
+            let want = io.min(size - i as u32 * io) as usize;
+            out.extend_from_slice(part);
+            if part.len() < want {
+                break;
+            }
+        }
+        Ok(out.freeze())
+    }
+}
+
+/// Reads `len` bytes at `offset` on connection `lane` of the pool (0: the file's own),
+/// asking again after a short answer, stopping at end of file.
+pub(super) async fn read_fully<R: Remote>(
+    remote: &R,
+    handle: &Handle,
+    lane: usize,
+    offset: u64,
+    len: u32,
+) -> ChunkResult {
+    let first = remote.read_lane(handle, lane, offset, len).await?;
+    if first.len() as u32 >= len || first.is_empty() {
+        return Ok(first);
+    }
+    let mut buf = BytesMut::with_capacity(len as usize);
+    buf.extend_from_slice(&first);
+    while (buf.len() as u32) < len {
+        let got = remote.read_lane(handle, lane, offset + buf.len() as u64, len - buf.len() as u32).await?;
+        if got.is_empty() {
+            break;
+        }
+        buf.extend_from_slice(&got);
+    }
+    Ok(buf.freeze())
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -30,27 +158,27 @@ struct State {
     seen_writes: u64,
 }
 
+/// Read-ahead for one open file.
 #[derive(Debug)]
-pub struct ReadAhead {
+pub(super) struct Window {
     state: Mutex<State>,
     max_window: u64,
 }
 
-impl Default for ReadAhead {
+impl Default for Window {
     fn default() -> Self {
-        ReadAhead::new(MAX_WINDOW)
+        Window::new(MAX_WINDOW)
     }
 }
 
-impl ReadAhead {
-    /// Read-ahead whose window grows up to `max_window` bytes.
-    pub fn new(max_window: u64) -> ReadAhead {
-        ReadAhead { state: Mutex::default(), max_window: max_window.max(1) }
+impl Window {
+    /// A window that grows up to `max_window` bytes.
+    pub fn new(max_window: u64) -> Window {
+        Window { state: Mutex::default(), max_window: max_window.max(1) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A few map operations per critical section; a panic cannot tear one.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Forgets everything fetched (after an error, or when the file was written).
@@ -111,7 +239,7 @@ impl ReadAhead {
 
 /// Cuts the bytes of `[offset, offset + size)` out of consecutive chunks; stops at a
 /// short chunk (end of file).
-pub fn assemble(offset: u64, size: u32, chunk: u32, parts: &[(u64, Bytes)]) -> Bytes {
+fn assemble(offset: u64, size: u32, chunk: u32, parts: &[(u64, Bytes)]) -> Bytes {
     let end = offset + u64::from(size);
     if let [(start, data)] = parts {
         // Within one chunk: a slice of it, no copy.
@@ -148,7 +276,7 @@ mod tests {
 
     #[test]
     fn random_reads_fetch_nothing_ahead() {
-        let ra = ReadAhead::default();
+        let ra = Window::default();
         let n = Arc::new(AtomicUsize::new(0));
         assert!(ra.plan(4096, 4096, 65536, 1 << 30, 0, counting(n.clone())).is_none());
         assert!(ra.plan(100_000, 4096, 65536, 1 << 30, 0, counting(n.clone())).is_none());
@@ -157,7 +285,7 @@ mod tests {
 
     #[test]
     fn sequential_reads_fetch_a_growing_window_within_the_file() {
-        let ra = ReadAhead::default();
+        let ra = Window::default();
         let n = Arc::new(AtomicUsize::new(0));
         let cs = 64 * 1024;
         let plan = ra.plan(0, 131072, cs, 1 << 30, 0, counting(n.clone())).unwrap();
@@ -167,7 +295,7 @@ mod tests {
         ra.plan(131072, 131072, cs, 1 << 30, 0, counting(n.clone())).unwrap();
         assert!(n.load(Ordering::SeqCst) > first, "window grew");
         // Never beyond the end of the file.
-        let ra = ReadAhead::default();
+        let ra = Window::default();
         let n = Arc::new(AtomicUsize::new(0));
         ra.plan(0, 4096, cs, 100_000, 0, counting(n.clone())).unwrap();
         assert_eq!(n.load(Ordering::SeqCst), 2);
@@ -177,7 +305,7 @@ mod tests {
     fn the_window_stops_growing_at_its_limit() {
         let cs: u32 = 64 * 1024;
         let limit = 256 * 1024;
-        let ra = ReadAhead::new(limit);
+        let ra = Window::new(limit);
         let n = Arc::new(AtomicUsize::new(0));
         let mut at = 0u64;
         for _ in 0..20 {
@@ -192,7 +320,7 @@ mod tests {
 
     #[test]
     fn a_write_drops_what_was_fetched() {
-        let ra = ReadAhead::default();
+        let ra = Window::default();
         let n = Arc::new(AtomicUsize::new(0));
         ra.plan(0, 4096, 65536, 1 << 20, 0, counting(n.clone())).unwrap();
         let before = n.load(Ordering::SeqCst);
@@ -202,7 +330,7 @@ mod tests {
 
     #[tokio::test]
     async fn assembled_bytes_are_the_right_ones() {
-        let ra = ReadAhead::default();
+        let ra = Window::default();
         let n = Arc::new(AtomicUsize::new(0));
         ra.plan(0, 1000, 1000, 1 << 20, 0, counting(n.clone())).unwrap();
         let plan = ra.plan(1000, 2500, 1000, 1 << 20, 0, counting(n.clone())).unwrap();

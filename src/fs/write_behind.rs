@@ -1,23 +1,193 @@
-//! Write-behind for one open file: a write is acknowledged once queued; a flusher sends
-//! the queue to the server in order with many requests in flight, keeps what was not
-//! acknowledged across a lost connection and sends it again once the link is back, and
-//! records a failure so that the next write, fsync or close reports it. Nothing that was
-//! acknowledged to a program is dropped without such a report.
+//! Write-behind: a write is acknowledged once queued, and reaches the server behind the
+//! writes before it. Per open file, a `FileQueue` sends its queue in order with many
+//! requests in flight, keeps what was not acknowledged across a lost connection and sends
+//! it again once the link is back, and records a failure so that the next write, fsync or
+//! close reports it. Nothing that was acknowledged to a program is dropped without such a
+//! report. Mount-wide, `WriteBehind` owns the queues by inode (a released file's queue
+//! stays until it drains), the dirty-data budget, the count of acknowledged writes, and
+//! the flushers it starts.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::Bytes;
-use std::sync::{Arc, Mutex, MutexGuard};
-
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::errno::{self, Errno, Op};
+use super::handles::close_quietly;
+use super::inode::Ino;
+use super::tasks::Tasks;
 use crate::remote::{Handle, Remote, RemoteError, SetAttr};
+use crate::sync::lock;
 
 /// Writes out at once per file; the server answers them in order.
 const MAX_IN_FLIGHT: usize = 32;
+
+pub(super) struct WriteBehind<R: Remote> {
+    remote: Arc<R>,
+    tasks: Tasks,
+    /// Write queues by inode, including those of released files still draining.
+    queues: Arc<Mutex<HashMap<Ino, Vec<Arc<FileQueue>>>>>,
+    /// Permits of one KiB of dirty (queued, unacknowledged) data, for the whole mount.
+    dirty: Arc<Semaphore>,
+    /// Counts every write the server acknowledged, mount-wide: what the server said of
+    /// a file while a write to it was landing may predate it (see `cache::Snapshot`).
+    acks: Arc<AtomicU64>,
+    /// Longest a call waits for queued writes to reach the server.
+    wait: Duration,
+}
+
+fn kib(n: usize) -> u32 {
+    n.div_ceil(1024).min(u32::MAX as usize) as u32
+}
+
+impl<R: Remote> WriteBehind<R> {
+    pub(super) fn new(remote: Arc<R>, tasks: Tasks, dirty_limit: usize, wait: Duration, acks: Arc<AtomicU64>) -> Self {
+        WriteBehind {
+            remote,
+            tasks,
+            queues: Arc::default(),
+            dirty: Arc::new(Semaphore::new(kib(dirty_limit) as usize)),
+            acks,
+            wait,
+        }
+    }
+
+    /// The queue of a file just opened for writing on the server as `handle`.
+    pub(super) fn open(&self, ino: Ino, handle: Handle, path: &str) -> Arc<FileQueue> {
+        let queue = Arc::new(FileQueue::new(self.acks.clone(), handle, path));
+        lock(&self.queues).entry(ino).or_default().push(queue.clone());
+        queue
+    }
+
+    /// Queues a write of `data` at `offset`, split into requests without copying. Waits
+    /// for room in the dirty budget while the link is up; while it is down and the
+    /// budget is full, the write is refused with EAGAIN: not accepted, so not lost.
+    pub(super) async fn write(&self, queue: &Arc<FileQueue>, offset: u64, data: Bytes) -> Result<(), Errno> {
+        if let Some(e) = queue.take_error() {
+            return Err(e);
+        }
+        if queue.is_dead() {
+            return Err(Errno::EIO);
+        }
+        let budget = self.reserve(data.len()).await?;
+        let io = self.remote.write_size().max(4096) as usize;
+        let chunks = data.len().div_ceil(io);
+        let mut budget = Some(budget);
+        for i in 0..chunks {
+            let off = offset + (i * io) as u64;
+            let chunk = data.slice(i * io..((i + 1) * io).min(data.len()));
+            // The whole write's budget rides on its last chunk, acknowledged last.
+            let permit = if i + 1 == chunks { budget.take() } else { None };
+            if queue.push(off, chunk, permit) {
+                self.start_flusher(queue);
+            }
+        }
+        Ok(())
+    }
+
+    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, Errno> {
+        let need = kib(len);
+        match self.dirty.clone().try_acquire_many_owned(need) {
+            Ok(p) => Ok(p),
+            // Full, and nothing drains while the link is down: not accepted, not lost.
+            Err(_) if !self.remote.is_available() => Err(Errno::EAGAIN),
+            Err(_) => tokio::time::timeout(self.wait, self.dirty.clone().acquire_many_owned(need))
+                .await
+                .map_err(|_| Errno::EAGAIN)?
+                .map_err(|_| Errno::EIO),
+        }
+    }
+
+    /// Queues a change of attributes behind the file's writes.
+    pub(super) fn queue_setattr(&self, queue: &Arc<FileQueue>, set: SetAttr) {
+        if queue.push_setattr(set) {
+            self.start_flusher(queue);
+        }
+    }
+
+    fn start_flusher(&self, queue: &Arc<FileQueue>) {
+        self.tasks.spawn(queue.clone().flush(self.remote.clone()));
+    }
+
+    fn queues_of(&self, ino: Ino) -> Vec<Arc<FileQueue>> {
+        lock(&self.queues).get(&ino).cloned().unwrap_or_default()
+    }
+
+    /// How many queues `ino` has, released ones still draining included.
+    pub(super) fn queue_count(&self, ino: Ino) -> usize {
+        lock(&self.queues).get(&ino).map_or(0, Vec::len)
+    }
+
+    /// The size of `ino` counting writes not yet on the server.
+    pub(super) fn queued_end(&self, ino: Ino) -> u64 {
+        self.queues_of(ino).iter().map(|q| q.end()).max().unwrap_or(0)
+    }
+
+    /// Waits (bounded) until the writes queued for `ino` are on the server, so that what
+    /// the server says about the file next includes them.
+    pub(super) async fn written(&self, ino: Ino) -> Result<(), Errno> {
+        let pending: Vec<_> = self.queues_of(ino).into_iter().filter(|q| !q.is_idle()).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        let all = futures_util::future::join_all(pending.iter().map(|q| q.idle()));
+        tokio::time::timeout(self.wait, all).await.map(|_| ()).map_err(|_| Errno::EAGAIN)
+    }
+
+    /// Waits (bounded) until `queue`'s writes are on the server, reporting any failure.
+    pub(super) async fn file_written(&self, queue: &FileQueue) -> Result<(), Errno> {
+        if !queue.is_idle() && !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        tokio::time::timeout(self.wait, queue.drained()).await.unwrap_or(Err(Errno::EAGAIN))
+    }
+
+    /// The file was closed for the last time: its queued writes still reach the server,
+    /// then the remote file is closed and the queue leaves the registry. Nothing here
+    /// waits for that.
+    pub(super) fn release(&self, ino: Ino, queue: Arc<FileQueue>) {
+        let close = close_quietly(self.remote.clone(), queue.handle, queue.path.clone());
+        if queue.is_idle() {
+            unregister(&self.queues, ino, &queue);
+            self.tasks.spawn(close);
+            return;
+        }
+        let queues = self.queues.clone();
+        self.tasks.spawn(async move {
+            queue.idle().await;
+            close.await;
+            unregister(&queues, ino, &queue);
+        });
+    }
+
+    /// Resolves once every queued write is on the server (or given up).
+    pub(super) async fn all_written(&self) {
+        let all: Vec<Arc<FileQueue>> = lock(&self.queues).values().flatten().cloned().collect();
+        futures_util::future::join_all(all.iter().map(|q| q.idle())).await;
+    }
+
+    /// Bytes queued and not yet on the server, mount-wide.
+    pub(super) fn queued_bytes(&self) -> u64 {
+        lock(&self.queues).values().flatten().map(|q| q.queued_bytes()).sum()
+    }
+}
+
+fn unregister(queues: &Mutex<HashMap<Ino, Vec<Arc<FileQueue>>>>, ino: Ino, queue: &Arc<FileQueue>) {
+    let mut all = lock(queues);
+    if let Some(v) = all.get_mut(&ino) {
+        v.retain(|q| !Arc::ptr_eq(q, queue));
+        if v.is_empty() {
+            all.remove(&ino);
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Pending {
@@ -43,30 +213,39 @@ struct State {
     dead: bool,
 }
 
-#[derive(Debug, Default)]
-pub struct WriteBack {
+/// The write-behind queue of one open file.
+#[derive(Debug)]
+pub(super) struct FileQueue {
+    /// The server's handle the writes go to.
+    handle: Handle,
+    /// Where the file was when opened: facts about a refused write are asked there.
+    path: String,
     state: Mutex<State>,
     changed: Notify,
     /// Something was queued: the flusher sends it without waiting for an answer first.
     pushed: Notify,
-    /// Counts every write the server acknowledged, mount-wide: what the server said of
-    /// a file while a write to it was landing may predate it.
+    /// The mount's count of acknowledged writes.
     acks: Arc<AtomicU64>,
 }
 
-impl WriteBack {
-    /// A queue that counts its acknowledgements in the mount's `acks`.
-    pub fn new(acks: Arc<AtomicU64>) -> WriteBack {
-        WriteBack { acks, ..WriteBack::default() }
+impl FileQueue {
+    fn new(acks: Arc<AtomicU64>, handle: Handle, path: &str) -> FileQueue {
+        FileQueue {
+            handle,
+            path: path.to_string(),
+            state: Mutex::default(),
+            changed: Notify::new(),
+            pushed: Notify::new(),
+            acks,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Each critical section is a few queue operations; a panic cannot tear one.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Queues a write. Returns whether a flusher must be started.
-    pub fn push(&self, offset: u64, data: Bytes, budget: Option<OwnedSemaphorePermit>) -> bool {
+    fn push(&self, offset: u64, data: Bytes, budget: Option<OwnedSemaphorePermit>) -> bool {
         let mut s = self.lock();
         s.queue.push_back(Pending { offset, data, set: None, _budget: budget });
         let start = !s.flushing;
@@ -81,7 +260,7 @@ impl WriteBack {
 
     /// Queues a change of attributes behind the writes before it. Returns whether a
     /// flusher must be started.
-    pub fn push_setattr(&self, set: SetAttr) -> bool {
+    fn push_setattr(&self, set: SetAttr) -> bool {
         let mut s = self.lock();
         s.queue.push_back(Pending { offset: 0, data: Bytes::new(), set: Some(set), _budget: None });
         let start = !s.flushing;
@@ -95,30 +274,30 @@ impl WriteBack {
     }
 
     /// Takes the failure to report, if any (reported once, as with a local filesystem).
-    pub fn take_error(&self) -> Option<Errno> {
+    fn take_error(&self) -> Option<Errno> {
         self.lock().error.take()
     }
 
-    pub fn is_dead(&self) -> bool {
+    fn is_dead(&self) -> bool {
         self.lock().dead
     }
 
-    pub fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.lock().queue.is_empty()
     }
 
-    pub fn queued_bytes(&self) -> u64 {
+    fn queued_bytes(&self) -> u64 {
         self.lock().queue.iter().map(|p| p.data.len() as u64).sum()
     }
 
     /// The end of the furthest queued write: the file is at least this long.
-    pub fn end(&self) -> u64 {
+    fn end(&self) -> u64 {
         self.lock().queue.iter().map(|p| p.offset + p.data.len() as u64).max().unwrap_or(0)
     }
 
     /// Waits until everything queued so far is on the server; reports a failure if one
     /// happened since the last report.
-    pub async fn drained(&self) -> Result<(), Errno> {
+    async fn drained(&self) -> Result<(), Errno> {
         loop {
             let wake = self.changed.notified();
             {
@@ -133,7 +312,7 @@ impl WriteBack {
 
     /// Waits until everything queued so far is on the server (or given up), leaving any
     /// failure for the writer to collect.
-    pub async fn idle(&self) {
+    async fn idle(&self) {
         loop {
             let wake = self.changed.notified();
             if self.lock().queue.is_empty() {
@@ -147,7 +326,8 @@ impl WriteBack {
     /// once. The server answers in order, so what is unanswered when the link dies is
     /// always the tail of what was sent: it is sent again, in order, once the link is
     /// back. Runs as its own task.
-    pub async fn flush_queue<R: Remote>(self: Arc<Self>, remote: Arc<R>, handle: Handle) {
+    async fn flush<R: Remote>(self: Arc<Self>, remote: Arc<R>) {
+        let handle = self.handle;
         let mut in_flight = FuturesOrdered::new();
         // What is out, oldest first, matching `in_flight`: lane and byte range.
         let mut ranges: VecDeque<(usize, u64, u64)> = VecDeque::new();
@@ -197,7 +377,7 @@ impl WriteBack {
             };
             match result {
                 Ok(()) => self.done_front(None),
-                Err(e) if e.is_link() || matches!(e, RemoteError::Failed(_)) => {
+                Err(e) if e.is_link() || matches!(e, RemoteError::LinkFailed(_)) => {
                     // Drop what is still out; all of it is sent again, in order.
                     in_flight = FuturesOrdered::new();
                     ranges.clear();
@@ -209,7 +389,7 @@ impl WriteBack {
                     continue;
                 }
                 Err(e) => {
-                    let errno = write_errno(&*remote, e).await;
+                    let errno = errno::errno_for(&*remote, Op::Write, e, &self.path, None).await;
                     tracing::warn!(error = %errno, "the server refused a write; reporting it at the next write, fsync or close");
                     self.done_front(Some(errno));
                 }
@@ -242,21 +422,6 @@ impl WriteBack {
     }
 }
 
-/// The errno for a write the server refused: the filesystem may be full or read-only.
-async fn write_errno<R: Remote>(remote: &R, e: RemoteError) -> Errno {
-    if let Some(errno) = errno::direct(Op::Write, &e) {
-        return errno;
-    }
-    let mut facts = errno::Facts::default();
-    if remote.extensions().statvfs {
-        if let Ok(s) = remote.statfs("/").await {
-            facts.read_only = s.read_only;
-            facts.full = s.blocks_avail == 0;
-        }
-    }
-    errno::explain(Op::Write, facts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,16 +438,16 @@ mod tests {
     async fn writes_land_in_order_and_drain() {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
-        let wb = Arc::new(WriteBack::default());
+        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         for i in 0..100u64 {
             let start = wb.push(i * 10, Bytes::from(vec![i as u8; 10]), None);
             if start {
-                tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+                tokio::spawn(wb.clone().flush(remote.clone()));
             }
         }
         // An overlapping later write must win.
         if wb.push(5, Bytes::from(vec![0xff; 3]), None) {
-            tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+            tokio::spawn(wb.clone().flush(remote.clone()));
         }
         assert_eq!(wb.end(), 1000);
         tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap().unwrap();
@@ -298,10 +463,10 @@ mod tests {
     async fn what_is_queued_while_a_write_is_out_goes_out_at_once() {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
-        let wb = Arc::new(WriteBack::default());
+        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         remote.writes.hold();
         assert!(wb.push(0, Bytes::from_static(b"data"), None));
-        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        tokio::spawn(wb.clone().flush(remote.clone()));
         tokio::task::yield_now().await;
         // The write is out and unanswered; an attribute change queued now must not wait
         // for its answer (on a slow link that is a round trip per file).
@@ -318,9 +483,9 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         remote.down.store(true, Ordering::SeqCst);
-        let wb = Arc::new(WriteBack::default());
+        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"kept".to_vec()), None));
-        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        tokio::spawn(wb.clone().flush(remote.clone()));
         // Nothing can land while down, and nothing is dropped.
         let early = tokio::time::timeout(Duration::from_millis(200), wb.drained()).await;
         assert!(early.is_err(), "drained while the link was down");
@@ -336,9 +501,9 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         remote.close(&h).await.unwrap(); // the server no longer knows the handle
-        let wb = Arc::new(WriteBack::default());
+        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
-        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        tokio::spawn(wb.clone().flush(remote.clone()));
         let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
         assert_eq!(r, Err(Errno::EIO));
         assert_eq!(wb.take_error(), None);
@@ -349,9 +514,9 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         remote.failed.store(true, Ordering::SeqCst);
-        let wb = Arc::new(WriteBack::default());
+        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
-        tokio::spawn(wb.clone().flush_queue(remote.clone(), h));
+        tokio::spawn(wb.clone().flush(remote.clone()));
         let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
         assert_eq!(r, Err(Errno::EIO));
         assert!(wb.is_dead());

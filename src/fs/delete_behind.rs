@@ -17,8 +17,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::cache::parent_and_name;
-use super::errno::Errno;
+use super::cache::MetaCache;
+use super::errno::{self, Errno, Op};
+use super::path::parent;
+use super::tasks::Tasks;
+use crate::remote::{Attr, Remote, RemoteError};
+use crate::sync::lock;
 
 /// Removals out at once, at most.
 const MAX_OUT: usize = 64;
@@ -35,7 +39,106 @@ struct State {
     last: Option<(String, Instant)>,
 }
 
-pub struct Removals {
+/// The mount's removals answered before the server did them.
+pub(super) struct DeleteBehind<R: Remote> {
+    remote: Arc<R>,
+    tasks: Tasks,
+    cache: Arc<Mutex<MetaCache>>,
+    removals: Arc<Removals>,
+}
+
+impl<R: Remote> DeleteBehind<R> {
+    pub(super) fn new(remote: Arc<R>, tasks: Tasks, cache: Arc<Mutex<MetaCache>>) -> Self {
+        DeleteBehind { remote, tasks, cache, removals: Arc::default() }
+    }
+
+    /// Records an unlink in `dir`; whether it follows another there closely enough to
+    /// go behind.
+    pub(super) fn in_burst(&self, dir: &str) -> bool {
+        self.removals.in_burst(dir)
+    }
+
+    /// Registers the removal of `path`, waiting while `MAX_OUT` are out. The caller
+    /// makes the mount forget the file, then `send`s the removal.
+    pub(super) async fn start(&self, path: &str) -> Removal {
+        self.removals.start(path).await
+    }
+
+    /// Sends `removal` of the file last known as `known`; how it ends is recorded for
+    /// the `rmdir` of its directory.
+    pub(super) fn send(&self, removal: Removal, known: Attr) {
+        let (remote, removals, cache) = (self.remote.clone(), self.removals.clone(), self.cache.clone());
+        self.tasks.spawn(async move {
+            let result = remove_reliably(&*remote, &removal.path, known).await;
+            match result {
+                // Answers asked while the removal was out may predate it.
+                Ok(()) => lock(&cache).changed_on_server(),
+                Err(e) => {
+                    tracing::warn!(path = removal.path, error = %e, "the server refused a removal; the file stays, and rmdir of its directory reports it");
+                    lock(&cache).forget_name(&removal.path);
+                }
+            }
+            removals.finish(removal, result);
+        });
+    }
+
+    /// Waits for the removals answered before: what the server says next must not
+    /// predate them. While the link is down they cannot land, so the caller hears
+    /// EAGAIN at once.
+    pub(super) async fn removed(&self) -> Result<(), Errno> {
+        if self.removals.is_idle() {
+            return Ok(());
+        }
+        if !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        self.removals.all_done().await;
+        Ok(())
+    }
+
+    /// Resolves once every removal out is done, however long that takes.
+    pub(super) async fn all_done(&self) {
+        self.removals.all_done().await
+    }
+
+    /// The first refusal of a removal inside `dir`, reported once.
+    pub(super) fn take_refusal(&self, dir: &str) -> Option<Errno> {
+        self.removals.take_refusal(dir)
+    }
+}
+
+/// Removes `path` (last known as `known`) across reconnects. "No such file" counts as
+/// done: the name is gone either way. After the link lost a removal, the file is removed
+/// only if it still looks as it did: a file made under the same name meanwhile, by
+/// someone else, is not ours to remove.
+async fn remove_reliably<R: Remote>(remote: &R, path: &str, known: Attr) -> Result<(), Errno> {
+    loop {
+        match remote.remove(path).await {
+            Ok(()) | Err(RemoteError::NotFound) => return Ok(()),
+            Err(e) if e.is_link() => {
+                if remote.wait_available().await.is_err() {
+                    return Err(Errno::EIO);
+                }
+                match remote.lstat(path).await {
+                    Err(RemoteError::NotFound) => return Ok(()),
+                    Ok(now) if now.size != known.size || now.mtime != known.mtime || now.kind() != known.kind() => {
+                        tracing::warn!(path, "after a reconnect another file has the name of one removed; leaving it");
+                        return Ok(());
+                    }
+                    // Ours, or unknown yet (the link went again): try again.
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                return Err(errno::direct(Op::Unlink, &e)
+                    .unwrap_or_else(|| errno::explain(Op::Unlink, errno::Facts::default())))
+            }
+        }
+    }
+}
+
+/// The removals out and their refusals: the bookkeeping, without the sending.
+struct Removals {
     state: Mutex<State>,
     changed: Notify,
     slots: Arc<Semaphore>,
@@ -48,24 +151,23 @@ impl Default for Removals {
 }
 
 /// One removal on its way; `finish` reports how it ended.
-pub struct Removal {
+pub(super) struct Removal {
     path: String,
     _slot: OwnedSemaphorePermit,
 }
 
 impl Removals {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Each holder inserts or removes a few entries.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
-    pub fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         self.lock().pending.is_empty()
     }
 
     /// Records an unlink in `dir`; whether it follows another there closely enough to
     /// go behind.
-    pub fn in_burst(&self, dir: &str) -> bool {
+    fn in_burst(&self, dir: &str) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
         let burst = matches!(&s.last, Some((d, at)) if d == dir && now.duration_since(*at) < BURST_GAP);
@@ -74,7 +176,7 @@ impl Removals {
     }
 
     /// Registers the removal of `path`, waiting while `MAX_OUT` are out.
-    pub async fn start(&self, path: &str) -> Removal {
+    async fn start(&self, path: &str) -> Removal {
         let slot = match self.slots.clone().acquire_owned().await {
             Ok(s) => s,
             // The semaphore is never closed.
@@ -85,14 +187,13 @@ impl Removals {
     }
 
     /// Ends `removal`; a refusal is kept for the `rmdir` of its directory.
-    pub fn finish(&self, removal: Removal, result: Result<(), Errno>) {
+    fn finish(&self, removal: Removal, result: Result<(), Errno>) {
         {
             let mut s = self.lock();
             s.pending.remove(&removal.path);
             if let Err(e) = result {
-                let (dir, _) = parent_and_name(&removal.path);
                 if s.refused.len() < MAX_REFUSED_DIRS {
-                    s.refused.entry(dir.to_string()).or_insert(e);
+                    s.refused.entry(parent(&removal.path).to_string()).or_insert(e);
                 }
             }
         }
@@ -100,7 +201,7 @@ impl Removals {
     }
 
     /// Resolves once every removal started before is done.
-    pub async fn settled(&self) {
+    async fn all_done(&self) {
         loop {
             let wake = self.changed.notified();
             if self.is_idle() {
@@ -111,7 +212,7 @@ impl Removals {
     }
 
     /// The first refusal of a removal inside `dir`, reported once.
-    pub fn take_refusal(&self, dir: &str) -> Option<Errno> {
+    fn take_refusal(&self, dir: &str) -> Option<Errno> {
         self.lock().refused.remove(dir)
     }
 }
@@ -123,18 +224,18 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn settled_waits_for_every_removal_out() {
+    async fn all_done_waits_for_every_removal_out() {
         let r = Arc::new(Removals::default());
         let a = r.start("/d/a").await;
         let b = r.start("/d/b").await;
         assert!(!r.is_idle());
         let waiter = tokio::spawn({
             let r = r.clone();
-            async move { r.settled().await }
+            async move { r.all_done().await }
         });
         r.finish(a, Ok(()));
         tokio::task::yield_now().await;
-        assert!(!waiter.is_finished(), "settled with a removal still out");
+        assert!(!waiter.is_finished(), "all done with a removal still out");
         r.finish(b, Err(Errno::EACCES));
         tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
         assert!(r.is_idle());

@@ -1,0 +1,81 @@
+//! Remote path arithmetic. The fs core addresses the server by absolute path; these few
+//! rules (joining, splitting, valid names) live here so that no operation open-codes them.
+
+use super::errno::Errno;
+
+/// The longest name a directory entry may have.
+const NAME_MAX: usize = 255;
+
+/// Joins a remote directory path and a name.
+pub(super) fn join(dir: &str, name: &str) -> String {
+    if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The directory holding `path` and the name within it; the root is its own parent.
+pub(super) fn parent_and_name(path: &str) -> (&str, &str) {
+    match path.rsplit_once('/') {
+        Some(("", n)) => ("/", n),
+        Some((d, n)) => (d, n),
+        None => ("/", path),
+    }
+}
+
+/// The directory holding `path`.
+pub(super) fn parent(path: &str) -> &str {
+    parent_and_name(path).0
+}
+
+/// Whether `from` is `path` itself or something below it, with what follows `from`.
+pub(super) fn strip_subtree<'a>(path: &'a str, from: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(from.trim_end_matches('/'))?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// A name the kernel gave us, checked before it becomes part of a path.
+pub(super) fn check_name(name: &str) -> Result<(), Errno> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name.contains('/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_paths() {
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/x", "a"), "/x/a");
+    }
+
+    #[test]
+    fn parents_and_names() {
+        assert_eq!(parent_and_name("/a"), ("/", "a"));
+        assert_eq!(parent_and_name("/x/y/a"), ("/x/y", "a"));
+        assert_eq!(parent("/x/a"), "/x");
+        assert_eq!(parent("/a"), "/");
+    }
+
+    #[test]
+    fn subtrees() {
+        assert_eq!(strip_subtree("/d", "/d"), Some(""));
+        assert_eq!(strip_subtree("/d/x", "/d"), Some("/x"));
+        assert_eq!(strip_subtree("/dx", "/d"), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(check_name("a"), Ok(()));
+        assert_eq!(check_name(""), Err(Errno::EINVAL));
+        assert_eq!(check_name("a/b"), Err(Errno::EINVAL));
+        assert_eq!(check_name(&"x".repeat(256)), Err(Errno::ENAMETOOLONG));
+    }
+}
