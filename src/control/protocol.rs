@@ -188,6 +188,189 @@ mod tests {
         assert!(matches!(back.body, Request::Unmount { lazy: true, .. }));
     }
 
+    // The wire text of every request and response is pinned here: a CLI and an agent of
+    // different builds must keep understanding each other, so a change to this text needs
+    // a new PROTOCOL_VERSION, never a silent edit.
+
+    /// Encodes `body` as it goes on the wire, checks the exact text, and checks that the
+    /// text decodes to the same thing.
+    fn pin<T: Serialize + serde::de::DeserializeOwned>(body: T, wire: &str) {
+        let line = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body }).unwrap();
+        assert_eq!(line, wire);
+        let back: Envelope<T> = serde_json::from_str(wire).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), wire);
+    }
+
+    fn sample_mount_request() -> MountRequest {
+        MountRequest {
+            dest: Destination {
+                alias: "box".into(),
+                host_name: "box.example".into(),
+                port: 2222,
+                user: "alice".into(),
+                identity_files: vec!["/home/alice/.ssh/id_ed25519".into()],
+                identities_only: true,
+                known_hosts: vec!["/home/alice/.ssh/known_hosts".into()],
+                global_known_hosts: vec!["/etc/ssh/ssh_known_hosts".into()],
+                host_key_policy: crate::link::config::HostKeyPolicy::AcceptNew,
+                connect_timeout: std::time::Duration::from_secs(10),
+                agent_socket: Some("/run/user/1000/ssh-agent".into()),
+            },
+            remote_path: "src".into(),
+            mountpoint: "/home/alice/src".into(),
+            name: Some("box-src".into()),
+            link: LinkOptions {
+                heartbeat_interval: std::time::Duration::from_secs(1),
+                max_heartbeat_failures: 3,
+                request_timeout: std::time::Duration::from_secs(2),
+                backoff_base: std::time::Duration::from_millis(500),
+                backoff_cap: std::time::Duration::from_secs(30),
+                stable_after: std::time::Duration::from_secs(10),
+                reconnect_timeout: std::time::Duration::from_secs(5),
+                reconnect: true,
+                connections: 4,
+            },
+            call_timeout: std::time::Duration::from_secs(3),
+            cache_timeout: std::time::Duration::from_secs(5),
+            read_ahead: 16 << 20,
+            wait: Some(std::time::Duration::from_millis(1500)),
+            verbose: 1,
+        }
+    }
+
+    fn sample_mount_info() -> MountInfo {
+        MountInfo {
+            name: "box-src".into(),
+            mountpoint: "/home/alice/src".into(),
+            remote: "alice@box:/home/alice/src".into(),
+            status: MountStatus::Active,
+            since: Timestamp(1_000),
+            rtt_ms: Some(12.5),
+            reconnects: 2,
+            open_handles: 3,
+            bytes_read: 4096,
+            bytes_written: 512,
+            connections: vec![
+                ConnStats {
+                    connected_at: Timestamp(1_000),
+                    last_activity: Timestamp(2_500),
+                    operations: 42,
+                    idle_secs: 1.5,
+                },
+                ConnStats {
+                    connected_at: Timestamp(1_000),
+                    last_activity: Timestamp(1_000),
+                    operations: 0,
+                    idle_secs: 3.0,
+                },
+            ],
+            log: Some("/home/alice/.local/state/moor/logs/box-src.log".into()),
+        }
+    }
+
+    /// The wire text of `sample_mount_info()`, `$conns` being its connections.
+    macro_rules! mount_info_wire {
+        ($($conns:tt)+) => {
+            concat!(
+                r#"{"name":"box-src","mountpoint":"/home/alice/src","remote":"alice@box:/home/alice/src","#,
+                r#""status":{"state":"active"},"since":"1970-01-01T00:00:01.000Z","rtt_ms":12.5,"reconnects":2,"#,
+                r#""open_handles":3,"bytes_read":4096,"bytes_written":512,"connections":"#,
+                $($conns)+,
+                r#","log":"/home/alice/.local/state/moor/logs/box-src.log"}"#
+            )
+        };
+        () => {
+            mount_info_wire!(concat!(
+                r#"[{"connected_at":"1970-01-01T00:00:01.000Z","last_activity":"1970-01-01T00:00:02.500Z","#,
+                r#""operations":42,"idle_secs":1.5},"#,
+                r#"{"connected_at":"1970-01-01T00:00:01.000Z","last_activity":"1970-01-01T00:00:01.000Z","#,
+                r#""operations":0,"idle_secs":3.0}]"#
+            ))
+        };
+    }
+
+    #[test]
+    fn requests_on_the_wire() {
+        pin(
+            Request::Mount(Box::new(sample_mount_request())),
+            concat!(
+                r#"{"version":1,"request":"mount","#,
+                r#""dest":{"alias":"box","host_name":"box.example","port":2222,"user":"alice","#,
+                r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"#,
+                r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
+                r#""host_key_policy":"accept-new","connect_timeout":{"secs":10,"nanos":0},"#,
+                r#""agent_socket":"/run/user/1000/ssh-agent"},"#,
+                r#""remote_path":"src","mountpoint":"/home/alice/src","name":"box-src","#,
+                r#""link":{"heartbeat_interval":{"secs":1,"nanos":0},"max_heartbeat_failures":3,"#,
+                r#""request_timeout":{"secs":2,"nanos":0},"backoff_base":{"secs":0,"nanos":500000000},"#,
+                r#""backoff_cap":{"secs":30,"nanos":0},"stable_after":{"secs":10,"nanos":0},"#,
+                r#""reconnect_timeout":{"secs":5,"nanos":0},"reconnect":true,"connections":4},"#,
+                r#""call_timeout":{"secs":3,"nanos":0},"cache_timeout":{"secs":5,"nanos":0},"#,
+                r#""read_ahead":16777216,"wait":{"secs":1,"nanos":500000000},"verbose":1}"#
+            ),
+        );
+        pin(
+            Request::Unmount { target: "/home/alice/src".into(), lazy: true },
+            r#"{"version":1,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
+        );
+        pin(Request::Status, r#"{"version":1,"request":"status"}"#);
+        pin(Request::Watch, r#"{"version":1,"request":"watch"}"#);
+        pin(
+            Request::Reconnect { target: "box-src".into() },
+            r#"{"version":1,"request":"reconnect","target":"box-src"}"#,
+        );
+    }
+
+    #[test]
+    fn responses_on_the_wire() {
+        pin(
+            Response::Mounted { mount: sample_mount_info(), already: false },
+            concat!(r#"{"version":1,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
+        );
+        pin(
+            Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() } },
+            concat!(r#"{"version":1,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
+        );
+        pin(
+            Response::Status { mounts: vec![sample_mount_info()] },
+            concat!(r#"{"version":1,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
+        );
+        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":1,"response":"watching","mounts":[]}"#);
+        let event = StatusEvent {
+            mount: "box-src".into(),
+            at: Timestamp(3_000),
+            old: MountStatus::Active,
+            new: MountStatus::Reconnecting {
+                attempt: 1,
+                since: Timestamp(3_000),
+                next_attempt_at: Timestamp(3_500),
+                last_error: "2 heartbeats missed".into(),
+            },
+        };
+        pin(
+            Response::Event { event },
+            concat!(
+                r#"{"version":1,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
+                r#""old":{"state":"active"},"new":{"state":"reconnecting","attempt":1,"#,
+                r#""since":"1970-01-01T00:00:03.000Z","next_attempt_at":"1970-01-01T00:00:03.500Z","#,
+                r#""last_error":"2 heartbeats missed"}}}"#
+            ),
+        );
+        pin(
+            Response::Reconnected { mount: sample_mount_info(), outcome: "reconnected".into() },
+            concat!(
+                r#"{"version":1,"response":"reconnected","mount":"#,
+                mount_info_wire!(),
+                r#","outcome":"reconnected"}"#
+            ),
+        );
+        let error = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
+        pin(
+            Response::Error { error },
+            r#"{"version":1,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
+        );
+    }
+
     #[test]
     fn exit_codes_are_distinct() {
         use ErrorKind::*;
