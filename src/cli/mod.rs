@@ -344,12 +344,16 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         Err(e) => return Err(e),
     };
     let connect_timeout = dest.connect_timeout;
+    let what = match args.wait {
+        Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
+        None => format!("connecting to {}", dest.display()),
+    };
     let req = MountRequest {
-        dest,
+        dest: dest.into(),
         remote_path,
         mountpoint: mountpoint.clone(),
         name: args.name,
-        link: args.resilience.link_options(args.cache.connections),
+        link: args.resilience.link_options(args.cache.connections).into(),
         call_timeout: args.resilience.call_timeout,
         wait: args.wait,
         verbose,
@@ -359,10 +363,6 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     if args.foreground {
         return foreground(req).await;
     }
-    let what = match req.wait {
-        Some(w) => format!("waiting for host {} (up to {:.0}s)", req.dest.alias, w.as_secs_f64()),
-        None => format!("connecting to {}", req.dest.display()),
-    };
     let progress =
         if req.wait.is_some() { output::Progress::start_or_say(what) } else { output::Progress::start(what) };
     let stream = client::connect_or_start(verbose).await?;
@@ -397,7 +397,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
 
 async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     let name = req.name.clone().unwrap_or_else(|| agent::derive_name(&req.dest.alias, &req.remote_path));
-    let link = Link::connect(req.dest.clone(), req.link.clone()).await?;
+    let link = Link::connect(req.destination(), req.link_options()).await?;
     let live = match mount::start(&req, name, link.clone()).await {
         Ok(m) => m,
         Err(e) => {

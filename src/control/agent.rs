@@ -332,7 +332,7 @@ impl Agent {
         let mut live = match mount::start(&req, name, link.clone()).await {
             Ok(m) => m,
             Err(e) => {
-                self.release_link(&req.dest).await;
+                self.release_link(&req.destination()).await;
                 return Err(e);
             }
         };
@@ -342,7 +342,7 @@ impl Agent {
         if cancel.is_cancelled() {
             // Asked for and abandoned: leave nothing behind.
             let _ = mount::stop(&live, true).await;
-            self.release_link(&req.dest).await;
+            self.release_link(&req.destination()).await;
             return Err(MoorError::new(ErrorKind::Cancelled, "cancelled"));
         }
         let info = live.info();
@@ -369,7 +369,7 @@ impl Agent {
         });
         self.forward_events(&live, log.map(|(_, f)| f), req.verbose);
         let agent = self.clone();
-        let dest = req.dest.clone();
+        let dest = req.destination();
         tokio::spawn(async move {
             let mut ended = live.ended();
             let _ = ended.wait_for(|e| *e).await;
@@ -440,9 +440,10 @@ impl Agent {
     /// The destination's link, connecting it if no mount uses one yet. With `--wait`,
     /// a host that refuses or does not answer is tried again until the deadline.
     async fn link_for(&self, req: &MountRequest, cancel: &Cancel) -> Result<Arc<Link>, MoorError> {
+        let dest = req.destination();
         {
             let mut links = self.links.lock().await;
-            if let Some((link, users)) = links.get_mut(&req.dest) {
+            if let Some((link, users)) = links.get_mut(&dest) {
                 if !matches!(link.state(), LinkState::Failed { .. } | LinkState::Closed) {
                     *users += 1;
                     return Ok(link.clone());
@@ -454,7 +455,7 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
         let link = loop {
             let attempt = tokio::select! {
-                r = Link::connect(req.dest.clone(), req.link.clone()) => r,
+                r = Link::connect(dest.clone(), req.link_options()) => r,
                 _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
             };
             match attempt {
@@ -477,7 +478,7 @@ impl Agent {
             }
         };
         let mut links = self.links.lock().await;
-        let entry = links.entry(req.dest.clone()).or_insert_with(|| (link.clone(), 0));
+        let entry = links.entry(dest).or_insert_with(|| (link.clone(), 0));
         if !Arc::ptr_eq(&entry.0, &link) {
             // Replaces a link that had failed for good.
             *entry = (link.clone(), 0);
