@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest, Request, Response};
-use crate::control::{agent, client, mount, registry};
+use crate::control::{agent, client, mount, names, registry};
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
 
@@ -337,9 +337,9 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     // A moor mount there may be this very mount asked for again: the agent decides.
     let mountpoint = match mount::check_mountpoint(&mountpoint) {
         Ok(p) => p,
-        Err(e) if mount::is_moor_mount(&agent::absolute(&mountpoint)) => {
+        Err(e) if mount::is_moor_mount(&names::absolute(&mountpoint)) => {
             let _ = e;
-            agent::absolute(&mountpoint)
+            names::absolute(&mountpoint)
         }
         Err(e) => return Err(e),
     };
@@ -396,7 +396,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
 }
 
 async fn foreground(req: MountRequest) -> Result<(), MoorError> {
-    let name = req.name.clone().unwrap_or_else(|| agent::derive_name(&req.dest.alias, &req.remote_path));
+    let name = req.name.clone().unwrap_or_else(|| names::derive_name(&req.dest.alias, &req.remote_path));
     let link = Link::connect(req.destination(), req.link_options()).await?;
     let live = match mount::start(&req, name, link.clone()).await {
         Ok(m) => m,
@@ -454,9 +454,9 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
     }
     let mounts = fetch_status().await?;
     if let Some(target) = &args.target {
-        let abs = agent::absolute(std::path::Path::new(target));
+        let abs = names::absolute(std::path::Path::new(target));
         let Some(m) = mounts.iter().find(|m| &m.name == target || m.mountpoint == abs) else {
-            return Err(agent::not_mounted(target));
+            return Err(names::not_mounted(target));
         };
         output::detail(m, args.json);
         return Ok(());
@@ -511,7 +511,7 @@ async fn watch(json: bool) -> Result<(), MoorError> {
 
 async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), MoorError> {
     let Some(stream) = client::connect().await? else {
-        return Err(agent::not_mounted(&args.target));
+        return Err(names::not_mounted(&args.target));
     };
     let progress = output::Progress::start(format!("reconnecting {}", args.target));
     let res = client::exchange(stream, Request::Reconnect { target: args.target }, Duration::from_secs(60)).await;
@@ -563,7 +563,7 @@ async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
             client::exchange(stream, Request::Unmount { target: target.to_string(), lazy }, Duration::from_secs(30))
                 .await
         }
-        None => Err(agent::not_mounted(target)),
+        None => Err(names::not_mounted(target)),
     };
     progress.finish();
     match res {
@@ -574,7 +574,7 @@ async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
         Ok(_) => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
         Err(e) if e.kind == ErrorKind::NotMounted => {
             // A mount left by an agent that died: still ours to clean up.
-            let abs = agent::absolute(std::path::Path::new(target));
+            let abs = names::absolute(std::path::Path::new(target));
             if mount::is_orphan_mount(&abs) {
                 mount::kernel_unmount(&abs, lazy).await?;
                 output::unmounted(&abs);

@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Mutex, Notify};
 
 use super::mount::{self, LiveMount};
+use super::names::{absolute, derive_name, not_mounted};
 use super::paths;
 use super::protocol::{Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION};
 use super::registry;
@@ -530,19 +531,6 @@ impl Agent {
     }
 }
 
-pub fn not_mounted(target: &str) -> MoorError {
-    MoorError::new(
-        ErrorKind::NotMounted,
-        format!("'{target}' is not a moor mount: see `moor mount status` for what is mounted"),
-    )
-}
-
-/// The absolute, normalised form of a path that may no longer be reachable.
-pub fn absolute(p: &Path) -> PathBuf {
-    // canonicalize fails on a dead FUSE mount; fall back to a lexical absolute path.
-    std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
-}
-
 async fn send(wr: &mut tokio::net::unix::OwnedWriteHalf, response: Response) -> std::io::Result<()> {
     let env = Envelope { version: PROTOCOL_VERSION, body: response };
     let mut text = serde_json::to_string(&env).map_err(std::io::Error::other)?;
@@ -559,24 +547,4 @@ fn write_log(file: &std::sync::Mutex<std::fs::File>, line: &str) {
 
 fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { error: MoorError::new(kind, message) }
-}
-
-/// A short name from host and path: `host-dir`, or just `host` for the home directory.
-pub fn derive_name(host: &str, path: &str) -> String {
-    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    let raw = if last.is_empty() || last == "." || last == "~" { host.to_string() } else { format!("{host}-{last}") };
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' }).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(derive_name("box", ""), "box");
-        assert_eq!(derive_name("box", "/srv/data/"), "box-data");
-        assert_eq!(derive_name("box", "my dir"), "box-my-dir");
-        assert_eq!(derive_name("box", "/"), "box");
-    }
 }
