@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest, Request, Response};
-use crate::control::{agent, client, mount, names, registry};
+use crate::control::client::{Client, Mounted, Reconnected, WatchUpdate};
+use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
+use crate::control::{agent, mount, names, registry};
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
 
@@ -343,7 +344,6 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         }
         Err(e) => return Err(e),
     };
-    let connect_timeout = dest.connect_timeout;
     let what = match args.wait {
         Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
         None => format!("connecting to {}", dest.display()),
@@ -365,17 +365,14 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     }
     let progress =
         if req.wait.is_some() { output::Progress::start_or_say(what) } else { output::Progress::start(what) };
-    let stream = client::connect_or_start(verbose).await?;
-    let deadline = connect_timeout + req.wait.unwrap_or_default() + Duration::from_secs(30);
+    let agent = Client::connect_or_start(verbose).await?;
     // Ctrl-C hangs up on the agent, which then gives up the mount and leaves nothing.
     let res = tokio::select! {
-        r = client::exchange(stream, Request::Mount(Box::new(req)), deadline) => r,
+        r = agent.mount(req) => r,
         _ = interrupt.recv() => Err(MoorError::new(ErrorKind::Cancelled, "cancelled: nothing was mounted")),
     };
     progress.finish();
-    let Response::Mounted { mount, already } = res? else {
-        return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent"));
-    };
+    let Mounted { mount, already } = res?;
     if already {
         println!("already mounted: {} on {} (name: {})", mount.remote, mount.mountpoint.display(), mount.name);
         return Ok(());
@@ -438,14 +435,12 @@ async fn report_stale() {
     }
 }
 
+/// The agent's mounts; none if no agent runs.
 async fn fetch_status() -> Result<Vec<MountInfo>, MoorError> {
-    Ok(match client::connect().await? {
-        None => Vec::new(),
-        Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
-            Response::Status { mounts } => mounts,
-            _ => return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
-        },
-    })
+    match Client::connect().await? {
+        None => Ok(Vec::new()),
+        Some(agent) => agent.status().await,
+    }
 }
 
 async fn status(args: StatusArgs) -> Result<(), MoorError> {
@@ -475,8 +470,8 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
 async fn watch(json: bool) -> Result<(), MoorError> {
     let mut announced = false;
     loop {
-        let stream = match client::connect().await? {
-            Some(s) => s,
+        let agent = match Client::connect().await? {
+            Some(a) => a,
             None => {
                 if !announced && !json {
                     println!("no mounts yet; waiting for one (Ctrl-C to stop)");
@@ -488,20 +483,19 @@ async fn watch(json: bool) -> Result<(), MoorError> {
                 }
             }
         };
-        let mut lines = client::stream(stream, Request::Watch).await?;
+        let mut updates = agent.watch().await?;
         loop {
             let next = tokio::select! {
-                r = lines.next() => r,
+                r = updates.next() => r,
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             match next? {
-                Some(Response::Watching { mounts }) => {
+                Some(WatchUpdate::Mounts(mounts)) => {
                     if !json {
                         output::status(&mounts, &[], &[], false);
                     }
                 }
-                Some(Response::Event { event }) => output::event(&event, json),
-                Some(_) => {}
+                Some(WatchUpdate::Event(event)) => output::event(&event, json),
                 // The agent left (its last mount went): wait for the next one.
                 None => break,
             }
@@ -510,30 +504,21 @@ async fn watch(json: bool) -> Result<(), MoorError> {
 }
 
 async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), MoorError> {
-    let Some(stream) = client::connect().await? else {
+    let Some(agent) = Client::connect().await? else {
         return Err(names::not_mounted(&args.target));
     };
     let progress = output::Progress::start(format!("reconnecting {}", args.target));
-    let res = client::exchange(stream, Request::Reconnect { target: args.target }, Duration::from_secs(60)).await;
+    let res = agent.reconnect(&args.target).await;
     progress.finish();
-    match res? {
-        Response::Reconnected { mount, outcome } => {
-            println!("{}: {outcome}", mount.name);
-            Ok(())
-        }
-        _ => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
-    }
+    let Reconnected { mount, outcome } = res?;
+    println!("{}: {outcome}", mount.name);
+    Ok(())
 }
 
 async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
     let targets: Vec<String> = if args.all {
-        let mut t: Vec<String> = match client::connect().await? {
-            None => Vec::new(),
-            Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
-                Response::Status { mounts } => mounts.into_iter().map(|m| m.mountpoint.display().to_string()).collect(),
-                _ => Vec::new(),
-            },
-        };
+        let mut t: Vec<String> =
+            fetch_status().await?.into_iter().map(|m| m.mountpoint.display().to_string()).collect();
         let orphans: Vec<String> = mount::kernel_mounts()
             .into_iter()
             .filter(|k| k.is_orphan() && !t.contains(&k.path.display().to_string()))
@@ -558,20 +543,16 @@ async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
 
 async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
     let progress = output::Progress::start(format!("unmounting {target}"));
-    let res = match client::connect().await? {
-        Some(stream) => {
-            client::exchange(stream, Request::Unmount { target: target.to_string(), lazy }, Duration::from_secs(30))
-                .await
-        }
+    let res = match Client::connect().await? {
+        Some(agent) => agent.unmount(target, lazy).await,
         None => Err(names::not_mounted(target)),
     };
     progress.finish();
     match res {
-        Ok(Response::Unmounted { mount }) => {
+        Ok(mount) => {
             output::unmounted(&mount.mountpoint);
             Ok(())
         }
-        Ok(_) => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
         Err(e) if e.kind == ErrorKind::NotMounted => {
             // A mount left by an agent that died: still ours to clean up.
             let abs = names::absolute(std::path::Path::new(target));
