@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest, Request, Response};
-use crate::control::{agent, client, mount, registry};
+use crate::control::client::{Client, Mounted, Reconnected, WatchUpdate};
+use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
+use crate::control::{agent, mount, names, registry};
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
 
@@ -337,19 +338,22 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     // A moor mount there may be this very mount asked for again: the agent decides.
     let mountpoint = match mount::check_mountpoint(&mountpoint) {
         Ok(p) => p,
-        Err(e) if mount::is_moor_mount(&agent::absolute(&mountpoint)) => {
+        Err(e) if mount::is_moor_mount(&names::absolute(&mountpoint)) => {
             let _ = e;
-            agent::absolute(&mountpoint)
+            names::absolute(&mountpoint)
         }
         Err(e) => return Err(e),
     };
-    let connect_timeout = dest.connect_timeout;
+    let what = match args.wait {
+        Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
+        None => format!("connecting to {}", dest.display()),
+    };
     let req = MountRequest {
-        dest,
+        dest: dest.into(),
         remote_path,
         mountpoint: mountpoint.clone(),
         name: args.name,
-        link: args.resilience.link_options(args.cache.connections),
+        link: args.resilience.link_options(args.cache.connections).into(),
         call_timeout: args.resilience.call_timeout,
         wait: args.wait,
         verbose,
@@ -359,23 +363,16 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     if args.foreground {
         return foreground(req).await;
     }
-    let what = match req.wait {
-        Some(w) => format!("waiting for host {} (up to {:.0}s)", req.dest.alias, w.as_secs_f64()),
-        None => format!("connecting to {}", req.dest.display()),
-    };
     let progress =
         if req.wait.is_some() { output::Progress::start_or_say(what) } else { output::Progress::start(what) };
-    let stream = client::connect_or_start(verbose).await?;
-    let deadline = connect_timeout + req.wait.unwrap_or_default() + Duration::from_secs(30);
+    let agent = Client::connect_or_start(verbose).await?;
     // Ctrl-C hangs up on the agent, which then gives up the mount and leaves nothing.
     let res = tokio::select! {
-        r = client::exchange(stream, Request::Mount(Box::new(req)), deadline) => r,
+        r = agent.mount(req) => r,
         _ = interrupt.recv() => Err(MoorError::new(ErrorKind::Cancelled, "cancelled: nothing was mounted")),
     };
     progress.finish();
-    let Response::Mounted { mount, already } = res? else {
-        return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent"));
-    };
+    let Mounted { mount, already } = res?;
     if already {
         println!("already mounted: {} on {} (name: {})", mount.remote, mount.mountpoint.display(), mount.name);
         return Ok(());
@@ -396,8 +393,8 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
 }
 
 async fn foreground(req: MountRequest) -> Result<(), MoorError> {
-    let name = req.name.clone().unwrap_or_else(|| agent::derive_name(&req.dest.alias, &req.remote_path));
-    let link = Link::connect(req.dest.clone(), req.link.clone()).await?;
+    let name = req.name.clone().unwrap_or_else(|| names::derive_name(&req.dest.alias, &req.remote_path));
+    let link = Link::connect(req.destination(), req.link_options()).await?;
     let live = match mount::start(&req, name, link.clone()).await {
         Ok(m) => m,
         Err(e) => {
@@ -438,14 +435,12 @@ async fn report_stale() {
     }
 }
 
+/// The agent's mounts; none if no agent runs.
 async fn fetch_status() -> Result<Vec<MountInfo>, MoorError> {
-    Ok(match client::connect().await? {
-        None => Vec::new(),
-        Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
-            Response::Status { mounts } => mounts,
-            _ => return Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
-        },
-    })
+    match Client::connect().await? {
+        None => Ok(Vec::new()),
+        Some(agent) => agent.status().await,
+    }
 }
 
 async fn status(args: StatusArgs) -> Result<(), MoorError> {
@@ -454,9 +449,9 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
     }
     let mounts = fetch_status().await?;
     if let Some(target) = &args.target {
-        let abs = agent::absolute(std::path::Path::new(target));
+        let abs = names::absolute(std::path::Path::new(target));
         let Some(m) = mounts.iter().find(|m| &m.name == target || m.mountpoint == abs) else {
-            return Err(agent::not_mounted(target));
+            return Err(names::not_mounted(target));
         };
         output::detail(m, args.json);
         return Ok(());
@@ -475,8 +470,8 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
 async fn watch(json: bool) -> Result<(), MoorError> {
     let mut announced = false;
     loop {
-        let stream = match client::connect().await? {
-            Some(s) => s,
+        let agent = match Client::connect().await? {
+            Some(a) => a,
             None => {
                 if !announced && !json {
                     println!("no mounts yet; waiting for one (Ctrl-C to stop)");
@@ -488,20 +483,19 @@ async fn watch(json: bool) -> Result<(), MoorError> {
                 }
             }
         };
-        let mut lines = client::stream(stream, Request::Watch).await?;
+        let mut updates = agent.watch().await?;
         loop {
             let next = tokio::select! {
-                r = lines.next() => r,
+                r = updates.next() => r,
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             };
             match next? {
-                Some(Response::Watching { mounts }) => {
+                Some(WatchUpdate::Mounts(mounts)) => {
                     if !json {
                         output::status(&mounts, &[], &[], false);
                     }
                 }
-                Some(Response::Event { event }) => output::event(&event, json),
-                Some(_) => {}
+                Some(WatchUpdate::Event(event)) => output::event(&event, json),
                 // The agent left (its last mount went): wait for the next one.
                 None => break,
             }
@@ -510,30 +504,21 @@ async fn watch(json: bool) -> Result<(), MoorError> {
 }
 
 async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), MoorError> {
-    let Some(stream) = client::connect().await? else {
-        return Err(agent::not_mounted(&args.target));
+    let Some(agent) = Client::connect().await? else {
+        return Err(names::not_mounted(&args.target));
     };
     let progress = output::Progress::start(format!("reconnecting {}", args.target));
-    let res = client::exchange(stream, Request::Reconnect { target: args.target }, Duration::from_secs(60)).await;
+    let res = agent.reconnect(&args.target).await;
     progress.finish();
-    match res? {
-        Response::Reconnected { mount, outcome } => {
-            println!("{}: {outcome}", mount.name);
-            Ok(())
-        }
-        _ => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
-    }
+    let Reconnected { mount, outcome } = res?;
+    println!("{}: {outcome}", mount.name);
+    Ok(())
 }
 
 async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
     let targets: Vec<String> = if args.all {
-        let mut t: Vec<String> = match client::connect().await? {
-            None => Vec::new(),
-            Some(stream) => match client::exchange(stream, Request::Status, Duration::from_secs(10)).await? {
-                Response::Status { mounts } => mounts.into_iter().map(|m| m.mountpoint.display().to_string()).collect(),
-                _ => Vec::new(),
-            },
-        };
+        let mut t: Vec<String> =
+            fetch_status().await?.into_iter().map(|m| m.mountpoint.display().to_string()).collect();
         let orphans: Vec<String> = mount::kernel_mounts()
             .into_iter()
             .filter(|k| k.is_orphan() && !t.contains(&k.path.display().to_string()))
@@ -558,23 +543,19 @@ async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
 
 async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
     let progress = output::Progress::start(format!("unmounting {target}"));
-    let res = match client::connect().await? {
-        Some(stream) => {
-            client::exchange(stream, Request::Unmount { target: target.to_string(), lazy }, Duration::from_secs(30))
-                .await
-        }
-        None => Err(agent::not_mounted(target)),
+    let res = match Client::connect().await? {
+        Some(agent) => agent.unmount(target, lazy).await,
+        None => Err(names::not_mounted(target)),
     };
     progress.finish();
     match res {
-        Ok(Response::Unmounted { mount }) => {
+        Ok(mount) => {
             output::unmounted(&mount.mountpoint);
             Ok(())
         }
-        Ok(_) => Err(MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")),
         Err(e) if e.kind == ErrorKind::NotMounted => {
             // A mount left by an agent that died: still ours to clean up.
-            let abs = agent::absolute(std::path::Path::new(target));
+            let abs = names::absolute(std::path::Path::new(target));
             if mount::is_orphan_mount(&abs) {
                 mount::kernel_unmount(&abs, lazy).await?;
                 output::unmounted(&abs);

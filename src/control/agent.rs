@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, Mutex, Notify};
 
 use super::mount::{self, LiveMount};
+use super::names::{absolute, derive_name, not_mounted};
 use super::paths;
 use super::protocol::{Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION};
 use super::registry;
@@ -332,7 +333,7 @@ impl Agent {
         let mut live = match mount::start(&req, name, link.clone()).await {
             Ok(m) => m,
             Err(e) => {
-                self.release_link(&req.dest).await;
+                self.release_link(&req.destination()).await;
                 return Err(e);
             }
         };
@@ -342,7 +343,7 @@ impl Agent {
         if cancel.is_cancelled() {
             // Asked for and abandoned: leave nothing behind.
             let _ = mount::stop(&live, true).await;
-            self.release_link(&req.dest).await;
+            self.release_link(&req.destination()).await;
             return Err(MoorError::new(ErrorKind::Cancelled, "cancelled"));
         }
         let info = live.info();
@@ -369,7 +370,7 @@ impl Agent {
         });
         self.forward_events(&live, log.map(|(_, f)| f), req.verbose);
         let agent = self.clone();
-        let dest = req.dest.clone();
+        let dest = req.destination();
         tokio::spawn(async move {
             let mut ended = live.ended();
             let _ = ended.wait_for(|e| *e).await;
@@ -440,9 +441,10 @@ impl Agent {
     /// The destination's link, connecting it if no mount uses one yet. With `--wait`,
     /// a host that refuses or does not answer is tried again until the deadline.
     async fn link_for(&self, req: &MountRequest, cancel: &Cancel) -> Result<Arc<Link>, MoorError> {
+        let dest = req.destination();
         {
             let mut links = self.links.lock().await;
-            if let Some((link, users)) = links.get_mut(&req.dest) {
+            if let Some((link, users)) = links.get_mut(&dest) {
                 if !matches!(link.state(), LinkState::Failed { .. } | LinkState::Closed) {
                     *users += 1;
                     return Ok(link.clone());
@@ -454,7 +456,7 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
         let link = loop {
             let attempt = tokio::select! {
-                r = Link::connect(req.dest.clone(), req.link.clone()) => r,
+                r = Link::connect(dest.clone(), req.link_options()) => r,
                 _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
             };
             match attempt {
@@ -477,7 +479,7 @@ impl Agent {
             }
         };
         let mut links = self.links.lock().await;
-        let entry = links.entry(req.dest.clone()).or_insert_with(|| (link.clone(), 0));
+        let entry = links.entry(dest).or_insert_with(|| (link.clone(), 0));
         if !Arc::ptr_eq(&entry.0, &link) {
             // Replaces a link that had failed for good.
             *entry = (link.clone(), 0);
@@ -529,19 +531,6 @@ impl Agent {
     }
 }
 
-pub fn not_mounted(target: &str) -> MoorError {
-    MoorError::new(
-        ErrorKind::NotMounted,
-        format!("'{target}' is not a moor mount: see `moor mount status` for what is mounted"),
-    )
-}
-
-/// The absolute, normalised form of a path that may no longer be reachable.
-pub fn absolute(p: &Path) -> PathBuf {
-    // canonicalize fails on a dead FUSE mount; fall back to a lexical absolute path.
-    std::fs::canonicalize(p).unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
-}
-
 async fn send(wr: &mut tokio::net::unix::OwnedWriteHalf, response: Response) -> std::io::Result<()> {
     let env = Envelope { version: PROTOCOL_VERSION, body: response };
     let mut text = serde_json::to_string(&env).map_err(std::io::Error::other)?;
@@ -558,24 +547,4 @@ fn write_log(file: &std::sync::Mutex<std::fs::File>, line: &str) {
 
 fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { error: MoorError::new(kind, message) }
-}
-
-/// A short name from host and path: `host-dir`, or just `host` for the home directory.
-pub fn derive_name(host: &str, path: &str) -> String {
-    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
-    let raw = if last.is_empty() || last == "." || last == "~" { host.to_string() } else { format!("{host}-{last}") };
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' }).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        assert_eq!(derive_name("box", ""), "box");
-        assert_eq!(derive_name("box", "/srv/data/"), "box-data");
-        assert_eq!(derive_name("box", "my dir"), "box-my-dir");
-        assert_eq!(derive_name("box", "/"), "box");
-    }
 }

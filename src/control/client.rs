@@ -1,29 +1,215 @@
 //! The CLI's side of the socket: find the agent (starting it when a mount needs it) and
-//! exchange one request for one response.
+//! ask it one typed question per connection. Answers are checked here, once: the agent's
+//! error comes back as the error, and an answer of the wrong kind as "unexpected answer".
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 use super::paths;
-use super::protocol::{Envelope, ErrorKind, MoorError, Request, Response, PROTOCOL_VERSION};
+use super::protocol::{
+    Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, StatusEvent, PROTOCOL_VERSION,
+};
 
 /// How long a fresh agent may take to open its socket.
 const AGENT_START_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the agent may take to list its mounts.
+const STATUS_DEADLINE: Duration = Duration::from_secs(10);
+/// How long an unmount may take: the agent waits for the kernel and for the session to end.
+const UNMOUNT_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a reconnect may take: the agent gives the attempt the link's reconnect timeout
+/// and more.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a mount may take beyond dialling and `--wait`: finding the remote directory
+/// and handing the filesystem to the kernel.
+const MOUNT_SLACK: Duration = Duration::from_secs(30);
 
 fn agent_err(m: String) -> MoorError {
     MoorError::new(ErrorKind::Agent, m)
 }
 
-/// Connects to the running agent, if there is one.
-pub async fn connect() -> Result<Option<UnixStream>, MoorError> {
-    let sock = paths::socket_path()?;
-    match UnixStream::connect(&sock).await {
-        Ok(s) => Ok(Some(s)),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => Ok(None),
-        Err(e) => Err(agent_err(format!("cannot reach the agent at {}: {e}", sock.display()))),
+/// The error for an answer of the wrong kind to a request (a bug, in the agent or here).
+fn unexpected_answer() -> MoorError {
+    MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")
+}
+
+/// A mount made, or found already there.
+#[derive(Debug)]
+pub struct Mounted {
+    pub mount: MountInfo,
+    /// True when the same remote was mounted there before.
+    pub already: bool,
+}
+
+/// How a `moor reconnect` went.
+#[derive(Debug)]
+pub struct Reconnected {
+    pub mount: MountInfo,
+    pub outcome: String,
+}
+
+/// What a watch brings, in order.
+#[derive(Debug)]
+pub enum WatchUpdate {
+    /// Where things stand when the watch begins.
+    Mounts(Vec<MountInfo>),
+    /// One state change of one mount.
+    Event(StatusEvent),
+}
+
+/// A connection to the agent. Each carries one request, so every call consumes it.
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    /// Connects to the running agent, if there is one.
+    pub async fn connect() -> Result<Option<Client>, MoorError> {
+        let sock = paths::socket_path()?;
+        match UnixStream::connect(&sock).await {
+            Ok(stream) => Ok(Some(Client { stream })),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                Ok(None)
+            }
+            Err(e) => Err(agent_err(format!("cannot reach the agent at {}: {e}", sock.display()))),
+        }
+    }
+
+    /// Connects to the agent, starting one if none runs. Two racing starters are fine: the
+    /// agent lock lets one win and the other exit, and both clients reach the winner.
+    pub async fn connect_or_start(verbose: u8) -> Result<Client, MoorError> {
+        if let Some(c) = Client::connect().await? {
+            return Ok(c);
+        }
+        spawn_agent(verbose)?;
+        let deadline = tokio::time::Instant::now() + AGENT_START_DEADLINE;
+        loop {
+            if let Some(c) = Client::connect().await? {
+                return Ok(c);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let log = paths::agent_log().map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(agent_err(format!("the agent did not start within {AGENT_START_DEADLINE:?}: see {log}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asks for a mount; waits as long as dialling (and `--wait`) may take, and more.
+    /// Dropping the future hangs up, which makes the agent give the mount up.
+    pub async fn mount(self, req: MountRequest) -> Result<Mounted, MoorError> {
+        let deadline = req.dest.connect_timeout + req.wait.unwrap_or_default() + MOUNT_SLACK;
+        self.ask(Request::Mount(Box::new(req)), deadline, |r| match r {
+            Response::Mounted { mount, already } => Some(Mounted { mount, already }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Unmounts the mount named by `target` (a name or a mountpoint).
+    pub async fn unmount(self, target: &str, lazy: bool) -> Result<MountInfo, MoorError> {
+        let req = Request::Unmount { target: target.to_string(), lazy };
+        self.ask(req, UNMOUNT_DEADLINE, |r| match r {
+            Response::Unmounted { mount } => Some(mount),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Every mount the agent serves, in mountpoint order.
+    pub async fn status(self) -> Result<Vec<MountInfo>, MoorError> {
+        self.ask(Request::Status, STATUS_DEADLINE, |r| match r {
+            Response::Status { mounts } => Some(mounts),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Reconnects the mount named by `target` now, and says how it went.
+    pub async fn reconnect(self, target: &str) -> Result<Reconnected, MoorError> {
+        let req = Request::Reconnect { target: target.to_string() };
+        self.ask(req, RECONNECT_DEADLINE, |r| match r {
+            Response::Reconnected { mount, outcome } => Some(Reconnected { mount, outcome }),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Starts a watch: where things stand, then every state change.
+    pub async fn watch(self) -> Result<Watch, MoorError> {
+        let (rd, mut wr) = self.stream.into_split();
+        send(&mut wr, Request::Watch).await?;
+        Ok(Watch { rd: BufReader::new(rd).lines(), _wr: wr })
+    }
+
+    /// Sends `req`, waits up to `deadline` for the answer, and keeps it if `expected`
+    /// recognises it.
+    async fn ask<T>(
+        self,
+        req: Request,
+        deadline: Duration,
+        expected: impl FnOnce(Response) -> Option<T>,
+    ) -> Result<T, MoorError> {
+        let (rd, mut wr) = self.stream.into_split();
+        send(&mut wr, req).await?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(deadline, BufReader::new(rd).read_line(&mut line)).await;
+        let response = match read {
+            Err(_) => return Err(agent_err(format!("the agent did not answer within {deadline:?}"))),
+            Ok(Err(e)) => return Err(agent_err(format!("cannot read the agent's answer: {e}"))),
+            Ok(Ok(0)) => {
+                return Err(agent_err("the agent closed the connection without answering (see its log)".into()))
+            }
+            Ok(Ok(_)) => decode(&line)?,
+        };
+        expected(response).ok_or_else(unexpected_answer)
+    }
+}
+
+/// The updates of a watch, until the agent ends it.
+pub struct Watch {
+    rd: tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    /// Held so that the agent sees the watcher is still there.
+    _wr: OwnedWriteHalf,
+}
+
+impl Watch {
+    /// The next update, or `None` when the agent ends the stream. Answers of other kinds
+    /// mean nothing to a watcher and are skipped.
+    pub async fn next(&mut self) -> Result<Option<WatchUpdate>, MoorError> {
+        loop {
+            let line = match self.rd.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(agent_err(format!("cannot read from the agent: {e}"))),
+            };
+            match decode(&line)? {
+                Response::Watching { mounts } => return Ok(Some(WatchUpdate::Mounts(mounts))),
+                Response::Event { event } => return Ok(Some(WatchUpdate::Event(event))),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Writes one request line.
+async fn send(wr: &mut OwnedWriteHalf, req: Request) -> Result<(), MoorError> {
+    let mut text = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body: req })
+        .map_err(|e| agent_err(format!("cannot encode request: {e}")))?;
+    text.push('\n');
+    wr.write_all(text.as_bytes()).await.map_err(|e| agent_err(format!("cannot talk to the agent: {e}")))
+}
+
+/// Reads one response line; the agent's error becomes the error.
+fn decode(line: &str) -> Result<Response, MoorError> {
+    let env: Envelope<Response> =
+        serde_json::from_str(line).map_err(|e| agent_err(format!("bad answer from the agent: {e}")))?;
+    match env.body {
+        Response::Error { error } => Err(error),
+        other => Ok(other),
     }
 }
 
@@ -51,80 +237,57 @@ fn spawn_agent(verbose: u8) -> Result<(), MoorError> {
     Ok(())
 }
 
-/// Connects to the agent, starting one if none runs. Two racing starters are fine: the
-/// agent lock lets one win and the other exit, and both clients reach the winner.
-pub async fn connect_or_start(verbose: u8) -> Result<UnixStream, MoorError> {
-    if let Some(s) = connect().await? {
-        return Ok(s);
-    }
-    spawn_agent(verbose)?;
-    let deadline = tokio::time::Instant::now() + AGENT_START_DEADLINE;
-    loop {
-        if let Some(s) = connect().await? {
-            return Ok(s);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            let log = paths::agent_log().map(|p| p.display().to_string()).unwrap_or_default();
-            return Err(agent_err(format!("the agent did not start within {AGENT_START_DEADLINE:?}: see {log}")));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Sends one request and waits (up to `deadline`) for its response.
-pub async fn exchange(stream: UnixStream, req: Request, deadline: Duration) -> Result<Response, MoorError> {
-    let (rd, mut wr) = stream.into_split();
-    let mut text = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body: req })
-        .map_err(|e| agent_err(format!("cannot encode request: {e}")))?;
-    text.push('\n');
-    wr.write_all(text.as_bytes()).await.map_err(|e| agent_err(format!("cannot talk to the agent: {e}")))?;
-    let mut line = String::new();
-    let read = tokio::time::timeout(deadline, BufReader::new(rd).read_line(&mut line)).await;
-    match read {
-        Err(_) => Err(agent_err(format!("the agent did not answer within {deadline:?}"))),
-        Ok(Err(e)) => Err(agent_err(format!("cannot read the agent's answer: {e}"))),
-        Ok(Ok(0)) => Err(agent_err("the agent closed the connection without answering (see its log)".into())),
-        Ok(Ok(_)) => {
-            let env: Envelope<Response> =
-                serde_json::from_str(&line).map_err(|e| agent_err(format!("bad answer from the agent: {e}")))?;
-            match env.body {
-                Response::Error { error } => Err(error),
-                other => Ok(other),
+    /// A client whose agent reads one request and answers with `answers`, one per line.
+    fn client_answered_by(answers: Vec<Response>) -> Client {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        tokio::spawn(async move {
+            let (rd, mut wr) = theirs.into_split();
+            let mut line = String::new();
+            BufReader::new(rd).read_line(&mut line).await.unwrap();
+            for body in answers {
+                let mut text = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body }).unwrap();
+                text.push('\n');
+                wr.write_all(text.as_bytes()).await.unwrap();
             }
-        }
+        });
+        Client { stream: ours }
     }
-}
 
-/// The lines of a streamed answer (`Watch`).
-pub struct Lines {
-    rd: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
-    _wr: tokio::net::unix::OwnedWriteHalf,
-}
-
-impl Lines {
-    /// The next response, or `None` when the agent ends the stream.
-    pub async fn next(&mut self) -> Result<Option<Response>, MoorError> {
-        match self.rd.next_line().await {
-            Ok(Some(line)) => {
-                let env: Envelope<Response> =
-                    serde_json::from_str(&line).map_err(|e| agent_err(format!("bad answer from the agent: {e}")))?;
-                match env.body {
-                    Response::Error { error } => Err(error),
-                    other => Ok(Some(other)),
-                }
-            }
-            Ok(None) => Ok(None),
-            Err(e) => Err(agent_err(format!("cannot read from the agent: {e}"))),
-        }
+    #[tokio::test]
+    async fn the_expected_answer_is_returned() {
+        let mounts = client_answered_by(vec![Response::Status { mounts: Vec::new() }]).status().await.unwrap();
+        assert!(mounts.is_empty());
     }
-}
 
-/// Sends a request whose answer is a stream of responses.
-pub async fn stream(stream: UnixStream, req: Request) -> Result<Lines, MoorError> {
-    let (rd, mut wr) = stream.into_split();
-    let mut text = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body: req })
-        .map_err(|e| agent_err(format!("cannot encode request: {e}")))?;
-    text.push('\n');
-    wr.write_all(text.as_bytes()).await.map_err(|e| agent_err(format!("cannot talk to the agent: {e}")))?;
-    Ok(Lines { rd: BufReader::new(rd).lines(), _wr: wr })
+    #[tokio::test]
+    async fn an_answer_of_the_wrong_kind_is_unexpected() {
+        let err = client_answered_by(vec![Response::Watching { mounts: Vec::new() }]).status().await.unwrap_err();
+        assert_eq!(err, unexpected_answer());
+        assert_eq!(err.kind, ErrorKind::Agent);
+    }
+
+    #[tokio::test]
+    async fn the_agents_error_is_the_error() {
+        let refusal = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
+        let err =
+            client_answered_by(vec![Response::Error { error: refusal.clone() }]).unmount("x", false).await.unwrap_err();
+        assert_eq!(err, refusal);
+    }
+
+    #[tokio::test]
+    async fn a_watch_skips_answers_that_are_not_updates() {
+        let mut watch = client_answered_by(vec![
+            Response::Status { mounts: Vec::new() },
+            Response::Watching { mounts: Vec::new() },
+        ])
+        .watch()
+        .await
+        .unwrap();
+        assert!(matches!(watch.next().await.unwrap(), Some(WatchUpdate::Mounts(m)) if m.is_empty()));
+        assert!(watch.next().await.unwrap().is_none());
+    }
 }

@@ -1,9 +1,10 @@
 //! The control plane: the per-user agent that owns mounts, the socket protocol the CLI
-//! uses to steer it, and where their files live.
+//! uses to steer it, how mounts are named, and where their files live.
 
 pub mod agent;
 pub mod client;
 pub mod mount;
+pub mod names;
 pub mod paths;
 pub mod protocol;
 pub mod registry;

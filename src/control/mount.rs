@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
+use super::protocol::{ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest};
 use super::status::{Monitor, MountStatus, Timestamp};
 use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, KernelTimeouts};
 use crate::link::Link;
@@ -47,7 +47,7 @@ impl LiveMount {
             open_handles: self.fs.open_handles(),
             bytes_read: self.fs.traffic().0,
             bytes_written: self.fs.traffic().1,
-            connections: self.link.connections(),
+            connections: self.link.connections().into_iter().map(ConnectionInfo::from).collect(),
             log: self.log.clone(),
         }
     }

@@ -1,11 +1,14 @@
 //! What the CLI and the agent say to each other: one JSON request per line, one JSON
-//! response per line, over the agent's unix socket. Both sides use these definitions.
+//! response per line, over the agent's unix socket. Both sides use these definitions, and
+//! the protocol owns every type it carries, so the link layer can change its own freely.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 pub use super::status::{MountStatus, StatusEvent, Timestamp};
+use crate::link::config::HostKeyPolicy;
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
@@ -66,22 +69,75 @@ pub enum Response {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MountRequest {
-    pub dest: Destination,
+    pub dest: DestinationSpec,
     /// As the user gave it: empty for the remote home, relative to it, or absolute.
     pub remote_path: String,
     pub mountpoint: PathBuf,
     pub name: Option<String>,
-    pub link: LinkOptions,
+    pub link: LinkSettings,
     /// Longest any filesystem call may take.
-    pub call_timeout: std::time::Duration,
+    pub call_timeout: Duration,
     /// How long attributes and listings are trusted (zero: always ask the server).
-    pub cache_timeout: std::time::Duration,
+    pub cache_timeout: Duration,
     /// Largest read-ahead window per open file, in bytes (zero: no read-ahead).
     pub read_ahead: u64,
     /// Keep retrying a host that refuses or does not answer for this long (`--wait`).
-    pub wait: Option<std::time::Duration>,
+    pub wait: Option<Duration>,
     /// Log detail for the mount's log file.
     pub verbose: u8,
+}
+
+impl MountRequest {
+    /// Where the link layer is to connect for this mount.
+    pub fn destination(&self) -> Destination {
+        self.dest.clone().into()
+    }
+
+    /// How the link layer is to keep this mount's link.
+    pub fn link_options(&self) -> LinkOptions {
+        self.link.clone().into()
+    }
+}
+
+/// A fully resolved SSH destination as the wire carries it (see `link::Destination`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationSpec {
+    /// The host as the user wrote it (a config alias or a name).
+    pub alias: String,
+    pub host_name: String,
+    pub port: u16,
+    pub user: String,
+    pub identity_files: Vec<PathBuf>,
+    pub identities_only: bool,
+    /// Files checked for the host key; new keys are recorded in the first.
+    pub known_hosts: Vec<PathBuf>,
+    pub global_known_hosts: Vec<PathBuf>,
+    pub host_key_policy: HostKeyCheck,
+    pub connect_timeout: Duration,
+    pub agent_socket: Option<PathBuf>,
+}
+
+/// What to do with a host key that known_hosts does not have (see `link::config::HostKeyPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostKeyCheck {
+    Strict,
+    AcceptNew,
+}
+
+/// How the mount's link is watched and restored, as the wire carries it (see
+/// `link::LinkOptions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkSettings {
+    pub heartbeat_interval: Duration,
+    pub max_heartbeat_failures: u32,
+    pub request_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub stable_after: Duration,
+    pub reconnect_timeout: Duration,
+    pub reconnect: bool,
+    pub connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,9 +157,164 @@ pub struct MountInfo {
     pub bytes_read: u64,
     pub bytes_written: u64,
     /// The connections of the mount's link.
-    pub connections: Vec<ConnStats>,
+    pub connections: Vec<ConnectionInfo>,
     /// The mount's own log file.
     pub log: Option<PathBuf>,
+}
+
+/// What one pooled connection has been doing, as the wire carries it (see
+/// `link::ConnStats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    pub connected_at: Timestamp,
+    pub last_activity: Timestamp,
+    pub operations: u64,
+    pub idle_secs: f64,
+}
+
+// The conversions to and from the link layer's types take every field apart by name on
+// both sides: a field added to either fails to compile here, instead of silently going
+// missing from the wire.
+
+impl From<Destination> for DestinationSpec {
+    fn from(d: Destination) -> DestinationSpec {
+        let Destination {
+            alias,
+            host_name,
+            port,
+            user,
+            identity_files,
+            identities_only,
+            known_hosts,
+            global_known_hosts,
+            host_key_policy,
+            connect_timeout,
+            agent_socket,
+        } = d;
+        DestinationSpec {
+            alias,
+            host_name,
+            port,
+            user,
+            identity_files,
+            identities_only,
+            known_hosts,
+            global_known_hosts,
+            host_key_policy: host_key_policy.into(),
+            connect_timeout,
+            agent_socket,
+        }
+    }
+}
+
+impl From<DestinationSpec> for Destination {
+    fn from(d: DestinationSpec) -> Destination {
+        let DestinationSpec {
+            alias,
+            host_name,
+            port,
+            user,
+            identity_files,
+            identities_only,
+            known_hosts,
+            global_known_hosts,
+            host_key_policy,
+            connect_timeout,
+            agent_socket,
+        } = d;
+        Destination {
+            alias,
+            host_name,
+            port,
+            user,
+            identity_files,
+            identities_only,
+            known_hosts,
+            global_known_hosts,
+            host_key_policy: host_key_policy.into(),
+            connect_timeout,
+            agent_socket,
+        }
+    }
+}
+
+impl From<HostKeyPolicy> for HostKeyCheck {
+    fn from(p: HostKeyPolicy) -> HostKeyCheck {
+        match p {
+            HostKeyPolicy::Strict => HostKeyCheck::Strict,
+            HostKeyPolicy::AcceptNew => HostKeyCheck::AcceptNew,
+        }
+    }
+}
+
+impl From<HostKeyCheck> for HostKeyPolicy {
+    fn from(c: HostKeyCheck) -> HostKeyPolicy {
+        match c {
+            HostKeyCheck::Strict => HostKeyPolicy::Strict,
+            HostKeyCheck::AcceptNew => HostKeyPolicy::AcceptNew,
+        }
+    }
+}
+
+impl From<LinkOptions> for LinkSettings {
+    fn from(o: LinkOptions) -> LinkSettings {
+        let LinkOptions {
+            heartbeat_interval,
+            max_heartbeat_failures,
+            request_timeout,
+            backoff_base,
+            backoff_cap,
+            stable_after,
+            reconnect_timeout,
+            reconnect,
+            connections,
+        } = o;
+        LinkSettings {
+            heartbeat_interval,
+            max_heartbeat_failures,
+            request_timeout,
+            backoff_base,
+            backoff_cap,
+            stable_after,
+            reconnect_timeout,
+            reconnect,
+            connections,
+        }
+    }
+}
+
+impl From<LinkSettings> for LinkOptions {
+    fn from(s: LinkSettings) -> LinkOptions {
+        let LinkSettings {
+            heartbeat_interval,
+            max_heartbeat_failures,
+            request_timeout,
+            backoff_base,
+            backoff_cap,
+            stable_after,
+            reconnect_timeout,
+            reconnect,
+            connections,
+        } = s;
+        LinkOptions {
+            heartbeat_interval,
+            max_heartbeat_failures,
+            request_timeout,
+            backoff_base,
+            backoff_cap,
+            stable_after,
+            reconnect_timeout,
+            reconnect,
+            connections,
+        }
+    }
+}
+
+impl From<ConnStats> for ConnectionInfo {
+    fn from(c: ConnStats) -> ConnectionInfo {
+        let ConnStats { connected_at, last_activity, operations, idle_secs } = c;
+        ConnectionInfo { connected_at, last_activity, operations, idle_secs }
+    }
 }
 
 /// What kind of failure, which decides the exit code.
@@ -186,6 +397,205 @@ mod tests {
         assert!(line.contains("\"request\":\"unmount\""));
         let back: Envelope<Request> = serde_json::from_str(&line).unwrap();
         assert!(matches!(back.body, Request::Unmount { lazy: true, .. }));
+    }
+
+    // The wire text of every request and response is pinned here: a CLI and an agent of
+    // different builds must keep understanding each other, so a change to this text needs
+    // a new PROTOCOL_VERSION, never a silent edit.
+
+    /// Encodes `body` as it goes on the wire, checks the exact text, and checks that the
+    /// text decodes to the same thing.
+    fn pin<T: Serialize + serde::de::DeserializeOwned>(body: T, wire: &str) {
+        let line = serde_json::to_string(&Envelope { version: PROTOCOL_VERSION, body }).unwrap();
+        assert_eq!(line, wire);
+        let back: Envelope<T> = serde_json::from_str(wire).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), wire);
+    }
+
+    fn sample_mount_request() -> MountRequest {
+        MountRequest {
+            dest: DestinationSpec {
+                alias: "box".into(),
+                host_name: "box.example".into(),
+                port: 2222,
+                user: "alice".into(),
+                identity_files: vec!["/home/alice/.ssh/id_ed25519".into()],
+                identities_only: true,
+                known_hosts: vec!["/home/alice/.ssh/known_hosts".into()],
+                global_known_hosts: vec!["/etc/ssh/ssh_known_hosts".into()],
+                host_key_policy: HostKeyCheck::AcceptNew,
+                connect_timeout: Duration::from_secs(10),
+                agent_socket: Some("/run/user/1000/ssh-agent".into()),
+            },
+            remote_path: "src".into(),
+            mountpoint: "/home/alice/src".into(),
+            name: Some("box-src".into()),
+            link: LinkSettings {
+                heartbeat_interval: Duration::from_secs(1),
+                max_heartbeat_failures: 3,
+                request_timeout: Duration::from_secs(2),
+                backoff_base: Duration::from_millis(500),
+                backoff_cap: Duration::from_secs(30),
+                stable_after: Duration::from_secs(10),
+                reconnect_timeout: Duration::from_secs(5),
+                reconnect: true,
+                connections: 4,
+            },
+            call_timeout: Duration::from_secs(3),
+            cache_timeout: Duration::from_secs(5),
+            read_ahead: 16 << 20,
+            wait: Some(Duration::from_millis(1500)),
+            verbose: 1,
+        }
+    }
+
+    fn sample_mount_info() -> MountInfo {
+        MountInfo {
+            name: "box-src".into(),
+            mountpoint: "/home/alice/src".into(),
+            remote: "alice@box:/home/alice/src".into(),
+            status: MountStatus::Active,
+            since: Timestamp(1_000),
+            rtt_ms: Some(12.5),
+            reconnects: 2,
+            open_handles: 3,
+            bytes_read: 4096,
+            bytes_written: 512,
+            connections: vec![
+                ConnectionInfo {
+                    connected_at: Timestamp(1_000),
+                    last_activity: Timestamp(2_500),
+                    operations: 42,
+                    idle_secs: 1.5,
+                },
+                ConnectionInfo {
+                    connected_at: Timestamp(1_000),
+                    last_activity: Timestamp(1_000),
+                    operations: 0,
+                    idle_secs: 3.0,
+                },
+            ],
+            log: Some("/home/alice/.local/state/moor/logs/box-src.log".into()),
+        }
+    }
+
+    /// The wire text of `sample_mount_info()`, `$conns` being its connections.
+    macro_rules! mount_info_wire {
+        ($($conns:tt)+) => {
+            concat!(
+                r#"{"name":"box-src","mountpoint":"/home/alice/src","remote":"alice@box:/home/alice/src","#,
+                r#""status":{"state":"active"},"since":"1970-01-01T00:00:01.000Z","rtt_ms":12.5,"reconnects":2,"#,
+                r#""open_handles":3,"bytes_read":4096,"bytes_written":512,"connections":"#,
+                $($conns)+,
+                r#","log":"/home/alice/.local/state/moor/logs/box-src.log"}"#
+            )
+        };
+        () => {
+            mount_info_wire!(concat!(
+                r#"[{"connected_at":"1970-01-01T00:00:01.000Z","last_activity":"1970-01-01T00:00:02.500Z","#,
+                r#""operations":42,"idle_secs":1.5},"#,
+                r#"{"connected_at":"1970-01-01T00:00:01.000Z","last_activity":"1970-01-01T00:00:01.000Z","#,
+                r#""operations":0,"idle_secs":3.0}]"#
+            ))
+        };
+    }
+
+    #[test]
+    fn requests_on_the_wire() {
+        pin(
+            Request::Mount(Box::new(sample_mount_request())),
+            concat!(
+                r#"{"version":1,"request":"mount","#,
+                r#""dest":{"alias":"box","host_name":"box.example","port":2222,"user":"alice","#,
+                r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"#,
+                r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
+                r#""host_key_policy":"accept-new","connect_timeout":{"secs":10,"nanos":0},"#,
+                r#""agent_socket":"/run/user/1000/ssh-agent"},"#,
+                r#""remote_path":"src","mountpoint":"/home/alice/src","name":"box-src","#,
+                r#""link":{"heartbeat_interval":{"secs":1,"nanos":0},"max_heartbeat_failures":3,"#,
+                r#""request_timeout":{"secs":2,"nanos":0},"backoff_base":{"secs":0,"nanos":500000000},"#,
+                r#""backoff_cap":{"secs":30,"nanos":0},"stable_after":{"secs":10,"nanos":0},"#,
+                r#""reconnect_timeout":{"secs":5,"nanos":0},"reconnect":true,"connections":4},"#,
+                r#""call_timeout":{"secs":3,"nanos":0},"cache_timeout":{"secs":5,"nanos":0},"#,
+                r#""read_ahead":16777216,"wait":{"secs":1,"nanos":500000000},"verbose":1}"#
+            ),
+        );
+        pin(
+            Request::Unmount { target: "/home/alice/src".into(), lazy: true },
+            r#"{"version":1,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
+        );
+        pin(Request::Status, r#"{"version":1,"request":"status"}"#);
+        pin(Request::Watch, r#"{"version":1,"request":"watch"}"#);
+        pin(
+            Request::Reconnect { target: "box-src".into() },
+            r#"{"version":1,"request":"reconnect","target":"box-src"}"#,
+        );
+    }
+
+    #[test]
+    fn responses_on_the_wire() {
+        pin(
+            Response::Mounted { mount: sample_mount_info(), already: false },
+            concat!(r#"{"version":1,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
+        );
+        pin(
+            Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() } },
+            concat!(r#"{"version":1,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
+        );
+        pin(
+            Response::Status { mounts: vec![sample_mount_info()] },
+            concat!(r#"{"version":1,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
+        );
+        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":1,"response":"watching","mounts":[]}"#);
+        let event = StatusEvent {
+            mount: "box-src".into(),
+            at: Timestamp(3_000),
+            old: MountStatus::Active,
+            new: MountStatus::Reconnecting {
+                attempt: 1,
+                since: Timestamp(3_000),
+                next_attempt_at: Timestamp(3_500),
+                last_error: "2 heartbeats missed".into(),
+            },
+        };
+        pin(
+            Response::Event { event },
+            concat!(
+                r#"{"version":1,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
+                r#""old":{"state":"active"},"new":{"state":"reconnecting","attempt":1,"#,
+                r#""since":"1970-01-01T00:00:03.000Z","next_attempt_at":"1970-01-01T00:00:03.500Z","#,
+                r#""last_error":"2 heartbeats missed"}}}"#
+            ),
+        );
+        pin(
+            Response::Reconnected { mount: sample_mount_info(), outcome: "reconnected".into() },
+            concat!(
+                r#"{"version":1,"response":"reconnected","mount":"#,
+                mount_info_wire!(),
+                r#","outcome":"reconnected"}"#
+            ),
+        );
+        let error = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
+        pin(
+            Response::Error { error },
+            r#"{"version":1,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
+        );
+    }
+
+    #[test]
+    fn link_types_convert_both_ways_unchanged() {
+        let dest = Destination::from(sample_mount_request().dest);
+        assert_eq!(Destination::from(DestinationSpec::from(dest.clone())), dest);
+        let opts = LinkOptions::default();
+        assert_eq!(LinkOptions::from(LinkSettings::from(opts.clone())), opts);
+        let conn = sample_mount_info().connections[0].clone();
+        let stats = ConnStats {
+            connected_at: conn.connected_at,
+            last_activity: conn.last_activity,
+            operations: conn.operations,
+            idle_secs: conn.idle_secs,
+        };
+        assert_eq!(ConnectionInfo::from(stats), conn);
     }
 
     #[test]

@@ -88,6 +88,18 @@ pub enum Unavailable {
     Failed(String),
 }
 
+/// Why a reconnect attempt did not bring the link back.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    /// The dial failed; the policy decides whether and when to try again.
+    #[error(transparent)]
+    Dial(LinkError),
+    /// It connected, but the mount cannot go on (its remote path is gone): retrying
+    /// will not help, so the link fails.
+    #[error("{0}")]
+    Unusable(String),
+}
+
 /// The managed link to one destination. The remote layer asks it for the current
 /// connection on every request, so the connection can be replaced underneath.
 pub struct Link {
@@ -336,13 +348,13 @@ impl Link {
                             self.report_outcome(Ok(()));
                             return true;
                         }
-                        Err(Ok(e)) => {
+                        Err(AttemptError::Dial(e)) => {
                             tracing::debug!(attempt, error = %e, "reconnect attempt failed");
                             last_error = e.to_string();
                             self.report_outcome(Err(last_error.clone()));
                             next = policy.on_attempt_failed(&e);
                         }
-                        Err(Err(reason)) => {
+                        Err(AttemptError::Unusable(reason)) => {
                             self.report_outcome(Err(reason.clone()));
                             next = Next::Fail { reason };
                         }
@@ -352,18 +364,17 @@ impl Link {
         }
     }
 
-    /// One reconnect attempt. `Err(Ok(e))`: the dial failed; `Err(Err(reason))`: it
-    /// connected but the mount cannot go on (its remote path is gone).
-    async fn attempt(&self, attempt: u32) -> Result<(), Result<LinkError, String>> {
+    /// One reconnect attempt: on success the new pool is installed and the link is up.
+    async fn attempt(&self, attempt: u32) -> Result<(), AttemptError> {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         let mut dest = self.dest.clone();
         dest.connect_timeout = dest.connect_timeout.min(self.opts.reconnect_timeout);
-        let pool = dial_pool(&dest, &self.opts, generation).await.map_err(Ok)?;
+        let pool = dial_pool(&dest, &self.opts, generation).await.map_err(AttemptError::Dial)?;
         if let Err(reason) = self.check_required_paths(&pool[0]).await {
             for c in pool {
                 c.close().await;
             }
-            return Err(Err(reason));
+            return Err(AttemptError::Unusable(reason));
         }
         self.generation.store(generation, Ordering::SeqCst);
         self.install(pool);
