@@ -25,6 +25,8 @@ pub use ssh::{ConnStats, SftpConn};
 
 use policy::{Next, Policy};
 
+use crate::sync::{lock, read, write};
+
 /// Dials to all destinations together, so that a laptop waking with many mounts does not
 /// trip the servers' MaxStartups.
 pub const MAX_CONCURRENT_DIALS: usize = 16;
@@ -178,7 +180,7 @@ impl Link {
 
     /// What each live connection has been doing.
     pub fn connections(&self) -> Vec<ConnStats> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).iter().map(|c| c.stats()).collect()
+        read(&self.current).iter().map(|c| c.stats()).collect()
     }
 
     /// A path the link must find after reconnecting, or fail: a mount's root.
@@ -197,7 +199,7 @@ impl Link {
     /// together (a file's handle) ask for the same lane.
     pub fn conn_at(&self, lane: usize) -> Result<Arc<SftpConn>, Unavailable> {
         {
-            let pool = self.current.read().unwrap_or_else(|e| e.into_inner());
+            let pool = read(&self.current);
             if !pool.is_empty() {
                 let c = &pool[lane % pool.len()];
                 if !c.is_closed() {
@@ -246,7 +248,7 @@ impl Link {
             return;
         }
         let taken = {
-            let mut cur = self.current.write().unwrap_or_else(|e| e.into_inner());
+            let mut cur = write(&self.current);
             if cur.first().is_some_and(|c| c.generation == generation) {
                 std::mem::take(&mut *cur)
             } else {
@@ -265,7 +267,7 @@ impl Link {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_requested.notify_one();
-        let pool = std::mem::take(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()));
+        let pool = std::mem::take(&mut *write(&self.current));
         for c in pool {
             c.close().await;
         }
@@ -284,7 +286,7 @@ impl Link {
     }
 
     fn install(&self, pool: Vec<Arc<SftpConn>>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = pool;
+        *write(&self.current) = pool;
     }
 
     /// Keeps the link up until it is closed: watch it while up, restore it while down,
@@ -295,7 +297,7 @@ impl Link {
         let mut up_since = Instant::now();
         loop {
             let Some(lost) = self.watch_while_up().await else { return };
-            let old = std::mem::take(&mut *self.current.write().unwrap_or_else(|e| e.into_inner()));
+            let old = std::mem::take(&mut *write(&self.current));
             retire(old);
             let next = policy.on_lost(&lost, up_since.elapsed());
             if !self.restore(&mut policy, next, lost).await {
@@ -420,7 +422,7 @@ impl Link {
     /// connection gets a heartbeat; one that misses too many, or ends, takes the pool
     /// down (and the pool comes back whole).
     async fn watch_while_up(&self) -> Option<String> {
-        let pool = self.current.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let pool = read(&self.current).clone();
         let Some(generation) = pool.first().map(|c| c.generation) else {
             return Some(lock(&self.last_failure).clone());
         };
@@ -471,7 +473,7 @@ impl Link {
     }
 
     fn current_is(&self, generation: u64) -> bool {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).first().is_some_and(|c| c.generation == generation)
+        read(&self.current).first().is_some_and(|c| c.generation == generation)
     }
 
     async fn check_required_paths(&self, conn: &SftpConn) -> Result<(), String> {
@@ -522,9 +524,4 @@ async fn dial_pool(dest: &Destination, opts: &LinkOptions, generation: u64) -> R
         return Err(e);
     }
     Ok(pool)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every holder of these locks does a single assignment or clone.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
