@@ -401,13 +401,7 @@ impl<R: Remote> Fs<R> {
         let path = self.child_of(parent, name)?;
         self.delete_behind.removed().await?;
         let (res, attr) = split(self.remote.mkdir_stat(&path, mode & 0o7777).await);
-        let attempt = Attempt {
-            key: format!("mkdir:{path}"),
-            op: Op::Mkdir,
-            target: &path,
-            source: None,
-            already_done: Errno::EEXIST,
-        };
+        let attempt = Attempt::new(Op::Mkdir, &path);
         self.conclude(attempt, res).await?;
         let e = self.made(&path, attr, Op::Mkdir).await?;
         match attr {
@@ -445,13 +439,7 @@ impl<R: Remote> Fs<R> {
             }
         }
         let res = self.remote.remove(&path).await;
-        let attempt = Attempt {
-            key: format!("unlink:{path}"),
-            op: Op::Unlink,
-            target: &path,
-            source: None,
-            already_done: Errno::ENOENT,
-        };
+        let attempt = Attempt::new(Op::Unlink, &path);
         let concluded = self.conclude(attempt, res).await;
         self.forget_content(&path);
         if concluded.is_err() {
@@ -482,13 +470,7 @@ impl<R: Remote> Fs<R> {
             return Err(e);
         }
         let res = self.remote.rmdir(&path).await;
-        let attempt = Attempt {
-            key: format!("rmdir:{path}"),
-            op: Op::Rmdir,
-            target: &path,
-            source: None,
-            already_done: Errno::ENOENT,
-        };
+        let attempt = Attempt::new(Op::Rmdir, &path);
         let concluded = self.conclude(attempt, res).await;
         self.cache().forget(&path);
         concluded?;
@@ -501,13 +483,7 @@ impl<R: Remote> Fs<R> {
         let path = self.child_of(parent, name)?;
         self.delete_behind.removed().await?;
         let (res, attr) = split(self.remote.symlink_stat(target, &path).await);
-        let attempt = Attempt {
-            key: format!("symlink:{path}\0{target}"),
-            op: Op::Symlink,
-            target: &path,
-            source: None,
-            already_done: Errno::EEXIST,
-        };
+        let attempt = Attempt::new(Op::Symlink, &path).pointing_to(target);
         self.conclude(attempt, res).await?;
         let e = self.made(&path, attr, Op::Symlink).await?;
         self.cache().set(&path, e.attr);
@@ -530,13 +506,7 @@ impl<R: Remote> Fs<R> {
         self.forget_content(&to);
         // A retry that finds the source gone and the target there was the first
         // attempt taking effect.
-        let attempt = Attempt {
-            key: format!("rename:{from}\0{to}"),
-            op: Op::Rename,
-            target: &to,
-            source: Some(&from),
-            already_done: Errno::ENOENT,
-        };
+        let attempt = Attempt::new(Op::Rename, &to).of(&from);
         let concluded = self.conclude(attempt, res).await;
         if concluded.is_err() {
             // Whatever happened, what the cache knew of both names may be wrong now.
@@ -557,13 +527,7 @@ impl<R: Remote> Fs<R> {
         }
         self.delete_behind.removed().await?;
         let res = self.remote.hardlink(&existing, &path).await;
-        let attempt = Attempt {
-            key: format!("link:{path}"),
-            op: Op::Link,
-            target: &path,
-            source: Some(&existing),
-            already_done: Errno::EEXIST,
-        };
+        let attempt = Attempt::new(Op::Link, &path).of(&existing);
         self.conclude(attempt, res).await?;
         let e = self.created(&path, Op::Link).await?;
         self.cache().set(&path, e.attr);
@@ -631,16 +595,16 @@ impl<R: Remote> Fs<R> {
             exclusive: flags.exclusive,
             mode: Some(mode & 0o7777),
         };
-        let key = format!("create:{path}");
+        let attempt = Attempt::new(Op::Create, &path);
         let (handle, attr) = match self.remote.open_stat(&path, opts).await {
             Ok(opened) => opened,
             Err(e) if e.outcome_unknown() && flags.exclusive => {
-                self.retries.note_lost(&key);
+                self.retries.note_lost(&attempt);
                 return Err(Errno::EAGAIN);
             }
             Err(e) => {
                 let errno = self.fail(Op::Create, e, &path, None).await;
-                if !(errno == Errno::EEXIST && flags.exclusive && self.retries.take_lost(&key)) {
+                if !(errno == Errno::EEXIST && flags.exclusive && self.retries.take_lost(&attempt)) {
                     return Err(errno);
                 }
                 // Our own earlier exclusive create took effect: open what it made.

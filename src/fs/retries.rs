@@ -16,16 +16,43 @@ use crate::sync::lock;
 /// done" was the first attempt taking effect after all.
 const REMEMBERED_FOR: Duration = Duration::from_secs(600);
 
-/// One attempt of a non-idempotent operation, as the retry will see it again.
+/// One attempt of a non-idempotent operation, as its retry will be the same again.
 pub(super) struct Attempt<'a> {
-    /// Names the operation and its arguments: the retry must be the same call.
-    pub key: String,
-    pub op: Op,
-    pub target: &'a str,
-    /// What is moved or linked (rename, link), for the errno facts.
-    pub source: Option<&'a str>,
+    op: Op,
+    target: &'a str,
+    /// What is moved or linked (rename, link).
+    source: Option<&'a str>,
+    /// What a symlink points to.
+    link_to: Option<&'a str>,
+}
+
+impl<'a> Attempt<'a> {
+    pub(super) fn new(op: Op, target: &'a str) -> Self {
+        Attempt { op, target, source: None, link_to: None }
+    }
+
+    /// A rename or link of `source` to the target.
+    pub(super) fn of(self, source: &'a str) -> Self {
+        Attempt { source: Some(source), ..self }
+    }
+
+    /// A symlink pointing to `link_to`.
+    pub(super) fn pointing_to(self, link_to: &'a str) -> Self {
+        Attempt { link_to: Some(link_to), ..self }
+    }
+
+    /// Names the operation and its arguments: a retry is the same call.
+    fn key(&self) -> String {
+        format!("{:?}:{}\0{}\0{}", self.op, self.target, self.source.unwrap_or(""), self.link_to.unwrap_or(""))
+    }
+
     /// What a retry meets when the first attempt took effect.
-    pub already_done: Errno,
+    fn already_done(&self) -> Errno {
+        match self.op {
+            Op::Unlink | Op::Rmdir | Op::Rename => Errno::ENOENT,
+            _ => Errno::EEXIST,
+        }
+    }
 }
 
 /// Operations whose outcome the link swallowed, by key.
@@ -35,16 +62,16 @@ pub(super) struct Retries {
 }
 
 impl Retries {
-    /// Records that `key`'s operation may have taken effect although its answer was lost.
-    pub(super) fn note_lost(&self, key: &str) {
+    /// Records that `attempt` may have taken effect although its answer was lost.
+    pub(super) fn note_lost(&self, attempt: &Attempt<'_>) {
         let mut lost = lock(&self.lost);
         lost.retain(|_, at| at.elapsed() < REMEMBERED_FOR);
-        lost.insert(key.to_string(), Instant::now());
+        lost.insert(attempt.key(), Instant::now());
     }
 
-    /// Whether `key`'s operation recently lost its answer (and forgets it).
-    pub(super) fn take_lost(&self, key: &str) -> bool {
-        lock(&self.lost).remove(key).is_some_and(|at| at.elapsed() < REMEMBERED_FOR)
+    /// Whether the same call as `attempt` recently lost its answer (and forgets it).
+    pub(super) fn take_lost(&self, attempt: &Attempt<'_>) -> bool {
+        lock(&self.lost).remove(&attempt.key()).is_some_and(|at| at.elapsed() < REMEMBERED_FOR)
     }
 
     /// The outcome of `attempt`, given what the server answered: a lost answer is
@@ -58,17 +85,17 @@ impl Retries {
     ) -> Result<(), Errno> {
         match answer {
             Ok(()) => {
-                lock(&self.lost).remove(&attempt.key);
+                lock(&self.lost).remove(&attempt.key());
                 Ok(())
             }
             Err(e) if e.outcome_unknown() => {
-                self.note_lost(&attempt.key);
+                self.note_lost(&attempt);
                 Err(Errno::EAGAIN)
             }
             Err(e) => {
                 let errno = errno::errno_for(remote, attempt.op, e, attempt.target, attempt.source).await;
-                if errno == attempt.already_done
-                    && self.take_lost(&attempt.key)
+                if errno == attempt.already_done()
+                    && self.take_lost(&attempt)
                     && took_effect(remote, attempt.op, attempt.target).await
                 {
                     tracing::info!(op = ?attempt.op, target = attempt.target, "an earlier attempt had taken effect; the retry succeeds");
