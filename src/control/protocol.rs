@@ -176,67 +176,51 @@ pub struct ConnectionInfo {
 // both sides: a field added to either fails to compile here, instead of silently going
 // missing from the wire.
 
-impl From<Destination> for DestinationSpec {
-    fn from(d: Destination) -> DestinationSpec {
-        let Destination {
-            alias,
-            host_name,
-            port,
-            user,
-            identity_files,
-            identities_only,
-            known_hosts,
-            global_known_hosts,
-            host_key_policy,
-            connect_timeout,
-            agent_socket,
-        } = d;
-        DestinationSpec {
-            alias,
-            host_name,
-            port,
-            user,
-            identity_files,
-            identities_only,
-            known_hosts,
-            global_known_hosts,
-            host_key_policy: host_key_policy.into(),
-            connect_timeout,
-            agent_socket,
+/// `From` between a link type and its wire twin, field by field. Every field is named on
+/// both sides, so a field added to either type fails to compile until it is handled here.
+macro_rules! wire_twin {
+    ($link:ident <=> $wire:ident { $($field:ident),* $(,)? }) => {
+        wire_twin!($link => $wire { $($field),* });
+        wire_twin!($wire => $link { $($field),* });
+    };
+    ($from:ident => $to:ident { $($field:ident),* $(,)? }) => {
+        impl From<$from> for $to {
+            #[allow(clippy::useless_conversion)]
+            fn from(value: $from) -> $to {
+                let $from { $($field),* } = value;
+                $to { $($field: $field.into()),* }
+            }
         }
-    }
+    };
 }
 
-impl From<DestinationSpec> for Destination {
-    fn from(d: DestinationSpec) -> Destination {
-        let DestinationSpec {
-            alias,
-            host_name,
-            port,
-            user,
-            identity_files,
-            identities_only,
-            known_hosts,
-            global_known_hosts,
-            host_key_policy,
-            connect_timeout,
-            agent_socket,
-        } = d;
-        Destination {
-            alias,
-            host_name,
-            port,
-            user,
-            identity_files,
-            identities_only,
-            known_hosts,
-            global_known_hosts,
-            host_key_policy: host_key_policy.into(),
-            connect_timeout,
-            agent_socket,
-        }
-    }
-}
+wire_twin!(Destination <=> DestinationSpec {
+    alias,
+    host_name,
+    port,
+    user,
+    identity_files,
+    identities_only,
+    known_hosts,
+    global_known_hosts,
+    host_key_policy,
+    connect_timeout,
+    agent_socket,
+});
+
+wire_twin!(LinkOptions <=> LinkSettings {
+    heartbeat_interval,
+    max_heartbeat_failures,
+    request_timeout,
+    backoff_base,
+    backoff_cap,
+    stable_after,
+    reconnect_timeout,
+    reconnect,
+    connections,
+});
+
+wire_twin!(ConnStats => ConnectionInfo { connected_at, last_activity, operations, idle_secs });
 
 impl From<HostKeyPolicy> for HostKeyCheck {
     fn from(p: HostKeyPolicy) -> HostKeyCheck {
@@ -253,67 +237,6 @@ impl From<HostKeyCheck> for HostKeyPolicy {
             HostKeyCheck::Strict => HostKeyPolicy::Strict,
             HostKeyCheck::AcceptNew => HostKeyPolicy::AcceptNew,
         }
-    }
-}
-
-impl From<LinkOptions> for LinkSettings {
-    fn from(o: LinkOptions) -> LinkSettings {
-        let LinkOptions {
-            heartbeat_interval,
-            max_heartbeat_failures,
-            request_timeout,
-            backoff_base,
-            backoff_cap,
-            stable_after,
-            reconnect_timeout,
-            reconnect,
-            connections,
-        } = o;
-        LinkSettings {
-            heartbeat_interval,
-            max_heartbeat_failures,
-            request_timeout,
-            backoff_base,
-            backoff_cap,
-            stable_after,
-            reconnect_timeout,
-            reconnect,
-            connections,
-        }
-    }
-}
-
-impl From<LinkSettings> for LinkOptions {
-    fn from(s: LinkSettings) -> LinkOptions {
-        let LinkSettings {
-            heartbeat_interval,
-            max_heartbeat_failures,
-            request_timeout,
-            backoff_base,
-            backoff_cap,
-            stable_after,
-            reconnect_timeout,
-            reconnect,
-            connections,
-        } = s;
-        LinkOptions {
-            heartbeat_interval,
-            max_heartbeat_failures,
-            request_timeout,
-            backoff_base,
-            backoff_cap,
-            stable_after,
-            reconnect_timeout,
-            reconnect,
-            connections,
-        }
-    }
-}
-
-impl From<ConnStats> for ConnectionInfo {
-    fn from(c: ConnStats) -> ConnectionInfo {
-        let ConnStats { connected_at, last_activity, operations, idle_secs } = c;
-        ConnectionInfo { connected_at, last_activity, operations, idle_secs }
     }
 }
 
