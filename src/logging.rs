@@ -16,3 +16,11 @@ pub fn init(verbose: u8, agent: bool) {
         .with_ansi(!agent && std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
+
+/// Appends one timestamped line to a log file that exists (a mount's log).
+pub fn append_line(path: &std::path::Path, line: &str) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(path) {
+        let _ = writeln!(f, "{} {line}", crate::timestamp::Timestamp::now());
+    }
+}

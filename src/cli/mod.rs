@@ -3,13 +3,14 @@
 
 mod output;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::client::{Client, Mounted, Reconnected, WatchUpdate};
-use crate::control::protocol::{ErrorKind, MoorError, MountInfo, MountRequest};
+use crate::control::client::{Client, Mounted, Reconnected, Unmounted, WatchUpdate};
+use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest};
 use crate::control::{agent, mount, names, registry};
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
@@ -105,10 +106,10 @@ struct MountArgs {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Resilience")]
 struct ResilienceArgs {
-    /// Time between heartbeats on an idle link
+    /// Time between heartbeats (an SFTP stat on every connection)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
-    /// Heartbeats missed in a row before the link counts as down
+    /// Heartbeats failing outright in a row before the link counts as down
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     max_heartbeat_failures: u32,
     /// First reconnect delay bound; it doubles per attempt up to --backoff-cap (with full jitter)
@@ -117,10 +118,10 @@ struct ResilienceArgs {
     /// Largest reconnect delay
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     backoff_cap: Duration,
-    /// Longest one SFTP request may take before the link counts as down
+    /// How long a connection may have requests out and receive nothing before the link counts as down
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     request_timeout: Duration,
-    /// Longest any filesystem call may take; past it the program gets EAGAIN
+    /// A call waiting this long gets EAGAIN if the link is down or moved nothing for as long; on a moving link it waits on
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     call_timeout: Duration,
     /// Do not reconnect: a lost link fails the mount
@@ -242,8 +243,13 @@ struct UnmountArgs {
     #[arg(value_name = "MOUNTPOINT|NAME", required_unless_present = "all")]
     target: Option<String>,
     /// Detach now even if busy; the mount goes away when the last file is closed
+    /// (queued writes are not waited for)
     #[arg(long)]
     lazy: bool,
+    /// Unmount now even if written data has not reached the server (it is dropped, and
+    /// reported)
+    #[arg(long)]
+    force: bool,
     /// Unmount every moor mount
     #[arg(long, conflicts_with = "target")]
     all: bool,
@@ -418,7 +424,9 @@ async fn foreground(req: MountRequest) -> Result<(), MoorError> {
             mount::stop(&live, true).await?;
         }
     }
-    live.drain(Duration::from_secs(10)).await;
+    if let Some(lost) = live.finish(Duration::from_secs(10)).await {
+        output::lost(&live.mountpoint, &lost);
+    }
     live.link().close().await;
     Ok(())
 }
@@ -531,7 +539,7 @@ async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
     };
     let mut first_err = None;
     for target in targets {
-        if let Err(e) = unmount_one(&target, args.lazy).await {
+        if let Err(e) = unmount_one(&target, args.lazy, args.force).await {
             if args.all {
                 output::error(&e);
             }
@@ -541,15 +549,32 @@ async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
     first_err.map_or(Ok(()), Err)
 }
 
-async fn unmount_one(target: &str, lazy: bool) -> Result<(), MoorError> {
+async fn unmount_one(target: &str, lazy: bool, force: bool) -> Result<(), MoorError> {
     let progress = output::Progress::start(format!("unmounting {target}"));
+    let mut told = false;
+    let draining = |stake: &AtStake, moving: bool| {
+        let what = format!(
+            "unmounting {target}: {} of {} not on the server yet{}",
+            output::bytes(stake.bytes),
+            output::files(stake.files.len()),
+            if moving { "" } else { " (the link is down)" }
+        );
+        if !std::io::stderr().is_terminal() && !told {
+            eprintln!("moor: {what}; waiting...");
+            told = true;
+        }
+        progress.say(what);
+    };
     let res = match Client::connect().await? {
-        Some(agent) => agent.unmount(target, lazy).await,
+        Some(agent) => agent.unmount(target, lazy, force, draining).await,
         None => Err(names::not_mounted(target)),
     };
     progress.finish();
     match res {
-        Ok(mount) => {
+        Ok(Unmounted { mount, lost }) => {
+            if let Some(lost) = lost {
+                output::lost(&mount.mountpoint, &lost);
+            }
             output::unmounted(&mount.mountpoint);
             Ok(())
         }

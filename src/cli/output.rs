@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::protocol::{MoorError, MountInfo, MountStatus, StatusEvent, Timestamp};
+use crate::control::protocol::{AtStake, MoorError, MountInfo, MountStatus, StatusEvent, Timestamp};
 use crate::control::registry::Notice;
 
 pub fn error(e: &MoorError) {
@@ -17,6 +17,27 @@ pub fn mounted(m: &MountInfo) {
 
 pub fn unmounted(mountpoint: &Path) {
     println!("unmounted {}", mountpoint.display());
+}
+
+/// After `unmount --force`: what was dropped, on stderr.
+pub fn lost(mountpoint: &Path, lost: &AtStake) {
+    eprintln!(
+        "moor: {} of {} written to {} never reached the server and {} lost: {}",
+        bytes(lost.bytes),
+        files(lost.files.len()),
+        mountpoint.display(),
+        if lost.bytes == 1 { "is" } else { "are" },
+        lost.files.join(", ")
+    );
+}
+
+/// "1 file", "3 files".
+pub fn files(n: usize) -> String {
+    if n == 1 {
+        "1 file".into()
+    } else {
+        format!("{n} files")
+    }
 }
 
 pub fn ago(since: Timestamp) -> String {
@@ -145,14 +166,18 @@ pub fn event(e: &StatusEvent, json: bool) {
 pub struct Progress {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// What the spinner says; `say` changes it.
+    what: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Progress {
     pub fn start(what: String) -> Progress {
+        let what = std::sync::Arc::new(std::sync::Mutex::new(what));
         if !std::io::stderr().is_terminal() {
-            return Progress { stop: None, thread: None };
+            return Progress { stop: None, thread: None, what };
         }
         let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let shown = what.clone();
         let thread = std::thread::spawn(move || {
             let start = Instant::now();
             let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
@@ -162,6 +187,7 @@ impl Progress {
                 return;
             }
             loop {
+                let what = shown.lock().map(|w| w.clone()).unwrap_or_default();
                 eprint!("\r{} {what} ({:.0}s)\x1b[K", frames[i % frames.len()], start.elapsed().as_secs_f64());
                 i += 1;
                 if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
@@ -170,14 +196,21 @@ impl Progress {
                 }
             }
         });
-        Progress { stop: Some(tx), thread: Some(thread) }
+        Progress { stop: Some(tx), thread: Some(thread), what }
+    }
+
+    /// Changes what the spinner says (on a terminal; nothing otherwise).
+    pub fn say(&self, what: String) {
+        if let Ok(mut w) = self.what.lock() {
+            *w = what;
+        }
     }
 
     /// Like `start`, but says it in one plain line when stderr is not a terminal.
     pub fn start_or_say(what: String) -> Progress {
         if !std::io::stderr().is_terminal() {
             eprintln!("moor: {what}...");
-            return Progress { stop: None, thread: None };
+            return Progress { stop: None, thread: None, what: Default::default() };
         }
         Progress::start(what)
     }

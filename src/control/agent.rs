@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, Mutex, Notify};
+use tokio::sync::{broadcast, mpsc, Mutex, Notify};
 
 use super::mount::{self, LiveMount};
 use super::names::{absolute, derive_name, not_mounted};
 use super::paths;
-use super::protocol::{Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION};
+use super::protocol::{
+    AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION,
+};
 use super::registry;
 use super::status::{MountStatus, StatusEvent, Timestamp};
 use crate::link::backoff::Backoff;
@@ -29,6 +31,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// How long an ending mount gives its queued writes to reach the server.
 const DRAIN_AT_UNMOUNT: Duration = Duration::from_secs(10);
+/// How long `unmount --force` gives written data to reach the server after unmounting.
+const FORCE_DRAIN: Duration = Duration::from_secs(1);
 
 struct Agent {
     mounts: Mutex<HashMap<PathBuf, Arc<LiveMount>>>,
@@ -185,8 +189,13 @@ impl Agent {
         tracing::info!("terminated: unmounting everything");
         let all: Vec<_> = self.mounts.lock().await.values().cloned().collect();
         for m in all {
+            // Written data first: while the link moves it, however slowly, and a while
+            // if it is down; what still cannot land is logged as lost.
+            if let Err(e) = m.settle(std::future::pending(), |_, _| {}).await {
+                tracing::error!(mountpoint = %m.mountpoint.display(), "{}", e.message);
+            }
             let _ = mount::kernel_unmount(&m.mountpoint, true).await;
-            m.drain(Duration::from_secs(5)).await;
+            m.finish(Duration::from_secs(1)).await;
             m.link().close().await;
         }
     }
@@ -224,15 +233,22 @@ impl Agent {
         }
         // The client hanging up (Ctrl-C) cancels what it asked for.
         let cancel = Cancel::default();
-        let work = self.handle(req, cancel.clone());
+        let (progress, mut updates) = mpsc::unbounded_channel();
+        let work = self.handle(req, cancel.clone(), progress);
         tokio::pin!(work);
         let mut probe = [0u8; 1];
-        let response = tokio::select! {
-            r = &mut work => r,
-            r = rd.read(&mut probe) => {
-                tracing::debug!(?r, "the client hung up; cancelling its request");
-                cancel.cancel();
-                work.await
+        let mut hung_up = false;
+        let response = loop {
+            tokio::select! {
+                r = &mut work => break r,
+                Some(update) = updates.recv() => {
+                    let _ = send(&mut wr, update).await;
+                }
+                r = rd.read(&mut probe), if !hung_up => {
+                    tracing::debug!(?r, "the client hung up; cancelling its request");
+                    hung_up = true;
+                    cancel.cancel();
+                }
             }
         };
         let _ = send(&mut wr, response).await;
@@ -259,16 +275,24 @@ impl Agent {
         }
     }
 
-    async fn handle(self: &Arc<Self>, req: Request, cancel: Cancel) -> Response {
+    /// Answers `req`; `progress` carries what the client hears before the answer.
+    async fn handle(
+        self: &Arc<Self>,
+        req: Request,
+        cancel: Cancel,
+        progress: mpsc::UnboundedSender<Response>,
+    ) -> Response {
         match req {
             Request::Mount(m) => match self.mount(*m, cancel).await {
                 Ok((mount, already)) => Response::Mounted { mount, already },
                 Err(error) => Response::Error { error },
             },
-            Request::Unmount { target, lazy } => match self.unmount(&target, lazy).await {
-                Ok(mount) => Response::Unmounted { mount },
-                Err(error) => Response::Error { error },
-            },
+            Request::Unmount { target, lazy, force } => {
+                match self.unmount(&target, lazy, force, cancel, progress).await {
+                    Ok((mount, lost)) => Response::Unmounted { mount, lost },
+                    Err(error) => Response::Error { error },
+                }
+            }
             Request::Status => {
                 let mut mounts: Vec<MountInfo> = self.mounts.lock().await.values().map(|m| m.info()).collect();
                 mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
@@ -374,7 +398,7 @@ impl Agent {
         tokio::spawn(async move {
             let mut ended = live.ended();
             let _ = ended.wait_for(|e| *e).await;
-            live.drain(DRAIN_AT_UNMOUNT).await;
+            live.finish(DRAIN_AT_UNMOUNT).await;
             agent.mounts.lock().await.remove(&live.mountpoint);
             if let Err(e) = registry::remove(&live.mountpoint) {
                 tracing::warn!(%e, "cannot update the registry");
@@ -520,14 +544,31 @@ impl Agent {
         mounts.get(&abs).cloned()
     }
 
-    async fn unmount(&self, target: &str, lazy: bool) -> Result<MountInfo, MoorError> {
+    /// Unmounts once the mount's written data is on the server (see `LiveMount::settle`);
+    /// with `force` or `lazy`, at once. Returns what was dropped.
+    async fn unmount(
+        &self,
+        target: &str,
+        lazy: bool,
+        force: bool,
+        cancel: Cancel,
+        progress: mpsc::UnboundedSender<Response>,
+    ) -> Result<(MountInfo, Option<AtStake>), MoorError> {
         let Some(m) = self.find(target).await else {
             return Err(not_mounted(target));
         };
+        if !force && !lazy {
+            m.settle(cancel.cancelled(), |stake, moving| {
+                let _ = progress.send(Response::Draining { mount: m.name.clone(), at_stake: stake.clone(), moving });
+            })
+            .await?;
+        }
         mount::stop(&m, lazy).await?;
+        // With --force, what never reached the server is known now, and told.
+        let lost = if force { m.finish(FORCE_DRAIN).await } else { None };
         let mut info = m.info();
         info.status = super::protocol::MountStatus::Unmounted;
-        Ok(info)
+        Ok((info, lost))
     }
 }
 

@@ -11,14 +11,15 @@ use tokio::net::UnixStream;
 
 use super::paths;
 use super::protocol::{
-    Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, StatusEvent, PROTOCOL_VERSION,
+    AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, StatusEvent, PROTOCOL_VERSION,
 };
 
 /// How long a fresh agent may take to open its socket.
 const AGENT_START_DEADLINE: Duration = Duration::from_secs(10);
 /// How long the agent may take to list its mounts.
 const STATUS_DEADLINE: Duration = Duration::from_secs(10);
-/// How long an unmount may take: the agent waits for the kernel and for the session to end.
+/// How long an unmount may go without news: the agent waits for the kernel and for the
+/// session to end, and sends word of queued writes draining as they go.
 const UNMOUNT_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a reconnect may take: the agent gives the attempt the link's reconnect timeout
 /// and more.
@@ -42,6 +43,13 @@ pub struct Mounted {
     pub mount: MountInfo,
     /// True when the same remote was mounted there before.
     pub already: bool,
+}
+
+/// A mount taken down, and what written data it dropped (after `--force`).
+#[derive(Debug)]
+pub struct Unmounted {
+    pub mount: MountInfo,
+    pub lost: Option<AtStake>,
 }
 
 /// How a `moor reconnect` went.
@@ -109,14 +117,25 @@ impl Client {
         .await
     }
 
-    /// Unmounts the mount named by `target` (a name or a mountpoint).
-    pub async fn unmount(self, target: &str, lazy: bool) -> Result<MountInfo, MoorError> {
-        let req = Request::Unmount { target: target.to_string(), lazy };
-        self.ask(req, UNMOUNT_DEADLINE, |r| match r {
-            Response::Unmounted { mount } => Some(mount),
-            _ => None,
-        })
-        .await
+    /// Unmounts the mount named by `target` (a name or a mountpoint) once its queued
+    /// writes are on the server (`force`: at once), telling `draining` how they go.
+    pub async fn unmount(
+        self,
+        target: &str,
+        lazy: bool,
+        force: bool,
+        mut draining: impl FnMut(&AtStake, bool),
+    ) -> Result<Unmounted, MoorError> {
+        let (rd, mut wr) = self.stream.into_split();
+        send(&mut wr, Request::Unmount { target: target.to_string(), lazy, force }).await?;
+        let mut rd = BufReader::new(rd).lines();
+        loop {
+            match read_answer(&mut rd, UNMOUNT_DEADLINE).await? {
+                Response::Draining { at_stake, moving, .. } => draining(&at_stake, moving),
+                Response::Unmounted { mount, lost } => return Ok(Unmounted { mount, lost }),
+                _ => return Err(unexpected_answer()),
+            }
+        }
     }
 
     /// Every mount the agent serves, in mountpoint order.
@@ -155,17 +174,21 @@ impl Client {
     ) -> Result<T, MoorError> {
         let (rd, mut wr) = self.stream.into_split();
         send(&mut wr, req).await?;
-        let mut line = String::new();
-        let read = tokio::time::timeout(deadline, BufReader::new(rd).read_line(&mut line)).await;
-        let response = match read {
-            Err(_) => return Err(agent_err(format!("the agent did not answer within {deadline:?}"))),
-            Ok(Err(e)) => return Err(agent_err(format!("cannot read the agent's answer: {e}"))),
-            Ok(Ok(0)) => {
-                return Err(agent_err("the agent closed the connection without answering (see its log)".into()))
-            }
-            Ok(Ok(_)) => decode(&line)?,
-        };
+        let response = read_answer(&mut BufReader::new(rd).lines(), deadline).await?;
         expected(response).ok_or_else(unexpected_answer)
+    }
+}
+
+/// Reads the next answer, waiting up to `deadline` for it.
+async fn read_answer(
+    rd: &mut tokio::io::Lines<BufReader<OwnedReadHalf>>,
+    deadline: Duration,
+) -> Result<Response, MoorError> {
+    match tokio::time::timeout(deadline, rd.next_line()).await {
+        Err(_) => Err(agent_err(format!("the agent did not answer within {deadline:?}"))),
+        Ok(Err(e)) => Err(agent_err(format!("cannot read the agent's answer: {e}"))),
+        Ok(Ok(None)) => Err(agent_err("the agent closed the connection without answering (see its log)".into())),
+        Ok(Ok(Some(line))) => decode(&line),
     }
 }
 
@@ -273,9 +296,28 @@ mod tests {
     #[tokio::test]
     async fn the_agents_error_is_the_error() {
         let refusal = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
-        let err =
-            client_answered_by(vec![Response::Error { error: refusal.clone() }]).unmount("x", false).await.unwrap_err();
+        let err = client_answered_by(vec![Response::Error { error: refusal.clone() }])
+            .unmount("x", false, false, |_, _| {})
+            .await
+            .unwrap_err();
         assert_eq!(err, refusal);
+    }
+
+    #[tokio::test]
+    async fn an_unmount_hears_its_writes_drain_before_the_answer() {
+        let stake = |bytes| AtStake { bytes, files: vec!["/srv/a".into()] };
+        let mount = MountInfo { connections: Vec::new(), ..crate::control::protocol::tests::sample_mount_info() };
+        let mut heard = Vec::new();
+        let done = client_answered_by(vec![
+            Response::Draining { mount: "m".into(), at_stake: stake(200), moving: true },
+            Response::Draining { mount: "m".into(), at_stake: stake(100), moving: false },
+            Response::Unmounted { mount, lost: None },
+        ])
+        .unmount("m", false, false, |s, moving| heard.push((s.bytes, moving)))
+        .await
+        .unwrap();
+        assert_eq!(heard, vec![(200, true), (100, false)]);
+        assert!(done.lost.is_none());
     }
 
     #[tokio::test]

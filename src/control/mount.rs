@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::protocol::{ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest};
+use super::protocol::{AtStake, ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest};
 use super::status::{Monitor, MountStatus, Timestamp};
 use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, KernelTimeouts};
 use crate::link::Link;
@@ -27,7 +27,15 @@ pub struct LiveMount {
     monitor: Arc<Monitor>,
     /// Becomes true when the kernel session has ended, whoever unmounted it.
     ended: watch::Receiver<bool>,
+    /// What the mount's end dropped, once it ended (see `finish`).
+    finished: tokio::sync::OnceCell<Option<AtStake>>,
 }
+
+/// How long an unmount waits for a link that is down to come back, with written data not
+/// yet on the server, before it refuses.
+pub const DOWN_GRACE: Duration = Duration::from_secs(10);
+/// How often an unmount waiting for written data says how it goes.
+const DRAIN_TICK: Duration = Duration::from_millis(500);
 
 impl LiveMount {
     pub fn info(&self) -> MountInfo {
@@ -69,14 +77,86 @@ impl LiveMount {
         self.request.dest == req.dest && self.request.remote_path == req.remote_path
     }
 
-    /// Gives queued writes up to `limit` to reach the server, says what could not, and
-    /// ends the mount's background work.
-    pub async fn drain(&self, limit: Duration) {
-        let left = self.fs.shutdown(limit).await;
-        if left > 0 {
-            tracing::error!(mountpoint = %self.mountpoint.display(), bytes = left, "unmounted with writes that never reached the server");
+    /// Written data not yet on the server.
+    pub fn at_stake(&self) -> AtStake {
+        let files = self.fs.at_stake();
+        AtStake { bytes: files.iter().map(|(_, b)| b).sum(), files: files.into_iter().map(|(p, _)| p).collect() }
+    }
+
+    /// Waits until the mount's written data is on the server, telling `progress` how it
+    /// goes: for as long as the link moves data, however slowly, and for at most
+    /// `DOWN_GRACE` in all while it is down; then refuses, naming what is at stake.
+    /// `stop` ends the wait early (the user gave up), also with a refusal.
+    pub async fn settle(
+        &self,
+        stop: impl std::future::Future<Output = ()>,
+        mut progress: impl FnMut(&AtStake, bool),
+    ) -> Result<(), MoorError> {
+        let mut stop = std::pin::pin!(stop);
+        let mut down_for = Duration::ZERO;
+        loop {
+            let stake = self.at_stake();
+            if stake.bytes == 0 {
+                return Ok(());
+            }
+            let moving = self.fs.link_moving(self.request.call_timeout);
+            progress(&stake, moving);
+            if moving {
+                down_for = Duration::ZERO;
+            } else if down_for >= DOWN_GRACE {
+                return Err(refusal(&self.mountpoint, &stake));
+            } else {
+                down_for += DRAIN_TICK;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(DRAIN_TICK) => {}
+                _ = &mut stop => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled; still mounted")),
+            }
         }
     }
+
+    /// Ends the mount's filesystem work once its kernel session is gone: gives written
+    /// data up to `limit` to reach the server, then stops its tasks. Says, in the logs,
+    /// what never reached the server, and returns it. Only the first call does the work.
+    pub async fn finish(&self, limit: Duration) -> Option<AtStake> {
+        self.finished
+            .get_or_init(|| async {
+                let left = self.fs.shutdown(limit).await;
+                if left == 0 {
+                    return None;
+                }
+                let lost = AtStake { bytes: left, ..self.at_stake() };
+                let line = format!(
+                    "unmounted with {} bytes written that never reached the server, now lost: {}",
+                    lost.bytes,
+                    lost.files.join(", ")
+                );
+                tracing::error!(mountpoint = %self.mountpoint.display(), "{line}");
+                if let Some(log) = &self.log {
+                    crate::logging::append_line(log, &line);
+                }
+                Some(lost)
+            })
+            .await
+            .clone()
+    }
+}
+
+/// The refusal to unmount while written data cannot reach the server.
+fn refusal(mountpoint: &Path, stake: &AtStake) -> MoorError {
+    let mut names: Vec<&str> = stake.files.iter().take(3).map(String::as_str).collect();
+    if stake.files.len() > 3 {
+        names.push("...");
+    }
+    MoorError::new(
+        ErrorKind::DataAtStake,
+        format!(
+            "{} bytes written to {} ({}) are not on the server yet and the link is down: unmount again once it is back, or with --force to drop them",
+            stake.bytes,
+            mountpoint.display(),
+            names.join(", ")
+        ),
+    )
 }
 
 /// One line of `/proc/self/mountinfo`.
@@ -213,10 +293,7 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     let remote = Arc::new(SftpRemote::new(link.clone()));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);
-    // Waiting for queued writes must fit inside one call's deadline.
-    let write_wait = req.call_timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_millis(100));
-    let fs_opts =
-        FsOptions { write_wait, cache_timeout: req.cache_timeout, read_ahead: req.read_ahead, ..FsOptions::default() };
+    let fs_opts = FsOptions { cache_timeout: req.cache_timeout, read_ahead: req.read_ahead, ..FsOptions::default() };
     let fs = Arc::new(Fs::new(remote, &root, fs_opts));
     // The kernel may trust what it was told as long as the mount's own cache does.
     let kernel = KernelTimeouts { attr: req.cache_timeout, entry: req.cache_timeout };
@@ -260,7 +337,18 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
     raise_readahead(&mountpoint);
     let monitor = Monitor::start(name.clone(), &link);
-    Ok(LiveMount { name, mountpoint, remote: remote_label, request: req.clone(), log: None, link, fs, monitor, ended })
+    Ok(LiveMount {
+        name,
+        mountpoint,
+        remote: remote_label,
+        request: req.clone(),
+        log: None,
+        link,
+        fs,
+        monitor,
+        ended,
+        finished: tokio::sync::OnceCell::new(),
+    })
 }
 
 /// The kernel asks a FUSE filesystem for at most 128 KiB ahead of a reader; moor reads

@@ -25,9 +25,13 @@ pub struct Envelope<T> {
 #[serde(tag = "request", rename_all = "snake_case")]
 pub enum Request {
     Mount(Box<MountRequest>),
+    /// Unmounts once the mount's queued writes are on the server (`force`: at once,
+    /// dropping what is not).
     Unmount {
         target: String,
         lazy: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        force: bool,
     },
     Status,
     /// Stream every state change until the client hangs up.
@@ -45,8 +49,19 @@ pub enum Response {
         mount: MountInfo,
         already: bool,
     },
+    /// `lost`: written data that never reached the server (after `force`).
     Unmounted {
         mount: MountInfo,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lost: Option<AtStake>,
+    },
+    /// Before `Unmounted`: writes still on their way to the server, sent as they go.
+    Draining {
+        mount: String,
+        at_stake: AtStake,
+        /// Whether the link is moving data (else it is down, and the unmount waits only
+        /// a while before refusing).
+        moving: bool,
     },
     Status {
         mounts: Vec<MountInfo>,
@@ -240,6 +255,18 @@ impl From<HostKeyCheck> for HostKeyPolicy {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Written data not yet on the server: how much, and of which files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AtStake {
+    pub bytes: u64,
+    /// Remote paths of the files, as they were opened.
+    pub files: Vec<String>,
+}
+
 /// What kind of failure, which decides the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -262,6 +289,8 @@ pub enum ErrorKind {
     Cancelled,
     /// The agent could not be started or reached.
     Agent,
+    /// Unmounting would drop written data that is not on the server yet.
+    DataAtStake,
     Internal,
 }
 
@@ -277,6 +306,7 @@ impl ErrorKind {
             ErrorKind::Mountpoint => 7,
             ErrorKind::NotMounted => 8,
             ErrorKind::Agent => 9,
+            ErrorKind::DataAtStake => 10,
             ErrorKind::Cancelled => 130,
         }
     }
@@ -310,12 +340,15 @@ impl From<LinkError> for MoorError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
     fn request_roundtrip() {
-        let r = Envelope { version: PROTOCOL_VERSION, body: Request::Unmount { target: "/m".into(), lazy: true } };
+        let r = Envelope {
+            version: PROTOCOL_VERSION,
+            body: Request::Unmount { target: "/m".into(), lazy: true, force: false },
+        };
         let line = serde_json::to_string(&r).unwrap();
         assert!(line.contains("\"request\":\"unmount\""));
         let back: Envelope<Request> = serde_json::from_str(&line).unwrap();
@@ -372,7 +405,7 @@ mod tests {
         }
     }
 
-    fn sample_mount_info() -> MountInfo {
+    pub(crate) fn sample_mount_info() -> MountInfo {
         MountInfo {
             name: "box-src".into(),
             mountpoint: "/home/alice/src".into(),
@@ -444,8 +477,12 @@ mod tests {
             ),
         );
         pin(
-            Request::Unmount { target: "/home/alice/src".into(), lazy: true },
+            Request::Unmount { target: "/home/alice/src".into(), lazy: true, force: false },
             r#"{"version":1,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
+        );
+        pin(
+            Request::Unmount { target: "/home/alice/src".into(), lazy: false, force: true },
+            r#"{"version":1,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
         );
         pin(Request::Status, r#"{"version":1,"request":"status"}"#);
         pin(Request::Watch, r#"{"version":1,"request":"watch"}"#);
@@ -462,8 +499,24 @@ mod tests {
             concat!(r#"{"version":1,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
         );
         pin(
-            Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() } },
+            Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() }, lost: None },
             concat!(r#"{"version":1,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
+        );
+        let lost = AtStake { bytes: 4096, files: vec!["/srv/a".into()] };
+        pin(
+            Response::Unmounted {
+                mount: MountInfo { connections: Vec::new(), ..sample_mount_info() },
+                lost: Some(lost.clone()),
+            },
+            concat!(
+                r#"{"version":1,"response":"unmounted","mount":"#,
+                mount_info_wire!("[]"),
+                r#","lost":{"bytes":4096,"files":["/srv/a"]}}"#
+            ),
+        );
+        pin(
+            Response::Draining { mount: "box-src".into(), at_stake: lost, moving: true },
+            r#"{"version":1,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
         );
         pin(
             Response::Status { mounts: vec![sample_mount_info()] },

@@ -79,8 +79,6 @@ impl OpenFlags {
 pub struct FsOptions {
     /// Data written but not yet on the server, for the whole mount.
     pub dirty_limit: usize,
-    /// Longest a call waits for queued writes to reach the server.
-    pub write_wait: Duration,
     /// How long attributes and listings are trusted (`--cache-timeout`; zero: not cached).
     pub cache_timeout: Duration,
     /// List subdirectories ahead of a tree walk.
@@ -93,7 +91,6 @@ impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
             dirty_limit: 64 * 1024 * 1024,
-            write_wait: Duration::from_millis(2500),
             cache_timeout: Duration::from_secs(5),
             list_ahead: true,
             read_ahead: MAX_WINDOW,
@@ -140,7 +137,7 @@ impl<R: Remote> Fs<R> {
         let cache = Arc::new(Mutex::new(MetaCache::new(opts.cache_timeout, acks.clone())));
         let slots = Arc::new(Semaphore::new(BACKGROUND_FETCHES));
         Fs {
-            write_behind: WriteBehind::new(remote.clone(), tasks.clone(), opts.dirty_limit, opts.write_wait, acks),
+            write_behind: WriteBehind::new(remote.clone(), tasks.clone(), opts.dirty_limit, acks),
             delete_behind: DeleteBehind::new(remote.clone(), tasks.clone(), cache.clone()),
             read_ahead: ReadAhead::new(remote.clone(), tasks.clone(), opts.read_ahead),
             small_files: SmallFiles::new(
@@ -179,6 +176,17 @@ impl<R: Remote> Fs<R> {
             tracing::warn!("background tasks still running after shutdown");
         }
         left
+    }
+
+    /// Whether a call waiting on the link may wait on: the link is up and has not gone
+    /// `within` with requests out and nothing received. Slow is not dead.
+    pub fn link_moving(&self, within: Duration) -> bool {
+        self.remote.is_available() && self.remote.stalled_for() < within
+    }
+
+    /// Files with written data not yet on the server: their paths (as opened) and bytes.
+    pub fn at_stake(&self) -> Vec<(String, u64)> {
+        self.write_behind.at_stake()
     }
 
     /// Bytes read and written through the mount.

@@ -34,7 +34,8 @@ pub struct KernelTimeouts {
 #[derive(Debug, Clone, Copy)]
 pub struct AdapterOptions {
     pub kernel: KernelTimeouts,
-    /// No call is answered later than this: past it, the program gets EAGAIN.
+    /// A call waiting this long on a link that is down, or has moved nothing for as
+    /// long, gets EAGAIN; on a link that moves data it waits on.
     pub call_timeout: Duration,
 }
 
@@ -49,27 +50,43 @@ impl Default for AdapterOptions {
 
 pub struct FuseAdapter<R: Remote> {
     fs: Arc<Fs<R>>,
+    moving: LinkMoving,
     rt: tokio::runtime::Handle,
     opts: AdapterOptions,
     /// Where write data is copied out of the kernel's buffer.
     buffers: Arc<BufferPool>,
 }
 
+/// Whether the link is up and has moved something within the given time.
+type LinkMoving = Arc<dyn Fn(Duration) -> bool + Send + Sync>;
+
+/// How often a call past its deadline looks again at whether the link still moves.
+const RECHECK: Duration = Duration::from_millis(250);
+
 /// What a call's future must be handed to run under its deadline.
 #[derive(Clone)]
 struct Ctx {
     kernel: KernelTimeouts,
     call_timeout: Duration,
+    moving: LinkMoving,
 }
 
 impl Ctx {
-    /// Runs one core operation under the call deadline.
+    /// Runs one core operation under the call deadline. The deadline measures progress,
+    /// not duration: past `call_timeout`, a call goes on waiting as long as the link is
+    /// up and moving data (a slow link is not a dead one), and gets EAGAIN once the link
+    /// is down or has moved nothing for `call_timeout`.
     async fn within<T>(&self, fut: impl Future<Output = Result<T, Errno>>) -> Result<T, Errno> {
-        match tokio::time::timeout(self.call_timeout, fut).await {
-            Ok(r) => r,
-            Err(_) => {
-                tracing::debug!(timeout = ?self.call_timeout, "call hit its deadline");
-                Err(Errno::EAGAIN)
+        let mut fut = std::pin::pin!(fut);
+        let mut deadline = tokio::time::Instant::now() + self.call_timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, fut.as_mut()).await {
+                Ok(r) => return r,
+                Err(_) if (self.moving)(self.call_timeout) => deadline = tokio::time::Instant::now() + RECHECK,
+                Err(_) => {
+                    tracing::debug!(timeout = ?self.call_timeout, "call hit its deadline on a link that moves nothing");
+                    return Err(Errno::EAGAIN);
+                }
             }
         }
     }
@@ -77,7 +94,11 @@ impl Ctx {
 
 impl<R: Remote> FuseAdapter<R> {
     pub fn new(fs: Arc<Fs<R>>, rt: tokio::runtime::Handle, opts: AdapterOptions) -> Self {
-        FuseAdapter { fs, rt, opts, buffers: BufferPool::new(MAX_WRITE as usize, POOLED_BUFFERS) }
+        let moving: LinkMoving = {
+            let fs = fs.clone();
+            Arc::new(move |within| fs.link_moving(within))
+        };
+        FuseAdapter { fs, moving, rt, opts, buffers: BufferPool::new(MAX_WRITE as usize, POOLED_BUFFERS) }
     }
 
     /// Runs one operation: what can be answered at once (a cache hit, data already read
@@ -88,7 +109,7 @@ impl<R: Remote> FuseAdapter<R> {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let ctx = Ctx { kernel: self.opts.kernel, call_timeout: self.opts.call_timeout };
+        let ctx = Ctx { kernel: self.opts.kernel, call_timeout: self.opts.call_timeout, moving: self.moving.clone() };
         let _runtime = self.rt.enter();
         let mut fut = Box::pin(op(self.fs.clone(), ctx));
         // A first poll with a waker that does nothing: every future re-registers the

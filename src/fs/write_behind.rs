@@ -8,9 +8,9 @@
 //! the flushers it starts.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -36,8 +36,6 @@ pub(super) struct WriteBehind<R: Remote> {
     /// Counts every write the server acknowledged, mount-wide: what the server said of
     /// a file while a write to it was landing may predate it (see `cache::Snapshot`).
     acks: Arc<AtomicU64>,
-    /// Longest a call waits for queued writes to reach the server.
-    wait: Duration,
 }
 
 fn kib(n: usize) -> u32 {
@@ -45,14 +43,28 @@ fn kib(n: usize) -> u32 {
 }
 
 impl<R: Remote> WriteBehind<R> {
-    pub(super) fn new(remote: Arc<R>, tasks: Tasks, dirty_limit: usize, wait: Duration, acks: Arc<AtomicU64>) -> Self {
+    pub(super) fn new(remote: Arc<R>, tasks: Tasks, dirty_limit: usize, acks: Arc<AtomicU64>) -> Self {
         WriteBehind {
             remote,
             tasks,
             queues: Arc::default(),
             dirty: Arc::new(Semaphore::new(kib(dirty_limit) as usize)),
             acks,
-            wait,
+        }
+    }
+
+    /// Waits for `work` while the link is up, however slowly it moves: a filesystem
+    /// does not give up on a disk for being slow. While the link is down nothing drains,
+    /// so the caller hears EAGAIN at once, or as soon as the link goes down. (The call's
+    /// own deadline, in `fuse`, ends a wait on a link that moves nothing at all.)
+    async fn while_up<T>(&self, work: impl Future<Output = T>) -> Result<T, Errno> {
+        if !self.remote.is_available() {
+            return Err(Errno::EAGAIN);
+        }
+        tokio::select! {
+            biased;
+            out = work => Ok(out),
+            _ = self.remote.wait_unavailable() => Err(Errno::EAGAIN),
         }
     }
 
@@ -63,9 +75,9 @@ impl<R: Remote> WriteBehind<R> {
         queue
     }
 
-    /// Queues a write of `data` at `offset`, split into requests without copying. Waits
-    /// for room in the dirty budget while the link is up; while it is down and the
-    /// budget is full, the write is refused with EAGAIN: not accepted, so not lost.
+    /// Queues a write of `data` at `offset`, split into requests without copying. When
+    /// the dirty budget is full, waits for room while the link is up (writes push back);
+    /// while it is down, the write is refused with EAGAIN: not accepted, so not lost.
     pub(super) async fn write(&self, queue: &Arc<FileQueue>, offset: u64, data: Bytes) -> Result<(), Errno> {
         if let Some(e) = queue.take_error() {
             return Err(e);
@@ -91,15 +103,10 @@ impl<R: Remote> WriteBehind<R> {
 
     async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, Errno> {
         let need = kib(len);
-        match self.dirty.clone().try_acquire_many_owned(need) {
-            Ok(p) => Ok(p),
-            // Full, and nothing drains while the link is down: not accepted, not lost.
-            Err(_) if !self.remote.is_available() => Err(Errno::EAGAIN),
-            Err(_) => tokio::time::timeout(self.wait, self.dirty.clone().acquire_many_owned(need))
-                .await
-                .map_err(|_| Errno::EAGAIN)?
-                .map_err(|_| Errno::EIO),
+        if let Ok(p) = self.dirty.clone().try_acquire_many_owned(need) {
+            return Ok(p);
         }
+        self.while_up(self.dirty.clone().acquire_many_owned(need)).await?.map_err(|_| Errno::EIO)
     }
 
     /// Queues a change of attributes behind the file's writes.
@@ -127,26 +134,23 @@ impl<R: Remote> WriteBehind<R> {
         self.queues_of(ino).iter().map(|q| q.end()).max().unwrap_or(0)
     }
 
-    /// Waits (bounded) until the writes queued for `ino` are on the server, so that what
-    /// the server says about the file next includes them.
+    /// Waits, while the link is up, until the writes queued for `ino` are on the server,
+    /// so that what the server says about the file next includes them.
     pub(super) async fn written(&self, ino: Ino) -> Result<(), Errno> {
         let pending: Vec<_> = self.queues_of(ino).into_iter().filter(|q| !q.is_idle()).collect();
         if pending.is_empty() {
             return Ok(());
         }
-        if !self.remote.is_available() {
-            return Err(Errno::EAGAIN);
-        }
-        let all = futures_util::future::join_all(pending.iter().map(|q| q.idle()));
-        tokio::time::timeout(self.wait, all).await.map(|_| ()).map_err(|_| Errno::EAGAIN)
+        self.while_up(futures_util::future::join_all(pending.iter().map(|q| q.idle()))).await.map(|_| ())
     }
 
-    /// Waits (bounded) until `queue`'s writes are on the server, reporting any failure.
+    /// Waits, while the link is up, until `queue`'s writes are on the server, reporting
+    /// any failure.
     pub(super) async fn file_written(&self, queue: &FileQueue) -> Result<(), Errno> {
-        if !queue.is_idle() && !self.remote.is_available() {
-            return Err(Errno::EAGAIN);
+        if queue.is_idle() {
+            return queue.drained().await;
         }
-        tokio::time::timeout(self.wait, queue.drained()).await.unwrap_or(Err(Errno::EAGAIN))
+        self.while_up(queue.drained()).await?
     }
 
     /// The file was closed for the last time: its queued writes still reach the server,
@@ -171,6 +175,25 @@ impl<R: Remote> WriteBehind<R> {
     pub(super) async fn all_written(&self) {
         let all: Vec<Arc<FileQueue>> = lock(&self.queues).values().flatten().cloned().collect();
         futures_util::future::join_all(all.iter().map(|q| q.idle())).await;
+    }
+
+    /// Each file with bytes queued: its path (as opened) and how many.
+    pub(super) fn at_stake(&self) -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = lock(&self.queues)
+            .values()
+            .flatten()
+            .map(|q| (q.path.clone(), q.queued_bytes()))
+            .filter(|(_, bytes)| *bytes > 0)
+            .collect();
+        files.sort();
+        files.dedup_by(|b, a| {
+            let same = a.0 == b.0;
+            if same {
+                a.1 += b.1;
+            }
+            same
+        });
+        files
     }
 
     /// Bytes queued and not yet on the server, mount-wide.
@@ -482,7 +505,7 @@ mod tests {
     async fn queued_writes_survive_an_outage() {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
-        remote.down.store(true, Ordering::SeqCst);
+        remote.go_down();
         let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"kept".to_vec()), None));
         tokio::spawn(wb.clone().flush(remote.clone()));
@@ -490,8 +513,7 @@ mod tests {
         let early = tokio::time::timeout(Duration::from_millis(200), wb.drained()).await;
         assert!(early.is_err(), "drained while the link was down");
         assert_eq!(wb.end(), 4);
-        remote.down.store(false, Ordering::SeqCst);
-        remote.notify_available();
+        remote.come_back();
         tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap().unwrap();
         assert_eq!(remote.file("/f").unwrap(), b"kept");
     }
@@ -513,7 +535,7 @@ mod tests {
     async fn permanent_failure_reports_loss() {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
-        remote.failed.store(true, Ordering::SeqCst);
+        remote.fail_for_good();
         let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
         tokio::spawn(wb.clone().flush(remote.clone()));

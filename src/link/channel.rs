@@ -14,11 +14,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::pacing::Pacing;
 use crate::sync::lock;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh::client::Msg;
@@ -41,6 +42,48 @@ const MAX_FRAME: usize = 1 << 20;
 /// instead of two.
 const COPY_BELOW: usize = 4096;
 
+/// What a channel has moved, for telling a slow link from a dead one: a connection is
+/// stalled while it has requests out and has received nothing for a while, however long
+/// its requests have been waiting behind others.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests sent and not yet answered.
+    outstanding: AtomicU64,
+    /// When bytes last arrived, or a request went out with none outstanding (the
+    /// channel's clock, in milliseconds).
+    last_moved_ms: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the first call.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl Progress {
+    fn sent(&self) {
+        if self.outstanding.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.last_moved_ms.store(clock_ms(), Ordering::SeqCst);
+        }
+    }
+
+    fn received(&self) {
+        self.last_moved_ms.store(clock_ms(), Ordering::SeqCst);
+    }
+
+    fn answered(&self) {
+        let _ = self.outstanding.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+    }
+
+    /// How long requests have been out with nothing arriving; zero when none is out.
+    pub fn stalled_for(&self) -> Duration {
+        if self.outstanding.load(Ordering::SeqCst) == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(clock_ms().saturating_sub(self.last_moved_ms.load(Ordering::SeqCst)))
+    }
+}
+
 enum Outgoing {
     Frame(Bytes),
     /// A header and the data it announces, sent back to back.
@@ -57,6 +100,8 @@ pub struct DirectSftp {
     waiting: Waiting,
     next_id: AtomicU32,
     timeout: Duration,
+    /// File data out on this channel is kept within a budget (see `pacing`).
+    pacing: Pacing,
 }
 
 /// The library's side of the channel: a byte stream like the channel itself.
@@ -67,20 +112,35 @@ pub struct LibraryStream {
     partial: BytesMut,
 }
 
-/// Starts the writer and reader tasks of an SFTP channel. Direct requests not answered
-/// within `timeout` fail with [`SftpError::Timeout`], as the library's do.
-pub fn start(read: ChannelReadHalf, write: ChannelWriteHalf<Msg>, timeout: Duration) -> (DirectSftp, LibraryStream) {
+/// Starts the writer and reader tasks of an SFTP channel, counting what moves in
+/// `progress`. Direct requests not answered within `timeout` fail with
+/// [`SftpError::Timeout`], as the library's do.
+pub fn start(
+    read: ChannelReadHalf,
+    write: ChannelWriteHalf<Msg>,
+    timeout: Duration,
+    progress: Arc<Progress>,
+) -> (DirectSftp, LibraryStream) {
     let (out, out_rx) = mpsc::unbounded_channel();
     let (to_library, incoming) = mpsc::unbounded_channel();
     let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
-    tokio::spawn(write_frames(out_rx, write));
-    tokio::spawn(read_frames(read, waiting.clone(), to_library));
-    let direct = DirectSftp { out: out.clone(), waiting, next_id: AtomicU32::new(0), timeout };
+    tokio::spawn(write_frames(out_rx, write, progress.clone()));
+    tokio::spawn(read_frames(read, waiting.clone(), to_library, progress));
+    let direct =
+        DirectSftp { out: out.clone(), waiting, next_id: AtomicU32::new(0), timeout, pacing: Pacing::default() };
     (direct, LibraryStream { incoming, current: Bytes::new(), out, partial: BytesMut::new() })
 }
 
-async fn write_frames(mut queue: mpsc::UnboundedReceiver<Outgoing>, channel: ChannelWriteHalf<Msg>) {
+async fn write_frames(
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    channel: ChannelWriteHalf<Msg>,
+    progress: Arc<Progress>,
+) {
     while let Some(item) = queue.recv().await {
+        // Every SFTP packet going out is a request that gets one answer.
+        if !matches!(item, Outgoing::Close) {
+            progress.sent();
+        }
         let sent = match item {
             Outgoing::Frame(frame) => channel.data_bytes(frame).await,
             Outgoing::Split(head, body) => match channel.data_bytes(head).await {
@@ -101,7 +161,12 @@ async fn write_frames(mut queue: mpsc::UnboundedReceiver<Outgoing>, channel: Cha
     let _ = channel.close().await;
 }
 
-async fn read_frames(mut channel: ChannelReadHalf, waiting: Waiting, to_library: mpsc::UnboundedSender<Bytes>) {
+async fn read_frames(
+    mut channel: ChannelReadHalf,
+    waiting: Waiting,
+    to_library: mpsc::UnboundedSender<Bytes>,
+    progress: Arc<Progress>,
+) {
     let mut frames = Frames::default();
     while let Some(msg) = channel.wait().await {
         let data = match msg {
@@ -109,7 +174,12 @@ async fn read_frames(mut channel: ChannelReadHalf, waiting: Waiting, to_library:
             ChannelMsg::Eof | ChannelMsg::Close => break,
             _ => continue,
         };
-        let done = frames.push(data, |frame| route(frame, &waiting, &to_library));
+        // Bytes arriving are progress, even when they complete no answer yet.
+        progress.received();
+        let done = frames.push(data, |frame| {
+            progress.answered();
+            route(frame, &waiting, &to_library)
+        });
         if let Err(len) = done {
             tracing::warn!(len, "SFTP frame too large; closing the channel");
             break;
@@ -189,7 +259,10 @@ impl DirectSftp {
         let mut f = frame(FXP_READ, id, handle, 12);
         f.put_u64(offset);
         f.put_u32(len);
-        let answer = self.request(id, Outgoing::Frame(finish(f))).await?;
+        let share = self.pacing.share(len as usize).await;
+        let answer = self.request(id, Outgoing::Frame(finish(f))).await;
+        self.pacing.answered(share);
+        let answer = answer?;
         match answer.get(4) {
             Some(&FXP_DATA) => {
                 let mut body = answer.slice(9..);
@@ -209,6 +282,7 @@ impl DirectSftp {
 
     /// Writes `data` at `offset`, sending the caller's buffer itself.
     pub async fn write(&self, handle: &str, offset: u64, data: Bytes) -> Result<(), SftpError> {
+        let share = self.pacing.share(data.len()).await;
         let id = self.next_id();
         let mut head = frame(FXP_WRITE, id, handle, 12 + data.len());
         head.put_u64(offset);
@@ -219,7 +293,9 @@ impl DirectSftp {
         } else {
             Outgoing::Split(finish_with(head, data.len()), data)
         };
-        let answer = self.request(id, item).await?;
+        let answer = self.request(id, item).await;
+        self.pacing.answered(share);
+        let answer = answer?;
         match answer.get(4) {
             Some(&FXP_STATUS) => match status(&answer) {
                 SftpError::Status(s) if s.status_code == StatusCode::Ok => Ok(()),
@@ -227,6 +303,11 @@ impl DirectSftp {
             },
             _ => Err(SftpError::UnexpectedPacket),
         }
+    }
+
+    /// Bytes of file data out on this channel now.
+    pub fn bulk_out(&self) -> usize {
+        self.pacing.out()
     }
 
     fn next_id(&self) -> u32 {

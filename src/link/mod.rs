@@ -8,6 +8,7 @@ pub mod channel;
 pub mod config;
 pub mod error;
 pub mod known_hosts;
+pub mod pacing;
 pub mod policy;
 pub mod ssh;
 
@@ -15,6 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::Instant;
@@ -35,13 +37,17 @@ static DIALS: Semaphore = Semaphore::const_new(MAX_CONCURRENT_DIALS);
 /// A reconnect attempt started by a filesystem call waits at least this long after the
 /// previous attempt ended, so a busy mount cannot turn into a dial storm.
 const MIN_ATTEMPT_GAP: Duration = Duration::from_millis(300);
+/// How often the connections are checked for a stall.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 
 /// How a link watches and restores its connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkOptions {
     pub heartbeat_interval: Duration,
     pub max_heartbeat_failures: u32,
-    /// How long one SFTP request may take before the connection counts as dead.
+    /// How long a connection may have requests out and receive nothing before it counts
+    /// as dead (`--request-timeout`). A request waiting longer behind others on a link
+    /// that keeps delivering is fine.
     pub request_timeout: Duration,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -188,10 +194,45 @@ impl Link {
         lock(&self.required_paths).push(path.to_string());
     }
 
-    /// A live connection of the pool, at once, taking turns; or why there is none.
-    /// Asking while the link is down brings the next reconnect attempt forward.
+    /// A live connection of the pool for a small request, at once; or why there is
+    /// none. It goes where the least file data is out, taking turns among equals: a
+    /// `stat` during a big copy is not queued behind it. Asking while the link is down
+    /// brings the next reconnect attempt forward.
     pub fn conn(&self) -> Result<Arc<SftpConn>, Unavailable> {
-        let lane = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let turn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        {
+            let pool = read(&self.current);
+            let n = pool.len();
+            let best =
+                (0..n).map(|k| (turn + k) % n).filter(|&i| !pool[i].is_closed()).min_by_key(|&i| pool[i].bulk_out());
+            if let Some(i) = best {
+                return Ok(pool[i].clone());
+            }
+        }
+        self.unavailable()
+    }
+
+    /// Connections in the pool.
+    pub fn lanes(&self) -> usize {
+        read(&self.current).len()
+    }
+
+    /// Connections that carry file data: all but the first when there are several, so
+    /// that the first stays quick for small requests and its heartbeat shows the
+    /// link's own round-trip time.
+    pub fn data_lanes(&self) -> usize {
+        let n = self.lanes();
+        if n >= 2 {
+            n - 1
+        } else {
+            n
+        }
+    }
+
+    /// Data lane `k` (modulo their number), as `conn_at` numbers the whole pool.
+    pub fn data_conn(&self, k: usize) -> Result<Arc<SftpConn>, Unavailable> {
+        let n = self.lanes();
+        let lane = if n >= 2 { 1 + k % (n - 1) } else { k };
         self.conn_at(lane)
     }
 
@@ -221,6 +262,19 @@ impl Link {
             _ => {
                 self.failure_seen.notify_one();
                 Err(Unavailable::Down("connection closed".into()))
+            }
+        }
+    }
+
+    /// Resolves once the link is not up: down, failed or closed.
+    pub async fn wait_not_up(&self) {
+        let mut rx = self.state.subscribe();
+        loop {
+            if !matches!(&*rx.borrow_and_update(), LinkState::Up { .. }) || self.conn().is_err() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
             }
         }
     }
@@ -418,17 +472,30 @@ impl Link {
         tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| Err("no outcome within the time limit".into()))
     }
 
-    /// Returns why the pool was declared dead, or `None` once the link is closed. Every
-    /// connection gets a heartbeat; one that misses too many, or ends, takes the pool
-    /// down (and the pool comes back whole).
+    /// Returns why the pool was declared dead, or `None` once the link is closed.
+    ///
+    /// A connection is dead when it has had requests out and received nothing for
+    /// `request_timeout`: how long a request waits says nothing on a slow link, where it
+    /// may queue behind megabytes, while bytes arriving say the link is alive. Every
+    /// connection gets a heartbeat each `heartbeat_interval`, so an idle connection has
+    /// a request out too; a heartbeat that fails outright `max_heartbeat_failures` times
+    /// in a row also takes the pool down (and the pool comes back whole).
     async fn watch_while_up(&self) -> Option<String> {
         let pool = read(&self.current).clone();
         let Some(generation) = pool.first().map(|c| c.generation) else {
             return Some(lock(&self.last_failure).clone());
         };
-        let mut misses = vec![0u32; pool.len()];
+        let stall_limit = self.opts.request_timeout;
+        let mut failures = vec![0u32; pool.len()];
+        let mut beating = vec![false; pool.len()];
+        let mut beats = FuturesUnordered::new();
+        // The smallest heartbeat round trip since the last tick: the connection with the
+        // least queued on it shows the link's own latency.
+        let mut fastest: Option<Duration> = None;
         let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check = tokio::time::interval(WATCHDOG_PERIOD.min(stall_limit / 4).max(Duration::from_millis(10)));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.is_closed() {
                 return None;
@@ -441,25 +508,36 @@ impl Link {
                     if !self.current_is(generation) {
                         return Some(lock(&self.last_failure).clone());
                     }
-                    let started = Instant::now();
-                    let beats = futures_util::future::join_all(
-                        pool.iter().map(|c| tokio::time::timeout(self.opts.heartbeat_interval, c.sftp.stat("."))),
-                    )
-                    .await;
-                    for (i, beat) in beats.into_iter().enumerate() {
-                        if matches!(beat, Ok(Ok(_))) {
-                            misses[i] = 0;
-                            if i == 0 {
-                                let rtt = started.elapsed().as_micros().max(1) as u64;
-                                self.last_rtt_us.store(rtt, Ordering::Relaxed);
-                            }
-                        } else {
-                            misses[i] += 1;
-                            tracing::debug!(connection = i, misses = misses[i], "heartbeat missed");
-                            if misses[i] >= self.opts.max_heartbeat_failures {
-                                return Some(format!("{} heartbeats missed", misses[i]));
-                            }
+                    if let Some(rtt) = fastest.take() {
+                        self.last_rtt_us.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+                    }
+                    for (i, c) in pool.iter().enumerate() {
+                        if !std::mem::replace(&mut beating[i], true) {
+                            let c = c.clone();
+                            beats.push(async move {
+                                let started = Instant::now();
+                                let ok = c.sftp.stat(".").await.is_ok();
+                                (i, started.elapsed(), ok)
+                            });
                         }
+                    }
+                }
+                Some((i, rtt, ok)) = beats.next(), if !beats.is_empty() => {
+                    beating[i] = false;
+                    if ok {
+                        failures[i] = 0;
+                        fastest = Some(fastest.map_or(rtt, |f| f.min(rtt)));
+                    } else {
+                        failures[i] += 1;
+                        tracing::debug!(connection = i, failures = failures[i], "heartbeat failed");
+                        if failures[i] >= self.opts.max_heartbeat_failures {
+                            return Some(format!("{} heartbeats failed", failures[i]));
+                        }
+                    }
+                }
+                _ = check.tick() => {
+                    if let Some(stalled) = pool.iter().map(|c| c.stalled_for()).find(|d| *d >= stall_limit) {
+                        return Some(format!("nothing received for {:.1}s with requests out", stalled.as_secs_f64()));
                     }
                 }
                 _ = self.failure_seen.notified() => {
@@ -470,6 +548,12 @@ impl Link {
                 _ = self.close_requested.notified() => return None,
             }
         }
+    }
+
+    /// How long the link has had requests out without receiving anything (the longest
+    /// of its connections); zero while it answers, or has nothing out.
+    pub fn stalled_for(&self) -> Duration {
+        read(&self.current).iter().map(|c| c.stalled_for()).max().unwrap_or(Duration::ZERO)
     }
 
     fn current_is(&self, generation: u64) -> bool {
@@ -489,9 +573,12 @@ impl Link {
     }
 }
 
-/// Ends connections that are no longer used, without waiting on a dead network.
+/// Ends connections that are no longer used, without waiting on a dead network. Each is
+/// aborted first: nothing it was given may reach the server after this (see
+/// `SftpConn::abort`), since what it did not confirm is sent again on a new connection.
 fn retire(pool: Vec<Arc<SftpConn>>) {
     for conn in pool {
+        conn.abort();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(2), conn.close()).await;
         });
@@ -502,7 +589,7 @@ fn retire(pool: Vec<Arc<SftpConn>>) {
 async fn dial_pool(dest: &Destination, opts: &LinkOptions, generation: u64) -> Result<Vec<Arc<SftpConn>>, LinkError> {
     let dials = (0..opts.connections.max(1)).map(|lane| async move {
         let _permit = DIALS.acquire().await;
-        let mut c = ssh::connect(dest, opts.request_timeout, generation).await?;
+        let mut c = ssh::connect(dest, generation).await?;
         c.lane = lane;
         Ok::<_, LinkError>(c)
     });

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -18,7 +18,7 @@ use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 use russh_sftp::client::RawSftpSession;
 
-use super::channel::DirectSftp;
+use super::channel::{DirectSftp, Progress};
 use tokio::net::TcpStream;
 
 use super::config::Destination;
@@ -50,8 +50,18 @@ pub struct SftpConn {
     /// Unix milliseconds of the last request answered on this connection.
     last_activity_ms: AtomicU64,
     ops: AtomicU64,
+    /// Requests out and bytes in, to tell a slow connection from a dead one.
+    progress: Arc<Progress>,
+    /// The TCP socket under the session (a duplicate: russh owns the original), kept to
+    /// abort the connection.
+    socket: OwnedFd,
     ssh: client::Handle<Client>,
 }
+
+/// How long one request may go unanswered in any case. Whether a connection is alive is
+/// judged by what it moves (`SftpConn::stalled_for`), not by this: it only makes sure no
+/// request waits for ever on a connection that keeps answering others.
+const REQUEST_BACKSTOP: Duration = Duration::from_secs(300);
 
 /// See `SftpConn::handle_slots`; a few are left for directory listings.
 pub const MAX_HANDLES_PER_CONNECTION: usize = 120;
@@ -86,9 +96,37 @@ impl SftpConn {
         }
     }
 
+    /// How long this connection has had requests out without receiving anything.
+    pub fn stalled_for(&self) -> Duration {
+        self.progress.stalled_for()
+    }
+
+    /// Bytes of file data out on this connection.
+    pub fn bulk_out(&self) -> usize {
+        self.direct.bulk_out()
+    }
+
     pub async fn close(&self) {
         let _ = self.sftp.close_session();
         let _ = self.ssh.disconnect(Disconnect::ByApplication, "unmounted", "en").await;
+    }
+
+    /// Aborts the TCP connection at once: the kernel drops whatever it has not yet sent
+    /// and resets the connection, so nothing written on it can reach the server later,
+    /// after the same writes were replayed (and newer ones made) on a new connection, as
+    /// a stalled path's retransmissions would. `connect` with `AF_UNSPEC` does that on
+    /// Linux without closing the descriptor, which russh still owns.
+    pub fn abort(&self) {
+        // SAFETY: an all-zero sockaddr with family AF_UNSPEC is a valid argument, its
+        // size is given, and the descriptor is ours (a duplicate) for as long as `self`.
+        let rc = unsafe {
+            let mut addr: libc::sockaddr = std::mem::zeroed();
+            addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            libc::connect(self.socket.as_raw_fd(), &addr, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t)
+        };
+        if rc != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "aborting the connection");
+        }
     }
 }
 
@@ -185,14 +223,13 @@ async fn dial(dest: &Destination, deadline: tokio::time::Instant) -> Result<TcpS
 }
 
 /// Connects, authenticates and starts SFTP, all within the destination's connect timeout.
-/// Each SFTP request on the result may take `request_timeout` before it counts as lost.
-pub async fn connect(dest: &Destination, request_timeout: Duration, generation: u64) -> Result<SftpConn, LinkError> {
+pub async fn connect(dest: &Destination, generation: u64) -> Result<SftpConn, LinkError> {
     let deadline = tokio::time::Instant::now() + dest.connect_timeout;
     let timeout = || LinkError::ConnectTimeout {
         addr: format!("{}:{}", dest.host_name, dest.port),
         secs: dest.connect_timeout.as_secs(),
     };
-    match tokio::time::timeout_at(deadline, connect_inner(dest, deadline, request_timeout, generation)).await {
+    match tokio::time::timeout_at(deadline, connect_inner(dest, deadline, generation)).await {
         Ok(r) => r,
         Err(_) => Err(timeout()),
     }
@@ -201,10 +238,13 @@ pub async fn connect(dest: &Destination, request_timeout: Duration, generation: 
 async fn connect_inner(
     dest: &Destination,
     deadline: tokio::time::Instant,
-    request_timeout: Duration,
     generation: u64,
 ) -> Result<SftpConn, LinkError> {
     let tcp = dial(dest, deadline).await?;
+    let socket = tcp.as_fd().try_clone_to_owned().map_err(|e| LinkError::Lost {
+        host: dest.host_name.clone(),
+        detail: format!("cannot keep the socket: {e}"),
+    })?;
     let verdict = Arc::new(Mutex::new(None));
     let handler = Client { dest: Arc::new(dest.clone()), verdict: verdict.clone() };
     let protocol = |e: russh::Error| LinkError::Protocol { host: dest.host_name.clone(), detail: e.to_string() };
@@ -238,10 +278,10 @@ async fn connect_inner(
             Some(_) => {}
         }
     }
-    let cfg =
-        russh_sftp::client::Config { request_timeout_secs: request_timeout.as_secs().max(1), ..Default::default() };
+    let cfg = russh_sftp::client::Config { request_timeout_secs: REQUEST_BACKSTOP.as_secs(), ..Default::default() };
     let (read_half, write_half) = channel.split();
-    let (direct, library) = super::channel::start(read_half, write_half, request_timeout.max(Duration::from_secs(1)));
+    let progress = Arc::new(Progress::default());
+    let (direct, library) = super::channel::start(read_half, write_half, REQUEST_BACKSTOP, progress.clone());
     let mut sftp = RawSftpSession::new_with_config(library, cfg);
     let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
     // Reads: 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers,
@@ -275,6 +315,8 @@ async fn connect_inner(
         handle_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HANDLES_PER_CONNECTION)),
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),
+        progress,
+        socket,
         ssh,
     })
 }

@@ -79,11 +79,12 @@ pub struct FakeRemote {
     tree: Mutex<BTreeMap<String, Node>>,
     handles: Mutex<HashMap<u64, Open>>,
     next: AtomicU64,
-    pub down: AtomicBool,
-    pub failed: AtomicBool,
+    down: AtomicBool,
+    failed: AtomicBool,
     /// The next operation is applied, but answered as if the link broke.
     pub lose_reply: AtomicBool,
     available: Notify,
+    went_down: Notify,
     /// Largest read answered at once, to exercise short reads.
     pub max_read: AtomicU64,
     /// Removals wait here (before anything else) while it is held.
@@ -126,6 +127,7 @@ impl FakeRemote {
             failed: AtomicBool::new(false),
             lose_reply: AtomicBool::new(false),
             available: Notify::new(),
+            went_down: Notify::new(),
             max_read: AtomicU64::new(u64::MAX),
             removals: Gate::default(),
             refuse_removals: AtomicBool::new(false),
@@ -146,8 +148,22 @@ impl FakeRemote {
         }
     }
 
-    /// Wakes whoever waits for the link after `down` was cleared.
-    pub fn notify_available(&self) {
+    /// The link drops: requests fail as not sent until `come_back`.
+    pub fn go_down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        self.went_down.notify_waiters();
+    }
+
+    /// The link is back; whoever waits for it goes on.
+    pub fn come_back(&self) {
+        self.down.store(false, Ordering::SeqCst);
+        self.available.notify_waiters();
+    }
+
+    /// The link gives up for good.
+    pub fn fail_for_good(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.went_down.notify_waiters();
         self.available.notify_waiters();
     }
 
@@ -249,6 +265,20 @@ impl Remote for FakeRemote {
                 other => return other,
             }
         }
+    }
+
+    async fn wait_unavailable(&self) {
+        loop {
+            let wake = self.went_down.notified();
+            if self.up().is_err() {
+                return;
+            }
+            wake.await;
+        }
+    }
+
+    fn stalled_for(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {

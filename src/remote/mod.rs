@@ -179,6 +179,11 @@ pub trait Remote: Send + Sync + 'static {
     fn is_available(&self) -> bool;
     /// Resolves once requests can be sent again (`Ok`), or the link has failed for good.
     fn wait_available(&self) -> impl Future<Output = Result<()>> + Send;
+    /// Resolves once requests can no longer be sent (the link went down or failed).
+    fn wait_unavailable(&self) -> impl Future<Output = ()> + Send;
+    /// How long the link has had requests out and received nothing: zero while it is
+    /// moving data, however slowly, or has nothing to do.
+    fn stalled_for(&self) -> std::time::Duration;
     /// The canonical absolute form of `path`; relative paths are relative to the home
     /// directory the server gave the session.
     fn realpath(&self, path: &str) -> impl Future<Output = Result<String>> + Send;

@@ -2,7 +2,7 @@
 //! from the link, with the SFTP status turned into a [`RemoteError`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use russh_sftp::client::error::Error as SftpError;
@@ -13,15 +13,14 @@ use crate::link::{Link, SftpConn, Unavailable};
 use crate::sync::lock;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// Pools are never larger than this (see `--connections`).
-const MAX_LANES: usize = 32;
-
 const ST_RDONLY: u64 = 1;
 
 pub struct SftpRemote {
     link: Arc<Link>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     next_handle: AtomicU64,
+    /// Turns taken by opens over the connections.
+    next_open: AtomicUsize,
     /// What the last connection announced, for answers while the link is down.
     known_extensions: Mutex<Extensions>,
 }
@@ -30,7 +29,8 @@ pub struct SftpRemote {
 struct OpenFile {
     path: String,
     opts: OpenOptions,
-    /// The lane the file was opened on: where its requests go unless told otherwise.
+    /// The data lane the file was opened on (counted among the link's data lanes):
+    /// where its requests go unless told otherwise.
     home: usize,
     /// The server's handles, by lane, with the connection generation each belongs to and
     /// the slot it takes on that connection.
@@ -44,6 +44,7 @@ impl SftpRemote {
             link,
             files: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            next_open: AtomicUsize::new(0),
             known_extensions: Mutex::new(known),
         }
     }
@@ -72,7 +73,7 @@ impl SftpRemote {
     /// (which `None` and 0 both mean).
     fn file_conn(&self, h: &Handle, lane: Option<usize>) -> Result<Arc<SftpConn>> {
         let home = self.file(h)?.home;
-        self.link.conn_at(home + lane.unwrap_or(0)).map_err(RemoteError::from)
+        self.link.data_conn(home + lane.unwrap_or(0)).map_err(RemoteError::from)
     }
 
     /// The server's handle for `h` on `conn`, opening the file there if it is not open
@@ -114,20 +115,20 @@ impl SftpRemote {
         Ok((home, handle))
     }
 
-    /// A connection to open a file on, with a handle slot taken on it: the next in turn,
-    /// or any with a slot free.
-    fn conn_for_open(&self) -> Result<(Arc<SftpConn>, OwnedSemaphorePermit)> {
-        let first = self.conn()?;
+    /// A connection to open a file on (`data`: one of the data lanes, where the file's
+    /// reads and writes will go; else the least busy), with a handle slot taken on it;
+    /// returns its data lane too. The next in turn, or any with a slot free.
+    fn conn_for_open(&self, data: bool) -> Result<(usize, Arc<SftpConn>, OwnedSemaphorePermit)> {
+        let turn = self.next_open.fetch_add(1, Ordering::Relaxed);
+        let first = if data { self.link.data_conn(turn)? } else { self.conn()? };
         if let Ok(slot) = first.handle_slots.clone().try_acquire_owned() {
-            return Ok((first, slot));
+            return Ok((turn, first, slot));
         }
-        for lane in 0..MAX_LANES {
-            let Ok(c) = self.link.conn_at(lane) else { break };
-            if c.lane != lane {
-                break; // wrapped around the pool
-            }
+        let lanes = if data { self.link.data_lanes() } else { self.link.lanes() };
+        for k in (0..lanes).map(|i| turn.wrapping_add(i) % lanes) {
+            let c = if data { self.link.data_conn(k)? } else { self.link.conn_at(k)? };
             if let Ok(slot) = c.handle_slots.clone().try_acquire_owned() {
-                return Ok((c, slot));
+                return Ok((k, c, slot));
             }
         }
         Err(RemoteError::TooManyOpen)
@@ -157,13 +158,12 @@ impl SftpRemote {
         &self,
         path: &str,
         opts: OpenOptions,
-        conn: &SftpConn,
+        (home, conn, slot): (usize, &SftpConn, OwnedSemaphorePermit),
         handle: String,
-        slot: OwnedSemaphorePermit,
     ) -> Handle {
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let live = HashMap::from([(conn.lane, (conn.generation, handle, slot))]);
-        let file = OpenFile { path: path.to_string(), opts, home: conn.lane, live: tokio::sync::Mutex::new(live) };
+        let file = OpenFile { path: path.to_string(), opts, home, live: tokio::sync::Mutex::new(live) };
         lock(&self.files).insert(id, Arc::new(file));
         Handle(id)
     }
@@ -281,6 +281,14 @@ impl Remote for SftpRemote {
         self.link.conn().is_ok()
     }
 
+    async fn wait_unavailable(&self) {
+        self.link.wait_not_up().await
+    }
+
+    fn stalled_for(&self) -> std::time::Duration {
+        self.link.stalled_for()
+    }
+
     async fn wait_available(&self) -> Result<()> {
         self.link.wait_up().await.map_err(RemoteError::from)
     }
@@ -334,7 +342,7 @@ impl Remote for SftpRemote {
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let (c, slot) = self.conn_for_open()?;
+        let (_, c, slot) = self.conn_for_open(false)?;
         let r = c.sftp.opendir(path).await;
         let h = self.check(&c, r)?.handle;
         let mut out = Vec::new();
@@ -365,12 +373,12 @@ impl Remote for SftpRemote {
     }
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {
-        let (c, slot) = self.conn_for_open()?;
+        let (home, c, slot) = self.conn_for_open(true)?;
         let mut attrs = FileAttributes::empty();
         attrs.permissions = o.mode;
         let r = c.sftp.open(path, open_flags(o), attrs).await;
         let h = self.check(&c, r)?.handle;
-        Ok(self.register(path, o, &c, h, slot))
+        Ok(self.register(path, o, (home, &c, slot), h))
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
@@ -508,13 +516,13 @@ impl Remote for SftpRemote {
     }
 
     async fn open_stat(&self, path: &str, o: OpenOptions) -> Result<(Handle, Option<Attr>)> {
-        let (c, slot) = self.conn_for_open()?;
+        let (home, c, slot) = self.conn_for_open(true)?;
         let mut attrs = FileAttributes::empty();
         attrs.permissions = o.mode;
         let (opened, stat) = futures_util::join!(c.sftp.open(path, open_flags(o), attrs), c.sftp.lstat(path));
         let h = self.check(&c, opened)?.handle;
         let attr = self.check(&c, stat).ok().map(|a| attr_from(&a.attrs));
-        Ok((self.register(path, o, &c, h, slot), attr))
+        Ok((self.register(path, o, (home, &c, slot), h), attr))
     }
 
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {

@@ -84,7 +84,7 @@ async fn removal_caught_by_an_outage(remote: &FakeRemote, fs: &Fs<FakeRemote>) -
     let before = remote.removal_attempts.load(Ordering::SeqCst);
     remote.removals.hold();
     fs.unlink(d, "a").await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     remote.removals.release();
     attempted(remote, before + 1).await;
     d
@@ -98,8 +98,7 @@ async fn removal_out_when_the_link_drops_lands_after_it_returns() {
     assert_eq!(fs.rmdir(ROOT, "d").await, Err(Errno::EAGAIN));
     assert_eq!(fs.create(d, "a", 0o644, rw()).await.unwrap_err(), Errno::EAGAIN);
     assert!(remote.exists("/srv/d/a"));
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     assert_eq!(fs.drain_all(std::time::Duration::from_secs(5)).await, 0);
     assert!(!remote.exists("/srv/d/a"));
     fs.rmdir(ROOT, "d").await.unwrap();
@@ -111,8 +110,7 @@ async fn removal_lost_in_an_outage_spares_a_new_file_of_that_name() {
     removal_caught_by_an_outage(&remote, &fs).await;
     // Someone else replaces the file while the link is down.
     remote.put_file("/srv/d/a", b"someone else's, longer");
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     fs.drain_all(std::time::Duration::from_secs(5)).await;
     assert_eq!(remote.file("/srv/d/a").unwrap(), b"someone else's, longer");
 }

@@ -1,7 +1,5 @@
 //! Listing ahead through the fs core.
 
-use std::sync::atomic::Ordering;
-
 use super::*;
 
 #[tokio::test]
@@ -16,7 +14,7 @@ async fn subdirectories_are_listed_ahead() {
     // The listings arrive in the background; then they answer without the server.
     let ready = eventually(|| ["/srv/a", "/srv/b", "/srv/c"].iter().all(|p| fs.has_listing(p))).await;
     assert!(ready);
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     let b = fs.lookup(ROOT, "b").await.unwrap().ino;
     let fh = fs.opendir(b).await.unwrap();
     assert_eq!(fs.readdir(fh, 0).unwrap().len(), 3);

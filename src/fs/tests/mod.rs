@@ -254,7 +254,7 @@ async fn link_down_gives_eagain() {
     let (remote, fs) = setup_with(uncached());
     remote.put_file("/srv/f", b"x");
     let f = fs.lookup(ROOT, "f").await.unwrap().ino;
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     assert_eq!(fs.getattr(f).await.unwrap_err(), Errno::EAGAIN);
     assert_eq!(fs.lookup(ROOT, "g").await.unwrap_err(), Errno::EAGAIN);
     assert_eq!(fs.mkdir(ROOT, "d", 0o755).await.unwrap_err(), Errno::EAGAIN);
@@ -283,7 +283,7 @@ async fn cached_metadata_answers_while_down() {
     let d = fs.lookup(ROOT, "d").await.unwrap().ino;
     let fh = fs.opendir(d).await.unwrap();
     fs.releasedir(fh);
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     // Known from the listing: attributes, the entry, and that other names do not exist.
     let f = fs.lookup(d, "f").await.unwrap();
     assert_eq!(f.attr.size, 3);
@@ -300,9 +300,9 @@ async fn own_changes_are_seen_at_once_through_the_cache() {
     let (remote, fs) = setup();
     let d = fs.mkdir(ROOT, "d", 0o755).await.unwrap().ino;
     // A fresh directory is known empty: no question to the server.
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     assert_eq!(fs.lookup(d, "x").await.unwrap_err(), Errno::ENOENT);
-    remote.down.store(false, Ordering::SeqCst);
+    remote.come_back();
     let (_, fh) = fs.create(d, "x", 0o644, rw()).await.unwrap();
     fs.write(fh, 0, b"12345").await.unwrap();
     let x = fs.lookup(d, "x").await.unwrap();

@@ -1,7 +1,5 @@
 //! Small files fetched ahead and served from memory, through the fs core.
 
-use std::sync::atomic::Ordering;
-
 use super::*;
 
 #[tokio::test]
@@ -24,13 +22,13 @@ async fn small_files_are_fetched_ahead_and_served_from_memory() {
     let fetched = eventually(|| (2..10).all(|i| fs.holds_content(&format!("/srv/d/f{i}")))).await;
     assert!(fetched, "the directory's other files were not fetched");
     // With the link down, the fetched files still open and read.
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     let f = fs.lookup(d, "f7").await.unwrap().ino;
     let fh = fs.open(f, ro).await.unwrap();
     assert_eq!(fs.read(fh, 0, 100).await.unwrap(), &b"content 7"[..]);
     assert_eq!(fs.read(fh, 3, 2).await.unwrap(), &b"te"[..]);
     fs.release(fh).await.unwrap();
-    remote.down.store(false, Ordering::SeqCst);
+    remote.come_back();
     // A change through the mount drops the fetched copy.
     let (_, wh) = fs.create(d, "f8", 0o644, OpenFlags { truncate: true, ..rw() }).await.unwrap();
     fs.write(wh, 0, b"new").await.unwrap();

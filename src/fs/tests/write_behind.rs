@@ -1,15 +1,13 @@
 //! Write-behind through the fs core: writes kept across outages, the dirty budget,
 //! attribute changes queued behind writes.
 
-use std::sync::atomic::Ordering;
-
 use super::*;
 
 #[tokio::test]
 async fn writes_accepted_while_down_are_kept_and_replayed() {
     let (remote, fs) = setup();
     let (e, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     assert_eq!(fs.write(fh, 0, b"hello ").await.unwrap(), 6);
     assert_eq!(fs.write(fh, 6, b"world").await.unwrap(), 5);
     // The size counts the queued writes, and close says the data is not there yet.
@@ -17,8 +15,7 @@ async fn writes_accepted_while_down_are_kept_and_replayed() {
     assert_eq!(fs.flush(fh).await.unwrap_err(), Errno::EAGAIN);
     assert_eq!(fs.fsync(fh).await.unwrap_err(), Errno::EAGAIN);
     assert_eq!(remote.file("/srv/f").unwrap(), b"");
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     fs.fsync(fh).await.unwrap();
     assert_eq!(remote.file("/srv/f").unwrap(), b"hello world");
     fs.release(fh).await.unwrap();
@@ -29,11 +26,10 @@ async fn writes_accepted_while_down_are_kept_and_replayed() {
 async fn released_file_still_drains_after_the_outage() {
     let (remote, fs) = setup();
     let (_, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     fs.write(fh, 0, b"late").await.unwrap();
     fs.release(fh).await.unwrap();
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     assert_eq!(fs.drain_all(std::time::Duration::from_secs(5)).await, 0);
     assert_eq!(remote.file("/srv/f").unwrap(), b"late");
 }
@@ -43,11 +39,10 @@ async fn dirty_budget_full_while_down_is_eagain_not_loss() {
     let remote = Arc::new(FakeRemote::new());
     let fs = Fs::new(remote.clone(), "/", FsOptions { dirty_limit: 8 * 1024, ..FsOptions::default() });
     let (_, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     fs.write(fh, 0, &[1; 8 * 1024]).await.unwrap();
     assert_eq!(fs.write(fh, 8 * 1024, &[2; 1024]).await.unwrap_err(), Errno::EAGAIN);
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     fs.fsync(fh).await.unwrap();
     // Room again: the refused write can be retried.
     fs.write(fh, 8 * 1024, &[2; 1024]).await.unwrap();
@@ -62,7 +57,7 @@ async fn failed_link_reports_eio() {
     let (remote, fs) = setup_with(uncached());
     remote.put_file("/srv/f", b"x");
     let f = fs.lookup(ROOT, "f").await.unwrap().ino;
-    remote.failed.store(true, Ordering::SeqCst);
+    remote.fail_for_good();
     assert_eq!(fs.getattr(f).await.unwrap_err(), Errno::EIO);
 }
 
@@ -70,7 +65,7 @@ async fn failed_link_reports_eio() {
 async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
     let (remote, fs) = setup();
     let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     fs.write(fh, 0, b"data").await.unwrap();
     // Answered at once, from what is known, even with the link down.
     let change = AttrChange {
@@ -81,8 +76,7 @@ async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
     };
     let a = fs.setattr(e.ino, Some(fh), change).await.unwrap();
     assert_eq!((a.mode & 0o777, a.mtime, a.size), (0o640, 777, 4));
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     fs.fsync(fh).await.unwrap();
     assert_eq!(remote.file("/srv/f").unwrap(), b"data");
     let server = remote.lstat("/srv/f").await.unwrap();
@@ -96,23 +90,21 @@ async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
 async fn fchmod_without_a_handle_queues_behind_the_files_one_writer() {
     let (remote, fs) = setup();
     let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     fs.write(fh, 0, b"data").await.unwrap();
     // The kernel sends fchmod, fchown and futimens without their handle.
     let chmod = AttrChange { mode: Some(0o644), ..AttrChange::default() };
     let a = fs.setattr(e.ino, None, chmod).await.unwrap();
     assert_eq!(a.mode & 0o777, 0o644, "answered from what is known while the link is down");
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     fs.fsync(fh).await.unwrap();
     // With a second writer the order against its writes is unknown: to the server
     // (which, being unreachable, makes it EAGAIN rather than queued).
     let fh2 = fs.open(e.ino, rw()).await.unwrap();
-    remote.down.store(true, Ordering::SeqCst);
+    remote.go_down();
     let again = AttrChange { mode: Some(0o600), ..AttrChange::default() };
     assert_eq!(fs.setattr(e.ino, None, again).await.unwrap_err(), Errno::EAGAIN);
-    remote.down.store(false, Ordering::SeqCst);
-    remote.notify_available();
+    remote.come_back();
     fs.release(fh2).await.unwrap();
     assert_eq!(remote.lstat("/srv/f").await.unwrap().mode & 0o777, 0o644);
     fs.release(fh).await.unwrap();

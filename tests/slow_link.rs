@@ -1,0 +1,276 @@
+//! Slow is not dead: through a fault proxy that limits each connection's bandwidth, or
+//! stalls it and lets it deliver late, real programs on a real mount see a slow link
+//! as slow, never as down, and a connection given up never delivers anything late.
+
+mod common;
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::proxy::Proxy;
+use common::*;
+
+struct Env {
+    m: Mount,
+    c: Client,
+    proxy: Proxy,
+    sshd: Sshd,
+}
+
+fn env() -> Env {
+    let sshd = Sshd::start();
+    let proxy = Proxy::start(sshd.port);
+    let c = Client::via(&sshd, proxy.port);
+    let m = c.mount(sshd.export.to_str().unwrap());
+    Env { m, c, proxy, sshd }
+}
+
+/// Bytes per second each connection may move each way on the slow link: slow enough
+/// that the 64 MiB write-behind queue takes many call deadlines to drain.
+const SLOW: u64 = 2_000_000;
+
+fn mount_json(c: &Client) -> serde_json::Value {
+    let out = c.run(&["mount", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["mounts"][0].clone()
+}
+
+fn state(c: &Client) -> String {
+    mount_json(c)["status"]["state"].as_str().unwrap_or("").to_string()
+}
+
+fn reconnects(c: &Client) -> u64 {
+    mount_json(c)["reconnects"].as_u64().unwrap()
+}
+
+/// Bytes that differ from round to round and from one write to the next.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 13) as u8).collect()
+}
+
+/// Repeats `call` while it fails with EAGAIN, as a program written for moor does, for
+/// at most `limit`.
+fn retry_eagain<T>(limit: Duration, mut call: impl FnMut() -> std::io::Result<T>) -> T {
+    let start = Instant::now();
+    loop {
+        match call() {
+            Ok(v) => return v,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && start.elapsed() < limit => {
+                pause(Duration::from_millis(50)) // the program's own retry delay
+            }
+            Err(e) => panic!("failed after {:?}: {e}", start.elapsed()),
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    sh(&format!("cmp -s {} {}", a.display(), b.display())).status.success()
+}
+
+/// A write is sent on a connection; the path stalls, with the write on its way; the link
+/// gives that connection up, and a newer write of the same range is made; the path comes
+/// back for new connections at once, and the stalled connection's bytes arrive seconds
+/// later, as a stalled path's retransmissions do. The server must end up with the newer
+/// data: the given-up connection may deliver nothing that completes a request.
+#[test]
+fn a_stalled_connection_never_delivers_late() {
+    let e = env();
+    let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(e.m.p("f")).unwrap();
+    let server = e.sshd.export.join("f");
+    for round in 0..10u32 {
+        let (a, b, c) = (pattern(1 << 20, 3 * round), pattern(1 << 20, 3 * round + 1), pattern(1 << 20, 3 * round + 2));
+        retry_eagain(Duration::from_secs(30), || f.write_all_at(&a, 0));
+        retry_eagain(Duration::from_secs(30), || f.sync_all());
+        assert_eq!(fs::read(&server).unwrap(), a, "round {round}: A not on the server after fsync");
+
+        e.proxy.black_hole();
+        // Acknowledged at once, and sent on the connection the stall now holds.
+        f.write_all_at(&b, 0).unwrap();
+        assert!(wait_until(Duration::from_secs(15), || state(&e.c) == "reconnecting"), "round {round}: never down");
+        assert!(e.proxy.holding() > 0, "round {round}: the stall caught nothing on its way");
+        f.write_all_at(&c, 0).unwrap();
+
+        e.proxy.restore_late(Duration::from_secs(2));
+        retry_eagain(Duration::from_secs(30), || f.sync_all());
+        let settled = wait_until(Duration::from_secs(20), || e.proxy.holding() == 0 && e.proxy.late_open() == 0);
+        let on_server = fs::read(&server).unwrap();
+        assert!(
+            on_server == c,
+            "round {round}: the server's file is not the newest write ({} bytes arrived late; {})",
+            e.proxy.late_bytes(),
+            if on_server == b { "it holds the older write B" } else { "it holds a mix" }
+        );
+        assert!(settled, "round {round}: the stalled connections never finished");
+    }
+    eprintln!("measured: 10 stalls, {} bytes arrived late, none completed a request", e.proxy.late_bytes());
+}
+
+/// `dd conv=fsync` of 32 MiB over a slow, live link: every call waits as long as data
+/// moves; nothing fails and the link is never taken down.
+#[test]
+fn dd_with_fsync_over_a_slow_link_succeeds() {
+    let e = env();
+    let src = e.c.home.path().join("src");
+    sh_ok(&format!("head -c 32M /dev/urandom > {}", src.display()));
+    e.proxy.set_rate(SLOW);
+    let started = Instant::now();
+    let out = sh(&format!("dd if={} of={} bs=1M conv=fsync 2>&1", src.display(), e.m.p("x").display()));
+    let took = started.elapsed();
+    assert!(out.status.success(), "dd failed after {took:?}: {}", stdout(&out));
+    assert!(same_file(&src, &e.sshd.export.join("x")), "the server's copy differs");
+    assert_eq!(reconnects(&e.c), 0, "the slow link was taken for a dead one");
+    eprintln!("measured: dd conv=fsync of 32 MiB at {SLOW} B/s per connection took {took:?}");
+}
+
+/// `cp` of 256 MiB over a slow, live link, then `cmp`: `close` waits for the data, the
+/// link stays up, and neither the heartbeat nor a program's `stat` waits behind the data.
+#[test]
+fn cp_of_a_big_file_over_a_slow_link_keeps_every_byte() {
+    let e = env();
+    let src = e.c.home.path().join("big");
+    sh_ok(&format!("head -c 256M /dev/urandom > {}", src.display()));
+    // Names looked up in here are new each time, so every lookup asks the server.
+    fs::create_dir(e.sshd.export.join("sub")).unwrap();
+    e.proxy.set_rate(SLOW);
+    let started = Instant::now();
+    let child = std::process::Command::new("cp")
+        .arg(&src)
+        .arg(e.m.p("big"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rtts = Vec::new();
+    let mut lookups = Vec::new();
+    let mut child = Some(child);
+    let mut out = None;
+    while out.is_none() && started.elapsed() < Duration::from_secs(300) {
+        if let Some(rtt) = mount_json(&e.c)["rtt_ms"].as_f64() {
+            rtts.push(rtt);
+        }
+        let asked = Instant::now();
+        let missing = fs::metadata(e.m.p(&format!("sub/probe-{}", lookups.len())));
+        lookups.push(asked.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(missing.unwrap_err().kind(), ErrorKind::NotFound);
+        let c = child.as_mut().unwrap();
+        if c.try_wait().unwrap().is_some() {
+            out = Some(child.take().unwrap().wait_with_output().unwrap());
+        } else {
+            pause(Duration::from_millis(500)); // how often the user looks at the status
+        }
+    }
+    let out = out.unwrap_or_else(|| run_with_deadline_child(child.take().unwrap(), Duration::from_secs(1)));
+    let took = started.elapsed();
+    assert!(out.status.success(), "cp failed after {took:?}: {}", stderr(&out));
+    assert!(same_file(&src, &e.sshd.export.join("big")), "the server's copy differs");
+    assert_eq!(reconnects(&e.c), 0, "the slow link was taken for a dead one");
+    // Nothing acknowledged is left behind: unmounting at once keeps every byte.
+    let unmounted = e.c.run(&["unmount", e.m.s().as_str()]);
+    assert!(unmounted.status.success(), "unmount right after cp failed: {}", stderr(&unmounted));
+    assert!(same_file(&src, &e.sshd.export.join("big")), "the server's copy differs after the unmount");
+    let (rtt_median, rtt_max) = median_and_max(&mut rtts);
+    let (lookup_median, lookup_max) = median_and_max(&mut lookups);
+    eprintln!(
+        "measured: cp of 256 MiB at {SLOW} B/s per connection took {took:?}; during it, heartbeat RTT median \
+         {rtt_median:.1} ms (max {rtt_max:.1}), a lookup on the server median {lookup_median:.1} ms (max {lookup_max:.1})"
+    );
+    // Megabytes queued ahead of them would be seconds at this rate.
+    assert!(rtt_median < 50.0, "the heartbeat waited behind the data: median {rtt_median:.1} ms");
+    assert!(lookup_median < 50.0, "lookups waited behind the data: median {lookup_median:.1} ms");
+    assert!(lookup_max < 1000.0, "a lookup waited {lookup_max:.1} ms behind the data");
+}
+
+fn median_and_max(v: &mut [f64]) -> (f64, f64) {
+    assert!(!v.is_empty(), "nothing was measured");
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Everyday programs on a slow, live link: `tar x` of 1 000 files, `git clone`, `rsync -a`.
+/// Each succeeds, the copies are identical, and the link is never taken down.
+#[test]
+fn everyday_programs_over_a_slow_link() {
+    let e = env();
+    let work = e.c.home.path().join("work");
+    sh_ok(&format!(
+        "set -e; mkdir -p {w}/tree; cd {w}/tree; for d in $(seq 1 20); do mkdir d$d; for f in $(seq 1 50); do \
+         head -c $(( (d * 797 + f * 131) % 20000 + 1 )) /dev/urandom > d$d/f$f; done; done; \
+         cd {w}; tar cf tree.tar tree; git init -q repo; cp -a tree/. repo/; cd repo; git add -A; \
+         git -c user.name=t -c user.email=t@t commit -qm tree",
+        w = work.display()
+    ));
+    e.proxy.set_rate(SLOW);
+    let m = e.m.s();
+    let started = Instant::now();
+    sh_ok(&format!("mkdir {m}/untar && tar xf {w}/tree.tar -C {m}/untar", w = work.display()));
+    let untar = started.elapsed();
+    sh_ok(&format!("git clone -q {w}/repo {m}/clone", w = work.display()));
+    let clone = started.elapsed() - untar;
+    sh_ok(&format!("rsync -a {w}/tree/ {m}/rsync/", w = work.display()));
+    let rsync = started.elapsed() - untar - clone;
+    let export = e.sshd.export.display();
+    sh_ok(&format!("diff -r {w}/tree {export}/untar/tree", w = work.display()));
+    sh_ok(&format!("diff -r --exclude=.git {w}/repo {export}/clone", w = work.display()));
+    sh_ok(&format!("cd {export}/clone && git fsck 2>&1 && test -z \"$(git status --porcelain)\""));
+    sh_ok(&format!("diff -r {w}/tree {export}/rsync", w = work.display()));
+    assert_eq!(reconnects(&e.c), 0, "the slow link was taken for a dead one");
+    eprintln!(
+        "measured at {SLOW} B/s per connection: tar x of 1000 files {untar:?}, git clone {clone:?}, rsync -a {rsync:?}"
+    );
+}
+
+/// Writes `data` to a new file `name` on the mount, then, with the link black-holed,
+/// writes it again and closes: the close gets EAGAIN and the data stays queued. Returns
+/// once the link is known down.
+fn queue_while_down(e: &Env, name: &str, data: &[u8]) {
+    let mut f = fs::File::create(e.m.p(name)).unwrap();
+    std::io::Write::write_all(&mut f, b"first").unwrap();
+    e.proxy.black_hole();
+    f.write_all_at(data, 0).unwrap();
+    drop(f); // close: EAGAIN, and the data stays queued
+    assert!(wait_until(Duration::from_secs(15), || state(&e.c) == "reconnecting"), "the link never went down");
+}
+
+/// With written data queued and the link down, `moor unmount` waits a while, then
+/// refuses with its own exit code, naming what is at stake; once the link moves again,
+/// even slowly, `moor unmount` waits for the data and the server has every byte.
+#[test]
+fn unmount_waits_for_written_data_and_refuses_to_drop_it() {
+    let e = env();
+    let data = pattern(4 << 20, 7);
+    queue_while_down(&e, "queued", &data);
+    let asked = Instant::now();
+    let out = e.c.run(&["unmount", e.m.s().as_str()]);
+    let waited = asked.elapsed();
+    assert_eq!(out.status.code(), Some(10), "not refused: {}{}", stdout(&out), stderr(&out));
+    let why = stderr(&out);
+    assert!(why.contains("queued") && why.contains("bytes") && why.contains("--force"), "{why}");
+    assert!(waited >= Duration::from_secs(5), "refused after only {waited:?}: it must give the link a while");
+    assert!(is_mounted(&e.m.path), "refused, yet unmounted");
+
+    e.proxy.set_rate(SLOW);
+    e.proxy.restore();
+    let out = e.c.run(&["unmount", e.m.s().as_str()]);
+    assert!(out.status.success(), "unmount failed once the link moved again: {}", stderr(&out));
+    assert!(!is_mounted(&e.m.path));
+    assert_eq!(fs::read(e.sshd.export.join("queued")).unwrap(), data, "the queued data did not reach the server");
+}
+
+/// `moor unmount --force` goes ahead with the link down and says what was lost, on
+/// stderr and in the mount's log.
+#[test]
+fn forced_unmount_says_what_was_lost() {
+    let e = env();
+    let log = mount_json(&e.c)["log"].as_str().map(std::path::PathBuf::from).expect("the mount has a log");
+    queue_while_down(&e, "dropped", &pattern(1 << 20, 9));
+    let out = e.c.run(&["unmount", "--force", e.m.s().as_str()]);
+    assert!(out.status.success(), "forced unmount failed: {}", stderr(&out));
+    assert!(!is_mounted(&e.m.path));
+    let said = stderr(&out);
+    assert!(said.contains("lost") && said.contains("dropped"), "stderr does not say what was lost: {said}");
+    let logged = fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("lost") && logged.contains("dropped"), "the mount's log does not say: {logged}");
+}
