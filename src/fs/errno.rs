@@ -137,7 +137,8 @@ async fn facts<R: Remote>(remote: &R, op: Op, target: &str, source: Option<&str>
     if let Ok(a) = remote.lstat(target).await {
         facts.target = Some(a.kind());
         if a.kind() == FileKind::Dir && matches!(op, Op::Rmdir | Op::Rename) {
-            facts.target_nonempty = remote.read_dir(target).await.is_ok_and(|v| !v.is_empty());
+            // More than none is all that is asked.
+            facts.target_nonempty = matches!(remote.read_dir_upto(target, 0).await, Ok(None));
         }
     }
     if let Some(src) = source {

@@ -16,6 +16,7 @@ use super::errno::{self, Errno, Op};
 use super::handles::{close_quietly, DirItem, FileState, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
 use super::list_ahead::ListAhead;
+use super::listing::Listing;
 use super::path::{check_name, join, parent, parent_and_name};
 use super::read_ahead::{ReadAhead, MAX_WINDOW};
 use super::retries::{Attempt, Retries};
@@ -147,7 +148,14 @@ impl<R: Remote> Fs<R> {
                 slots.clone(),
                 opts.cache_timeout,
             ),
-            list_ahead: ListAhead::new(remote.clone(), tasks.clone(), cache.clone(), slots, opts.list_ahead),
+            list_ahead: ListAhead::new(
+                remote.clone(),
+                tasks.clone(),
+                cache.clone(),
+                slots,
+                opts.list_ahead,
+                opts.cache_timeout,
+            ),
             retries: Retries::default(),
             inodes: Mutex::new(Inodes::new(root)),
             files: Handles::default(),
@@ -264,8 +272,18 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// The kernel dropped `n` references to `ino`: once it holds none, the number goes,
+    /// unless writes to it are still on their way.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes().forget(ino, n);
+        self.inodes().forget(ino, n, |ino| self.in_use(ino));
+        if self.inodes().path(ino).is_none() {
+            self.read_ahead.forget(ino);
+        }
+    }
+
+    /// Whether `ino` is still needed here though the kernel may not hold it.
+    fn in_use(&self, ino: Ino) -> bool {
+        self.write_behind.queue_count(ino) > 0
     }
 
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
@@ -733,48 +751,66 @@ impl<R: Remote> Fs<R> {
 
     pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
         let path = self.path_of(ino)?;
-        let list = self.listing(&path).await?;
-        self.list_ahead.subdirs_of(&path, &list);
+        let listing = self.start_listing(&path).await?;
         let parent = if ino == ROOT { ROOT } else { self.inodes().intern(parent(&path), FileKind::Dir, false) };
-        let mut entries = Vec::with_capacity(list.len() + 2);
-        entries.push(DirItem { ino, kind: FileKind::Dir, name: ".".into(), attr: None });
-        entries.push(DirItem { ino: parent, kind: FileKind::Dir, name: "..".into(), attr: None });
-        let mut inodes = self.inodes();
-        for e in list {
-            if e.name == "." || e.name == ".." {
-                continue;
-            }
-            let kind = e.attr.kind();
-            let child = inodes.intern(&join(&path, &e.name), kind, false);
-            let mut attr = e.attr;
-            attr.size = attr.size.max(self.write_behind.queued_end(child));
-            entries.push(DirItem { ino: child, kind, name: e.name, attr: Some(attr) });
-        }
-        drop(inodes);
-        Ok(self.dirs.insert(OpenDir { entries }))
+        self.list_ahead.entered(&path);
+        Ok(self.dirs.insert(OpenDir { ino, parent, path, listing: tokio::sync::Mutex::new(listing) }))
     }
 
-    /// The listing of `path`, from the cache or the server.
-    async fn listing(&self, path: &str) -> FsResult<Vec<DirEntry>> {
+    /// The listing of `path`, from the cache or streaming from the server.
+    async fn start_listing(&self, path: &str) -> FsResult<Listing> {
         let cached = self.cache().listing(path);
-        if let Some(l) = cached {
-            return Ok(l);
+        if let Some(entries) = cached {
+            self.list_ahead.subdirs_of(path, &entries);
+            return Ok(Listing::cached(entries));
         }
         self.delete_behind.removed().await?;
         let asked = self.cache().snapshot();
-        match self.remote.read_dir(path).await {
-            Ok(l) => {
-                self.cache().put_listing(path, &l, asked);
-                Ok(l)
-            }
+        match self.remote.list(path).await {
+            Ok(stream) => Ok(Listing::streaming(stream, asked)),
             Err(e) => Err(self.fail(Op::Readdir, e, path, None).await),
         }
     }
 
-    /// Entries from `offset` on; each comes with the offset of the one after it.
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirItem)>> {
+    /// Entries from `offset` on; each comes with the offset of the one after it. The
+    /// first call answers as soon as the server's first batch is in.
+    pub async fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirItem)>> {
         let dir = self.dirs.get(fh).ok_or(Errno::EBADF)?;
-        Ok(dir.entries.iter().enumerate().skip(offset as usize).map(|(i, e)| (i as u64 + 1, e.clone())).collect())
+        let mut listing = dir.listing.lock().await;
+        let mut out = Vec::new();
+        if offset == 0 {
+            out.push((1, DirItem { ino: dir.ino, kind: FileKind::Dir, name: ".".into(), attr: None }));
+        }
+        if offset <= 1 {
+            out.push((2, DirItem { ino: dir.parent, kind: FileKind::Dir, name: "..".into(), attr: None }));
+        }
+        let from = (offset as usize).max(2);
+        if listing.is_behind(from) {
+            *listing = self.start_listing(&dir.path).await?;
+        }
+        let asked = listing.asked();
+        let complete = |all: Vec<DirEntry>| {
+            if let Some(asked) = asked {
+                self.cache().put_listing(&dir.path, &all, asked);
+                self.list_ahead.subdirs_of(&dir.path, &all);
+            }
+        };
+        let entries = match listing.entries_from(from, complete).await {
+            Ok(entries) => entries,
+            Err(e) => return Err(self.fail(Op::Readdir, e, &dir.path, None).await),
+        };
+        let mut inodes = self.inodes();
+        if inodes.crowded() {
+            inodes.sweep(|ino| self.in_use(ino));
+        }
+        for (pos, e) in entries {
+            let kind = e.attr.kind();
+            let child = inodes.intern(&join(&dir.path, &e.name), kind, false);
+            let mut attr = e.attr;
+            attr.size = attr.size.max(self.write_behind.queued_end(child));
+            out.push((pos as u64 + 1, DirItem { ino: child, kind, name: e.name, attr: Some(attr) }));
+        }
+        Ok(out)
     }
 
     /// The kernel keeps an entry from readdirplus as a lookup reference.

@@ -433,42 +433,47 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(items) => {
-                for (next, item) in items {
-                    if reply.add(INodeNo(item.ino), next, kind_type(item.kind), &item.name) {
-                        break;
+        self.run(|fs, cx| async move {
+            match cx.within(fs.readdir(fh.0, offset)).await {
+                Ok(items) => {
+                    for (next, item) in items {
+                        if reply.add(INodeNo(item.ino), next, kind_type(item.kind), &item.name) {
+                            break;
+                        }
                     }
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(items) => {
-                for (next, item) in items {
-                    let attr = match item.attr {
-                        Some(a) => file_attr(item.ino, &a),
-                        // "." and "..": the kernel takes no reference and uses no attributes.
-                        None => {
-                            let mut a = file_attr(item.ino, &Attr { mode: 0o040755, ..Attr::default() });
-                            a.ino = INodeNo(item.ino);
-                            a
+        let entry_timeout = self.opts.kernel.entry;
+        self.run(|fs, cx| async move {
+            match cx.within(fs.readdir(fh.0, offset)).await {
+                Ok(items) => {
+                    for (next, item) in items {
+                        let attr = match item.attr {
+                            Some(a) => file_attr(item.ino, &a),
+                            // "." and "..": the kernel takes no reference and uses no attributes.
+                            None => {
+                                let mut a = file_attr(item.ino, &Attr { mode: 0o040755, ..Attr::default() });
+                                a.ino = INodeNo(item.ino);
+                                a
+                            }
+                        };
+                        let timeout = if item.attr.is_some() { entry_timeout } else { Duration::ZERO };
+                        if reply.add(INodeNo(item.ino), next, &item.name, &timeout, &attr, Generation(0)) {
+                            break;
                         }
-                    };
-                    let timeout = if item.attr.is_some() { self.opts.kernel.entry } else { Duration::ZERO };
-                    if reply.add(INodeNo(item.ino), next, &item.name, &timeout, &attr, Generation(0)) {
-                        break;
+                        fs.count_lookup(&item);
                     }
-                    self.fs.count_lookup(&item);
+                    reply.ok();
                 }
-                reply.ok();
+                Err(e) => reply.error(errno(e)),
             }
-            Err(e) => reply.error(errno(e)),
-        }
+        });
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: FuseOpenFlags, reply: ReplyEmpty) {

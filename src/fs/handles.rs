@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::inode::Ino;
+use super::listing::Listing;
 use super::read_ahead::Window;
 use super::write_behind::FileQueue;
 use crate::remote::{Attr, Bytes, FileKind, Handle, Remote};
@@ -57,10 +58,13 @@ pub(super) async fn close_quietly<R: Remote>(remote: Arc<R>, handle: Handle, pat
     }
 }
 
-/// A directory listing taken at `opendir`, served from memory by `readdir`.
-#[derive(Debug)]
+/// A directory open for reading.
 pub(super) struct OpenDir {
-    pub entries: Vec<DirItem>,
+    pub ino: Ino,
+    /// The number of its parent, for "..".
+    pub parent: Ino,
+    pub path: String,
+    pub listing: tokio::sync::Mutex<Listing>,
 }
 
 #[derive(Debug, Clone)]

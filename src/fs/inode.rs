@@ -1,9 +1,13 @@
-//! Inode numbers for remote paths, stable for the life of the mount.
+//! Inode numbers for remote paths, stable while the kernel knows them.
 //!
-//! A path keeps its number until it is unlinked or renamed away; the kernel is told only
-//! numbers it can trust, so a file replaced by another kind of file gets a new number.
+//! A path keeps its number until it is unlinked or renamed away, or the kernel forgets
+//! it; the kernel is told only numbers it can trust, so a file replaced by another kind
+//! of file gets a new number. Numbers the kernel forgets are forgotten here too, and
+//! those it never took (plain `readdir`) are let go once there are many, so a walk over
+//! millions of files does not grow the table without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::path::{join, strip_subtree};
 use crate::remote::FileKind;
@@ -13,8 +17,9 @@ pub const ROOT: Ino = 1;
 
 #[derive(Debug)]
 struct Node {
-    /// `None` once the path was removed while the kernel still knew the number.
-    path: Option<String>,
+    /// `None` once the path was removed while the kernel still knew the number. Shared
+    /// with `by_path`: a table of a million files holds each path once.
+    path: Option<Arc<str>>,
     kind: FileKind,
     lookups: u64,
 }
@@ -22,17 +27,23 @@ struct Node {
 #[derive(Debug)]
 pub(super) struct Inodes {
     nodes: HashMap<Ino, Node>,
-    by_path: HashMap<String, Ino>,
+    by_path: HashMap<Arc<str>, Ino>,
     next: Ino,
+    /// Numbers made without the kernel taking them, oldest first: candidates to let go.
+    unheld: VecDeque<Ino>,
 }
+
+/// Numbers the kernel never took that are kept before the oldest are let go.
+const UNHELD_KEPT: usize = 100_000;
 
 impl Inodes {
     pub fn new(root_path: &str) -> Inodes {
         let mut nodes = HashMap::new();
-        nodes.insert(ROOT, Node { path: Some(root_path.to_string()), kind: FileKind::Dir, lookups: 1 });
+        let root: Arc<str> = Arc::from(root_path);
+        nodes.insert(ROOT, Node { path: Some(root.clone()), kind: FileKind::Dir, lookups: 1 });
         let mut by_path = HashMap::new();
-        by_path.insert(root_path.to_string(), ROOT);
-        Inodes { nodes, by_path, next: ROOT + 1 }
+        by_path.insert(root, ROOT);
+        Inodes { nodes, by_path, next: ROOT + 1, unheld: VecDeque::new() }
     }
 
     pub fn path(&self, ino: Ino) -> Option<&str> {
@@ -64,19 +75,48 @@ impl Inodes {
             }
             None => self.assign(path, kind),
         };
-        if lookup {
-            if let Some(n) = self.nodes.get_mut(&ino) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if lookup {
                 n.lookups += 1;
+            } else if n.lookups == 0 {
+                self.unheld.push_back(ino);
             }
         }
         ino
     }
 
+    /// Whether enough numbers the kernel never took have piled up to `sweep`.
+    pub fn crowded(&self) -> bool {
+        self.unheld.len() > 2 * UNHELD_KEPT
+    }
+
+    /// Lets go of the oldest numbers the kernel does not hold, down to `UNHELD_KEPT`,
+    /// sparing those `keep` says are still in use.
+    pub fn sweep(&mut self, keep: impl Fn(Ino) -> bool) {
+        while self.unheld.len() > UNHELD_KEPT {
+            let Some(ino) = self.unheld.pop_front() else { break };
+            if self.nodes.get(&ino).is_some_and(|n| n.lookups == 0) && !keep(ino) {
+                self.drop_node(ino);
+            }
+        }
+    }
+
+    fn drop_node(&mut self, ino: Ino) {
+        if let Some(n) = self.nodes.remove(&ino) {
+            if let Some(p) = n.path {
+                if self.by_path.get(&p) == Some(&ino) {
+                    self.by_path.remove(&p);
+                }
+            }
+        }
+    }
+
     fn assign(&mut self, path: &str, kind: FileKind) -> Ino {
         let ino = self.next;
         self.next += 1;
-        self.nodes.insert(ino, Node { path: Some(path.to_string()), kind, lookups: 0 });
-        self.by_path.insert(path.to_string(), ino);
+        let path: Arc<str> = Arc::from(path);
+        self.nodes.insert(ino, Node { path: Some(path.clone()), kind, lookups: 0 });
+        self.by_path.insert(path, ino);
         ino
     }
 
@@ -91,17 +131,28 @@ impl Inodes {
         }
     }
 
-    /// The kernel dropped `n` references to `ino`.
-    pub fn forget(&mut self, ino: Ino, n: u64) {
+    /// The kernel dropped `n` references to `ino`; once it holds none, the number goes
+    /// unless `keep` says it is still in use here.
+    pub fn forget(&mut self, ino: Ino, n: u64, keep: impl Fn(Ino) -> bool) {
         if ino == ROOT {
             return;
         }
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            node.lookups = node.lookups.saturating_sub(n);
-            if node.lookups == 0 && node.path.is_none() {
-                self.nodes.remove(&ino);
-            }
+        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        node.lookups = node.lookups.saturating_sub(n);
+        if node.lookups > 0 {
+            return;
         }
+        if node.path.is_none() || !keep(ino) {
+            self.drop_node(ino);
+        } else {
+            self.unheld.push_back(ino);
+        }
+    }
+
+    /// How many numbers are known.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
     }
 
     /// The file at `path` is gone (unlink, rmdir, or replaced by a rename).
@@ -116,10 +167,10 @@ impl Inodes {
     /// `from` now lives at `to`, with everything below it.
     pub fn rename(&mut self, from: &str, to: &str) {
         self.remove_path(to);
-        let moved: Vec<(String, String, Ino)> = self
+        let moved: Vec<(Arc<str>, Arc<str>, Ino)> = self
             .by_path
             .iter()
-            .filter_map(|(p, &i)| strip_subtree(p, from).map(|rest| (p.clone(), format!("{to}{rest}"), i)))
+            .filter_map(|(p, &i)| strip_subtree(p, from).map(|rest| (p.clone(), Arc::from(format!("{to}{rest}")), i)))
             .collect();
         for (old, new, ino) in moved {
             self.by_path.remove(&old);
@@ -142,8 +193,8 @@ mod tests {
         let b = t.intern("/r/b", FileKind::Dir, true);
         assert_ne!(a, b);
         assert_eq!(t.intern("/r/a", FileKind::File, true), a);
-        t.forget(a, 2);
-        // Forgotten but not removed: the number survives.
+        t.forget(a, 1, |_| false);
+        // Still held once: the number survives.
         assert_eq!(t.intern("/r/a", FileKind::File, false), a);
         assert_eq!(t.path(ROOT), Some("/r"));
     }
@@ -156,7 +207,7 @@ mod tests {
         assert_eq!(t.path(a), None);
         let a2 = t.intern("/r/a", FileKind::File, true);
         assert_ne!(a, a2);
-        t.forget(a, 1);
+        t.forget(a, 1, |_| true);
         assert_eq!(t.kind(a), None);
     }
 
@@ -166,6 +217,36 @@ mod tests {
         let a = t.intern("/r/a", FileKind::File, false);
         let d = t.intern("/r/a", FileKind::Dir, false);
         assert_ne!(a, d);
+    }
+
+    #[test]
+    fn what_the_kernel_forgets_is_forgotten_unless_in_use() {
+        let mut t = Inodes::new("/r");
+        let a = t.intern("/r/a", FileKind::File, true);
+        let b = t.intern("/r/b", FileKind::File, true);
+        t.forget(a, 1, |_| false);
+        assert_eq!(t.path(a), None, "a number the kernel forgot was kept");
+        t.forget(b, 1, |ino| ino == b);
+        assert_eq!(t.path(b), Some("/r/b"), "a number still in use was dropped");
+        assert_ne!(t.intern("/r/a", FileKind::File, true), a);
+    }
+
+    #[test]
+    fn numbers_the_kernel_never_took_are_let_go_when_crowded() {
+        let mut t = Inodes::new("/r");
+        let held = t.intern("/r/held", FileKind::File, true);
+        let mut first = None;
+        for i in 0..(2 * UNHELD_KEPT + 10) {
+            let ino = t.intern(&format!("/r/f{i}"), FileKind::File, false);
+            first.get_or_insert(ino);
+        }
+        assert!(t.crowded());
+        let spared = first.unwrap();
+        t.sweep(|ino| ino == spared);
+        assert!(!t.crowded());
+        assert!(t.len() <= UNHELD_KEPT + 3, "{} numbers kept", t.len());
+        assert_eq!(t.path(held), Some("/r/held"), "a held number was let go");
+        assert_eq!(t.path(spared), Some("/r/f0"), "a number in use was let go");
     }
 
     #[test]

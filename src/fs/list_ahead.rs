@@ -1,9 +1,15 @@
 //! Listing ahead: the subdirectories of a directory being read are listed in the
 //! background, a few at a time, so that a tree walk (`find`, `ls -R`, `du`) finds each
 //! listing in the cache instead of waiting a round trip per directory. One level ahead
-//! only, so listing a large tree's root does not crawl the whole tree.
+//! only, so listing a large tree's root does not crawl the whole tree, and within a
+//! budget: a directory of more than `AHEAD_PER_DIR` entries is not listed ahead (it
+//! streams when a program opens it), and once `AHEAD_ENTRIES` entries listed ahead wait
+//! for a program to enter their directories, nothing more is listed ahead until some
+//! are entered or expire.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
@@ -13,6 +19,11 @@ use super::tasks::Tasks;
 use crate::remote::{DirEntry, FileKind, Remote};
 use crate::sync::lock;
 
+/// Entries of one directory past which it is not listed ahead.
+const AHEAD_PER_DIR: usize = 5_000;
+/// Entries listed ahead, not yet entered, past which nothing more is listed ahead.
+const AHEAD_ENTRIES: usize = 50_000;
+
 pub(super) struct ListAhead<R: Remote> {
     remote: Arc<R>,
     tasks: Tasks,
@@ -20,6 +31,10 @@ pub(super) struct ListAhead<R: Remote> {
     /// Background fetches out at once, shared with small-file fetching.
     slots: Arc<Semaphore>,
     enabled: bool,
+    /// Directories listed ahead that no program has entered yet: their entries, and
+    /// when they were listed (they expire with the cache).
+    waiting: Arc<Mutex<HashMap<String, (usize, Instant)>>>,
+    timeout: Duration,
 }
 
 impl<R: Remote> ListAhead<R> {
@@ -29,34 +44,50 @@ impl<R: Remote> ListAhead<R> {
         cache: Arc<Mutex<MetaCache>>,
         slots: Arc<Semaphore>,
         enabled: bool,
+        timeout: Duration,
     ) -> Self {
-        ListAhead { remote, tasks, cache, slots, enabled }
+        ListAhead { remote, tasks, cache, slots, enabled, waiting: Arc::default(), timeout }
+    }
+
+    /// A program opened `dir`: what was listed ahead of it is used.
+    pub(super) fn entered(&self, dir: &str) {
+        lock(&self.waiting).remove(dir);
+    }
+
+    /// Entries listed ahead and waiting, after forgetting what expired.
+    fn waiting_entries(&self) -> usize {
+        let mut waiting = lock(&self.waiting);
+        waiting.retain(|_, (_, at)| at.elapsed() < self.timeout);
+        waiting.values().map(|(n, _)| n).sum()
     }
 
     /// Lists, in the background, the subdirectories in `list` (the listing of `dir`)
-    /// that the cache does not hold.
+    /// that the cache does not hold, within the budget.
     pub(super) fn subdirs_of(&self, dir: &str, list: &[DirEntry]) {
-        if !self.enabled || !lock(&self.cache).enabled() {
+        if !self.enabled || !lock(&self.cache).enabled() || self.waiting_entries() >= AHEAD_ENTRIES {
             return;
         }
         let subdirs: Vec<String> = {
             let cache = lock(&self.cache);
+            let waiting = lock(&self.waiting);
             list.iter()
                 .filter(|e| e.attr.kind() == FileKind::Dir)
                 .map(|e| join(dir, &e.name))
-                .filter(|p| !cache.has_listing(p))
+                .filter(|p| !cache.has_listing(p) && !waiting.contains_key(p))
                 .collect()
         };
         for sub in subdirs {
-            let (remote, cache, slots) = (self.remote.clone(), self.cache.clone(), self.slots.clone());
+            let (remote, cache, slots, waiting) =
+                (self.remote.clone(), self.cache.clone(), self.slots.clone(), self.waiting.clone());
             self.tasks.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else { return };
                 if lock(&cache).has_listing(&sub) {
                     return;
                 }
                 let asked = lock(&cache).snapshot();
-                if let Ok(l) = remote.read_dir(&sub).await {
+                if let Ok(Some(l)) = remote.read_dir_upto(&sub, AHEAD_PER_DIR).await {
                     lock(&cache).put_listing(&sub, &l, asked);
+                    lock(&waiting).insert(sub, (l.len(), Instant::now()));
                 }
             });
         }

@@ -13,6 +13,7 @@ mod fuse;
 mod handles;
 mod inode;
 mod list_ahead;
+mod listing;
 mod path;
 mod read_ahead;
 mod retries;

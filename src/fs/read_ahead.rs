@@ -5,11 +5,13 @@
 //! bandwidth. `ReadAhead` owns the mount's side: which files were written (what was
 //! fetched of them is stale), the fetch tasks, and reads that go straight to the server.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
 use futures_util::future::{try_join_all, BoxFuture, FutureExt, Shared};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::inode::Ino;
 use super::tasks::Tasks;
@@ -29,6 +31,8 @@ pub(super) struct ReadAhead<R: Remote> {
     tasks: Tasks,
     /// The largest window per open file, in bytes (zero: no read-ahead).
     max_window: u64,
+    /// What all windows may hold at once.
+    budget: Budget,
     /// How often each file was written through this mount: what was fetched ahead of
     /// it is stale once this changes.
     writes: Mutex<HashMap<Ino, u64>>,
@@ -36,17 +40,24 @@ pub(super) struct ReadAhead<R: Remote> {
 
 impl<R: Remote> ReadAhead<R> {
     pub(super) fn new(remote: Arc<R>, tasks: Tasks, max_window: u64) -> Self {
-        ReadAhead { remote, tasks, max_window, writes: Mutex::default() }
+        // Room for a few files read at full speed together.
+        let budget = Budget::new((4 * max_window).max(MAX_WINDOW));
+        ReadAhead { remote, tasks, max_window, budget, writes: Mutex::default() }
     }
 
     /// The window for a file just opened read-only, if read-ahead is on.
     pub(super) fn window(&self) -> Option<Window> {
-        (self.max_window > 0).then(|| Window::new(self.max_window))
+        (self.max_window > 0).then(|| Window::new(self.max_window, self.budget.clone()))
     }
 
     /// `ino` was written through the mount.
     pub(super) fn note_write(&self, ino: Ino) {
         *lock(&self.writes).entry(ino).or_default() += 1;
+    }
+
+    /// The kernel forgot `ino`: its count goes too.
+    pub(super) fn forget(&self, ino: Ino) {
+        lock(&self.writes).remove(&ino);
     }
 
     fn writes_to(&self, ino: Ino) -> u64 {
@@ -153,9 +164,31 @@ struct State {
     next: u64,
     streak: u32,
     window: u64,
-    chunks: BTreeMap<u64, Chunk>,
+    /// Chunks fetched or on their way; those fetched ahead of a read hold their share of
+    /// the mount's read-ahead memory until they are dropped.
+    chunks: BTreeMap<u64, (Chunk, Option<OwnedSemaphorePermit>)>,
     /// The file's write count when the chunks were fetched.
     seen_writes: u64,
+}
+
+/// Read-ahead memory of a whole mount, in KiB: every file's chunks fetched ahead of its
+/// reader share it, so many files read at once cannot hold many windows' worth each.
+#[derive(Debug, Clone)]
+pub(super) struct Budget(Arc<Semaphore>);
+
+impl Budget {
+    pub(super) fn new(bytes: u64) -> Budget {
+        Budget(Arc::new(Semaphore::new((bytes / 1024).clamp(1, Semaphore::MAX_PERMITS as u64) as usize)))
+    }
+
+    fn take(&self, bytes: u32) -> Option<OwnedSemaphorePermit> {
+        self.0.clone().try_acquire_many_owned(bytes.div_ceil(1024).max(1)).ok()
+    }
+
+    #[cfg(test)]
+    fn free(&self) -> usize {
+        self.0.available_permits() * 1024
+    }
 }
 
 /// Read-ahead for one open file.
@@ -163,18 +196,19 @@ struct State {
 pub(super) struct Window {
     state: Mutex<State>,
     max_window: u64,
+    budget: Budget,
 }
 
 impl Default for Window {
     fn default() -> Self {
-        Window::new(MAX_WINDOW)
+        Window::new(MAX_WINDOW, Budget::new(4 * MAX_WINDOW))
     }
 }
 
 impl Window {
-    /// A window that grows up to `max_window` bytes.
-    pub fn new(max_window: u64) -> Window {
-        Window { state: Mutex::default(), max_window: max_window.max(1) }
+    /// A window that grows up to `max_window` bytes, within the mount's `budget`.
+    pub fn new(max_window: u64, budget: Budget) -> Window {
+        Window { state: Mutex::default(), max_window: max_window.max(1), budget }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -229,11 +263,19 @@ impl Window {
         let ahead_end = (read_end + s.window).min(end.max(read_end));
         let mut start = first;
         while start < ahead_end {
-            s.chunks.entry(start).or_insert_with(|| fetch(start, chunk).shared());
+            if let Entry::Vacant(slot) = s.chunks.entry(start) {
+                // What the read needs is fetched in any case; what is ahead, only within
+                // the mount's read-ahead memory.
+                let share = if start < read_end { None } else { self.budget.take(chunk) };
+                if start >= read_end && share.is_none() {
+                    break;
+                }
+                slot.insert((fetch(start, chunk).shared(), share));
+            }
             start += cs;
         }
         s.window = (s.window * 2).min(self.max_window);
-        Some(s.chunks.range(first..read_end).map(|(k, v)| (*k, v.clone())).collect())
+        Some(s.chunks.range(first..read_end).map(|(k, (c, _))| (*k, c.clone())).collect())
     }
 }
 
@@ -305,7 +347,7 @@ mod tests {
     fn the_window_stops_growing_at_its_limit() {
         let cs: u32 = 64 * 1024;
         let limit = 256 * 1024;
-        let ra = Window::new(limit);
+        let ra = Window::new(limit, Budget::new(4 * MAX_WINDOW));
         let n = Arc::new(AtomicUsize::new(0));
         let mut at = 0u64;
         for _ in 0..20 {
@@ -316,6 +358,28 @@ mod tests {
         let fetched = n.load(Ordering::SeqCst) as u64 * u64::from(cs);
         assert!(fetched <= at + limit, "fetched {fetched} for {at} read with a {limit} window");
         assert!(fetched > at, "nothing was read ahead");
+    }
+
+    #[test]
+    fn windows_share_the_mounts_read_ahead_memory() {
+        let cs: u32 = 64 * 1024;
+        let budget = Budget::new(512 * 1024);
+        let (a, b) = (Window::new(MAX_WINDOW, budget.clone()), Window::new(MAX_WINDOW, budget.clone()));
+        let n = Arc::new(AtomicUsize::new(0));
+        for w in [&a, &b] {
+            let mut at = 0u64;
+            for _ in 0..8 {
+                w.plan(at, cs, cs, 1 << 30, 0, counting(n.clone())).unwrap();
+                at += u64::from(cs);
+            }
+        }
+        let fetched = n.load(Ordering::SeqCst) as u64 * u64::from(cs);
+        // Both read 8 chunks; at most the budget more was fetched ahead between them.
+        assert!(fetched <= 16 * u64::from(cs) + 512 * 1024, "fetched {fetched}");
+        assert_eq!(budget.free(), 0, "the budget was not used");
+        drop(a);
+        b.reset();
+        assert_eq!(budget.free(), 512 * 1024, "read-ahead memory was not given back");
     }
 
     #[test]

@@ -108,6 +108,9 @@ fn parent(path: &str) -> &str {
     }
 }
 
+/// Entries per listing batch.
+pub const LIST_BATCH: usize = 100;
+
 fn failure() -> RemoteError {
     RemoteError::ServerFailure("Failure".into())
 }
@@ -315,18 +318,27 @@ impl Remote for FakeRemote {
         self.setstat(&path, set).await
     }
 
-    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+    async fn list(&self, path: &str) -> Result<DirStream> {
         self.up()?;
-        let tree = self.tree.lock().unwrap();
-        match tree.get(path).map(|n| &n.body) {
-            Some(Body::Dir) => {}
-            Some(_) => return Err(failure()),
-            None => return Err(RemoteError::NotFound),
+        let entries: Vec<DirEntry> = {
+            let tree = self.tree.lock().unwrap();
+            match tree.get(path).map(|n| &n.body) {
+                Some(Body::Dir) => {}
+                Some(_) => return Err(failure()),
+                None => return Err(RemoteError::NotFound),
+            }
+            Self::children(&tree, path)
+                .into_iter()
+                .map(|p| DirEntry { name: p.rsplit('/').next().unwrap_or("").to_string(), attr: Self::attr(&tree[&p]) })
+                .collect()
+        };
+        // In batches of a hundred, as OpenSSH's server answers READDIR.
+        let batches: Vec<Vec<DirEntry>> = entries.chunks(LIST_BATCH).map(<[DirEntry]>::to_vec).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
+        for b in batches {
+            let _ = tx.try_send(Ok(b));
         }
-        Ok(Self::children(&tree, path)
-            .into_iter()
-            .map(|p| DirEntry { name: p.rsplit('/').next().unwrap_or("").to_string(), attr: Self::attr(&tree[&p]) })
-            .collect())
+        Ok(DirStream::new(rx))
     }
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {

@@ -66,6 +66,25 @@ pub struct DirEntry {
     pub attr: Attr,
 }
 
+/// A directory being listed: batches of entries as the server sends them ("." and ".."
+/// left out), then the end. Dropping it stops the listing.
+#[derive(Debug)]
+pub struct DirStream {
+    batches: tokio::sync::mpsc::Receiver<Result<Vec<DirEntry>>>,
+}
+
+impl DirStream {
+    /// A listing whose batches arrive on `batches`; the sender closing is the end.
+    pub fn new(batches: tokio::sync::mpsc::Receiver<Result<Vec<DirEntry>>>) -> DirStream {
+        DirStream { batches }
+    }
+
+    /// The next batch, or `None` at the end.
+    pub async fn next(&mut self) -> Option<Result<Vec<DirEntry>>> {
+        self.batches.recv().await
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct OpenOptions {
     pub read: bool,
@@ -191,7 +210,25 @@ pub trait Remote: Send + Sync + 'static {
     fn lstat(&self, path: &str) -> impl Future<Output = Result<Attr>> + Send;
     fn setstat(&self, path: &str, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
     fn fsetstat(&self, handle: &Handle, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
-    fn read_dir(&self, path: &str) -> impl Future<Output = Result<Vec<DirEntry>>> + Send;
+    /// Starts listing `path`; entries come in batches, so a big directory needs neither
+    /// waiting for nor holding all of it.
+    fn list(&self, path: &str) -> impl Future<Output = Result<DirStream>> + Send;
+
+    /// The whole listing of `path`, or `Ok(None)` once it has more than `limit` entries
+    /// (the rest is not asked for).
+    fn read_dir_upto(&self, path: &str, limit: usize) -> impl Future<Output = Result<Option<Vec<DirEntry>>>> + Send {
+        async move {
+            let mut stream = self.list(path).await?;
+            let mut all = Vec::new();
+            while let Some(batch) = stream.next().await {
+                all.extend(batch?);
+                if all.len() > limit {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(all))
+        }
+    }
     fn open(&self, path: &str, opts: OpenOptions) -> impl Future<Output = Result<Handle>> + Send;
     fn close(&self, handle: &Handle) -> impl Future<Output = Result<()>> + Send;
     /// Reads up to `len` bytes; an empty result means end of file.

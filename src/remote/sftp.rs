@@ -8,12 +8,20 @@ use std::sync::{Arc, Mutex};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::{FileAttributes, OpenFlags as SftpOpenFlags, Packet, StatusCode};
 
-use super::{Attr, Bytes, DirEntry, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+
+use super::{
+    Attr, Bytes, DirEntry, DirStream, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs,
+};
 use crate::link::{Link, SftpConn, Unavailable};
 use crate::sync::lock;
 use tokio::sync::OwnedSemaphorePermit;
 
 const ST_RDONLY: u64 = 1;
+/// READDIRs out at once on one listing.
+const READDIRS_IN_FLIGHT: usize = 16;
+/// Batches a listing fetches ahead of the one who reads it.
+const LIST_BATCHES_AHEAD: usize = 16;
 
 pub struct SftpRemote {
     link: Arc<Link>,
@@ -56,13 +64,7 @@ impl SftpRemote {
     /// Maps a result, telling the link when the connection itself failed.
     fn check<T>(&self, conn: &SftpConn, r: std::result::Result<T, SftpError>) -> Result<T> {
         conn.touch();
-        r.map_err(|e| {
-            let e = map_err(e);
-            if e.outcome_unknown() {
-                self.link.report_failure(conn.generation, &e.to_string());
-            }
-            e
-        })
+        r.map_err(|e| report(&self.link, conn, e))
     }
 
     fn file(&self, h: &Handle) -> Result<Arc<OpenFile>> {
@@ -207,6 +209,15 @@ impl From<Unavailable> for RemoteError {
     }
 }
 
+/// Maps an error, telling `link` when the connection itself failed.
+fn report(link: &Link, conn: &SftpConn, e: SftpError) -> RemoteError {
+    let e = map_err(e);
+    if e.outcome_unknown() {
+        link.report_failure(conn.generation, &e.to_string());
+    }
+    e
+}
+
 fn map_err(err: SftpError) -> RemoteError {
     match err {
         SftpError::Status(s) => match s.status_code {
@@ -341,35 +352,42 @@ impl Remote for SftpRemote {
         self.check(&c, r).map(|_| ())
     }
 
-    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+    async fn list(&self, path: &str) -> Result<DirStream> {
         let (_, c, slot) = self.conn_for_open(false)?;
         let r = c.sftp.opendir(path).await;
         let h = self.check(&c, r)?.handle;
-        let mut out = Vec::new();
-        // Two READDIRs in flight: a small directory comes back, with its end, in one
-        // round trip.
-        let res = 'list: loop {
-            let (a, b) = futures_util::join!(c.sftp.readdir(h.clone()), c.sftp.readdir(h.clone()));
-            for r in [a, b] {
-                match r {
-                    Ok(name) => out.extend(
-                        name.files
-                            .into_iter()
-                            .filter(|f| f.filename != "." && f.filename != "..")
-                            .map(|f| DirEntry { attr: attr_from(&f.attrs), name: f.filename }),
-                    ),
-                    Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => break 'list Ok(out),
-                    Err(e) => break 'list self.check(&c, Err(e)),
+        let (tx, rx) = tokio::sync::mpsc::channel(LIST_BATCHES_AHEAD);
+        let link = self.link.clone();
+        tokio::spawn(async move {
+            // Several READDIRs in flight, answered in order: a small directory comes back,
+            // with its end, in one round trip, and a big one streams.
+            let mut out = FuturesOrdered::new();
+            loop {
+                while out.len() < READDIRS_IN_FLIGHT {
+                    out.push_back(c.sftp.readdir(h.clone()));
+                }
+                let batch = match out.next().await {
+                    Some(Ok(name)) => Ok(name
+                        .files
+                        .into_iter()
+                        .filter(|f| f.filename != "." && f.filename != "..")
+                        .map(|f| DirEntry { attr: attr_from(&f.attrs), name: f.filename })
+                        .collect()),
+                    Some(Err(SftpError::Status(s))) if s.status_code == StatusCode::Eof => break,
+                    Some(Err(e)) => Err(report(&link, &c, e)),
+                    None => break,
+                };
+                let failed = batch.is_err();
+                // Nobody listening any more (the directory was closed early): stop.
+                if tx.send(batch).await.is_err() || failed {
+                    break;
                 }
             }
-        };
-        // Nobody needs to wait for the directory to be closed.
-        let closer = c.clone();
-        tokio::spawn(async move {
-            let _ = closer.sftp.close(h).await;
+            drop(out);
+            let _ = c.sftp.close(h).await;
             drop(slot);
         });
-        res
+        Ok(DirStream::new(rx))
     }
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {

@@ -386,14 +386,24 @@ pub fn run_with_deadline_child(child: std::process::Child, deadline: Duration) -
 
 /// Runs a shell snippet (with a hard limit) and returns its output.
 pub fn sh(script: &str) -> Output {
+    sh_within(script, Duration::from_secs(120))
+}
+
+/// Runs a shell snippet that may take up to `deadline`.
+pub fn sh_within(script: &str, deadline: Duration) -> Output {
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", script]).stdin(Stdio::null());
-    run_with_deadline(cmd, Duration::from_secs(120))
+    run_with_deadline(cmd, deadline)
 }
 
 /// Like `sh`, but the snippet must succeed; returns its stdout.
 pub fn sh_ok(script: &str) -> String {
-    let out = sh(script);
+    sh_ok_within(script, Duration::from_secs(120))
+}
+
+/// Like `sh_within`, but the snippet must succeed; returns its stdout.
+pub fn sh_ok_within(script: &str, deadline: Duration) -> String {
+    let out = sh_within(script, deadline);
     assert!(
         out.status.success(),
         "`{script}` failed ({}): {}{}",

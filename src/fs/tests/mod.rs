@@ -41,6 +41,21 @@ fn rw() -> OpenFlags {
     OpenFlags { read: true, write: true, ..OpenFlags::default() }
 }
 
+/// Lists `ino` as the kernel does: opendir, readdir until an empty answer, releasedir.
+async fn list_all(fs: &Fs<FakeRemote>, ino: Ino) -> Vec<String> {
+    let fh = fs.opendir(ino).await.unwrap();
+    let mut names = Vec::new();
+    let mut offset = 0;
+    loop {
+        let got = fs.readdir(fh, offset).await.unwrap();
+        let Some((next, _)) = got.last() else { break };
+        offset = *next;
+        names.extend(got.into_iter().map(|(_, item)| item.name));
+    }
+    fs.releasedir(fh);
+    names
+}
+
 /// A directory `/srv/d` holding `names`, with its listing in the mount's cache.
 async fn listed_dir(remote: &FakeRemote, fs: &Fs<FakeRemote>, names: &[&str]) -> Ino {
     remote.put_dir("/srv/d");
@@ -48,8 +63,7 @@ async fn listed_dir(remote: &FakeRemote, fs: &Fs<FakeRemote>, names: &[&str]) ->
         remote.put_file(&format!("/srv/d/{n}"), n.as_bytes());
     }
     let d = fs.lookup(ROOT, "d").await.unwrap().ino;
-    let dh = fs.opendir(d).await.unwrap();
-    fs.releasedir(dh);
+    list_all(fs, d).await;
     d
 }
 
@@ -189,18 +203,18 @@ async fn readdir_lists_dot_entries_and_resumes_at_offset() {
         remote.put_file(&format!("/srv/{n}"), b"");
     }
     let fh = fs.opendir(ROOT).await.unwrap();
-    let all = fs.readdir(fh, 0).unwrap();
+    let all = fs.readdir(fh, 0).await.unwrap();
     let names: Vec<_> = all.iter().map(|(_, i)| i.name.clone()).collect();
     assert_eq!(names, [".", "..", "a", "b", "c"]);
     assert!(all.iter().skip(2).all(|(_, i)| i.attr.is_some()));
     let (off, _) = &all[2];
-    let rest: Vec<_> = fs.readdir(fh, *off).unwrap().into_iter().map(|(_, i)| i.name).collect();
+    let rest: Vec<_> = fs.readdir(fh, *off).await.unwrap().into_iter().map(|(_, i)| i.name).collect();
     assert_eq!(rest, ["b", "c"]);
     // The numbers readdir hands out are the ones lookup gives.
     let a = all[2].1.ino;
     assert_eq!(fs.lookup(ROOT, "a").await.unwrap().ino, a);
     fs.releasedir(fh);
-    assert_eq!(fs.readdir(fh, 0).unwrap_err(), Errno::EBADF);
+    assert_eq!(fs.readdir(fh, 0).await.unwrap_err(), Errno::EBADF);
 }
 
 #[tokio::test]
@@ -281,8 +295,7 @@ async fn cached_metadata_answers_while_down() {
     remote.put_dir("/srv/d");
     remote.put_file("/srv/d/f", b"abc");
     let d = fs.lookup(ROOT, "d").await.unwrap().ino;
-    let fh = fs.opendir(d).await.unwrap();
-    fs.releasedir(fh);
+    list_all(&fs, d).await;
     remote.go_down();
     // Known from the listing: attributes, the entry, and that other names do not exist.
     let f = fs.lookup(d, "f").await.unwrap();
@@ -290,7 +303,7 @@ async fn cached_metadata_answers_while_down() {
     assert_eq!(fs.getattr(f.ino).await.unwrap().size, 3);
     assert_eq!(fs.lookup(d, "nope").await.unwrap_err(), Errno::ENOENT);
     let fh = fs.opendir(d).await.unwrap();
-    assert_eq!(fs.readdir(fh, 0).unwrap().len(), 3);
+    assert_eq!(fs.readdir(fh, 0).await.unwrap().len(), 3);
     // Not known: needs the server.
     assert_eq!(fs.lookup(ROOT, "other").await.unwrap_err(), Errno::EAGAIN);
 }
@@ -314,7 +327,7 @@ async fn own_changes_are_seen_at_once_through_the_cache() {
     fs.unlink(d, "y").await.unwrap();
     assert_eq!(fs.lookup(d, "y").await.unwrap_err(), Errno::ENOENT);
     let h = fs.opendir(d).await.unwrap();
-    assert_eq!(fs.readdir(h, 0).unwrap().len(), 2);
+    assert_eq!(fs.readdir(h, 0).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -327,4 +340,49 @@ async fn open_of_a_name_removed_elsewhere_is_estale_and_the_next_lookup_asks() {
     let write = OpenFlags { write: true, ..OpenFlags::default() };
     assert_eq!(fs.open(ino, write).await, Err(Errno::ESTALE), "the kernel is told to look again");
     assert_eq!(fs.lookup(d, "gone").await, Err(Errno::ENOENT), "and the look goes to the server");
+}
+
+#[tokio::test]
+async fn a_big_directory_streams_and_is_not_cached_whole() {
+    let (remote, fs) = setup();
+    remote.put_dir("/srv/big");
+    let n = super::listing::CACHE_UP_TO + 500;
+    for i in 0..n {
+        remote.put_file(&format!("/srv/big/f{i:06}"), b"");
+    }
+    let d = fs.lookup(ROOT, "big").await.unwrap().ino;
+    let fh = fs.opendir(d).await.unwrap();
+    let first = fs.readdir(fh, 0).await.unwrap();
+    // ".", "..", and the first batch only: nothing waited for the rest.
+    assert_eq!(first.len(), 2 + crate::remote::fake::LIST_BATCH);
+    fs.releasedir(fh);
+    let names = list_all(&fs, d).await;
+    assert_eq!(names.len(), n + 2);
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(unique.len(), n + 2, "an entry came twice");
+    assert!(!fs.has_listing("/srv/big"), "a listing too big to keep was cached whole");
+}
+
+#[tokio::test]
+async fn going_back_in_a_directory_lists_it_again() {
+    let (remote, fs) = setup();
+    remote.put_dir("/srv/d");
+    for i in 0..250 {
+        remote.put_file(&format!("/srv/d/f{i:03}"), b"");
+    }
+    let d = fs.lookup(ROOT, "d").await.unwrap().ino;
+    let fh = fs.opendir(d).await.unwrap();
+    let mut offset = 0;
+    for _ in 0..3 {
+        let got = fs.readdir(fh, offset).await.unwrap();
+        offset = got.last().unwrap().0;
+    }
+    // rewinddir: from the start again, every entry once more.
+    let again = fs.readdir(fh, 0).await.unwrap();
+    assert_eq!(again[0].1.name, ".");
+    assert_eq!(again[2].1.name, "f000");
+    // seekdir to a position kept earlier (telldir after 50 entries).
+    let at = fs.readdir(fh, 52).await.unwrap();
+    assert_eq!(at[0].1.name, "f050");
+    fs.releasedir(fh);
 }

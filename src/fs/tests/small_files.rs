@@ -10,8 +10,7 @@ async fn small_files_are_fetched_ahead_and_served_from_memory() {
         remote.put_file(&format!("/srv/d/f{i}"), format!("content {i}").as_bytes());
     }
     let d = fs.lookup(ROOT, "d").await.unwrap().ino;
-    let h = fs.opendir(d).await.unwrap();
-    fs.releasedir(h);
+    list_all(&fs, d).await;
     let ro = OpenFlags { read: true, ..OpenFlags::default() };
     for i in 0..2 {
         let f = fs.lookup(d, &format!("f{i}")).await.unwrap().ino;

@@ -1,0 +1,189 @@
+//! A directory open for reading. Its entries stream from the server in batches (or come
+//! from a cached listing) and are kept only until the kernel has read past them, so the
+//! first `getdents` is answered as soon as the first batch is in, and a directory of a
+//! million entries costs a batch or two of memory, not a million entries. A listing
+//! small enough to cache is collected on the way and cached once complete.
+
+use std::collections::VecDeque;
+
+use super::cache::Snapshot;
+use crate::remote::{DirEntry, DirStream, RemoteError};
+
+/// Entries in a listing that is still cached whole once complete.
+pub(super) const CACHE_UP_TO: usize = 10_000;
+
+/// Where the entries come from.
+enum Source {
+    /// Streaming from the server.
+    Server(DirStream),
+    /// Everything there is is buffered (a cached listing, or the server's end reached).
+    Done,
+}
+
+pub(super) struct Listing {
+    /// Position of `buffered[0]`: "." is 0, ".." is 1, the first entry 2.
+    base: usize,
+    buffered: VecDeque<DirEntry>,
+    source: Source,
+    /// Every entry so far, while few enough to cache; `None` once there were more.
+    collected: Option<Vec<DirEntry>>,
+    /// Where things stood when the listing was asked for (see `cache::Snapshot`).
+    asked: Option<Snapshot>,
+}
+
+/// What a batch fetched brought.
+pub(super) enum Fetched {
+    /// More entries (also handed to `collected` callers through `Listing::collected`).
+    More,
+    /// The end: the complete listing, if it is small enough to cache.
+    End(Option<Vec<DirEntry>>),
+}
+
+impl Listing {
+    /// A listing served from what the cache holds.
+    pub(super) fn cached(entries: Vec<DirEntry>) -> Listing {
+        Listing { base: 2, buffered: entries.into(), source: Source::Done, collected: None, asked: None }
+    }
+
+    /// A listing streaming from the server, asked for at `asked`.
+    pub(super) fn streaming(stream: DirStream, asked: Snapshot) -> Listing {
+        Listing {
+            base: 2,
+            buffered: VecDeque::new(),
+            source: Source::Server(stream),
+            collected: Some(Vec::new()),
+            asked: Some(asked),
+        }
+    }
+
+    /// Where things stood when the listing was asked for, if it came from the server.
+    pub(super) fn asked(&self) -> Option<Snapshot> {
+        self.asked
+    }
+
+    /// Whether the entry at position `from` may need an earlier one: the kernel went back
+    /// (rewinddir, seekdir) behind what is still kept, and the listing must start again.
+    pub(super) fn is_behind(&self, from: usize) -> bool {
+        from < self.base
+    }
+
+    /// Fetches the next batch from the server.
+    pub(super) async fn fetch(&mut self) -> Result<Fetched, RemoteError> {
+        let Source::Server(stream) = &mut self.source else { return Ok(Fetched::End(None)) };
+        match stream.next().await {
+            Some(Ok(batch)) => {
+                if let Some(all) = &mut self.collected {
+                    if all.len() + batch.len() <= CACHE_UP_TO {
+                        all.extend(batch.iter().cloned());
+                    } else {
+                        self.collected = None;
+                    }
+                }
+                self.buffered.extend(batch);
+                Ok(Fetched::More)
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                self.source = Source::Done;
+                Ok(Fetched::End(self.collected.take()))
+            }
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self.source, Source::Done)
+    }
+
+    /// Entries at positions `from` and after that are buffered now, with their positions,
+    /// fetching a batch first when none is; entries before `from` are dropped (the kernel
+    /// has read past them). Calls `ended` with the complete listing when the end is
+    /// reached with one small enough to cache.
+    pub(super) async fn entries_from(
+        &mut self,
+        from: usize,
+        mut ended: impl FnMut(Vec<DirEntry>),
+    ) -> Result<Vec<(usize, DirEntry)>, RemoteError> {
+        loop {
+            while self.base < from && !self.buffered.is_empty() {
+                self.buffered.pop_front();
+                self.base += 1;
+            }
+            if self.base >= from && !self.buffered.is_empty() || self.is_done() {
+                break;
+            }
+            if let Fetched::End(Some(all)) = self.fetch().await? {
+                ended(all);
+            }
+        }
+        Ok(self.buffered.iter().cloned().enumerate().map(|(i, e)| (self.base + i, e)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Attr;
+
+    fn entries(n: usize) -> Vec<DirEntry> {
+        (0..n).map(|i| DirEntry { name: format!("e{i}"), attr: Attr::default() }).collect()
+    }
+
+    fn stream_of(batches: Vec<Vec<DirEntry>>) -> DirStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
+        for b in batches {
+            tx.try_send(Ok(b)).unwrap();
+        }
+        DirStream::new(rx)
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot { generation: 0, acks: 0 }
+    }
+
+    #[tokio::test]
+    async fn entries_come_a_batch_at_a_time_and_go_once_read_past() {
+        let all = entries(250);
+        let mut l = Listing::streaming(
+            stream_of(vec![all[..100].to_vec(), all[100..200].to_vec(), all[200..].to_vec()]),
+            snapshot(),
+        );
+        let first = l.entries_from(2, |_| panic!("not the end yet")).await.unwrap();
+        assert_eq!(first.len(), 100, "more than the first batch was waited for");
+        assert_eq!(first[0], (2, all[0].clone()));
+        // The kernel read 60 entries: what it read goes, the rest stays.
+        let next = l.entries_from(62, |_| panic!("not the end yet")).await.unwrap();
+        assert_eq!(next[0], (62, all[60].clone()));
+        assert_eq!(next.len(), 40);
+        let mut ended = None;
+        let tail = l.entries_from(202, |all| ended = Some(all)).await.unwrap();
+        assert_eq!(tail.len(), 50);
+        let beyond = l.entries_from(252, |all| ended = Some(all)).await.unwrap();
+        assert!(beyond.is_empty());
+        assert_eq!(ended.map(|v| v.len()), Some(250), "the complete small listing was not handed on");
+        assert!(l.is_behind(10), "an earlier position must start the listing again");
+    }
+
+    #[tokio::test]
+    async fn a_big_listing_is_not_collected_for_the_cache() {
+        let all = entries(CACHE_UP_TO + 1);
+        let batches: Vec<Vec<DirEntry>> = all.chunks(1000).map(<[DirEntry]>::to_vec).collect();
+        let mut l = Listing::streaming(stream_of(batches), snapshot());
+        let mut from = 2;
+        let mut ended = false;
+        loop {
+            let got = l.entries_from(from, |_| ended = true).await.unwrap();
+            let Some((last, _)) = got.last() else { break };
+            from = last + 1;
+            assert!(l.buffered.len() <= 1000, "kept more than a batch");
+        }
+        assert_eq!(from, CACHE_UP_TO + 3);
+        assert!(!ended, "a listing too big to cache was collected");
+    }
+
+    #[tokio::test]
+    async fn a_cached_listing_needs_no_server() {
+        let mut l = Listing::cached(entries(3));
+        let got = l.entries_from(3, |_| {}).await.unwrap();
+        assert_eq!(got.iter().map(|(p, _)| *p).collect::<Vec<_>>(), vec![3, 4]);
+    }
+}
