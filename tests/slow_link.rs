@@ -85,7 +85,7 @@ fn a_stalled_connection_never_delivers_late() {
         let (a, b, c) = (pattern(1 << 20, 3 * round), pattern(1 << 20, 3 * round + 1), pattern(1 << 20, 3 * round + 2));
         retry_eagain(Duration::from_secs(30), || f.write_all_at(&a, 0));
         retry_eagain(Duration::from_secs(30), || f.sync_all());
-        assert_eq!(fs::read(&server).unwrap(), a, "round {round}: A not on the server after fsync");
+        assert!(fs::read(&server).unwrap() == a, "round {round}: A not on the server after fsync");
 
         e.proxy.black_hole();
         // Acknowledged at once, and sent on the connection the stall now holds.
@@ -256,7 +256,7 @@ fn unmount_waits_for_written_data_and_refuses_to_drop_it() {
     let out = e.c.run(&["unmount", e.m.s().as_str()]);
     assert!(out.status.success(), "unmount failed once the link moved again: {}", stderr(&out));
     assert!(!is_mounted(&e.m.path));
-    assert_eq!(fs::read(e.sshd.export.join("queued")).unwrap(), data, "the queued data did not reach the server");
+    assert!(fs::read(e.sshd.export.join("queued")).unwrap() == data, "the queued data did not reach the server");
 }
 
 /// `moor unmount --force` goes ahead with the link down and says what was lost, on
@@ -273,4 +273,23 @@ fn forced_unmount_says_what_was_lost() {
     assert!(said.contains("lost") && said.contains("dropped"), "stderr does not say what was lost: {said}");
     let logged = fs::read_to_string(&log).unwrap();
     assert!(logged.contains("lost") && logged.contains("dropped"), "the mount's log does not say: {logged}");
+}
+
+/// The agent's SIGTERM with written data still queued: it waits while the link moves the
+/// data (slowly), then unmounts and exits; the server has every byte.
+#[test]
+fn sigterm_waits_for_written_data() {
+    let e = env();
+    // More than the link moves in the second the agent gives a mount after unmounting.
+    let data = pattern(16 << 20, 11);
+    queue_while_down(&e, "at-exit", &data);
+    e.proxy.set_rate(SLOW);
+    e.proxy.restore();
+    let agents = e.c.agent_pids();
+    assert_eq!(agents.len(), 1, "agents: {agents:?}");
+    sh_ok(&format!("kill -TERM {}", agents[0]));
+    let gone = wait_until(Duration::from_secs(60), || e.c.agent_pids().is_empty());
+    assert!(gone, "the agent did not exit after SIGTERM");
+    assert!(!is_mounted(&e.m.path), "still mounted after the agent exited");
+    assert!(fs::read(e.sshd.export.join("at-exit")).unwrap() == data, "queued data was dropped at exit");
 }
