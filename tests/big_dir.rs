@@ -6,7 +6,6 @@ mod common;
 use std::fs;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
 use common::*;
 
 /// Longest one step on a million entries may take here.
@@ -29,10 +28,8 @@ fn agent_peak_mib(c: &Client) -> u64 {
 /// bounded.
 #[test]
 fn a_directory_of_a_million_entries_streams_in_bounded_memory() {
-    let sshd = Sshd::start();
-    let proxy = Proxy::start(sshd.port);
-    let c = Client::via(&sshd, proxy.port);
-    let m = c.mount(sshd.export.to_str().unwrap());
+    let e = Proxied::start();
+    let (m, c, proxy, sshd) = (&e.m, &e.c, &e.proxy, &e.sshd);
     let big = sshd.export.join("big");
     fs::create_dir(&big).unwrap();
     let _tmpfs = Tmpfs::on(&big);
@@ -50,13 +47,13 @@ fn a_directory_of_a_million_entries_streams_in_bounded_memory() {
     let count = sh_ok_within(&format!("ls -l {} | wc -l", dir.display()), LONG);
     let ls_l = started.elapsed();
     assert_eq!(count.trim(), "1000001", "ls -l listed {count}");
-    let loopback_peak = agent_peak_mib(&c);
+    let loopback_peak = agent_peak_mib(c);
     proxy.set_delay(Duration::from_millis(5));
     let started = Instant::now();
     let count = sh_ok_within(&format!("ls -f {} | wc -l", dir.display()), LONG);
     let slow_ls_f = started.elapsed();
     assert_eq!(count.trim(), "1000002", "ls -f on the slow link listed {count}");
-    let peak = agent_peak_mib(&c);
+    let peak = agent_peak_mib(c);
     eprintln!(
         "measured: 1 000 000 entries: first entry after {first:.3}s; ls -f {ls_f:?}, ls -l {ls_l:?} on loopback \
          (agent peak RSS {loopback_peak} MiB); ls -f {slow_ls_f:?} with +5 ms each way (peak {peak} MiB)"

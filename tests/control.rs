@@ -15,13 +15,11 @@ use common::proxy::Proxy;
 use common::*;
 
 fn status_json(c: &Client) -> serde_json::Value {
-    let out = c.run(&["mount", "status", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    c.status_json()
 }
 
 fn state(c: &Client) -> String {
-    status_json(c)["mounts"][0]["status"]["state"].as_str().unwrap_or("").to_string()
+    c.state()
 }
 
 #[test]

@@ -8,33 +8,18 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
 use common::*;
 
-struct Env {
-    m: Mount,
-    c: Client,
-    proxy: Proxy,
-    sshd: Sshd,
-}
-
-fn env() -> Env {
-    let sshd = Sshd::start();
-    let proxy = Proxy::start(sshd.port);
-    let c = Client::via(&sshd, proxy.port);
-    let m = c.mount(sshd.export.to_str().unwrap());
-    Env { m, c, proxy, sshd }
+fn env() -> Proxied {
+    Proxied::start()
 }
 
 fn status(c: &Client) -> serde_json::Value {
-    let out = c.run(&["mount", "status", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["mounts"][0]["status"].clone()
+    c.mount_json()["status"].clone()
 }
 
 fn state(c: &Client) -> String {
-    status(c)["state"].as_str().unwrap_or("").to_string()
+    c.state()
 }
 
 /// Python for a program that retries a call for as long as it gets EAGAIN, as programs

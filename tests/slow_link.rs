@@ -10,41 +10,18 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
 use common::*;
 
-struct Env {
-    m: Mount,
-    c: Client,
-    proxy: Proxy,
-    sshd: Sshd,
-}
-
-fn env() -> Env {
-    let sshd = Sshd::start();
-    let proxy = Proxy::start(sshd.port);
-    let c = Client::via(&sshd, proxy.port);
-    let m = c.mount(sshd.export.to_str().unwrap());
-    Env { m, c, proxy, sshd }
+fn env() -> Proxied {
+    Proxied::start()
 }
 
 /// Bytes per second each connection may move each way on the slow link: slow enough
 /// that the 64 MiB write-behind queue takes many call deadlines to drain.
 const SLOW: u64 = 2_000_000;
 
-fn mount_json(c: &Client) -> serde_json::Value {
-    let out = c.run(&["mount", "status", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["mounts"][0].clone()
-}
-
-fn state(c: &Client) -> String {
-    mount_json(c)["status"]["state"].as_str().unwrap_or("").to_string()
-}
-
 fn reconnects(c: &Client) -> u64 {
-    mount_json(c)["reconnects"].as_u64().unwrap()
+    c.mount_json()["reconnects"].as_u64().unwrap()
 }
 
 /// Bytes that differ from round to round and from one write to the next.
@@ -90,7 +67,7 @@ fn a_stalled_connection_never_delivers_late() {
         e.proxy.black_hole();
         // Acknowledged at once, and sent on the connection the stall now holds.
         f.write_all_at(&b, 0).unwrap();
-        assert!(wait_until(Duration::from_secs(15), || state(&e.c) == "reconnecting"), "round {round}: never down");
+        assert!(wait_until(Duration::from_secs(15), || e.c.state() == "reconnecting"), "round {round}: never down");
         assert!(e.proxy.holding() > 0, "round {round}: the stall caught nothing on its way");
         f.write_all_at(&c, 0).unwrap();
 
@@ -148,7 +125,7 @@ fn cp_of_a_big_file_over_a_slow_link_keeps_every_byte() {
     let mut child = Some(child);
     let mut out = None;
     while out.is_none() && started.elapsed() < Duration::from_secs(300) {
-        if let Some(rtt) = mount_json(&e.c)["rtt_ms"].as_f64() {
+        if let Some(rtt) = e.c.mount_json()["rtt_ms"].as_f64() {
             rtts.push(rtt);
         }
         let asked = Instant::now();
@@ -225,13 +202,13 @@ fn everyday_programs_over_a_slow_link() {
 /// Writes `data` to a new file `name` on the mount, then, with the link black-holed,
 /// writes it again and closes: the close gets EAGAIN and the data stays queued. Returns
 /// once the link is known down.
-fn queue_while_down(e: &Env, name: &str, data: &[u8]) {
+fn queue_while_down(e: &Proxied, name: &str, data: &[u8]) {
     let mut f = fs::File::create(e.m.p(name)).unwrap();
     std::io::Write::write_all(&mut f, b"first").unwrap();
     e.proxy.black_hole();
     f.write_all_at(data, 0).unwrap();
     drop(f); // close: EAGAIN, and the data stays queued
-    assert!(wait_until(Duration::from_secs(15), || state(&e.c) == "reconnecting"), "the link never went down");
+    assert!(wait_until(Duration::from_secs(15), || e.c.state() == "reconnecting"), "the link never went down");
 }
 
 /// With written data queued and the link down, `moor unmount` waits a while, then
@@ -264,7 +241,7 @@ fn unmount_waits_for_written_data_and_refuses_to_drop_it() {
 #[test]
 fn forced_unmount_says_what_was_lost() {
     let e = env();
-    let log = mount_json(&e.c)["log"].as_str().map(std::path::PathBuf::from).expect("the mount has a log");
+    let log = e.c.mount_json()["log"].as_str().map(std::path::PathBuf::from).expect("the mount has a log");
     queue_while_down(&e, "dropped", &pattern(1 << 20, 9));
     let out = e.c.run(&["unmount", "--force", e.m.s().as_str()]);
     assert!(out.status.success(), "forced unmount failed: {}", stderr(&out));

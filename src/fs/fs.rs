@@ -186,10 +186,11 @@ impl<R: Remote> Fs<R> {
         left
     }
 
-    /// Whether a call waiting on the link may wait on: the link is up and has not gone
-    /// `within` with requests out and nothing received. Slow is not dead.
+    /// Whether a call waiting on the link may wait on: the link is up, has requests out
+    /// (a call past its deadline with nothing out waits on something else), and has
+    /// received something within `within`. Slow is not dead.
     pub fn link_moving(&self, within: Duration) -> bool {
-        self.remote.is_available() && self.remote.stalled_for() < within
+        self.remote.is_available() && self.remote.stalled_for().is_some_and(|s| s < within)
     }
 
     /// Files with written data not yet on the server: their paths (as opened) and bytes.

@@ -11,6 +11,8 @@ use crate::remote::{DirEntry, DirStream, RemoteError};
 
 /// Entries in a listing that is still cached whole once complete.
 pub(super) const CACHE_UP_TO: usize = 10_000;
+/// Batches already arrived that one read takes without waiting, at most.
+const READY_BATCHES: usize = 16;
 
 /// Where the entries come from.
 enum Source {
@@ -70,7 +72,23 @@ impl Listing {
     /// Fetches the next batch from the server.
     pub(super) async fn fetch(&mut self) -> Result<Fetched, RemoteError> {
         let Source::Server(stream) = &mut self.source else { return Ok(Fetched::End(None)) };
-        match stream.next().await {
+        let next = stream.next().await;
+        self.take(next)
+    }
+
+    /// Takes what has already arrived without waiting: a small directory's end comes
+    /// with its first batch, and seeing it at once lets the listing be cached (and its
+    /// subdirectories listed ahead) before the kernel asks for more.
+    fn take_ready(&mut self) -> Result<Option<Fetched>, RemoteError> {
+        let Source::Server(stream) = &mut self.source else { return Ok(None) };
+        match stream.ready() {
+            Some(next) => self.take(next).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn take(&mut self, next: Option<Result<Vec<DirEntry>, RemoteError>>) -> Result<Fetched, RemoteError> {
+        match next {
             Some(Ok(batch)) => {
                 if let Some(all) = &mut self.collected {
                     if all.len() + batch.len() <= CACHE_UP_TO {
@@ -115,6 +133,23 @@ impl Listing {
                 ended(all);
             }
         }
+        // While the listing is small enough to cache, what has already arrived is taken
+        // too (a few batches at most): its end, once seen, lets it be cached at once.
+        for _ in 0..READY_BATCHES {
+            if self.collected.is_none() {
+                break;
+            }
+            match self.take_ready()? {
+                Some(Fetched::More) => {}
+                Some(Fetched::End(all)) => {
+                    if let Some(all) = all {
+                        ended(all);
+                    }
+                    break;
+                }
+                None => break,
+            }
+        }
         Ok(self.buffered.iter().cloned().enumerate().map(|(i, e)| (self.base + i, e)).collect())
     }
 }
@@ -143,10 +178,10 @@ mod tests {
     #[tokio::test]
     async fn entries_come_a_batch_at_a_time_and_go_once_read_past() {
         let all = entries(250);
-        let mut l = Listing::streaming(
-            stream_of(vec![all[..100].to_vec(), all[100..200].to_vec(), all[200..].to_vec()]),
-            snapshot(),
-        );
+        // The server's batches arrive one by one, after they are asked for.
+        let (tx, rx) = tokio::sync::mpsc::channel(3);
+        tx.try_send(Ok(all[..100].to_vec())).unwrap();
+        let mut l = Listing::streaming(DirStream::new(rx), snapshot());
         let first = l.entries_from(2, |_| panic!("not the end yet")).await.unwrap();
         assert_eq!(first.len(), 100, "more than the first batch was waited for");
         assert_eq!(first[0], (2, all[0].clone()));
@@ -154,6 +189,9 @@ mod tests {
         let next = l.entries_from(62, |_| panic!("not the end yet")).await.unwrap();
         assert_eq!(next[0], (62, all[60].clone()));
         assert_eq!(next.len(), 40);
+        tx.try_send(Ok(all[100..200].to_vec())).unwrap();
+        tx.try_send(Ok(all[200..].to_vec())).unwrap();
+        drop(tx);
         let mut ended = None;
         let tail = l.entries_from(202, |all| ended = Some(all)).await.unwrap();
         assert_eq!(tail.len(), 50);
@@ -174,7 +212,7 @@ mod tests {
             let got = l.entries_from(from, |_| ended = true).await.unwrap();
             let Some((last, _)) = got.last() else { break };
             from = last + 1;
-            assert!(l.buffered.len() <= 1000, "kept more than a batch");
+            assert!(l.buffered.len() <= (READY_BATCHES + 1) * 1000, "kept more than the batches that had arrived");
         }
         assert_eq!(from, CACHE_UP_TO + 3);
         assert!(!ended, "a listing too big to cache was collected");

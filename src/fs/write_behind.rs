@@ -269,23 +269,19 @@ impl FileQueue {
 
     /// Queues a write. Returns whether a flusher must be started.
     fn push(&self, offset: u64, data: Bytes, budget: Option<OwnedSemaphorePermit>) -> bool {
-        let mut s = self.lock();
-        s.queue.push_back(Pending { offset, data, set: None, _budget: budget });
-        let start = !s.flushing;
-        s.flushing = true;
-        let wake = std::mem::take(&mut s.wants_more);
-        drop(s);
-        if wake {
-            self.pushed.notify_one();
-        }
-        start
+        self.enqueue(Pending { offset, data, set: None, _budget: budget })
     }
 
     /// Queues a change of attributes behind the writes before it. Returns whether a
     /// flusher must be started.
     fn push_setattr(&self, set: SetAttr) -> bool {
+        self.enqueue(Pending { offset: 0, data: Bytes::new(), set: Some(set), _budget: None })
+    }
+
+    /// Queues `p`, waking a flusher that waits for more; returns whether none runs.
+    fn enqueue(&self, p: Pending) -> bool {
         let mut s = self.lock();
-        s.queue.push_back(Pending { offset: 0, data: Bytes::new(), set: Some(set), _budget: None });
+        s.queue.push_back(p);
         let start = !s.flushing;
         s.flushing = true;
         let wake = std::mem::take(&mut s.wants_more);

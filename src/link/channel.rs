@@ -75,12 +75,12 @@ impl Progress {
         let _ = self.outstanding.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
-    /// How long requests have been out with nothing arriving; zero when none is out.
-    pub fn stalled_for(&self) -> Duration {
+    /// How long requests have been out with nothing arriving; `None` when none is out.
+    pub fn stalled_for(&self) -> Option<Duration> {
         if self.outstanding.load(Ordering::SeqCst) == 0 {
-            return Duration::ZERO;
+            return None;
         }
-        Duration::from_millis(clock_ms().saturating_sub(self.last_moved_ms.load(Ordering::SeqCst)))
+        Some(Duration::from_millis(clock_ms().saturating_sub(self.last_moved_ms.load(Ordering::SeqCst))))
     }
 }
 

@@ -536,7 +536,7 @@ impl Link {
                     }
                 }
                 _ = check.tick() => {
-                    if let Some(stalled) = pool.iter().map(|c| c.stalled_for()).find(|d| *d >= stall_limit) {
+                    if let Some(stalled) = pool.iter().filter_map(|c| c.stalled_for()).find(|d| *d >= stall_limit) {
                         return Some(format!("nothing received for {:.1}s with requests out", stalled.as_secs_f64()));
                     }
                 }
@@ -551,9 +551,9 @@ impl Link {
     }
 
     /// How long the link has had requests out without receiving anything (the longest
-    /// of its connections); zero while it answers, or has nothing out.
-    pub fn stalled_for(&self) -> Duration {
-        read(&self.current).iter().map(|c| c.stalled_for()).max().unwrap_or(Duration::ZERO)
+    /// of its connections); `None` when nothing is out.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        read(&self.current).iter().filter_map(|c| c.stalled_for()).max()
     }
 
     fn current_is(&self, generation: u64) -> bool {

@@ -97,7 +97,7 @@ impl SftpConn {
     }
 
     /// How long this connection has had requests out without receiving anything.
-    pub fn stalled_for(&self) -> Duration {
+    pub fn stalled_for(&self) -> Option<Duration> {
         self.progress.stalled_for()
     }
 

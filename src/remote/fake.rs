@@ -280,8 +280,8 @@ impl Remote for FakeRemote {
         }
     }
 
-    fn stalled_for(&self) -> std::time::Duration {
-        std::time::Duration::ZERO
+    fn stalled_for(&self) -> Option<std::time::Duration> {
+        None
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {

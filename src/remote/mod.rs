@@ -83,6 +83,16 @@ impl DirStream {
     pub async fn next(&mut self) -> Option<Result<Vec<DirEntry>>> {
         self.batches.recv().await
     }
+
+    /// The next batch if it is already here (`Some(Some(..))`), the end if that is
+    /// (`Some(None)`), or `None` when neither has arrived yet.
+    pub fn ready(&mut self) -> Option<Option<Result<Vec<DirEntry>>>> {
+        match self.batches.try_recv() {
+            Ok(batch) => Some(Some(batch)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,9 +210,9 @@ pub trait Remote: Send + Sync + 'static {
     fn wait_available(&self) -> impl Future<Output = Result<()>> + Send;
     /// Resolves once requests can no longer be sent (the link went down or failed).
     fn wait_unavailable(&self) -> impl Future<Output = ()> + Send;
-    /// How long the link has had requests out and received nothing: zero while it is
-    /// moving data, however slowly, or has nothing to do.
-    fn stalled_for(&self) -> std::time::Duration;
+    /// How long the link has had requests out and received nothing (near zero while it
+    /// moves data, however slowly); `None` when it has nothing out.
+    fn stalled_for(&self) -> Option<std::time::Duration>;
     /// The canonical absolute form of `path`; relative paths are relative to the home
     /// directory the server gave the session.
     fn realpath(&self, path: &str) -> impl Future<Output = Result<String>> + Send;

@@ -296,7 +296,7 @@ impl Remote for SftpRemote {
         self.link.wait_not_up().await
     }
 
-    fn stalled_for(&self) -> std::time::Duration {
+    fn stalled_for(&self) -> Option<std::time::Duration> {
         self.link.stalled_for()
     }
 
@@ -383,6 +383,8 @@ impl Remote for SftpRemote {
                     break;
                 }
             }
+            // The end is told before the handle is closed: that takes a round trip.
+            drop(tx);
             drop(out);
             let _ = c.sftp.close(h).await;
             drop(slot);

@@ -421,3 +421,41 @@ pub fn stderr(out: &Output) -> String {
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// A mount of the test sshd's export through a fault proxy, and all it needs. Fields
+/// drop in order: the client unmounts before the proxy and the sshd go.
+pub struct Proxied {
+    pub m: Mount,
+    pub c: Client,
+    pub proxy: proxy::Proxy,
+    pub sshd: Sshd,
+}
+
+impl Proxied {
+    pub fn start() -> Proxied {
+        let sshd = Sshd::start();
+        let proxy = proxy::Proxy::start(sshd.port);
+        let c = Client::via(&sshd, proxy.port);
+        let m = c.mount(sshd.export.to_str().unwrap());
+        Proxied { m, c, proxy, sshd }
+    }
+}
+
+impl Client {
+    /// `moor mount status --json`, whole.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = self.run(&["mount", "status", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The first mount in `moor mount status --json`.
+    pub fn mount_json(&self) -> serde_json::Value {
+        self.status_json()["mounts"][0].clone()
+    }
+
+    /// Its state: "active", "reconnecting", ...
+    pub fn state(&self) -> String {
+        self.mount_json()["status"]["state"].as_str().unwrap_or("").to_string()
+    }
+}

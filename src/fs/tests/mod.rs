@@ -353,8 +353,8 @@ async fn a_big_directory_streams_and_is_not_cached_whole() {
     let d = fs.lookup(ROOT, "big").await.unwrap().ino;
     let fh = fs.opendir(d).await.unwrap();
     let first = fs.readdir(fh, 0).await.unwrap();
-    // ".", "..", and the first batch only: nothing waited for the rest.
-    assert_eq!(first.len(), 2 + crate::remote::fake::LIST_BATCH);
+    // What had arrived, not the whole directory.
+    assert!(first.len() < n / 2, "the first answer held {} entries", first.len());
     fs.releasedir(fh);
     let names = list_all(&fs, d).await;
     assert_eq!(names.len(), n + 2);
@@ -372,11 +372,9 @@ async fn going_back_in_a_directory_lists_it_again() {
     }
     let d = fs.lookup(ROOT, "d").await.unwrap().ino;
     let fh = fs.opendir(d).await.unwrap();
-    let mut offset = 0;
-    for _ in 0..3 {
-        let got = fs.readdir(fh, offset).await.unwrap();
-        offset = got.last().unwrap().0;
-    }
+    assert!(fs.readdir(fh, 0).await.unwrap().len() > 2);
+    // Read to the end: nothing is kept any more.
+    assert!(fs.readdir(fh, 252).await.unwrap().is_empty());
     // rewinddir: from the start again, every entry once more.
     let again = fs.readdir(fh, 0).await.unwrap();
     assert_eq!(again[0].1.name, ".");
