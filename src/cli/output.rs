@@ -8,11 +8,26 @@ use crate::control::protocol::{AtStake, MoorError, MountInfo, MountStatus, Statu
 use crate::control::registry::Notice;
 
 pub fn error(e: &MoorError) {
-    eprintln!("moor: {}", e.message);
+    eprintln!("moor: {}", printable(&e.message));
+}
+
+/// Text for a terminal: control characters shown escaped (`\u{1b}`, `\n`), so that what
+/// a server sent (an error message, a path) cannot move the cursor, recolour or clear
+/// the screen, or forge lines. JSON output escapes them itself.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 pub fn mounted(m: &MountInfo) {
-    println!("mounted {} on {} (name: {})", m.remote, m.mountpoint.display(), m.name);
+    println!("{}", printable(&format!("mounted {} on {} (name: {})", m.remote, m.mountpoint.display(), m.name)));
 }
 
 pub fn unmounted(mountpoint: &Path) {
@@ -21,14 +36,15 @@ pub fn unmounted(mountpoint: &Path) {
 
 /// After `unmount --force`: what was dropped, on stderr.
 pub fn lost(mountpoint: &Path, lost: &AtStake) {
-    eprintln!(
-        "moor: {} of {} written to {} never reached the server and {} lost: {}",
+    let text = format!(
+        "{} of {} written to {} never reached the server and {} lost: {}",
         bytes(lost.bytes),
         files(lost.files.len()),
         mountpoint.display(),
         if lost.bytes == 1 { "is" } else { "are" },
         lost.files.join(", ")
     );
+    eprintln!("moor: {}", printable(&text));
 }
 
 /// "1 file", "3 files".
@@ -89,6 +105,7 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], notices: &[Notice], jso
                 m.open_handles.to_string(),
                 m.connections.len().to_string(),
             ]
+            .map(|cell| printable(&cell))
         })
         .collect();
     let head =
@@ -118,7 +135,7 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], notices: &[Notice], jso
         println!("{}: left by an agent that is gone; clean it with `moor unmount {}`", o.display(), o.display());
     }
     for n in notices {
-        println!("{} {} on {}: {}", n.at, n.name, n.mountpoint.display(), n.what);
+        println!("{}", printable(&format!("{} {} on {}: {}", n.at, n.name, n.mountpoint.display(), n.what)));
     }
 }
 
@@ -129,10 +146,10 @@ pub fn detail(m: &MountInfo, json: bool) {
         return;
     }
     let rtt = m.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"));
-    println!("name:          {}", m.name);
-    println!("mountpoint:    {}", m.mountpoint.display());
-    println!("remote:        {}", m.remote);
-    println!("state:         {} (for {}, since {})", m.status, ago(m.since), m.since);
+    println!("name:          {}", printable(&m.name));
+    println!("mountpoint:    {}", printable(&m.mountpoint.display().to_string()));
+    println!("remote:        {}", printable(&m.remote));
+    println!("state:         {} (for {}, since {})", printable(&m.status.to_string()), ago(m.since), m.since);
     println!("heartbeat rtt: {rtt}");
     println!("reconnects:    {}", m.reconnects);
     println!("read/written:  {} / {}", bytes(m.bytes_read), bytes(m.bytes_written));
@@ -158,7 +175,7 @@ pub fn event(e: &StatusEvent, json: bool) {
     if json {
         println!("{}", serde_json::to_string(e).unwrap_or_default());
     } else {
-        println!("{} {}: {} -> {}", e.at, e.mount, e.old, e.new);
+        println!("{}", printable(&format!("{} {}: {} -> {}", e.at, e.mount, e.old, e.new)));
     }
 }
 
@@ -232,5 +249,19 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("plain /srv/a b"), "plain /srv/a b");
+        assert_eq!(printable("a\x1b[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(printable("one\ntwo\r"), "one\\ntwo\\r");
+        assert_eq!(printable("tab\there"), "tab\\there");
+        assert_eq!(printable("ünïcode ✓"), "ünïcode ✓");
     }
 }

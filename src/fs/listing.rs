@@ -41,6 +41,18 @@ pub(super) enum Fetched {
     End(Option<Vec<DirEntry>>),
 }
 
+/// Whether a name the server listed can stand in a directory here. A broken or hostile
+/// server may list names with "/" (which would address another file), empty names, or
+/// "." and ".." (which the mount adds itself); those are skipped and logged, as
+/// OpenSSH's client does.
+fn usable(name: &str) -> bool {
+    let ok = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+    if !ok && name != "." && name != ".." {
+        tracing::warn!(name = %name.escape_debug(), "the server listed a name that cannot be a file name; skipped");
+    }
+    ok
+}
+
 impl Listing {
     /// A listing served from what the cache holds.
     pub(super) fn cached(entries: Vec<DirEntry>) -> Listing {
@@ -89,7 +101,8 @@ impl Listing {
 
     fn take(&mut self, next: Option<Result<Vec<DirEntry>, RemoteError>>) -> Result<Fetched, RemoteError> {
         match next {
-            Some(Ok(batch)) => {
+            Some(Ok(mut batch)) => {
+                batch.retain(|e| usable(&e.name));
                 if let Some(all) = &mut self.collected {
                     if all.len() + batch.len() <= CACHE_UP_TO {
                         all.extend(batch.iter().cloned());

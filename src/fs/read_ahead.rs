@@ -133,6 +133,18 @@ impl<R: Remote> ReadAhead<R> {
     }
 }
 
+/// A read's answer, refused if it holds more than was asked: a server that does that is
+/// broken or hostile, and its extra bytes would land past what the program asked for.
+fn checked(data: Bytes, asked: u32) -> ChunkResult {
+    if data.len() > asked as usize {
+        return Err(RemoteError::ServerFailure(format!(
+            "the server answered a read of {asked} bytes with {}",
+            data.len()
+        )));
+    }
+    Ok(data)
+}
+
 /// Reads `len` bytes at `offset` on connection `lane` of the pool (0: the file's own),
 /// asking again after a short answer, stopping at end of file.
 pub(super) async fn read_fully<R: Remote>(
@@ -142,14 +154,15 @@ pub(super) async fn read_fully<R: Remote>(
     offset: u64,
     len: u32,
 ) -> ChunkResult {
-    let first = remote.read_lane(handle, lane, offset, len).await?;
+    let first = checked(remote.read_lane(handle, lane, offset, len).await?, len)?;
     if first.len() as u32 >= len || first.is_empty() {
         return Ok(first);
     }
     let mut buf = BytesMut::with_capacity(len as usize);
     buf.extend_from_slice(&first);
     while (buf.len() as u32) < len {
-        let got = remote.read_lane(handle, lane, offset + buf.len() as u64, len - buf.len() as u32).await?;
+        let want = len - buf.len() as u32;
+        let got = checked(remote.read_lane(handle, lane, offset + buf.len() as u64, want).await?, want)?;
         if got.is_empty() {
             break;
         }

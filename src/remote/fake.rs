@@ -97,6 +97,11 @@ pub struct FakeRemote {
     pub writes: Gate,
     /// `fsetstat` requests received.
     pub fsetstats: AtomicU64,
+    /// Entries a listing of a directory shows besides its files, as a broken or hostile
+    /// server might send them (names with "/", empty names, "." and "..").
+    pub odd_entries: Mutex<Vec<(String, String)>>,
+    /// Reads are answered with one byte more than was asked for.
+    pub overlong_reads: AtomicBool,
     pub ext: Extensions,
 }
 
@@ -137,6 +142,8 @@ impl FakeRemote {
             removal_attempts: AtomicU64::new(0),
             writes: Gate::default(),
             fsetstats: AtomicU64::new(0),
+            odd_entries: Mutex::new(Vec::new()),
+            overlong_reads: AtomicBool::new(false),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
         }
     }
@@ -320,7 +327,7 @@ impl Remote for FakeRemote {
 
     async fn list(&self, path: &str) -> Result<DirStream> {
         self.up()?;
-        let entries: Vec<DirEntry> = {
+        let mut entries: Vec<DirEntry> = {
             let tree = self.tree.lock().unwrap();
             match tree.get(path).map(|n| &n.body) {
                 Some(Body::Dir) => {}
@@ -332,6 +339,13 @@ impl Remote for FakeRemote {
                 .map(|p| DirEntry { name: p.rsplit('/').next().unwrap_or("").to_string(), attr: Self::attr(&tree[&p]) })
                 .collect()
         };
+        let odd = self.odd_entries.lock().unwrap();
+        entries.extend(
+            odd.iter().filter(|(dir, _)| dir == path).map(|(_, name)| DirEntry {
+                name: name.clone(),
+                attr: Attr { mode: S_IFREG | 0o644, ..Attr::default() },
+            }),
+        );
         // In batches of a hundred, as OpenSSH's server answers READDIR.
         let batches: Vec<Vec<DirEntry>> = entries.chunks(LIST_BATCH).map(<[DirEntry]>::to_vec).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
@@ -381,7 +395,11 @@ impl Remote for FakeRemote {
         let len = u64::from(len).min(self.max_read.load(Ordering::SeqCst));
         let start = (offset as usize).min(d.len());
         let end = (offset.saturating_add(len) as usize).min(d.len());
-        Ok(Bytes::copy_from_slice(&d[start..end]))
+        let mut data = d[start..end].to_vec();
+        if self.overlong_reads.load(Ordering::SeqCst) {
+            data.resize(len as usize + 1, 0xee);
+        }
+        Ok(Bytes::from(data))
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {

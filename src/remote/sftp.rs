@@ -370,7 +370,6 @@ impl Remote for SftpRemote {
                     Some(Ok(name)) => Ok(name
                         .files
                         .into_iter()
-                        .filter(|f| f.filename != "." && f.filename != "..")
                         .map(|f| DirEntry { attr: attr_from(&f.attrs), name: f.filename })
                         .collect()),
                     Some(Err(SftpError::Status(s))) if s.status_code == StatusCode::Eof => break,

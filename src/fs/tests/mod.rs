@@ -384,3 +384,35 @@ async fn going_back_in_a_directory_lists_it_again() {
     assert_eq!(at[0].1.name, "f050");
     fs.releasedir(fh);
 }
+
+#[tokio::test]
+async fn names_a_server_should_never_list_are_skipped() {
+    let (remote, fs) = setup();
+    remote.put_dir("/srv/d");
+    remote.put_file("/srv/d/good", b"1");
+    {
+        let mut odd = remote.odd_entries.lock().unwrap();
+        for name in ["../../etc/passwd", "a/b", "", ".", ".."] {
+            odd.push(("/srv/d".to_string(), name.to_string()));
+        }
+    }
+    let d = fs.lookup(ROOT, "d").await.unwrap().ino;
+    let mut names = list_all(&fs, d).await;
+    names.sort();
+    assert_eq!(names, vec![".", "..", "good"]);
+}
+
+#[tokio::test]
+async fn a_read_answered_with_more_than_was_asked_is_refused() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"0123456789");
+    let ro = OpenFlags { read: true, ..OpenFlags::default() };
+    let f = fs.lookup(ROOT, "f").await.unwrap().ino;
+    let plain = Fs::new(remote.clone(), "/srv", FsOptions { read_ahead: 0, ..FsOptions::default() });
+    let plain_fh = plain.open(plain.lookup(ROOT, "f").await.unwrap().ino, ro).await.unwrap();
+    let fh = fs.open(f, ro).await.unwrap();
+    remote.overlong_reads.store(true, Ordering::SeqCst);
+    assert_eq!(plain.read(plain_fh, 0, 4).await, Err(Errno::EIO));
+    // With read-ahead too.
+    assert_eq!(fs.read(fh, 0, 4).await, Err(Errno::EIO));
+}
