@@ -294,6 +294,9 @@ fn state_is_private_and_other_users_are_refused() {
     let state = c.home.path().join("state/moor");
     assert_eq!(mode(&state), 0o700);
     assert_eq!(mode(&state.join("mounts.json")), 0o600);
+    assert_eq!(mode(&state.join("agent.log")), 0o600, "the agent's log is readable by others");
+    let log = m.log_of(&c);
+    assert_eq!(mode(&log), 0o600, "the mount's log is readable by others");
     let registry = fs::read_to_string(state.join("mounts.json")).unwrap();
     assert!(registry.contains("testhost") && registry.contains("\"uid\""), "{registry}");
 
@@ -362,4 +365,39 @@ fn failed_mount_names_its_log() {
     let content = fs::read_to_string(&log).unwrap();
     assert!(content.contains("mounted") && content.contains("failed"), "{content}");
     assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// The agent runs from "/", so that it never keeps the directory it was started from
+/// busy, and a key given as a relative path means the one where moor was run.
+#[test]
+fn the_agent_runs_from_root_and_relative_paths_mean_the_callers() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let here = c.home.path().join("work");
+    fs::create_dir_all(&here).unwrap();
+    fs::copy(sshd.user_key(), here.join("key")).unwrap();
+    fs::set_permissions(here.join("key"), fs::Permissions::from_mode(0o600)).unwrap();
+    // A config that names no key of its own.
+    let config = c.home.path().join("bare_config");
+    fs::write(
+        &config,
+        format!(
+            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n",
+            sshd.port,
+            c.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let mnt = c.mountpoint("mnt");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let mut cmd = c.moor();
+    cmd.current_dir(&here).args(["mount", "-F", config.to_str().unwrap(), "-i", "key", &spec, mnt.to_str().unwrap()]);
+    let out = run_with_deadline(cmd, Duration::from_secs(60));
+    assert!(out.status.success(), "mount with a relative key failed: {}", stderr(&out));
+    let agent = c.agent_pids();
+    assert_eq!(agent.len(), 1);
+    let cwd = fs::read_link(format!("/proc/{}/cwd", agent[0])).unwrap();
+    assert_eq!(cwd, std::path::Path::new("/"), "the agent runs from {}", cwd.display());
+    let out = c.run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -336,7 +336,8 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let ov = Overrides {
         user: args.user,
         port: args.port,
-        identity_files: args.identity,
+        // The agent runs from "/": a relative key path means the one here.
+        identity_files: args.identity.iter().map(|p| names::absolute(p)).collect(),
         config_file: args.ssh_config,
         options: args.options,
     };

@@ -2,6 +2,7 @@
 //! ask it one typed question per connection. Answers are checked here, once: the agent's
 //! error comes back as the error, and an answer of the wrong kind as "unexpected answer".
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -242,9 +243,15 @@ fn spawn_agent(verbose: u8) -> Result<(), MoorError> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .map_err(|e| agent_err(format!("cannot open {}: {e}", log.display())))?;
+    // A log made before with a looser mode is made private too.
+    let _ = log_file.set_permissions(std::fs::Permissions::from_mode(0o600));
     let mut cmd = std::process::Command::new(exe);
+    // Not the directory it was started in: the agent outlives it, and must not keep a
+    // mount or a removable disk busy (every path it is given is absolute).
+    cmd.current_dir("/");
     cmd.arg("agent");
     for _ in 0..verbose {
         cmd.arg("-v");

@@ -1,15 +1,48 @@
 //! Where the agent keeps its socket and where state and logs go, private to the user.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::protocol::{ErrorKind, MoorError};
 
-fn private_dir(path: &Path) -> Result<PathBuf, MoorError> {
+/// Makes `path` a directory only the user can enter, or checks that it is one. On a
+/// shared machine another user may have made the path first (in `/tmp`, anyone can):
+/// a symlink, or a directory not the user's, is refused, never followed or adopted.
+/// `shared_parent`: the parent is world-writable (the `/tmp` fallback), so the directory
+/// must also already be exactly 0700; under the user's own directories a looser mode
+/// is tightened instead.
+fn private_dir(path: &Path, shared_parent: bool) -> Result<PathBuf, MoorError> {
     let fail = |e: std::io::Error| MoorError::new(ErrorKind::Agent, format!("cannot create {}: {e}", path.display()));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(fail)?;
-    // An existing directory may have been made with looser permissions.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    if !shared_parent {
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(fail)?;
+        }
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(fail(e)),
+    }
+    let meta = std::fs::symlink_metadata(path).map_err(fail)?;
+    let refuse = |why: &str| {
+        MoorError::new(
+            ErrorKind::Agent,
+            format!("{} {why}: remove it (or set XDG_RUNTIME_DIR) and try again", path.display()),
+        )
+    };
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(refuse("is not a directory of its own (a symlink or a file)"));
+    }
+    if meta.uid() != nix::unistd::getuid().as_raw() {
+        return Err(refuse("belongs to another user"));
+    }
+    if meta.mode() & 0o777 != 0o700 {
+        if shared_parent {
+            return Err(refuse("is open to other users (its mode is not 0700)"));
+        }
+        // An existing directory may have been made with looser permissions.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(fail)?;
+    }
     Ok(path.to_path_buf())
 }
 
@@ -20,11 +53,10 @@ pub fn runtime_dir() -> Result<PathBuf, MoorError> {
         .filter(|s| !s.is_empty())
         .map(PathBuf::from)
         .or_else(|| Some(PathBuf::from(format!("/run/user/{uid}"))).filter(|p| p.is_dir()));
-    let dir = match base {
-        Some(b) => b.join("moor"),
-        None => PathBuf::from(format!("/tmp/moor-{uid}")),
-    };
-    private_dir(&dir)
+    match base {
+        Some(b) => private_dir(&b.join("moor"), false),
+        None => private_dir(&PathBuf::from(format!("/tmp/moor-{uid}")), true),
+    }
 }
 
 /// `$XDG_STATE_HOME/moor`, else `~/.local/state/moor`.
@@ -34,7 +66,7 @@ pub fn state_dir() -> Result<PathBuf, MoorError> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .ok_or_else(|| MoorError::new(ErrorKind::Agent, "cannot tell where to keep state: set HOME"))?;
-    private_dir(&base.join("moor"))
+    private_dir(&base.join("moor"), false)
 }
 
 pub fn socket_path() -> Result<PathBuf, MoorError> {
@@ -47,4 +79,47 @@ pub fn lock_path() -> Result<PathBuf, MoorError> {
 
 pub fn agent_log() -> Result<PathBuf, MoorError> {
     Ok(state_dir()?.join("agent.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_directory_is_made_0700() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("moor-test");
+        private_dir(&d, true).unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().mode() & 0o777, 0o700);
+        // Made already, and still right: fine.
+        private_dir(&d, true).unwrap();
+    }
+
+    #[test]
+    fn what_another_user_placed_there_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        // A symlink to somewhere else, placed first.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = t.path().join("moor-link");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let err = private_dir(&link, false).unwrap_err();
+        assert!(err.message.contains("symlink"), "{}", err.message);
+        assert_eq!(std::fs::metadata(&elsewhere).unwrap().mode() & 0o777, 0o755, "the symlink's target was changed");
+        // A directory open to others, in a shared place.
+        let open = t.path().join("moor-open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = private_dir(&open, true).unwrap_err();
+        assert!(err.message.contains("0700"), "{}", err.message);
+        // A directory of another user (the tests run as root, which can make one).
+        if nix::unistd::getuid().is_root() {
+            let theirs = t.path().join("moor-theirs");
+            std::fs::DirBuilder::new().mode(0o700).create(&theirs).unwrap();
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let err = private_dir(&theirs, true).unwrap_err();
+            assert!(err.message.contains("another user"), "{}", err.message);
+        }
+    }
 }

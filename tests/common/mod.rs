@@ -313,6 +313,15 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// The mount's own log file, as `moor mount status --json` names it.
+    pub fn log_of(&self, c: &Client) -> PathBuf {
+        let doc = c.status_json();
+        let mine = doc["mounts"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["mountpoint"].as_str() == Some(self.path.to_str().unwrap_or(""))));
+        PathBuf::from(mine.and_then(|m| m["log"].as_str()).expect("the mount names its log"))
+    }
+
     pub fn p(&self, rel: &str) -> PathBuf {
         self.path.join(rel)
     }
