@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use super::pacing::Pacing;
 use crate::sync::lock;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -102,6 +104,8 @@ pub struct DirectSftp {
     timeout: Duration,
     /// File data out on this channel is kept within a budget (see `pacing`).
     pacing: Pacing,
+    /// Ends the channel's reader: every request still out fails at once.
+    stop: CancellationToken,
 }
 
 /// The library's side of the channel: a byte stream like the channel itself.
@@ -124,10 +128,11 @@ pub fn start(
     let (out, out_rx) = mpsc::unbounded_channel();
     let (to_library, incoming) = mpsc::unbounded_channel();
     let waiting: Waiting = Arc::new(Mutex::new(Some(HashMap::new())));
+    let stop = CancellationToken::new();
     tokio::spawn(write_frames(out_rx, write, progress.clone()));
-    tokio::spawn(read_frames(read, waiting.clone(), to_library, progress));
+    tokio::spawn(read_frames(read, waiting.clone(), to_library, progress, stop.clone()));
     let direct =
-        DirectSftp { out: out.clone(), waiting, next_id: AtomicU32::new(0), timeout, pacing: Pacing::default() };
+        DirectSftp { out: out.clone(), waiting, next_id: AtomicU32::new(0), timeout, pacing: Pacing::default(), stop };
     (direct, LibraryStream { incoming, current: Bytes::new(), out, partial: BytesMut::new() })
 }
 
@@ -166,9 +171,16 @@ async fn read_frames(
     waiting: Waiting,
     to_library: mpsc::UnboundedSender<Bytes>,
     progress: Arc<Progress>,
+    stop: CancellationToken,
 ) {
     let mut frames = Frames::default();
-    while let Some(msg) = channel.wait().await {
+    loop {
+        let msg = tokio::select! {
+            msg = channel.wait() => msg,
+            // Given up: what is waiting fails now, whatever the session still does.
+            _ = stop.cancelled() => break,
+        };
+        let Some(msg) = msg else { break };
         let data = match msg {
             ChannelMsg::Data { data } => data,
             ChannelMsg::Eof | ChannelMsg::Close => break,
@@ -303,6 +315,12 @@ impl DirectSftp {
             },
             _ => Err(SftpError::UnexpectedPacket),
         }
+    }
+
+    /// Gives the channel up: every request out on it, direct or the library's, fails at
+    /// once (as if the connection broke), without waiting for the session to notice.
+    pub fn stop(&self) {
+        self.stop.cancel();
     }
 
     /// Bytes of file data out on this channel now.

@@ -127,6 +127,9 @@ impl SftpConn {
         if rc != 0 {
             tracing::debug!(error = %std::io::Error::last_os_error(), "aborting the connection");
         }
+        // Whatever russh makes of the dead socket, and whenever: the requests still out
+        // fail now, so that what they carried is sent again on the new connection.
+        self.direct.stop();
     }
 }
 
