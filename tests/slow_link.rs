@@ -270,3 +270,57 @@ fn sigterm_waits_for_written_data() {
     assert!(!is_mounted(&e.m.path), "still mounted after the agent exited");
     assert!(fs::read(e.sshd.export.join("at-exit")).unwrap() == data, "queued data was dropped at exit");
 }
+
+/// Whether `pid` sleeps in a FUSE call, waiting for the mount's answer.
+fn in_fuse_call(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/wchan"))
+        .is_ok_and(|w| w.contains("request_wait_answer") || w.contains("fuse"))
+}
+
+/// Ctrl-C ends a call that waits on a stalled link: the program gets EINTR (or dies of
+/// the signal) at once, not after the call deadline. The deadlines here are a minute,
+/// so only the interrupt can end the calls within the test's bound.
+#[test]
+fn ctrl_c_ends_a_waiting_call() {
+    let e = Proxied::start_with(&["--request-timeout", "60s", "--call-timeout", "60s"]);
+    fs::write(e.sshd.export.join("f"), "f").unwrap();
+    fs::write(e.sshd.export.join("g"), "g").unwrap();
+    e.proxy.black_hole();
+
+    // A program that handles SIGINT: Python's handler raises KeyboardInterrupt only once
+    // the call has returned, with EINTR.
+    let script = format!(
+        "import os, time\nt = time.monotonic()\ntry:\n    os.read(os.open('{}', os.O_RDONLY), 10)\n    print('returned')\nexcept KeyboardInterrupt:\n    print('interrupted after %.1fs' % (time.monotonic() - t))\n",
+        e.m.p("f").display()
+    );
+    let py = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(py.id())), "python never waited on the mount");
+    let signalled = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(py.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = run_with_deadline_child(py, Duration::from_secs(10));
+    let took = signalled.elapsed();
+    assert!(stdout(&out).starts_with("interrupted"), "python: {} {}", stdout(&out), stderr(&out));
+    assert!(took < Duration::from_secs(2), "Ctrl-C took {took:?} to end the call");
+    eprintln!("measured: a handled SIGINT ended the waiting call in {took:?}");
+
+    // A program the signal kills.
+    let cat = std::process::Command::new("cat").arg(e.m.p("g")).stdout(std::process::Stdio::null()).spawn().unwrap();
+    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(cat.id())), "cat never waited on the mount");
+    let signalled = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cat.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = run_with_deadline_child(cat, Duration::from_secs(10));
+    let took = signalled.elapsed();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "cat: {:?}", out.status);
+    assert!(took < Duration::from_secs(2), "Ctrl-C took {took:?} to kill cat");
+    eprintln!("measured: a fatal SIGINT ended the waiting call in {took:?}");
+
+    // The mount goes on: back on the network, the same files read.
+    e.proxy.restore();
+    assert!(wait_until(Duration::from_secs(20), || fs::read_to_string(e.m.p("f")).is_ok_and(|s| s == "f")));
+    assert_eq!(fs::read_to_string(e.m.p("g")).unwrap(), "g");
+}

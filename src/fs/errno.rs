@@ -27,6 +27,7 @@ impl Errno {
     pub const EINVAL: Errno = Errno(libc::EINVAL);
     pub const EBADF: Errno = Errno(libc::EBADF);
     pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+    pub const EINTR: Errno = Errno(libc::EINTR);
     pub const EOPNOTSUPP: Errno = Errno(libc::EOPNOTSUPP);
     pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
     pub const ESTALE: Errno = Errno(libc::ESTALE);

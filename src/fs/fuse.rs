@@ -17,6 +17,7 @@ use fuser::{
 use super::buffers::BufferPool;
 use super::errno::Errno;
 use super::fs::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
+use super::interrupt;
 use crate::remote::{Attr, FileKind, Remote};
 
 /// The largest write the kernel sends in one request.
@@ -69,19 +70,28 @@ struct Ctx {
     kernel: KernelTimeouts,
     call_timeout: Duration,
     moving: LinkMoving,
+    /// The thread that made the call, watched for Ctrl-C.
+    caller: u32,
 }
 
 impl Ctx {
     /// Runs one core operation under the call deadline. The deadline measures progress,
     /// not duration: past `call_timeout`, a call goes on waiting as long as the link is
     /// up and moving data (a slow link is not a dead one), and gets EAGAIN once the link
-    /// is down or has moved nothing for `call_timeout`.
+    /// is down or has moved nothing for `call_timeout`. Whenever it waits, a signal for
+    /// the caller ends it with EINTR, so Ctrl-C works on a program stuck on a slow link.
     async fn within<T>(&self, fut: impl Future<Output = Result<T, Errno>>) -> Result<T, Errno> {
         let mut fut = std::pin::pin!(fut);
         let mut deadline = tokio::time::Instant::now() + self.call_timeout;
         loop {
-            match tokio::time::timeout_at(deadline, fut.as_mut()).await {
+            let look = (tokio::time::Instant::now() + RECHECK).min(deadline);
+            match tokio::time::timeout_at(look, fut.as_mut()).await {
                 Ok(r) => return r,
+                Err(_) if interrupt::signal_pending(self.caller) => {
+                    tracing::debug!(caller = self.caller, "call interrupted by a signal");
+                    return Err(Errno::EINTR);
+                }
+                Err(_) if look < deadline => {}
                 Err(_) if (self.moving)(self.call_timeout) => deadline = tokio::time::Instant::now() + RECHECK,
                 Err(_) => {
                     tracing::debug!(timeout = ?self.call_timeout, "call hit its deadline on a link that moves nothing");
@@ -105,11 +115,16 @@ impl<R: Remote> FuseAdapter<R> {
     /// ahead, a write that only needs queueing) is answered on this thread, sparing a
     /// hop to a runtime worker and back; the rest moves to the runtime so that the
     /// kernel's next request is read at once and slow calls never queue here.
-    fn run<F>(&self, op: impl FnOnce(Arc<Fs<R>>, Ctx) -> F)
+    fn run<F>(&self, req: &Request, op: impl FnOnce(Arc<Fs<R>>, Ctx) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let ctx = Ctx { kernel: self.opts.kernel, call_timeout: self.opts.call_timeout, moving: self.moving.clone() };
+        let ctx = Ctx {
+            kernel: self.opts.kernel,
+            call_timeout: self.opts.call_timeout,
+            moving: self.moving.clone(),
+            caller: req.pid(),
+        };
         let _runtime = self.rt.enter();
         let mut fut = Box::pin(op(self.fs.clone(), ctx));
         // A first poll with a waker that does nothing: every future re-registers the
@@ -234,17 +249,20 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, cx| async move { reply_lookup(reply, cx.kernel, cx.within(fs.lookup(parent.0, &name)).await) });
+        self.run(
+            req,
+            |fs, cx| async move { reply_lookup(reply, cx.kernel, cx.within(fs.lookup(parent.0, &name)).await) },
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.run(|fs, cx| async move {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.getattr(ino.0)).await {
                 Ok(a) => reply.attr(&cx.kernel.attr, &file_attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
@@ -254,7 +272,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -271,7 +289,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyAttr,
     ) {
         let change = AttrChange { size, mode, uid, gid, atime: atime.map(time_set), mtime: mtime.map(time_set) };
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.setattr(ino.0, fh.map(|f| f.0), change)).await {
                 Ok(a) => reply.attr(&cx.kernel.attr, &file_attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
@@ -279,8 +297,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.run(|fs, cx| async move {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.readlink(ino.0)).await {
                 Ok(t) => reply.data(t.as_bytes()),
                 Err(e) => reply.error(errno(e)),
@@ -303,34 +321,34 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply.error(fuser::Errno::EPERM);
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(
-            |fs, cx| async move { reply_entry(reply, cx.kernel, cx.within(fs.mkdir(parent.0, &name, mode)).await) },
-        );
+        self.run(req, |fs, cx| async move {
+            reply_entry(reply, cx.kernel, cx.within(fs.mkdir(parent.0, &name, mode)).await)
+        });
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.unlink(parent.0, &name)).await) });
+        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.unlink(parent.0, &name)).await) });
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.rmdir(parent.0, &name)).await) });
+        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.rmdir(parent.0, &name)).await) });
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             reply_entry(reply, cx.kernel, cx.within(fs.symlink(parent.0, &name, &target)).await)
         });
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -340,21 +358,21 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         let name = name_or_reply!(name, reply);
         let newname = name_or_reply!(newname, reply);
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             reply_empty(reply, cx.within(fs.rename(parent.0, &name, newparent.0, &newname, flags.bits())).await)
         });
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_or_reply!(newname, reply);
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             reply_entry(reply, cx.kernel, cx.within(fs.link(ino.0, newparent.0, &newname)).await)
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let flags = OpenFlags::from_libc(flags.0);
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.open(ino.0, flags)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -364,7 +382,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -373,7 +391,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.read(fh.0, offset, size)).await {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno(e)),
@@ -383,7 +401,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -394,7 +412,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyWrite,
     ) {
         let data = self.buffers.copy(data);
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.write_bytes(fh.0, offset, data)).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(errno(e)),
@@ -402,13 +420,13 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.flush(fh.0)).await) });
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.flush(fh.0)).await) });
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: FuseOpenFlags,
@@ -416,15 +434,15 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.release(fh.0)).await) });
+        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.release(fh.0)).await) });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.run(|fs, cx| async move { reply_empty(reply, cx.within(fs.fsync(fh.0)).await) });
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.fsync(fh.0)).await) });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
-        self.run(|fs, cx| async move {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.opendir(ino.0)).await {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
@@ -432,8 +450,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        self.run(|fs, cx| async move {
+    fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.readdir(fh.0, offset)).await {
                 Ok(items) => {
                     for (next, item) in items {
@@ -448,9 +466,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let entry_timeout = self.opts.kernel.entry;
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.readdir(fh.0, offset)).await {
                 Ok(items) => {
                     for (next, item) in items {
@@ -481,8 +499,8 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.run(|fs, cx| async move {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.statfs()).await {
                 Ok(s) => reply.statfs(
                     s.blocks,
@@ -501,7 +519,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -511,7 +529,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         let name = name_or_reply!(name, reply);
         let flags = OpenFlags::from_libc(flags);
-        self.run(|fs, cx| async move {
+        self.run(req, |fs, cx| async move {
             match cx.within(fs.create(parent.0, &name, mode, flags)).await {
                 Ok((e, fh)) => reply.created(
                     &cx.kernel.entry,

@@ -12,6 +12,7 @@ mod fs;
 mod fuse;
 mod handles;
 mod inode;
+mod interrupt;
 mod list_ahead;
 mod listing;
 mod path;

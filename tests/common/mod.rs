@@ -442,10 +442,15 @@ pub struct Proxied {
 
 impl Proxied {
     pub fn start() -> Proxied {
+        Proxied::start_with(&[])
+    }
+
+    /// The same, with more `moor mount` options.
+    pub fn start_with(extra: &[&str]) -> Proxied {
         let sshd = Sshd::start();
         let proxy = proxy::Proxy::start(sshd.port);
         let c = Client::via(&sshd, proxy.port);
-        let m = c.mount(sshd.export.to_str().unwrap());
+        let m = c.mount_at(sshd.export.to_str().unwrap(), "mnt", extra);
         Proxied { m, c, proxy, sshd }
     }
 }
