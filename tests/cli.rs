@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -43,14 +44,14 @@ fn status_table_and_json() {
     assert!(out.status.success());
     let table = stdout(&out);
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains(&m.s()) && table.contains("active") && table.contains("root@testhost:"), "{table}");
+    assert!(table.contains(&m.s()) && table.contains("active") && table.contains("moor-remote@testhost:"), "{table}");
     let out = c.run(&["mount", "status", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
     let mounts = doc["mounts"].as_array().unwrap();
     assert_eq!(mounts.len(), 1);
     assert_eq!(mounts[0]["status"]["state"], "active");
     assert_eq!(mounts[0]["mountpoint"], m.s());
-    assert_eq!(mounts[0]["remote"], format!("root@testhost:{}", sshd.export.display()));
+    assert_eq!(mounts[0]["remote"], format!("{REMOTE_USER}@testhost:{}", sshd.export.display()));
 }
 
 #[test]
@@ -96,13 +97,13 @@ fn foreground_mount_unmounts_on_interrupt() {
     let spec = format!("testhost:{}", sshd.export.display());
     let mut child = c
         .moor()
-        .args(["mount", "--foreground", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+        .args(["mount", "--foreground", "--allow-other", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     assert!(wait_until(Duration::from_secs(15), || is_mounted(&mnt)), "foreground mount did not appear");
-    fs::write(sshd.export.join("f"), "x").unwrap();
+    sshd.put("f", "x");
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "x");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let exited = wait_until(Duration::from_secs(15), || child.try_wait().ok().flatten().is_some());
@@ -207,7 +208,7 @@ fn changed_host_key_is_refused_loudly() {
 fn remote_path_missing_or_not_a_directory() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
-    fs::write(sshd.export.join("file"), "x").unwrap();
+    sshd.put("file", "x");
     let mnt = c.mountpoint("mnt");
     let out = c.try_mount(&format!("{}/nope", sshd.export.display()), &mnt, &[]);
     assert_fails(&out, REMOTE_PATH, "does not exist");
@@ -220,12 +221,12 @@ fn remote_path_missing_or_not_a_directory() {
 fn relative_and_default_remote_paths() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
-    // The test user is root, whose home is /root: mount it read-only in spirit, just list it.
+    // The remote home of the test user.
     let m = c.mount_at("", "home", &[]);
     let out = c.run(&["mount", "status", "--json"]);
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let home = doc["mounts"][0]["remote"].as_str().unwrap().to_string();
-    assert!(home.ends_with(":/root"), "{home}");
+    assert!(home.ends_with(&format!(":/home/{REMOTE_USER}")), "{home}");
     drop(m);
 }
 
@@ -246,9 +247,10 @@ fn bad_mountpoints() {
     assert_fails(&out, MOUNTPOINT, "already has");
     // A mount made by something else is refused before anyone is dialled.
     let other = c.mountpoint("other");
-    sh_ok(&format!("mount -t tmpfs none {}", other.display()));
+    // Mounting a tmpfs needs root.
+    sh_root_ok(&format!("mount -t tmpfs none {}", other.display()));
     let out = c.try_mount(export, &other, &[]);
-    let _ = sh(&format!("umount {}", other.display()));
+    let _ = std::process::Command::new("umount").arg(&other).status();
     assert_fails(&out, MOUNTPOINT, "already a mount");
     assert!(is_mounted(&m.path), "the existing mount is untouched");
 }
@@ -322,11 +324,14 @@ fn ssh_agent_authentication() {
     let c = Client::new(&sshd);
     // Only the agent holds the key: the config names a key file that does not exist.
     c.write_config(&sshd, "");
-    let cfg =
-        fs::read_to_string(&c.ssh_config).unwrap().replace(&sshd.user_key().display().to_string(), "/nonexistent/key");
+    let cfg = fs::read_to_string(&c.ssh_config).unwrap().replace(&c.key().display().to_string(), "/nonexistent/key");
     fs::write(&c.ssh_config, cfg.replace("IdentitiesOnly yes", "IdentitiesOnly no")).unwrap();
     let sock = c.home.path().join("agent.sock");
+    // ssh-agent serves only its own user: it runs as the one moor runs as.
+    let (uid, gid) = ids_of(LOCAL_USER);
     let mut agent = std::process::Command::new("ssh-agent")
+        .uid(uid)
+        .gid(gid)
         .args(["-D", "-a"])
         .arg(&sock)
         .stdout(Stdio::null())

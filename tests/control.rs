@@ -139,7 +139,7 @@ fn same_remote_again_is_offered_and_another_is_refused() {
     let out = c.try_mount(&export, &m.path, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("already mounted"), "{}", stdout(&out));
-    fs::create_dir(sshd.export.join("sub")).unwrap();
+    sshd.mkdir("sub");
     let out = c.try_mount(&format!("{export}/sub"), &m.path, &[]);
     assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
     assert!(stderr(&out).contains("already has"), "{}", stderr(&out));
@@ -382,12 +382,13 @@ fn the_agent_runs_from_root_and_relative_paths_mean_the_callers() {
     fs::write(
         &config,
         format!(
-            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n",
+            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User {REMOTE_USER}\n  IdentitiesOnly yes\n  UserKnownHostsFile {}\n",
             sshd.port,
             c.known_hosts.display()
         ),
     )
     .unwrap();
+    c.give_home();
     let mnt = c.mountpoint("mnt");
     let spec = format!("testhost:{}", sshd.export.display());
     let mut cmd = c.moor();
@@ -400,4 +401,50 @@ fn the_agent_runs_from_root_and_relative_paths_mean_the_callers() {
     assert_eq!(cwd, std::path::Path::new("/"), "the agent runs from {}", cwd.display());
     let out = c.run(&["unmount", mnt.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The CLI talks only to an agent of its own user: a socket in its runtime dir served
+/// by another user (here root) is refused before anything is sent on it.
+#[test]
+fn the_cli_refuses_an_agent_socket_of_another_user() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let run = c.home.path().join("run/moor");
+    fs::create_dir_all(&run).unwrap();
+    c.give_home();
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o700)).unwrap();
+    let sock = run.join("agent.sock");
+    // A listener run by root, which reports whatever it is sent.
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    fs::set_permissions(&sock, fs::Permissions::from_mode(0o777)).unwrap();
+    let heard = std::thread::spawn(move || {
+        use std::io::Read;
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let _ = conn.read_to_end(&mut got);
+        got
+    });
+    let out = c.run(&["mount", "status", "--json"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(stderr(&out).contains("served by another user"), "{}", stderr(&out));
+    let heard = heard.join().unwrap();
+    assert!(heard.is_empty(), "the CLI spoke to another user's socket: {}", String::from_utf8_lossy(&heard));
+}
+
+/// A comma in the remote path is part of the path, not the start of a mount option
+/// (`a,ro` must not mount read-only), and the mount is still known as moor's.
+#[test]
+fn a_comma_in_the_remote_path_is_not_a_mount_option() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.mkdir("a,ro");
+    let m = c.mount_at(sshd.export.join("a,ro").to_str().unwrap(), "mnt", &[]);
+    sh_ok(&format!("echo x > {}", m.p("f").display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("a,ro/f")).unwrap(), "x\n");
+    let doc = status_json(&c);
+    assert!(doc["mounts"][0]["remote"].as_str().unwrap().ends_with("/a,ro"), "{doc}");
+    let out = c.run(&["unmount", "--all"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!is_mounted(&m.path));
 }

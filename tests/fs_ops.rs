@@ -32,7 +32,7 @@ impl Env {
 #[test]
 fn cat_ls_cp_mv_rm() {
     let e = env();
-    fs::write(e.remote("hello.txt"), "hello from the server\n").unwrap();
+    e.sshd.put("hello.txt", "hello from the server\n");
     let mnt = e.m.s();
     assert_eq!(sh_ok(&format!("cat {mnt}/hello.txt")), "hello from the server\n");
     let ls = sh_ok(&format!("ls -l {mnt}"));
@@ -49,7 +49,7 @@ fn cat_ls_cp_mv_rm() {
 fn tar_roundtrip() {
     let e = env();
     let mnt = e.m.s();
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let w = work.path().display();
     sh_ok(&format!(
         "mkdir -p {w}/src/a/b {w}/src/c && for i in $(seq 1 50); do head -c $((i*97)) /dev/urandom > {w}/src/a/b/f$i; done \
@@ -76,7 +76,7 @@ fn git_init_add_commit() {
     assert_eq!(out.trim(), "2");
     // The server-side repository is complete and valid too.
     let remote = e.remote("repo");
-    let log = sh_ok(&format!("git -C {} log --format=%s", remote.display()));
+    let log = sh_root_ok(&format!("git -c safe.directory='*' -C {} log --format=%s", remote.display()));
     assert_eq!(log, "second\nfirst\n");
 }
 
@@ -84,7 +84,7 @@ fn git_init_add_commit() {
 fn dd_large_file_checksums_match() {
     let e = env();
     let mnt = e.m.s();
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let w = work.path().display();
     let out = sh_ok(&format!(
         "head -c $((80*1024*1024)) /dev/urandom > {w}/big && dd if={w}/big of={mnt}/big bs=1M conv=fsync status=none \
@@ -94,7 +94,7 @@ fn dd_large_file_checksums_match() {
     assert_eq!(sums.len(), 3);
     assert_eq!(sums[0], sums[1], "read back through the mount differs");
     assert_eq!(sums[0], sums[2]);
-    let server = sh_ok(&format!("sha256sum < {}", e.remote("big").display()));
+    let server = sh_root_ok(&format!("sha256sum < {}", e.remote("big").display()));
     assert_eq!(server.trim(), sums[0].trim(), "server copy differs");
 }
 
@@ -102,13 +102,13 @@ fn dd_large_file_checksums_match() {
 fn mmap_read_matches() {
     let e = env();
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
-    fs::write(e.remote("m.bin"), &data).unwrap();
+    e.sshd.put("m.bin", &data);
     let script = format!(
         "import mmap,hashlib\nf=open('{}','rb')\nm=mmap.mmap(f.fileno(),0,access=mmap.ACCESS_READ)\nprint(hashlib.sha256(m[:]).hexdigest(), m[123456])",
         e.m.p("m.bin").display()
     );
     let out = sh_ok(&format!("python3 -c \"{script}\""));
-    let expect = sh_ok(&format!("sha256sum < {}", e.remote("m.bin").display()));
+    let expect = sh_root_ok(&format!("sha256sum < {}", e.remote("m.bin").display()));
     let mut parts = out.split_whitespace();
     assert_eq!(parts.next().unwrap(), expect.split_whitespace().next().unwrap());
     assert_eq!(parts.next().unwrap(), data[123456].to_string());
@@ -135,7 +135,7 @@ fn offsets_beyond_4gib() {
 fn metadata_changes() {
     let e = env();
     let mnt = e.m.s();
-    fs::write(e.remote("f"), "0123456789").unwrap();
+    e.sshd.put("f", "0123456789");
     sh_ok(&format!("chmod 640 {mnt}/f && truncate -s 4 {mnt}/f && touch -m -d '2001-02-03 04:05:06 UTC' {mnt}/f"));
     let meta = fs::metadata(e.remote("f")).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o640);
@@ -143,13 +143,17 @@ fn metadata_changes() {
     assert_eq!(meta.mtime(), 981173106);
     let seen = sh_ok(&format!("stat -c '%a %s %Y' {mnt}/f"));
     assert_eq!(seen.trim(), "640 4 981173106");
-    // The test sshd runs as root, so ownership can change.
-    sh_ok(&format!("chown 1234:2345 {mnt}/f"));
+    // The remote login user's files show as the local user's, and a chown to the local
+    // user is sent as the remote one.
+    let ((luid, lgid), (ruid, rgid)) = (ids_of(LOCAL_USER), ids_of(REMOTE_USER));
+    assert_eq!(sh_ok(&format!("stat -c '%u %g' {mnt}/f")).trim(), format!("{luid} {lgid}"));
+    sh_ok(&format!("chown {luid}:{lgid} {mnt}/f"));
     let meta = fs::metadata(e.remote("f")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
-    sh_ok(&format!("chgrp 99 {mnt}/f"));
-    let meta = fs::metadata(e.remote("f")).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (1234, 99));
+    assert_eq!((meta.uid(), meta.gid()), (ruid, rgid));
+    // An ordinary user cannot give a file away; the chown itself says so.
+    let out = sh(&format!("chown 1234 {mnt}/f"));
+    assert!(!out.status.success() && stderr(&out).contains("Operation not permitted"), "{}", stderr(&out));
+    assert_eq!(fs::metadata(e.remote("f")).unwrap().uid(), ruid);
 }
 
 #[test]
@@ -200,8 +204,7 @@ fn errnos(calls: &[&str]) -> Vec<String> {
     for c in calls {
         py.push_str(&format!("try:\n  {c}\n  print('OK')\nexcept OSError as e:\n  print(errno.errorcode[e.errno])\n"));
     }
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), py).unwrap();
+    let file = script_file(&py);
     sh_ok(&format!("python3 {}", file.path().display())).lines().map(String::from).collect()
 }
 
@@ -209,9 +212,9 @@ fn errnos(calls: &[&str]) -> Vec<String> {
 fn errors_map_to_the_right_errno() {
     let e = env();
     let m = e.m.s();
-    fs::create_dir_all(e.remote("full/sub")).unwrap();
-    fs::create_dir(e.remote("empty")).unwrap();
-    fs::write(e.remote("file"), "x").unwrap();
+    e.sshd.mkdir("full/sub");
+    e.sshd.mkdir("empty");
+    e.sshd.put("file", "x");
     let got = errnos(&[
         &format!("os.mkdir('{m}/full')"),
         &format!("os.rmdir('{m}/full')"),
@@ -275,7 +278,7 @@ fn statfs_reports_the_server_filesystem() {
 fn concurrent_tar_roundtrips_keep_every_byte() {
     let e = env();
     let mnt = e.m.s();
-    let work = tempfile::tempdir().unwrap();
+    let work = work_dir();
     let w = work.path().display();
     sh_ok(&format!(
         "mkdir -p {w}/src/a/b && for i in $(seq 1 60); do head -c $((i*97)) /dev/urandom > {w}/src/a/b/f$i; done \
@@ -297,7 +300,7 @@ fn many_open_files_stay_correct() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
     for i in 0..300 {
-        fs::write(sshd.export.join(format!("f{i}")), format!("{i}")).unwrap();
+        sshd.put(&format!("f{i}"), format!("{i}"));
     }
     let export = sshd.export.to_str().unwrap().to_string();
     let probe = |mnt: &std::path::Path| {
@@ -305,8 +308,7 @@ fn many_open_files_stay_correct() {
             "import os,errno\nfds=[];refused={{}}\nfor i in range(300):\n  try: fds.append((i,os.open('{m}/f%d'%i,os.O_RDONLY)))\n  except OSError as e: refused[errno.errorcode[e.errno]]=refused.get(errno.errorcode[e.errno],0)+1\nwrong=sum(1 for i,fd in fds if os.pread(fd,10,0)!=str(i).encode())\nprint(len(fds), refused, wrong)",
             m = mnt.display()
         );
-        let f = tempfile::NamedTempFile::new().unwrap();
-        fs::write(f.path(), py).unwrap();
+        let f = script_file(&py);
         sh_ok(&format!("python3 {}", f.path().display())).trim().to_string()
     };
     let pooled = c.mount_at(&export, "pooled", &["--cache-timeout", "0"]);
@@ -322,14 +324,15 @@ struct Immutable(std::path::PathBuf);
 
 impl Immutable {
     fn set(path: std::path::PathBuf) -> Immutable {
-        sh_ok(&format!("chattr +i {}", path.display()));
+        // Only root may set the flag: it stands for a file the server keeps.
+        sh_root_ok(&format!("chattr +i {}", path.display()));
         Immutable(path)
     }
 }
 
 impl Drop for Immutable {
     fn drop(&mut self) {
-        let _ = sh(&format!("chattr -i {}", self.0.display()));
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
     }
 }
 
@@ -338,14 +341,16 @@ fn rm_rf_removes_a_tree_and_reports_a_refused_removal() {
     let e = env();
     let mnt = e.m.s();
     let r = e.sshd.export.display();
-    sh_ok(&format!(
+    sh_root_ok(&format!(
         "mkdir -p {r}/t/a/b {r}/t/c && for i in $(seq 1 60); do echo $i > {r}/t/a/b/f$i; echo $i > {r}/t/c/g$i; done"
     ));
+    e.sshd.give_export();
     sh_ok(&format!("ls -R {mnt}/t > /dev/null && rm -rf {mnt}/t"));
     assert!(!e.remote("t").exists(), "rm -rf left something on the server");
 
     // A file the server keeps, under rm -rf: the error surfaces and the file shows again.
-    sh_ok(&format!("mkdir -p {r}/u/v && echo x > {r}/u/v/locked && echo y > {r}/u/v/other"));
+    sh_root_ok(&format!("mkdir -p {r}/u/v && echo x > {r}/u/v/locked && echo y > {r}/u/v/other"));
+    e.sshd.give_export();
     let _locked = Immutable::set(e.remote("u/v/locked"));
     let out = sh(&format!("rm -rf {mnt}/u"));
     assert!(!out.status.success(), "rm -rf succeeded although the server kept a file");
@@ -359,14 +364,18 @@ fn rm_rf_removes_a_tree_and_reports_a_refused_removal() {
     assert_eq!(sh_ok(&format!("ls {mnt}/u/v")), "locked\n", "the kept file shows again");
 
     // A lone unlink waits for the server: its refusal is the unlink's own error.
-    sh_ok(&format!("mkdir {r}/w && echo x > {r}/w/locked && ls {mnt}/w > /dev/null"));
+    sh_root_ok(&format!("mkdir {r}/w && echo x > {r}/w/locked"));
+    give(&e.remote("w"), REMOTE_USER);
+    sh_ok(&format!("ls {mnt}/w > /dev/null"));
     let _locked_w = Immutable::set(e.remote("w/locked"));
     let out = sh(&format!("rm {mnt}/w/locked"));
     assert!(!out.status.success() && refused(&stderr(&out)), "rm said: {}", stderr(&out));
 
     // In a burst the unlink is answered before the server: the refusal comes from the
     // rmdir of the directory, and the file shows again.
-    sh_ok(&format!("mkdir {r}/b && echo 1 > {r}/b/first && echo 2 > {r}/b/locked && ls {mnt}/b > /dev/null"));
+    sh_root_ok(&format!("mkdir {r}/b && echo 1 > {r}/b/first && echo 2 > {r}/b/locked"));
+    give(&e.remote("b"), REMOTE_USER);
+    sh_ok(&format!("ls {mnt}/b > /dev/null"));
     let _locked_b = Immutable::set(e.remote("b/locked"));
     sh_ok(&format!("rm {mnt}/b/first {mnt}/b/locked"));
     let out = sh(&format!("rmdir {mnt}/b"));
@@ -379,7 +388,7 @@ fn rm_rf_removes_a_tree_and_reports_a_refused_removal() {
 fn a_file_removed_on_the_server_can_be_created_again_through_the_mount() {
     let e = env();
     let mnt = e.m.s();
-    fs::write(e.remote("f"), "old\n").unwrap();
+    e.sshd.put("f", "old\n");
     assert_eq!(sh_ok(&format!("cat {mnt}/f")), "old\n");
     // Another client removes it while the mount still has the name cached.
     fs::remove_file(e.remote("f")).unwrap();
@@ -390,7 +399,8 @@ fn a_file_removed_on_the_server_can_be_created_again_through_the_mount() {
 #[test]
 fn reads_are_right_with_read_ahead_small_or_off() {
     let e = env();
-    sh_ok(&format!("head -c 5000000 /dev/urandom > {}", e.remote("big").display()));
+    sh_root_ok(&format!("head -c 5000000 /dev/urandom > {}", e.remote("big").display()));
+    e.sshd.give_export();
     for ra in ["0", "256K"] {
         let m = e.c.mount_at(e.sshd.export.to_str().unwrap(), &format!("ra{ra}"), &["--read-ahead", ra]);
         sh_ok(&format!("cmp {} {}", m.p("big").display(), e.remote("big").display()));

@@ -36,8 +36,7 @@ def retry(f, *a):
 
 /// Runs a Python probe and parses the JSON it prints last.
 fn probe(script: &str) -> serde_json::Value {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), script).unwrap();
+    let file = script_file(script);
     let out = sh_ok(&format!("python3 {}", file.path().display()));
     serde_json::from_str(out.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("probe output {out}: {e}"))
 }
@@ -57,7 +56,7 @@ def timed(i):
 #[test]
 fn black_hole_gives_eagain_fast_then_recovers() {
     let e = env();
-    fs::write(e.sshd.export.join("f"), "data").unwrap();
+    e.sshd.put("f", "data");
     assert_eq!(fs::read_to_string(e.m.p("f")).unwrap(), "data");
     e.proxy.black_hole();
     // Calls during the outage: the first ones end within the deadline, and once the link
@@ -94,10 +93,10 @@ fn black_hole_gives_eagain_fast_then_recovers() {
 #[test]
 fn reset_connections_recover() {
     let e = env();
-    fs::write(e.sshd.export.join("f"), "before").unwrap();
+    e.sshd.put("f", "before");
     assert_eq!(fs::read_to_string(e.m.p("f")).unwrap(), "before");
     e.proxy.reset_all();
-    fs::write(e.sshd.export.join("g"), "after").unwrap();
+    e.sshd.put("g", "after");
     assert!(
         wait_until(Duration::from_secs(8), || fs::read_to_string(e.m.p("g")).is_ok_and(|s| s == "after")),
         "no recovery after a reset"
@@ -114,7 +113,7 @@ fn reset_connections_recover() {
 #[test]
 fn sshd_restart_recovers() {
     let mut e = env();
-    fs::write(e.sshd.export.join("f"), "1").unwrap();
+    e.sshd.put("f", "1");
     assert_eq!(fs::read_to_string(e.m.p("f")).unwrap(), "1");
     e.sshd.stop();
     assert!(wait_until(Duration::from_secs(10), || state(&e.c) == "reconnecting"));
@@ -131,7 +130,7 @@ fn sshd_restart_recovers() {
 #[test]
 fn changed_host_key_on_reconnect_fails_the_mount() {
     let mut e = env();
-    fs::write(e.sshd.export.join("f"), "x").unwrap();
+    e.sshd.put("f", "x");
     assert!(fs::read_dir(&e.m.path).is_ok());
     e.sshd.restart(true);
     // Make the mount notice: any call triggers the reconnect.
@@ -169,7 +168,7 @@ fn unmount_works_while_the_link_is_down() {
 fn open_files_survive_a_reconnect() {
     let e = env();
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    fs::write(e.sshd.export.join("big"), &data).unwrap();
+    e.sshd.put("big", &data);
     let script = format!(
         r#"{RETRY_ON_EAGAIN}
 r = os.open('{m}/big', os.O_RDONLY)
@@ -191,9 +190,8 @@ print(json.dumps({{'sha': hashlib.sha256(first + rest).hexdigest()}}))
         m = e.m.s(),
         n = data.len()
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), script).unwrap();
-    let mut child = Command::new("python3")
+    let file = script_file(&script);
+    let mut child = as_local_user(&mut Command::new("python3"))
         .arg(file.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -211,7 +209,7 @@ print(json.dumps({{'sha': hashlib.sha256(first + rest).hexdigest()}}))
     let result = lines.next().expect("probe finished").unwrap();
     assert!(child.wait().unwrap().success());
     let got: serde_json::Value = serde_json::from_str(&result).unwrap();
-    let want = sh_ok(&format!("sha256sum < {}", e.sshd.export.join("big").display()));
+    let want = sh_root_ok(&format!("sha256sum < {}", e.sshd.export.join("big").display()));
     assert_eq!(got["sha"].as_str().unwrap(), want.split_whitespace().next().unwrap());
     let out = fs::read(e.sshd.export.join("out")).unwrap();
     assert_eq!(out.len(), 200_000);
@@ -224,7 +222,7 @@ print(json.dumps({{'sha': hashlib.sha256(first + rest).hexdigest()}}))
 fn flapping_link_loses_nothing() {
     let e = env();
     let src: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(40503) >> 7) as u8).collect();
-    fs::write(e.sshd.export.join("src"), &src).unwrap();
+    e.sshd.put("src", &src);
     let script = format!(
         r#"{RETRY_ON_EAGAIN}
 def pattern(n, seed):
@@ -259,12 +257,18 @@ print(json.dumps({{'written': written, 'reads': reads}}))
 "#,
         m = e.m.s(),
         secs = 32,
-        src_sha =
-            sh_ok(&format!("sha256sum < {}", e.sshd.export.join("src").display())).split_whitespace().next().unwrap()
+        src_sha = sh_root_ok(&format!("sha256sum < {}", e.sshd.export.join("src").display()))
+            .split_whitespace()
+            .next()
+            .unwrap()
     );
-    let file = tempfile::NamedTempFile::new().unwrap();
-    fs::write(file.path(), script).unwrap();
-    let child = Command::new("python3").arg(file.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let file = script_file(&script);
+    let child = as_local_user(&mut Command::new("python3"))
+        .arg(file.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let flapper = {
         let start = Instant::now();
         let mut rng = 0x2545f4914f6cdd1du64;
@@ -298,7 +302,7 @@ print(json.dumps({{'written': written, 'reads': reads}}))
     for w in written {
         let name = w[0].as_str().unwrap();
         let remote = e.sshd.export.join(std::path::Path::new(name).file_name().unwrap());
-        let sum = sh_ok(&format!("sha256sum < {}", remote.display()));
+        let sum = sh_root_ok(&format!("sha256sum < {}", remote.display()));
         assert_eq!(sum.split_whitespace().next().unwrap(), w[1].as_str().unwrap(), "{name} differs on the server");
     }
     assert!(result["reads"].as_u64().unwrap() >= 3);

@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::control::client::{Client, Mounted, Reconnected, Unmounted, WatchUpdate};
 use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest};
 use crate::control::{agent, mount, names, registry};
+use crate::fs::IdMap;
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
 
@@ -100,6 +101,37 @@ struct MountArgs {
     resilience: ResilienceArgs,
     #[command(flatten)]
     cache: CacheArgs,
+    #[command(flatten)]
+    sharing: SharingArgs,
+}
+
+/// Who may use the mount, and who its files show as owned by.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Sharing and ownership")]
+struct SharingArgs {
+    /// Let other local users (and root) use the mount; needs `user_allow_other` in
+    /// /etc/fuse.conf unless you are root. The server still checks every access as the
+    /// remote login user
+    #[arg(long)]
+    allow_other: bool,
+    /// `user`: files of the remote login user show as yours (a `chown` to you maps back),
+    /// as sshfs's `-o idmap=user`; `none`: owners show as the server's numbers
+    #[arg(long, value_name = "MAP", default_value = "user", value_parser = parse_idmap)]
+    idmap: IdMap,
+    /// The local uid the remote login user's files show as (default: yours)
+    #[arg(long, value_name = "UID")]
+    uid: Option<u32>,
+    /// The local gid the remote login user's files show as (default: yours)
+    #[arg(long, value_name = "GID")]
+    gid: Option<u32>,
+}
+
+fn parse_idmap(s: &str) -> Result<IdMap, String> {
+    match s {
+        "user" => Ok(IdMap::User),
+        "none" => Ok(IdMap::None),
+        _ => Err(format!("'{s}' is not an id mapping: use user or none")),
+    }
 }
 
 /// How the link is watched and restored.
@@ -366,6 +398,10 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         verbose,
         cache_timeout: args.cache.cache_timeout,
         read_ahead: args.cache.read_ahead,
+        allow_other: args.sharing.allow_other,
+        idmap: args.sharing.idmap,
+        uid: args.sharing.uid,
+        gid: args.sharing.gid,
     };
     if args.foreground {
         return foreground(req).await;

@@ -74,11 +74,22 @@ pub struct Client {
     stream: UnixStream,
 }
 
+/// Whether the process at the other end of `stream` runs as this user.
+fn served_by_me(stream: &UnixStream) -> bool {
+    stream.peer_cred().is_ok_and(|c| c.uid() == nix::unistd::getuid().as_raw())
+}
+
 impl Client {
     /// Connects to the running agent, if there is one.
     pub async fn connect() -> Result<Option<Client>, MoorError> {
         let sock = paths::socket_path()?;
         match UnixStream::connect(&sock).await {
+            // Only an agent of our own may hear what we ask (paths, names, keys' places).
+            Ok(stream) if !served_by_me(&stream) => Err(agent_err(format!(
+                "the agent socket {} is served by another user: remove it, and check who can write to {}",
+                sock.display(),
+                sock.parent().unwrap_or(&sock).display()
+            ))),
             Ok(stream) => Ok(Some(Client { stream })),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
                 Ok(None)

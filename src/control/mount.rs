@@ -9,7 +9,7 @@ use tokio::sync::watch;
 
 use super::protocol::{AtStake, ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest};
 use super::status::{Monitor, MountStatus, Timestamp};
-use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, KernelTimeouts};
+use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, IdMap, KernelTimeouts, Owners};
 use crate::link::Link;
 use crate::remote::sftp::SftpRemote;
 use crate::remote::{FileKind, Remote, RemoteError};
@@ -170,11 +170,16 @@ pub struct KernelMount {
 }
 
 impl KernelMount {
-    /// Made by moor (by any agent) for the current user.
+    /// Made by moor (by any agent) for the current user: type `fuse.moor`, or plain
+    /// `fuse` with moor's source (root mounts directly, without a subtype in the type).
+    /// Another FUSE filesystem whose source happens to start with "moor" is not.
     pub fn is_moor_of_mine(&self) -> bool {
-        self.fstype.starts_with("fuse")
-            && self.source.starts_with("moor")
-            && self.fuse_user == Some(nix::unistd::getuid().as_raw())
+        let moor = match self.fstype.as_str() {
+            "fuse.moor" => self.source.starts_with("moor"),
+            "fuse" => self.server_pid().is_some(),
+            _ => false,
+        };
+        moor && self.fuse_user == Some(nix::unistd::getuid().as_raw())
     }
 
     /// The process serving the mount, as recorded in its source (`moor:PID#...`).
@@ -187,6 +192,25 @@ impl KernelMount {
     pub fn is_orphan(&self) -> bool {
         self.is_moor_of_mine() && self.server_pid().is_none_or(|pid| !serves_mounts(pid))
     }
+}
+
+/// Text safe inside a mount option: the options are one comma-separated string, so a
+/// comma in a path would end the source and start an option of its own (`a,ro` would
+/// mount read-only). Commas, backslashes, `%`, whitespace and control characters are
+/// written as `%XX`.
+pub fn option_safe(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == ',' || c == '\\' || c == '%' || c.is_whitespace() || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Whether `pid` is a moor process that serves mounts (an agent, or `mount --foreground`).
@@ -293,14 +317,21 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     let remote = Arc::new(SftpRemote::new(link.clone()));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);
-    let fs_opts = FsOptions { cache_timeout: req.cache_timeout, read_ahead: req.read_ahead, ..FsOptions::default() };
+    let login = login_ids(&*remote).await;
+    let owners = owners_for(req, login);
+    let fs_opts = FsOptions {
+        cache_timeout: req.cache_timeout,
+        read_ahead: req.read_ahead,
+        login_uid: login.map(|(uid, _)| uid),
+        ..FsOptions::default()
+    };
     let fs = Arc::new(Fs::new(remote, &root, fs_opts));
     // The kernel may trust what it was told as long as the mount's own cache does.
     let kernel = KernelTimeouts { attr: req.cache_timeout, entry: req.cache_timeout };
     let adapter = FuseAdapter::new(
         fs.clone(),
         tokio::runtime::Handle::current(),
-        AdapterOptions { call_timeout: req.call_timeout, kernel },
+        AdapterOptions { call_timeout: req.call_timeout, kernel, owners },
     );
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let mut cfg = fuser::Config::default();
@@ -310,14 +341,18 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         fuser::MountOption::FSName(format!(
             "moor:{}#{}@{}:{}",
             std::process::id(),
-            req.dest.user,
-            req.dest.alias,
-            root
+            option_safe(&req.dest.user),
+            option_safe(&req.dest.alias),
+            option_safe(&root)
         )),
         fuser::MountOption::Subtype("moor".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
+    if req.allow_other {
+        may_allow_other()?;
+        cfg.acl = fuser::SessionACL::All;
+    }
     let mp = mountpoint.clone();
     let session = match tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &mp, &cfg)).await {
         Ok(Ok(s)) => s,
@@ -375,6 +410,52 @@ fn raise_readahead(mountpoint: &Path) {
 }
 
 /// The absolute remote directory to mount, checked to exist and be a directory.
+/// The remote login user's `(uid, gid)`: the owner of the directory the login starts
+/// in, as sshfs takes it.
+async fn login_ids<R: Remote>(remote: &R) -> Option<(u32, u32)> {
+    match remote.stat(".").await {
+        Ok(home) => Some((home.uid, home.gid)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot learn the remote user's ids; owners show as the server's numbers");
+            None
+        }
+    }
+}
+
+/// Who files show as owned by: with `--idmap user`, the remote login user shows as the
+/// local ids.
+fn owners_for(req: &MountRequest, login: Option<(u32, u32)>) -> Owners {
+    match (req.idmap, login) {
+        (IdMap::User, Some(remote)) => {
+            let uid = req.uid.unwrap_or_else(|| nix::unistd::getuid().as_raw());
+            let gid = req.gid.unwrap_or_else(|| nix::unistd::getgid().as_raw());
+            Owners::user(remote, (uid, gid))
+        }
+        _ => Owners::none(),
+    }
+}
+
+/// `allow_other` is the kernel's to grant: root may, others only when /etc/fuse.conf
+/// says `user_allow_other`. Refused here with what to do, not by fusermount3 later.
+fn may_allow_other() -> Result<(), MoorError> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    if fuse_conf_allows_other(&conf) {
+        return Ok(());
+    }
+    Err(MoorError::new(
+        ErrorKind::Usage,
+        "--allow-other needs `user_allow_other` in /etc/fuse.conf: add that line (as root), or mount without it",
+    ))
+}
+
+/// Whether fuse.conf's text has an uncommented `user_allow_other` line.
+pub fn fuse_conf_allows_other(conf: &str) -> bool {
+    conf.lines().any(|l| l.split('#').next().unwrap_or("").trim() == "user_allow_other")
+}
+
 pub async fn resolve_root<R: Remote>(remote: &R, path: &str, host: &str) -> Result<String, MoorError> {
     let want = if path.is_empty() { "." } else { path };
     let missing = || {
@@ -426,7 +507,7 @@ pub async fn kernel_unmount(path: &Path, lazy: bool) -> Result<(), MoorError> {
         };
     }
     let mut cmd = tokio::process::Command::new("fusermount3");
-    cmd.arg("-u").arg("-q");
+    cmd.arg("-u");
     if lazy {
         cmd.arg("-z");
     }
@@ -458,4 +539,51 @@ pub async fn stop(m: &LiveMount, lazy: bool) -> Result<(), MoorError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_safe_text_cannot_end_the_source() {
+        assert_eq!(option_safe("/srv/a,ro"), "/srv/a%2Cro");
+        assert_eq!(option_safe("a b\\c%d\n"), "a%20b%5Cc%25d%0A");
+        assert_eq!(option_safe("/plain/path-ü"), "/plain/path-ü");
+    }
+
+    #[test]
+    fn only_moor_mounts_of_this_user_are_moor_mounts() {
+        let me = nix::unistd::getuid().as_raw();
+        let m = |fstype: &str, source: &str, user: u32| KernelMount {
+            path: PathBuf::from("/m"),
+            fstype: fstype.into(),
+            source: source.into(),
+            fuse_user: Some(user),
+        };
+        let cases = [
+            (m("fuse.moor", "moor:12#u@h:/p", me), true, "a fusermount3 mount"),
+            (m("fuse", "moor:12#u@h:/p", me), true, "root's direct mount"),
+            (m("fuse.sshfs", "moor:/srv", me), false, "sshfs of a host named moor"),
+            (m("fuse", "moorhost:/srv", me), false, "another plain FUSE mount"),
+            (m("fuse.moor", "moor:12#u@h:/p", me + 1), false, "another user's"),
+        ];
+        for (km, want, why) in cases {
+            assert_eq!(km.is_moor_of_mine(), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn reads_user_allow_other_from_fuse_conf() {
+        let cases = [
+            ("user_allow_other\n", true),
+            ("# mount_max = 1000\n  user_allow_other  # for moor\n", true),
+            ("#user_allow_other\n", false),
+            ("", false),
+            ("user_allow_other_not\n", false),
+        ];
+        for (conf, want) in cases {
+            assert_eq!(fuse_conf_allows_other(conf), want, "{conf:?}");
+        }
+    }
 }

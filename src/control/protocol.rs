@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use super::status::{MountStatus, StatusEvent, Timestamp};
+use crate::fs::IdMap;
 use crate::link::config::HostKeyPolicy;
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
@@ -100,6 +101,17 @@ pub struct MountRequest {
     pub wait: Option<Duration>,
     /// Log detail for the mount's log file.
     pub verbose: u8,
+    /// Other local users (and root) may use the mount (`--allow-other`).
+    #[serde(default)]
+    pub allow_other: bool,
+    /// Whether the remote login user's files show as the local user's (`--idmap`).
+    #[serde(default)]
+    pub idmap: IdMap,
+    /// The local uid and gid they show as (`--uid`, `--gid`); unset: the user's own.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
 }
 
 impl MountRequest {
@@ -402,6 +414,10 @@ pub(crate) mod tests {
             read_ahead: 16 << 20,
             wait: Some(Duration::from_millis(1500)),
             verbose: 1,
+            allow_other: false,
+            idmap: IdMap::User,
+            uid: None,
+            gid: None,
         }
     }
 
@@ -473,7 +489,8 @@ pub(crate) mod tests {
                 r#""backoff_cap":{"secs":30,"nanos":0},"stable_after":{"secs":10,"nanos":0},"#,
                 r#""reconnect_timeout":{"secs":5,"nanos":0},"reconnect":true,"connections":4},"#,
                 r#""call_timeout":{"secs":3,"nanos":0},"cache_timeout":{"secs":5,"nanos":0},"#,
-                r#""read_ahead":16777216,"wait":{"secs":1,"nanos":500000000},"verbose":1}"#
+                r#""read_ahead":16777216,"wait":{"secs":1,"nanos":500000000},"verbose":1,"#,
+                r#""allow_other":false,"idmap":"user","uid":null,"gid":null}"#
             ),
         );
         pin(

@@ -159,9 +159,29 @@ impl MetaCache {
         }
     }
 
+    /// The mount made `path` (a file, link or name): its directory changed too.
+    pub fn added(&mut self, path: &str, attr: Attr) {
+        self.set(path, attr);
+        self.entries_changed(parent_and_name(path).0);
+    }
+
+    /// The mount added or removed a name in `dir`, so the server changed the
+    /// directory's times, which no cached answer knows: its attributes are asked again
+    /// (`rsync -a` and `tar` check them before setting them), and its entry in its
+    /// parent's listing shows the time of the change.
+    fn entries_changed(&mut self, dir: &str) {
+        self.attrs.remove(dir);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
+        let (parent, name) = parent_and_name(dir);
+        if let Some(e) = self.dirs.get_mut(parent).and_then(|l| l.entries.iter_mut().find(|e| e.name == name)) {
+            e.attr.mtime = now;
+        }
+    }
+
     /// The mount made an empty directory: its listing is known.
     pub fn new_dir(&mut self, path: &str, attr: Attr) {
-        self.set(path, attr);
+        self.added(path, attr);
         if self.enabled() {
             self.dirs.insert(path.to_string(), Listing { entries: Vec::new(), at: Instant::now() });
         }
@@ -176,6 +196,7 @@ impl MetaCache {
         if let Some(l) = self.dirs.get_mut(dir) {
             l.entries.retain(|e| e.name != name);
         }
+        self.entries_changed(dir);
     }
 
     /// Whether `path` exists is no longer known (a removal was refused, or someone else
@@ -240,6 +261,27 @@ mod tests {
 
     fn cache() -> MetaCache {
         MetaCache::new(Duration::from_secs(60), Arc::default())
+    }
+
+    #[test]
+    fn a_directory_whose_names_change_is_asked_again() {
+        let mut c = MetaCache::new(Duration::from_secs(5), Arc::new(AtomicU64::new(0)));
+        let dir = Attr { mode: crate::remote::S_IFDIR | 0o755, mtime: 1000, ..Attr::default() };
+        c.put_listing("/", &[DirEntry { name: "d".into(), attr: dir }], c.snapshot());
+        c.put_listing("/d", &[], c.snapshot());
+        assert_eq!(c.attr("/d").map(|a| a.mtime), Some(1000));
+        c.added("/d/f", file(1));
+        assert_eq!(c.attr("/d"), None, "a create left the directory's old times cached");
+        let Known::Exists(seen) = c.lookup("/", "d") else { panic!("the directory is no longer listed") };
+        assert!(seen.mtime > 1000, "its listed time is the old one");
+        c.set("/d", dir);
+        c.remove("/d/f");
+        assert_eq!(c.attr("/d"), None, "a removal left the directory's old times cached");
+        c.set("/d", dir);
+        c.added("/d/g", file(1));
+        c.set("/d", dir);
+        c.rename("/d/g", "/d/h");
+        assert_eq!(c.attr("/d"), None, "a rename left the directory's old times cached");
     }
 
     #[test]

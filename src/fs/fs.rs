@@ -86,6 +86,9 @@ pub struct FsOptions {
     pub list_ahead: bool,
     /// Largest read-ahead window per open file, in bytes (`--read-ahead`; zero: none).
     pub read_ahead: u64,
+    /// The uid the server acts as (the remote login user), when known: whose mode and
+    /// time changes cannot be refused on its own files.
+    pub login_uid: Option<u32>,
 }
 
 impl Default for FsOptions {
@@ -95,6 +98,7 @@ impl Default for FsOptions {
             cache_timeout: Duration::from_secs(5),
             list_ahead: true,
             read_ahead: MAX_WINDOW,
+            login_uid: None,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct Fs<R: Remote> {
     retries: Retries,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// The remote login user's uid, when known (`FsOptions::login_uid`).
+    login_uid: Option<u32>,
 }
 
 /// Splits a pipelined result into the operation's outcome and the stat that came with it.
@@ -125,6 +131,13 @@ fn split(r: crate::remote::Result<Option<Attr>>) -> (crate::remote::Result<()>, 
         Ok(a) => (Ok(()), a),
         Err(e) => (Err(e), None),
     }
+}
+
+/// A hidden name beside `path`, for a rename's target moved out of the way.
+fn aside_name(path: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (dir, name) = parent_and_name(path);
+    join(dir, &format!(".{name}.moor-aside-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 fn now_secs() -> u32 {
@@ -162,6 +175,7 @@ impl<R: Remote> Fs<R> {
             dirs: Handles::default(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            login_uid: opts.login_uid,
             cache,
             tasks,
             remote,
@@ -305,8 +319,23 @@ impl<R: Remote> Fs<R> {
         Ok(attr)
     }
 
+    /// `getattr` as the kernel asks it, naming the open file it asks through (`fstat`).
+    /// A file unlinked while open has no path left; its handle still reaches it.
+    pub async fn getattr_open(&self, ino: Ino, fh: Option<u64>) -> FsResult<Attr> {
+        let Err(gone) = self.path_of(ino) else { return self.getattr(ino).await };
+        let file = fh.and_then(|fh| self.files.get(fh)).filter(|f| f.ino == ino).ok_or(gone)?;
+        let handle = file.remote_handle().ok_or(gone)?;
+        let mut attr =
+            self.remote.fstat(&handle).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
+        attr.size = attr.size.max(self.write_behind.queued_end(ino));
+        Ok(attr)
+    }
+
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, change: AttrChange) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
+        if self.inodes().kind(ino) == Some(FileKind::Symlink) {
+            return self.setattr_link(&path, change).await;
+        }
         if change.size.is_some() {
             // A truncate must come after the writes queued before it.
             self.write_behind.written(ino).await?;
@@ -358,6 +387,41 @@ impl<R: Remote> Fs<R> {
         }
     }
 
+    /// A symlink's own attributes (`lchown`, `utimensat(AT_SYMLINK_NOFOLLOW)`). SFTP's
+    /// SETSTAT follows the link, so the change would land on its target, perhaps outside
+    /// the mount; only lsetstat@openssh.com changes the link itself, and without it the
+    /// change is refused.
+    async fn setattr_link(&self, path: &str, change: AttrChange) -> FsResult<Attr> {
+        if change.size.is_some() {
+            return Err(Errno::EINVAL);
+        }
+        if !self.remote.extensions().lsetstat {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        let mut set = SetAttr {
+            size: None,
+            mode: change.mode.map(|m| m & 0o7777),
+            uid: change.uid,
+            gid: change.gid,
+            times: None,
+        };
+        if change.atime.is_some() || change.mtime.is_some() {
+            set.times = Some(self.times_for(path, change).await?);
+        }
+        let op = if set.uid.is_some() || set.gid.is_some() { Op::Chown } else { Op::Setattr };
+        self.cache().forget(path);
+        if let Err(e) = self.remote.lsetstat(path, set).await {
+            return Err(self.fail(op, e, path, None).await);
+        }
+        match self.remote.lstat(path).await {
+            Ok(attr) => {
+                self.cache().set(path, attr);
+                Ok(attr)
+            }
+            Err(e) => Err(self.fail(Op::Getattr, e, path, None).await),
+        }
+    }
+
     /// SFTP sets both times at once: the one not being changed is kept (known, or asked
     /// for only when needed).
     async fn times_for(&self, path: &str, change: AttrChange) -> FsResult<(u32, u32)> {
@@ -375,14 +439,18 @@ impl<R: Remote> Fs<R> {
         Ok((pick(change.atime, cur.atime), pick(change.mtime, cur.mtime)))
     }
 
-    /// `fchmod`, `fchown` and `futimens` on a file open for writing go behind its queued
-    /// writes, like the writes themselves: answered at once, sent in order (pipelined
-    /// with the writes on the file's connection), failures reported at the next write,
-    /// fsync or close. This is what makes unpacking an archive fast.
+    /// `fchmod` and `futimens` on a file open for writing go behind its queued writes,
+    /// like the writes themselves: answered at once, sent in order (pipelined with the
+    /// writes on the file's connection). This is what makes unpacking an archive fast.
+    /// Only a change the server cannot refuse goes there: the login user changing mode
+    /// or times of its own file (or root changing anything). Anything else (a `chown`,
+    /// another user's file) is sent now, so that a refusal is the answer of the call
+    /// that asked, as `cp -a` and `tar x` expect, not of a later `close`.
     fn queue_setattr(&self, ino: Ino, fh: Option<u64>, path: &str, set: SetAttr) -> Option<Attr> {
         if set.size.is_some() {
             return None;
         }
+        let login = self.login_uid?;
         let file = match fh {
             Some(fh) => self.files.get(fh)?,
             // fchmod, fchown and futimens reach a filesystem without their handle: the
@@ -398,6 +466,10 @@ impl<R: Remote> Fs<R> {
         };
         let queue = file.queue()?;
         let mut attr = self.cache().attr(path)?;
+        let owner_change = set.uid.is_some() || set.gid.is_some();
+        if login != 0 && (owner_change || attr.uid != login) {
+            return None;
+        }
         if let Some(m) = set.mode {
             attr.mode = (attr.mode & crate::remote::S_IFMT) | m;
         }
@@ -434,7 +506,7 @@ impl<R: Remote> Fs<R> {
         match attr {
             // Made just now by us: known to be empty.
             Some(a) => self.cache().new_dir(&path, a),
-            None => self.cache().set(&path, e.attr),
+            None => self.cache().added(&path, e.attr),
         }
         Ok(e)
     }
@@ -513,7 +585,7 @@ impl<R: Remote> Fs<R> {
         let attempt = Attempt::new(Op::Symlink, &path).pointing_to(target);
         self.conclude(attempt, res).await?;
         let e = self.made(&path, attr, Op::Symlink).await?;
-        self.cache().set(&path, e.attr);
+        self.cache().added(&path, e.attr);
         Ok(e)
     }
 
@@ -528,7 +600,7 @@ impl<R: Remote> Fs<R> {
         if flags & libc::RENAME_NOREPLACE != 0 && self.remote.lstat(&to).await.is_ok() {
             return Err(Errno::EEXIST);
         }
-        let res = self.remote.rename(&from, &to).await;
+        let res = self.rename_replacing(&from, &to).await;
         self.forget_content(&from);
         self.forget_content(&to);
         // A retry that finds the source gone and the target there was the first
@@ -546,6 +618,42 @@ impl<R: Remote> Fs<R> {
         Ok(())
     }
 
+    /// Moves `from` to `to`, replacing what is there. With posix-rename@openssh.com the
+    /// server does that atomically. A plain SFTP rename refuses an existing target: the
+    /// target is moved aside to a hidden name first and put back if the rename still
+    /// fails, so a failed rename never loses it (not atomic: another client may find no
+    /// `to` for a moment).
+    async fn rename_replacing(&self, from: &str, to: &str) -> crate::remote::Result<()> {
+        let first = self.remote.rename(from, to).await;
+        let refused = match first {
+            Err(e) if !self.remote.extensions().posix_rename && !e.outcome_unknown() => e,
+            r => return r,
+        };
+        let Ok(target) = self.remote.lstat(to).await else { return Err(refused) };
+        let aside = aside_name(to);
+        if self.remote.rename(to, &aside).await.is_err() {
+            return Err(refused);
+        }
+        match self.remote.rename(from, to).await {
+            Ok(()) => {
+                let gone = match target.kind() {
+                    FileKind::Dir => self.remote.rmdir(&aside).await,
+                    _ => self.remote.remove(&aside).await,
+                };
+                if let Err(e) = gone {
+                    tracing::warn!(path = %aside, error = %e, "cannot remove the replaced target moved aside");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(back) = self.remote.rename(&aside, to).await {
+                    tracing::error!(path = %to, aside = %aside, error = %back, "cannot put a rename's target back");
+                }
+                Err(e)
+            }
+        }
+    }
+
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> FsResult<Entry> {
         let existing = self.path_of(ino)?;
         let path = self.child_of(new_parent, new_name)?;
@@ -557,7 +665,7 @@ impl<R: Remote> Fs<R> {
         let attempt = Attempt::new(Op::Link, &path).of(&existing);
         self.conclude(attempt, res).await?;
         let e = self.created(&path, Op::Link).await?;
-        self.cache().set(&path, e.attr);
+        self.cache().added(&path, e.attr);
         self.cache().forget(&existing);
         Ok(e)
     }
@@ -652,7 +760,7 @@ impl<R: Remote> Fs<R> {
                 }
             },
         };
-        self.cache().set(&path, entry.attr);
+        self.cache().added(&path, entry.attr);
         let fh = self.register(entry.ino, handle, path, true);
         Ok((entry, fh))
     }

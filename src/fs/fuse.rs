@@ -18,6 +18,7 @@ use super::buffers::BufferPool;
 use super::errno::Errno;
 use super::fs::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
 use super::interrupt;
+use super::owners::Owners;
 use crate::remote::{Attr, FileKind, Remote};
 
 /// The largest write the kernel sends in one request.
@@ -38,6 +39,8 @@ pub struct AdapterOptions {
     /// A call waiting this long on a link that is down, or has moved nothing for as
     /// long, gets EAGAIN; on a link that moves data it waits on.
     pub call_timeout: Duration,
+    /// Who files show as owned by.
+    pub owners: Owners,
 }
 
 impl Default for AdapterOptions {
@@ -45,6 +48,7 @@ impl Default for AdapterOptions {
         AdapterOptions {
             kernel: KernelTimeouts { attr: Duration::from_secs(1), entry: Duration::from_secs(1) },
             call_timeout: Duration::from_secs(3),
+            owners: Owners::none(),
         }
     }
 }
@@ -72,9 +76,17 @@ struct Ctx {
     moving: LinkMoving,
     /// The thread that made the call, watched for Ctrl-C.
     caller: u32,
+    owners: Owners,
 }
 
 impl Ctx {
+    /// What the kernel is told of a file: its attributes, owners as presented here.
+    fn attr(&self, ino: u64, a: &Attr) -> FileAttr {
+        let mut fa = file_attr(ino, a);
+        (fa.uid, fa.gid) = self.owners.shown(a.uid, a.gid);
+        fa
+    }
+
     /// Runs one core operation under the call deadline. The deadline measures progress,
     /// not duration: past `call_timeout`, a call goes on waiting as long as the link is
     /// up and moving data (a slow link is not a dead one), and gets EAGAIN once the link
@@ -124,6 +136,7 @@ impl<R: Remote> FuseAdapter<R> {
             call_timeout: self.opts.call_timeout,
             moving: self.moving.clone(),
             caller: req.pid(),
+            owners: self.opts.owners,
         };
         let _runtime = self.rt.enter();
         let mut fut = Box::pin(op(self.fs.clone(), ctx));
@@ -171,7 +184,7 @@ fn kind_type(k: FileKind) -> FileType {
     }
 }
 
-pub fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: a.size,
@@ -200,16 +213,18 @@ fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
-fn reply_entry(reply: ReplyEntry, kernel: KernelTimeouts, r: Result<Entry, Errno>) {
+fn reply_entry(reply: ReplyEntry, cx: &Ctx, r: Result<Entry, Errno>) {
+    let kernel = cx.kernel;
     match r {
-        Ok(e) => reply.entry_with_ttls(&kernel.attr, &kernel.entry, &file_attr(e.ino, &e.attr), Generation(0)),
+        Ok(e) => reply.entry_with_ttls(&kernel.attr, &kernel.entry, &cx.attr(e.ino, &e.attr), Generation(0)),
         Err(e) => reply.error(errno(e)),
     }
 }
 
-fn reply_lookup(reply: ReplyEntry, kernel: KernelTimeouts, r: Result<Entry, Errno>) {
+fn reply_lookup(reply: ReplyEntry, cx: &Ctx, r: Result<Entry, Errno>) {
+    let kernel = cx.kernel;
     match r {
-        Ok(e) => reply.entry_with_ttls(&kernel.attr, &kernel.entry, &file_attr(e.ino, &e.attr), Generation(0)),
+        Ok(e) => reply.entry_with_ttls(&kernel.attr, &kernel.entry, &cx.attr(e.ino, &e.attr), Generation(0)),
         // Node 0 with a timeout: the kernel remembers that the name does not exist.
         Err(Errno::ENOENT) if !kernel.entry.is_zero() => {
             let mut none = file_attr(0, &Attr::default());
@@ -251,20 +266,17 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(
-            req,
-            |fs, cx| async move { reply_lookup(reply, cx.kernel, cx.within(fs.lookup(parent.0, &name)).await) },
-        );
+        self.run(req, |fs, cx| async move { reply_lookup(reply, &cx, cx.within(fs.lookup(parent.0, &name)).await) });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.getattr(ino.0)).await {
-                Ok(a) => reply.attr(&cx.kernel.attr, &file_attr(ino.0, &a)),
+            match cx.within(fs.getattr_open(ino.0, fh.map(|f| f.0))).await {
+                Ok(a) => reply.attr(&cx.kernel.attr, &cx.attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -288,10 +300,11 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let (uid, gid) = self.opts.owners.sent(uid, gid);
         let change = AttrChange { size, mode, uid, gid, atime: atime.map(time_set), mtime: mtime.map(time_set) };
         self.run(req, |fs, cx| async move {
             match cx.within(fs.setattr(ino.0, fh.map(|f| f.0), change)).await {
-                Ok(a) => reply.attr(&cx.kernel.attr, &file_attr(ino.0, &a)),
+                Ok(a) => reply.attr(&cx.kernel.attr, &cx.attr(ino.0, &a)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -323,9 +336,10 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(req, |fs, cx| async move {
-            reply_entry(reply, cx.kernel, cx.within(fs.mkdir(parent.0, &name, mode)).await)
-        });
+        self.run(
+            req,
+            |fs, cx| async move { reply_entry(reply, &cx, cx.within(fs.mkdir(parent.0, &name, mode)).await) },
+        );
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -342,7 +356,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
         self.run(req, |fs, cx| async move {
-            reply_entry(reply, cx.kernel, cx.within(fs.symlink(parent.0, &name, &target)).await)
+            reply_entry(reply, &cx, cx.within(fs.symlink(parent.0, &name, &target)).await)
         });
     }
 
@@ -366,7 +380,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_or_reply!(newname, reply);
         self.run(req, |fs, cx| async move {
-            reply_entry(reply, cx.kernel, cx.within(fs.link(ino.0, newparent.0, &newname)).await)
+            reply_entry(reply, &cx, cx.within(fs.link(ino.0, newparent.0, &newname)).await)
         });
     }
 
@@ -473,7 +487,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
                 Ok(items) => {
                     for (next, item) in items {
                         let attr = match item.attr {
-                            Some(a) => file_attr(item.ino, &a),
+                            Some(a) => cx.attr(item.ino, &a),
                             // "." and "..": the kernel takes no reference and uses no attributes.
                             None => {
                                 let mut a = file_attr(item.ino, &Attr { mode: 0o040755, ..Attr::default() });
@@ -533,7 +547,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
             match cx.within(fs.create(parent.0, &name, mode, flags)).await {
                 Ok((e, fh)) => reply.created(
                     &cx.kernel.entry,
-                    &file_attr(e.ino, &e.attr),
+                    &cx.attr(e.ino, &e.attr),
                     Generation(0),
                     FileHandle(fh),
                     FopenFlags::empty(),

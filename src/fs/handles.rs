@@ -40,6 +40,14 @@ pub(super) enum FileState {
 
 impl OpenFile {
     /// The queue of a file open for writing.
+    /// The server's handle, for a file read or written through one.
+    pub fn remote_handle(&self) -> Option<Handle> {
+        match &self.state {
+            FileState::Memory(_) => None,
+            FileState::Reading { handle, .. } | FileState::Writing { handle, .. } => Some(*handle),
+        }
+    }
+
     pub fn queue(&self) -> Option<&Arc<FileQueue>> {
         match &self.state {
             FileState::Writing { queue, .. } => Some(queue),

@@ -50,7 +50,6 @@ impl Inodes {
         self.nodes.get(&ino).and_then(|n| n.path.as_deref())
     }
 
-    #[cfg(test)]
     pub fn kind(&self, ino: Ino) -> Option<FileKind> {
         self.nodes.get(&ino).map(|n| n.kind)
     }

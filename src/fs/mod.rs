@@ -15,6 +15,7 @@ mod inode;
 mod interrupt;
 mod list_ahead;
 mod listing;
+mod owners;
 mod path;
 mod read_ahead;
 mod retries;
@@ -27,3 +28,4 @@ mod tests;
 
 pub use fs::{Fs, FsOptions};
 pub use fuse::{AdapterOptions, FuseAdapter, KernelTimeouts};
+pub use owners::{IdMap, Owners};

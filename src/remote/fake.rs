@@ -102,6 +102,8 @@ pub struct FakeRemote {
     pub odd_entries: Mutex<Vec<(String, String)>>,
     /// Reads are answered with one byte more than was asked for.
     pub overlong_reads: AtomicBool,
+    /// Renames of these paths are refused, as a server refuses them without permission.
+    pub refuse_renames_of: Mutex<Vec<String>>,
     pub ext: Extensions,
 }
 
@@ -144,7 +146,8 @@ impl FakeRemote {
             fsetstats: AtomicU64::new(0),
             odd_entries: Mutex::new(Vec::new()),
             overlong_reads: AtomicBool::new(false),
-            ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true },
+            refuse_renames_of: Mutex::new(Vec::new()),
+            ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true, lsetstat: true },
         }
     }
 
@@ -311,7 +314,26 @@ impl Remote for FakeRemote {
         self.tree.lock().unwrap().get(path).map(Self::attr).ok_or(RemoteError::NotFound)
     }
 
+    async fn fstat(&self, handle: &Handle) -> Result<Attr> {
+        let (path, _) = self.handle_path(handle)?;
+        self.lstat(&path).await
+    }
+
+    /// Follows a symlink, as SFTP's SETSTAT does on a real server.
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        self.up()?;
+        let mut tree = self.tree.lock().unwrap();
+        let target = match tree.get(path).map(|n| &n.body) {
+            Some(Body::Symlink(t)) if t.starts_with('/') => t.clone(),
+            Some(Body::Symlink(t)) => format!("{}/{t}", path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")),
+            _ => path.to_string(),
+        };
+        let n = tree.get_mut(&target).ok_or(RemoteError::NotFound)?;
+        Self::apply(n, set);
+        Ok(())
+    }
+
+    async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         let n = tree.get_mut(path).ok_or(RemoteError::NotFound)?;
@@ -469,6 +491,13 @@ impl Remote for FakeRemote {
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         let src = tree.get(from).cloned().ok_or(RemoteError::NotFound)?;
+        if self.refuse_renames_of.lock().unwrap().iter().any(|p| p == from) {
+            return Err(RemoteError::PermissionDenied);
+        }
+        // Plain SFTP rename (without posix-rename@openssh.com) never replaces.
+        if !self.ext.posix_rename && tree.contains_key(to) {
+            return Err(failure());
+        }
         if let Some(dst) = tree.get(to) {
             let dst_dir = matches!(dst.body, Body::Dir);
             let src_dir = matches!(src.body, Body::Dir);

@@ -199,6 +199,8 @@ pub struct Extensions {
     pub hardlink: bool,
     pub statvfs: bool,
     pub fsync: bool,
+    /// `lsetstat@openssh.com`: attributes of a symlink itself.
+    pub lsetstat: bool,
 }
 
 /// Remote filesystem operations. Paths are absolute remote paths.
@@ -218,8 +220,12 @@ pub trait Remote: Send + Sync + 'static {
     fn realpath(&self, path: &str) -> impl Future<Output = Result<String>> + Send;
     fn stat(&self, path: &str) -> impl Future<Output = Result<Attr>> + Send;
     fn lstat(&self, path: &str) -> impl Future<Output = Result<Attr>> + Send;
+    /// The attributes of an open file, through its handle.
+    fn fstat(&self, handle: &Handle) -> impl Future<Output = Result<Attr>> + Send;
     fn setstat(&self, path: &str, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
     fn fsetstat(&self, handle: &Handle, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
+    /// Changes a symlink's own attributes, never its target's (needs `Extensions::lsetstat`).
+    fn lsetstat(&self, path: &str, set: SetAttr) -> impl Future<Output = Result<()>> + Send;
     /// Starts listing `path`; entries come in batches, so a big directory needs neither
     /// waiting for nor holding all of it.
     fn list(&self, path: &str) -> impl Future<Output = Result<DirStream>> + Send;
@@ -248,7 +254,8 @@ pub trait Remote: Send + Sync + 'static {
     fn mkdir(&self, path: &str, mode: u32) -> impl Future<Output = Result<()>> + Send;
     fn rmdir(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
     fn remove(&self, path: &str) -> impl Future<Output = Result<()>> + Send;
-    /// Renames, replacing `to` atomically where the server offers `posix-rename`.
+    /// Renames, replacing `to` atomically where the server offers `posix-rename`; without
+    /// it, a plain SFTP rename, which refuses an existing `to`.
     fn rename(&self, from: &str, to: &str) -> impl Future<Output = Result<()>> + Send;
     fn symlink(&self, target: &str, link: &str) -> impl Future<Output = Result<()>> + Send;
     fn readlink(&self, path: &str) -> impl Future<Output = Result<String>> + Send;

@@ -71,15 +71,19 @@ impl SftpRemote {
         lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::ServerFailure("unknown handle".into()))
     }
 
-    /// The connection for `h`'s requests on `lane`, counted from the file's own lane
-    /// (which `None` and 0 both mean).
-    fn file_conn(&self, h: &Handle, lane: Option<usize>) -> Result<Arc<SftpConn>> {
+    /// The connection for `h`'s requests: always the one it was opened on, whatever lane
+    /// the caller names. Opening the file again by name on another connection could reach
+    /// another file (renamed or replaced since), none at all (unlinked), or be refused
+    /// (a file created 0444, or chmod 000 since): the handle `open` returned is the only
+    /// sure way to the file. Its requests are pipelined on that connection instead.
+    fn file_conn(&self, h: &Handle, _lane: Option<usize>) -> Result<Arc<SftpConn>> {
         let home = self.file(h)?.home;
-        self.link.data_conn(home + lane.unwrap_or(0)).map_err(RemoteError::from)
+        self.link.data_conn(home).map_err(RemoteError::from)
     }
 
-    /// The server's handle for `h` on `conn`, opening the file there if it is not open
-    /// on that connection (another lane, or a connection made after a reconnect).
+    /// The server's handle for `h` on `conn`, opening the file again by name when the
+    /// connection it was opened on was replaced after a reconnect: the old handle died
+    /// with it, and the name is all that is left.
     /// `Ok(None)`: that connection has no handle slot free.
     async fn live_handle_opt(&self, conn: &SftpConn, h: &Handle) -> Result<Option<String>> {
         let file = self.file(h)?;
@@ -105,14 +109,9 @@ impl SftpRemote {
         self.live_handle_opt(conn, h).await?.ok_or(RemoteError::TooManyOpen)
     }
 
-    /// The connection and server handle for `h`'s requests on `lane`; the file's own
-    /// connection when that lane has no handle slot free.
+    /// The connection and server handle for `h`'s requests (on its own connection).
     async fn handle_on(&self, h: &Handle, lane: Option<usize>) -> Result<(Arc<SftpConn>, String)> {
-        let c = self.file_conn(h, lane)?;
-        if let Some(handle) = self.live_handle_opt(&c, h).await? {
-            return Ok((c, handle));
-        }
-        let home = self.file_conn(h, None)?;
+        let home = self.file_conn(h, lane)?;
         let handle = self.live_handle(&home, h).await?;
         Ok((home, handle))
     }
@@ -197,6 +196,7 @@ pub fn extensions_from(announced: &HashMap<String, String>) -> Extensions {
         hardlink: has("hardlink@openssh.com", "1"),
         statvfs: has("statvfs@openssh.com", "2"),
         fsync: has("fsync@openssh.com", "1"),
+        lsetstat: has("lsetstat@openssh.com", "1"),
     }
 }
 
@@ -327,6 +327,12 @@ impl Remote for SftpRemote {
         self.check(&c, r).map(|a| attr_from(&a.attrs))
     }
 
+    async fn fstat(&self, handle: &Handle) -> Result<Attr> {
+        let (c, h) = self.handle_on(handle, None).await?;
+        let r = c.sftp.fstat(h).await;
+        self.check(&c, r).map(|a| attr_from(&a.attrs))
+    }
+
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
         let c = self.conn()?;
         let owner = if set.uid.is_some() != set.gid.is_some() {
@@ -350,6 +356,21 @@ impl Remote for SftpRemote {
         };
         let r = c.sftp.fsetstat(h, attrs_to(set, owner)).await;
         self.check(&c, r).map(|_| ())
+    }
+
+    async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        let c = self.conn()?;
+        let owner = if set.uid.is_some() != set.gid.is_some() {
+            let r = c.sftp.lstat(path).await;
+            self.check(&c, r).ok().map(|a| (a.attrs.uid.unwrap_or(0), a.attrs.gid.unwrap_or(0)))
+        } else {
+            None
+        };
+        let body = russh_sftp::ser::to_bytes(&(path, attrs_to(set, owner)))
+            .map_err(|e| RemoteError::BadMessage(e.to_string()))?
+            .to_vec();
+        let r = c.sftp.extended("lsetstat@openssh.com", body).await;
+        status_of(self.check(&c, r)?)
     }
 
     async fn list(&self, path: &str) -> Result<DirStream> {
@@ -467,20 +488,9 @@ impl Remote for SftpRemote {
             let r = c.sftp.extended("posix-rename@openssh.com", two_strings(from, to)?).await;
             return status_of(self.check(&c, r)?);
         }
-        // Plain SFTP rename refuses to replace: remove the target first (not atomic).
-        let first = c.sftp.rename(from, to).await;
-        match self.check(&c, first) {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_link() => Err(e),
-            Err(e) => {
-                if c.sftp.lstat(to).await.is_ok() && c.sftp.remove(to).await.is_ok() {
-                    let r = c.sftp.rename(from, to).await;
-                    self.check(&c, r).map(|_| ())
-                } else {
-                    Err(e)
-                }
-            }
-        }
+        // Plain SFTP rename refuses to replace an existing target; the fs moves it aside.
+        let r = c.sftp.rename(from, to).await;
+        self.check(&c, r).map(|_| ())
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {

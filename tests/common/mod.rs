@@ -16,6 +16,63 @@ use std::time::{Duration, Instant};
 
 pub const MOOR: &str = env!("CARGO_BIN_EXE_moor");
 
+/// The ordinary user tests log in as on the test sshd: permission checks bite there as
+/// they do for real users.
+pub const REMOTE_USER: &str = "moor-remote";
+/// The ordinary local user that runs `moor` (and so the agent and the FUSE side), with a
+/// uid other than the remote one.
+pub const LOCAL_USER: &str = "moor-local";
+
+/// A user's `(uid, gid)`.
+pub fn ids_of(user: &str) -> (u32, u32) {
+    let id = |flag: &str| {
+        let out = Command::new("id").args([flag, user]).output().expect("run id");
+        String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok()
+    };
+    match (id("-u"), id("-g")) {
+        (Some(u), Some(g)) => (u, g),
+        _ => panic!("no user {user}"),
+    }
+}
+
+/// Makes the machine ready for tests as ordinary users, once per test binary: both users
+/// (with homes, the remote one's account unlocked so sshd lets it in), `/dev/fuse` open
+/// to users as distributions ship it, and `user_allow_other` in /etc/fuse.conf so that
+/// the test process (root) can look into mounts the local user makes with
+/// `--allow-other`.
+pub fn ordinary_users() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for user in [REMOTE_USER, LOCAL_USER] {
+            // Another test binary may be making the same user: wait until it exists.
+            let made = wait_until(Duration::from_secs(30), || {
+                if Command::new("id").arg(user).output().is_ok_and(|o| o.status.success()) {
+                    return true;
+                }
+                let _ = Command::new("useradd").args(["-m", "-U", "-s", "/bin/sh", user]).output();
+                false
+            });
+            assert!(made, "cannot create user {user}");
+            // A locked account ("!" in shadow) is refused by sshd; "*" has no password
+            // but is not locked.
+            let out = Command::new("usermod").args(["-p", "*", user]).output().expect("run usermod");
+            assert!(out.status.success(), "usermod: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666));
+        let conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+        if !conf.lines().any(|l| l.trim() == "user_allow_other") {
+            let mut f = fs::OpenOptions::new().append(true).create(true).open("/etc/fuse.conf").unwrap();
+            writeln!(f, "user_allow_other").unwrap();
+        }
+    });
+}
+
+/// `chown -R USER PATH`.
+pub fn give(path: &Path, user: &str) {
+    let out = Command::new("chown").args(["-R", &format!("{user}:{user}")]).arg(path).output().expect("run chown");
+    assert!(out.status.success(), "chown {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+}
+
 /// Polls `cond` until it holds or `deadline` passes; returns whether it held.
 pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
@@ -63,13 +120,18 @@ pub struct Sshd {
 
 impl Sshd {
     pub fn start() -> Sshd {
+        ordinary_users();
         let dir = tempfile::Builder::new().prefix("moor-sshd-").tempdir().unwrap();
         let d = dir.path();
+        // sshd reads authorized_keys as the user logging in.
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         keygen(&d.join("host_key"));
         keygen(&d.join("user_key"));
         fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).unwrap();
+        fs::set_permissions(d.join("authorized_keys"), fs::Permissions::from_mode(0o644)).unwrap();
         let export = d.join("export");
         fs::create_dir(&export).unwrap();
+        give(&export, REMOTE_USER);
         // sshd refuses to start without its privilege-separation directory.
         let _ = fs::create_dir_all("/run/sshd");
         let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
@@ -117,6 +179,26 @@ impl Sshd {
 
     pub fn user_key(&self) -> PathBuf {
         self.dir.path().join("user_key")
+    }
+
+    /// Writes a file on the server, as the remote user's, as if that user had made it.
+    pub fn put(&self, rel: &str, data: impl AsRef<[u8]>) {
+        let p = self.export.join(rel);
+        fs::write(&p, data).unwrap();
+        give(&p, REMOTE_USER);
+    }
+
+    /// Makes a directory on the server, as the remote user's.
+    pub fn mkdir(&self, rel: &str) {
+        let p = self.export.join(rel);
+        fs::create_dir_all(&p).unwrap();
+        give(&p, REMOTE_USER);
+    }
+
+    /// Hands everything in the export to the remote user (after a test made files there
+    /// as root).
+    pub fn give_export(&self) {
+        give(&self.export, REMOTE_USER);
     }
 
     /// Stops sshd and every session it serves, as a server reboot would.
@@ -174,6 +256,7 @@ impl Client {
             fs::create_dir_all(h.join(sub)).unwrap();
         }
         fs::set_permissions(h.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::copy(sshd.user_key(), h.join(".ssh/id_test")).unwrap();
         let known_hosts = h.join(".ssh/known_hosts");
         let ssh_config = h.join(".ssh/config");
         let c = Client { home, ssh_config, known_hosts, port };
@@ -182,30 +265,49 @@ impl Client {
         c
     }
 
+    /// The key the client logs in with.
+    pub fn key(&self) -> PathBuf {
+        self.home.path().join(".ssh/id_test")
+    }
+
+    /// Hands the whole home to the local user, after the test wrote in it as root.
+    pub fn give_home(&self) {
+        give(self.home.path(), LOCAL_USER);
+    }
+
     /// Rewrites the ssh config for `testhost`, with `extra` lines appended to its block.
     pub fn write_config(&self, sshd: &Sshd, extra: &str) {
+        let _ = sshd;
         let text = format!(
-            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User root\n  IdentityFile {}\n  \
+            "Host testhost\n  HostName 127.0.0.1\n  Port {}\n  User {REMOTE_USER}\n  IdentityFile {}\n  \
              IdentitiesOnly yes\n  UserKnownHostsFile {}\n  ConnectTimeout 5\n{extra}",
             self.port,
-            sshd.user_key().display(),
+            self.key().display(),
             self.known_hosts.display()
         );
         fs::write(&self.ssh_config, text).unwrap();
+        self.give_home();
     }
 
     /// Records the sshd's current host key in known_hosts, replacing what was there.
     pub fn trust(&self, sshd: &Sshd) {
         let mut f = fs::File::create(&self.known_hosts).unwrap();
         writeln!(f, "[127.0.0.1]:{} {}", self.port, sshd.host_pub.trim()).unwrap();
+        self.give_home();
     }
 
-    /// A `moor` command in this client's private environment.
+    /// A `moor` command in this client's private environment, run as the local user.
     pub fn moor(&self) -> Command {
+        use std::os::unix::process::CommandExt;
         let h = self.home.path();
+        let (uid, gid) = ids_of(LOCAL_USER);
         let mut cmd = Command::new(MOOR);
-        cmd.env_clear()
+        cmd.uid(uid)
+            .gid(gid)
+            .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("USER", LOCAL_USER)
+            .env("LOGNAME", LOCAL_USER)
             .env("HOME", h)
             .env("XDG_RUNTIME_DIR", h.join("run"))
             .env("XDG_STATE_HOME", h.join("state"))
@@ -224,6 +326,7 @@ impl Client {
     pub fn mountpoint(&self, name: &str) -> PathBuf {
         let p = self.home.path().join(name);
         fs::create_dir_all(&p).unwrap();
+        give(&p, LOCAL_USER);
         p
     }
 
@@ -245,10 +348,12 @@ impl Client {
         Mount { path: mnt }
     }
 
-    /// Runs `moor mount` and returns its output, whatever happened.
+    /// Runs `moor mount` and returns its output, whatever happened. The mount allows
+    /// others, so that the test process (root) can look into it; every access still
+    /// reaches the server as the remote user's.
     pub fn try_mount(&self, remote: &str, mnt: &Path, extra: &[&str]) -> Output {
         let spec = format!("testhost:{remote}");
-        let mut args = vec!["mount", "-F", self.ssh_config.to_str().unwrap()];
+        let mut args = vec!["mount", "--allow-other", "-F", self.ssh_config.to_str().unwrap()];
         args.extend_from_slice(extra);
         args.push(&spec);
         args.push(mnt.to_str().unwrap());
@@ -257,12 +362,13 @@ impl Client {
 
     /// Makes the config offer a fresh key the server does not know, instead of the test
     /// key; returns that key's path.
-    pub fn offer_unknown_key(&self, sshd: &Sshd) -> PathBuf {
+    pub fn offer_unknown_key(&self, _sshd: &Sshd) -> PathBuf {
         let other = self.home.path().join("other_key");
         sh_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", other.display()));
         let cfg = fs::read_to_string(&self.ssh_config).unwrap();
-        let cfg = cfg.replace(&sshd.user_key().display().to_string(), &other.display().to_string());
+        let cfg = cfg.replace(&self.key().display().to_string(), &other.display().to_string());
         fs::write(&self.ssh_config, cfg).unwrap();
+        self.give_home();
         other
     }
 
@@ -393,16 +499,50 @@ pub fn run_with_deadline_child(child: std::process::Child, deadline: Duration) -
     }
 }
 
-/// Runs a shell snippet (with a hard limit) and returns its output.
+/// Makes `cmd` run as the local ordinary user, with that user's own home.
+pub fn as_local_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = ids_of(LOCAL_USER);
+    cmd.uid(uid).gid(gid).env("HOME", format!("/home/{LOCAL_USER}")).env("USER", LOCAL_USER).env("LOGNAME", LOCAL_USER)
+}
+
+/// Runs a shell snippet as the local ordinary user (with a hard limit), as a user's own
+/// programs run on the mount, and returns its output.
 pub fn sh(script: &str) -> Output {
     sh_within(script, Duration::from_secs(120))
 }
 
-/// Runs a shell snippet that may take up to `deadline`.
+/// Runs a shell snippet as the local ordinary user that may take up to `deadline`.
 pub fn sh_within(script: &str, deadline: Duration) -> Output {
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", script]).stdin(Stdio::null());
+    as_local_user(&mut cmd);
     run_with_deadline(cmd, deadline)
+}
+
+/// Runs a shell snippet as root, for what a test does on the server's side (making or
+/// checking the export's files), which must succeed; returns its stdout.
+pub fn sh_root_ok(script: &str) -> String {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-euo", "pipefail", "-c", script]).stdin(Stdio::null());
+    let out = run_with_deadline(cmd, Duration::from_secs(400));
+    assert!(out.status.success(), "`{script}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A scratch directory of the local user's.
+pub fn work_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new().prefix("moor-work-").tempdir().unwrap();
+    give(d.path(), LOCAL_USER);
+    d
+}
+
+/// A file holding `text` that the local user can read (a script to run).
+pub fn script_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    fs::write(f.path(), text).unwrap();
+    fs::set_permissions(f.path(), fs::Permissions::from_mode(0o644)).unwrap();
+    f
 }
 
 /// Like `sh`, but the snippet must succeed; returns its stdout.

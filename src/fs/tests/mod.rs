@@ -1,6 +1,7 @@
 //! The fs core against the in-memory remote: no kernel, no network. One file per
 //! concern, as the code is split; this one holds the harness and the plain operations.
 
+mod attrs;
 mod delete_behind;
 mod list_ahead;
 mod retries;

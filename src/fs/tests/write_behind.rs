@@ -61,9 +61,15 @@ async fn failed_link_reports_eio() {
     assert_eq!(fs.getattr(f).await.unwrap_err(), Errno::EIO);
 }
 
+/// The fake makes files as uid 0: with that as the login uid, they are the login
+/// user's own, whose mode and time changes may wait behind the writes.
+fn owned() -> FsOptions {
+    FsOptions { login_uid: Some(0), ..FsOptions::default() }
+}
+
 #[tokio::test]
 async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
-    let (remote, fs) = setup();
+    let (remote, fs) = setup_with(owned());
     let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
     remote.go_down();
     fs.write(fh, 0, b"data").await.unwrap();
@@ -88,7 +94,7 @@ async fn attribute_changes_on_an_open_file_queue_behind_its_writes() {
 
 #[tokio::test]
 async fn fchmod_without_a_handle_queues_behind_the_files_one_writer() {
-    let (remote, fs) = setup();
+    let (remote, fs) = setup_with(owned());
     let (e, fh) = fs.create(ROOT, "f", 0o600, rw()).await.unwrap();
     remote.go_down();
     fs.write(fh, 0, b"data").await.unwrap();
