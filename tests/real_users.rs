@@ -363,3 +363,45 @@ fn real_programs_work_as_an_ordinary_user() {
     );
     assert_eq!(out.trim(), "3000 ok");
 }
+
+/// A name that is not UTF-8 (Latin-1 from an old tree) lists, opens, renames and
+/// deletes as the bytes it is, both ways.
+#[test]
+fn names_that_are_not_utf8_work() {
+    use std::os::unix::ffi::OsStrExt;
+    let e = env();
+    let server = |name: &[u8]| e.sshd.export.join(std::ffi::OsStr::from_bytes(name));
+    fs::write(server(b"caf\xe9.txt"), "latin-1").unwrap();
+    give(&server(b"caf\xe9.txt"), REMOTE_USER);
+    let out = run_py(
+        &e.m.s(),
+        "
+m = os.fsencode(mnt)
+names = sorted(os.listdir(m))
+assert names == [b'caf\\xe9.txt'], names
+with open(m + b'/caf\\xe9.txt', 'rb') as f:
+    assert f.read() == b'latin-1'
+os.rename(m + b'/caf\\xe9.txt', m + b'/na\\xefve')
+with open(m + b'/\\xff\\xfe new', 'wb') as f:
+    f.write(b'made here')
+os.mkdir(m + b'/d\\xe8r')
+print(json.dumps(sorted(n.hex() for n in os.listdir(m))))
+",
+    );
+    let listed: Vec<String> = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    let want: Vec<String> = {
+        let mut v: Vec<String> = [&b"na\xefve"[..], b"\xff\xfe new", b"d\xe8r"]
+            .iter()
+            .map(|n| n.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed, want);
+    assert_eq!(fs::read(server(b"na\xefve")).unwrap(), b"latin-1");
+    assert_eq!(fs::read(server(b"\xff\xfe new")).unwrap(), b"made here");
+    assert!(server(b"d\xe8r").is_dir());
+    assert!(!server(b"caf\xe9.txt").exists());
+    sh_ok(&format!("cd {} && rm -- na$'\\xef've && rmdir d$'\\xe8'r", e.m.s()));
+    assert!(!server(b"na\xefve").exists() && !server(b"d\xe8r").exists());
+}

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,7 +20,7 @@ use super::errno::Errno;
 use super::fs::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
 use super::interrupt;
 use super::owners::Owners;
-use crate::remote::{Attr, FileKind, Remote};
+use crate::remote::{name, Attr, FileKind, Remote};
 
 /// The largest write the kernel sends in one request.
 const MAX_WRITE: u32 = 1024 * 1024;
@@ -152,9 +153,15 @@ fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
+/// A name from the kernel, as the core holds it (bytes that are not UTF-8 kept, see
+/// `remote::name`).
 fn name_str(name: &OsStr) -> Result<String, fuser::Errno> {
-    // SFTP paths travel as UTF-8 strings here; other names cannot be addressed.
-    name.to_str().map(str::to_string).ok_or(fuser::Errno::EINVAL)
+    Ok(name::from_bytes(name.as_bytes()))
+}
+
+/// A name for the kernel: the bytes it stands for.
+fn name_os(name: &str) -> std::ffi::OsString {
+    std::ffi::OsString::from_vec(name::to_bytes(name))
 }
 
 fn time(secs: u32) -> SystemTime {
@@ -313,7 +320,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.run(req, |fs, cx| async move {
             match cx.within(fs.readlink(ino.0)).await {
-                Ok(t) => reply.data(t.as_bytes()),
+                Ok(t) => reply.data(&name::to_bytes(&t)),
                 Err(e) => reply.error(errno(e)),
             }
         });
@@ -469,7 +476,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
             match cx.within(fs.readdir(fh.0, offset)).await {
                 Ok(items) => {
                     for (next, item) in items {
-                        if reply.add(INodeNo(item.ino), next, kind_type(item.kind), &item.name) {
+                        if reply.add(INodeNo(item.ino), next, kind_type(item.kind), name_os(&item.name)) {
                             break;
                         }
                     }
@@ -496,7 +503,7 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
                             }
                         };
                         let timeout = if item.attr.is_some() { entry_timeout } else { Duration::ZERO };
-                        if reply.add(INodeNo(item.ino), next, &item.name, &timeout, &attr, Generation(0)) {
+                        if reply.add(INodeNo(item.ino), next, name_os(&item.name), &timeout, &attr, Generation(0)) {
                             break;
                         }
                         fs.count_lookup(&item);

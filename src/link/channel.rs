@@ -1,5 +1,6 @@
 //! The SSH channel under one SFTP session, shared by two clients: the russh-sftp
-//! session for everything but file data, and a direct path for READ and WRITE.
+//! session (which opens the session and carries heartbeats), and a direct path for
+//! every file operation (READ and WRITE, and the requests `remote::wire` frames).
 //!
 //! The direct path is there for speed. The library copies a write's data three times on
 //! its way to the channel and a read's answer twice on the way back; here a write goes
@@ -266,7 +267,7 @@ fn lost() -> SftpError {
 
 impl DirectSftp {
     /// Reads up to `len` bytes; `Err(Status(Eof))` at end of file, as the library does.
-    pub async fn read(&self, handle: &str, offset: u64, len: u32) -> Result<Bytes, SftpError> {
+    pub async fn read(&self, handle: &[u8], offset: u64, len: u32) -> Result<Bytes, SftpError> {
         let id = self.next_id();
         let mut f = frame(FXP_READ, id, handle, 12);
         f.put_u64(offset);
@@ -293,7 +294,7 @@ impl DirectSftp {
     }
 
     /// Writes `data` at `offset`, sending the caller's buffer itself.
-    pub async fn write(&self, handle: &str, offset: u64, data: Bytes) -> Result<(), SftpError> {
+    pub async fn write(&self, handle: &[u8], offset: u64, data: Bytes) -> Result<(), SftpError> {
         let share = self.pacing.share(data.len()).await;
         let id = self.next_id();
         let mut head = frame(FXP_WRITE, id, handle, 12 + data.len());
@@ -315,6 +316,18 @@ impl DirectSftp {
             },
             _ => Err(SftpError::UnexpectedPacket),
         }
+    }
+
+    /// Sends one request of `kind` with `body` (all that follows its id) and returns the
+    /// answer's whole frame.
+    pub async fn call(&self, kind: u8, body: &[u8]) -> Result<Bytes, SftpError> {
+        let id = self.next_id();
+        let mut f = BytesMut::with_capacity(9 + body.len());
+        f.put_u32(0);
+        f.put_u8(kind);
+        f.put_u32(id);
+        f.extend_from_slice(body);
+        self.request(id, Outgoing::Frame(finish(f))).await
     }
 
     /// Gives the channel up: every request out on it, direct or the library's, fails at
@@ -361,13 +374,13 @@ impl DirectSftp {
 
 /// A request frame up to its handle, with room for `rest` more bytes; the length field
 /// is filled in by `finish`.
-fn frame(kind: u8, id: u32, handle: &str, rest: usize) -> BytesMut {
+fn frame(kind: u8, id: u32, handle: &[u8], rest: usize) -> BytesMut {
     let mut f = BytesMut::with_capacity(4 + 1 + 4 + 4 + handle.len() + rest.min(COPY_BELOW + 12));
     f.put_u32(0);
     f.put_u8(kind);
     f.put_u32(id);
     f.put_u32(handle.len() as u32);
-    f.extend_from_slice(handle.as_bytes());
+    f.extend_from_slice(handle);
     f
 }
 
@@ -383,7 +396,7 @@ fn finish_with(mut f: BytesMut, more: usize) -> Bytes {
 }
 
 /// The error a STATUS frame stands for (`Status` with code Ok included).
-fn status(frame: &Bytes) -> SftpError {
+pub fn status(frame: &Bytes) -> SftpError {
     let mut b = frame.slice(5..);
     if b.len() < 8 {
         return SftpError::UnexpectedPacket;
@@ -514,7 +527,7 @@ mod tests {
 
     #[test]
     fn write_header_announces_the_data_sent_after_it() {
-        let mut head = frame(FXP_WRITE, DIRECT_ID | 7, "\0\0\0\x05", 12 + 100_000);
+        let mut head = frame(FXP_WRITE, DIRECT_ID | 7, b"\0\0\0\x05", 12 + 100_000);
         head.put_u64(42);
         head.put_u32(100_000);
         let f = finish_with(head, 100_000);

@@ -43,9 +43,9 @@ pub struct SftpConn {
     /// Largest write to send, within what the server allows.
     pub write_size: u32,
     pub connected_at: SystemTime,
-    /// Server handles this connection may hold at once: the library carries handles as
-    /// UTF-8 text, and OpenSSH numbers them from 0, so numbers of 128 and up would not
-    /// survive the trip. Keeping below that keeps every handle intact.
+    /// Server handles this connection may hold at once. Handles travel as opaque bytes
+    /// (`remote::wire`); the bound keeps within the file descriptors OpenSSH's server
+    /// process has (1 024 by default), with room for directory listings.
     pub handle_slots: Arc<tokio::sync::Semaphore>,
     /// Unix milliseconds of the last request answered on this connection.
     last_activity_ms: AtomicU64,
@@ -63,8 +63,8 @@ pub struct SftpConn {
 /// request waits for ever on a connection that keeps answering others.
 const REQUEST_BACKSTOP: Duration = Duration::from_secs(300);
 
-/// See `SftpConn::handle_slots`; a few are left for directory listings.
-pub const MAX_HANDLES_PER_CONNECTION: usize = 120;
+/// See `SftpConn::handle_slots`.
+pub const MAX_HANDLES_PER_CONNECTION: usize = 500;
 
 /// What one pooled connection has been doing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

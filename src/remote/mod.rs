@@ -2,7 +2,9 @@
 //! handles, with no SSH types. `sftp` implements it over the link; `fake` (tests only)
 //! implements it in memory.
 
+pub mod name;
 pub mod sftp;
+mod wire;
 
 #[cfg(test)]
 pub mod fake;
