@@ -281,7 +281,7 @@ fn garbage_options() {
         (vec!["mount", "-F", c.cfg(), "-o", "nonsense", "testhost:/", m], "bad -o option"),
         (vec!["mount", "-F", "/nonexistent/config", "testhost:/", m], "/nonexistent/config"),
         (vec!["mount", "-F", c.cfg(), "-o", "StrictHostKeyChecking=maybe", "testhost:/", m], "StrictHostKeyChecking"),
-        (vec!["mount", "-F", c.cfg(), "-o", "Port=notaport", "testhost:/", m], "config"),
+        (vec!["mount", "-F", c.cfg(), "-o", "Port=notaport", "testhost:/", m], "-o Port=notaport"),
         (vec!["mount", "-F", c.cfg(), "@testhost:/", m], "empty user name"),
     ] {
         let out = c.run(&args);

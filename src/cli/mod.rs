@@ -138,12 +138,14 @@ fn parse_idmap(s: &str) -> Result<IdMap, String> {
 #[derive(Args, Debug)]
 #[command(next_help_heading = "Resilience")]
 struct ResilienceArgs {
-    /// Time between heartbeats (an SFTP stat on every connection)
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    heartbeat_interval: Duration,
-    /// Heartbeats failing outright in a row before the link counts as down
-    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    max_heartbeat_failures: u32,
+    /// Time between heartbeats (an SFTP stat on every connection) [default: 1s, or
+    /// ServerAliveInterval from your ssh config]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Heartbeats failing outright in a row before the link counts as down [default: 3,
+    /// or ServerAliveCountMax with ServerAliveInterval]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_heartbeat_failures: Option<u32>,
     /// First reconnect delay bound; it doubles per attempt up to --backoff-cap (with full jitter)
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     backoff_base: Duration,
@@ -207,10 +209,13 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
 }
 
 impl ResilienceArgs {
-    fn link_options(&self, connections: u16) -> LinkOptions {
+    /// The link's options; the heartbeat is the config's ServerAliveInterval/CountMax
+    /// when it gives one and the flags do not.
+    fn link_options(&self, connections: u16, server_alive: Option<(Duration, u32)>) -> LinkOptions {
+        let (alive_interval, alive_count) = server_alive.map_or((None, None), |(i, c)| (Some(i), Some(c)));
         LinkOptions {
-            heartbeat_interval: self.heartbeat_interval,
-            max_heartbeat_failures: self.max_heartbeat_failures,
+            heartbeat_interval: self.heartbeat_interval.or(alive_interval).unwrap_or(Duration::from_secs(1)),
+            max_heartbeat_failures: self.max_heartbeat_failures.or(alive_count).unwrap_or(3),
             request_timeout: self.request_timeout,
             backoff_base: self.backoff_base,
             backoff_cap: self.backoff_cap,
@@ -387,12 +392,13 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
         None => format!("connecting to {}", dest.display()),
     };
+    let link = args.resilience.link_options(args.cache.connections, dest.server_alive).into();
     let req = MountRequest {
         dest: dest.into(),
         remote_path,
         mountpoint: mountpoint.clone(),
         name: args.name,
-        link: args.resilience.link_options(args.cache.connections).into(),
+        link,
         call_timeout: args.resilience.call_timeout,
         wait: args.wait,
         verbose,

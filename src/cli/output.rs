@@ -149,6 +149,9 @@ pub fn detail(m: &MountInfo, json: bool) {
     println!("name:          {}", printable(&m.name));
     println!("mountpoint:    {}", printable(&m.mountpoint.display().to_string()));
     println!("remote:        {}", printable(&m.remote));
+    if let Some(via) = &m.via {
+        println!("via:           {}", printable(via));
+    }
     println!("state:         {} (for {}, since {})", printable(&m.status.to_string()), ago(m.since), m.since);
     println!("heartbeat rtt: {rtt}");
     println!("reconnects:    {}", m.reconnects);

@@ -57,6 +57,7 @@ impl LiveMount {
             bytes_written: self.fs.traffic().1,
             connections: self.link.connections().into_iter().map(ConnectionInfo::from).collect(),
             log: self.log.clone(),
+            via: self.link.via(),
         }
     }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::status::{MountStatus, StatusEvent, Timestamp};
 use crate::fs::IdMap;
-use crate::link::config::HostKeyPolicy;
+use crate::link::config::{AddressFamily, HostKeyPolicy};
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
@@ -142,6 +142,44 @@ pub struct DestinationSpec {
     pub host_key_policy: HostKeyCheck,
     pub connect_timeout: Duration,
     pub agent_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub host_key_alias: Option<String>,
+    #[serde(default)]
+    pub address_family: Family,
+    #[serde(default)]
+    pub server_alive: Option<(Duration, u32)>,
+    #[serde(default)]
+    pub proxy_command: Option<String>,
+}
+
+/// Which addresses to dial (see `link::config::AddressFamily`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Any,
+    Inet,
+    Inet6,
+}
+
+impl From<AddressFamily> for Family {
+    fn from(f: AddressFamily) -> Family {
+        match f {
+            AddressFamily::Any => Family::Any,
+            AddressFamily::Inet => Family::Inet,
+            AddressFamily::Inet6 => Family::Inet6,
+        }
+    }
+}
+
+impl From<Family> for AddressFamily {
+    fn from(f: Family) -> AddressFamily {
+        match f {
+            Family::Any => AddressFamily::Any,
+            Family::Inet => AddressFamily::Inet,
+            Family::Inet6 => AddressFamily::Inet6,
+        }
+    }
 }
 
 /// What to do with a host key that known_hosts does not have (see `link::config::HostKeyPolicy`).
@@ -187,6 +225,9 @@ pub struct MountInfo {
     pub connections: Vec<ConnectionInfo>,
     /// The mount's own log file.
     pub log: Option<PathBuf>,
+    /// The command the connections go through (`ProxyCommand`, or `ProxyJump` as run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// What one pooled connection has been doing, as the wire carries it (see
@@ -233,6 +274,10 @@ wire_twin!(Destination <=> DestinationSpec {
     host_key_policy,
     connect_timeout,
     agent_socket,
+    host_key_alias,
+    address_family,
+    server_alive,
+    proxy_command,
 });
 
 wire_twin!(LinkOptions <=> LinkSettings {
@@ -394,6 +439,10 @@ pub(crate) mod tests {
                 host_key_policy: HostKeyCheck::AcceptNew,
                 connect_timeout: Duration::from_secs(10),
                 agent_socket: Some("/run/user/1000/ssh-agent".into()),
+                host_key_alias: None,
+                address_family: Family::Any,
+                server_alive: None,
+                proxy_command: None,
             },
             remote_path: "src".into(),
             mountpoint: "/home/alice/src".into(),
@@ -448,6 +497,7 @@ pub(crate) mod tests {
                 },
             ],
             log: Some("/home/alice/.local/state/moor/logs/box-src.log".into()),
+            via: None,
         }
     }
 
@@ -482,7 +532,8 @@ pub(crate) mod tests {
                 r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"#,
                 r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
                 r#""host_key_policy":"accept-new","connect_timeout":{"secs":10,"nanos":0},"#,
-                r#""agent_socket":"/run/user/1000/ssh-agent"},"#,
+                r#""agent_socket":"/run/user/1000/ssh-agent","host_key_alias":null,"address_family":"any","#,
+                r#""server_alive":null,"proxy_command":null},"#,
                 r#""remote_path":"src","mountpoint":"/home/alice/src","name":"box-src","#,
                 r#""link":{"heartbeat_interval":{"secs":1,"nanos":0},"max_heartbeat_failures":3,"#,
                 r#""request_timeout":{"secs":2,"nanos":0},"backoff_base":{"secs":0,"nanos":500000000},"#,

@@ -1,6 +1,8 @@
 //! Where and how to connect, resolved from `~/.ssh/config` (or `-F`), `-o` options and the
-//! command line the way OpenSSH resolves them: the first value obtained wins, and the
-//! command line comes first.
+//! command line. When OpenSSH's client is installed, `ssh -G` itself resolves them, so
+//! `Match`, `Include`, negated patterns, tokens and canonicalization come out exactly
+//! as ssh sees them. Without it, moor reads the config file itself: the first value
+//! obtained wins, the command line comes first, and `Match` blocks are not understood.
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,39 @@ pub struct Destination {
     pub host_key_policy: HostKeyPolicy,
     pub connect_timeout: Duration,
     pub agent_socket: Option<PathBuf>,
+    /// The name known_hosts is searched for instead of the host (`HostKeyAlias`).
+    #[serde(default)]
+    pub host_key_alias: Option<String>,
+    /// Which addresses to dial (`AddressFamily`).
+    #[serde(default)]
+    pub address_family: AddressFamily,
+    /// The heartbeat the config asks for (`ServerAliveInterval`, `ServerAliveCountMax`).
+    #[serde(default)]
+    pub server_alive: Option<(Duration, u32)>,
+    /// A command whose stdin and stdout carry the connection (`ProxyCommand`, or
+    /// `ProxyJump` as OpenSSH runs it: `ssh -W %h:%p` through the jump hosts).
+    #[serde(default)]
+    pub proxy_command: Option<String>,
+}
+
+/// Which addresses a name's lookup may give (`AddressFamily`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressFamily {
+    #[default]
+    Any,
+    Inet,
+    Inet6,
+}
+
+impl AddressFamily {
+    pub fn allows(self, addr: &std::net::SocketAddr) -> bool {
+        match self {
+            AddressFamily::Any => true,
+            AddressFamily::Inet => addr.is_ipv4(),
+            AddressFamily::Inet6 => addr.is_ipv6(),
+        }
+    }
 }
 
 impl Destination {
@@ -60,6 +95,10 @@ pub enum ConfigError {
     BadValue(String),
     #[error("cannot tell your home directory: set HOME")]
     NoHome,
+    #[error("{0}")]
+    Ssh(String),
+    #[error("{0} (from your ssh config or -o) is not supported by moor yet: {1}")]
+    Unsupported(&'static str, &'static str),
 }
 
 /// What the command line says; it wins over the config file.
@@ -145,8 +184,247 @@ fn parse_config(text: &str, home: &Path, path: &Path) -> Result<SshConfig, Confi
         .map_err(|e| ConfigError::Read { path: path.to_path_buf(), msg: e.to_string() })
 }
 
-/// Resolves `[user@]host` into a destination.
+/// Resolves `[user@]host` into a destination: by `ssh -G` when OpenSSH's client is
+/// installed, else by moor's own reading of the config file.
 pub fn resolve(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
+    match find_in_path("ssh") {
+        Some(ssh) => resolve_by_ssh(&ssh, user_host, ov),
+        None => resolve_builtin(user_host, ov),
+    }
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// How long `ssh -G` may take: a `Match exec` runs a command, which might hang.
+const SSH_G_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What `ssh -G` prints for `user_host`: each key (lowercase) with its values, in order.
+fn ssh_g(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut cmd = std::process::Command::new(ssh);
+    cmd.arg("-G");
+    if let Some(f) = config_arg(ov) {
+        cmd.arg("-F").arg(f);
+    }
+    if let Some(p) = ov.port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = &ov.user {
+        cmd.arg("-l").arg(u);
+    }
+    for i in &ov.identity_files {
+        cmd.arg("-i").arg(i);
+    }
+    option_lines(&ov.options)?;
+    for o in &ov.options {
+        cmd.arg("-o").arg(o);
+    }
+    // "--": a destination starting with "-" is a destination, never an option.
+    cmd.arg("--").arg(user_host);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().map_err(|e| ConfigError::Ssh(format!("cannot run {} -G: {e}", ssh.display())))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(SSH_G_DEADLINE) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => return Err(ConfigError::Ssh(format!("ssh -G failed: {e}"))),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            return Err(ConfigError::Ssh(format!(
+                "ssh -G {user_host} did not finish within {}s: check Match exec lines in your ssh config",
+                SSH_G_DEADLINE.as_secs()
+            )));
+        }
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("ssh -G failed");
+        if line.starts_with("command-line") {
+            let given: Vec<String> = ov.options.iter().map(|o| format!("-o {o}")).collect();
+            return Err(ConfigError::Ssh(format!("bad -o option ({}): ssh says: {line}", given.join(" "))));
+        }
+        return Err(ConfigError::Ssh(format!("ssh config: {line}")));
+    }
+    Ok(parse_ssh_g(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The config file to hand ssh with `-F`, if any. ssh reads ~/.ssh/config from the
+/// password database's home; moor honours $HOME, as it always has (a private HOME, as
+/// the demo and the tests use, means its own config).
+fn config_arg(ov: &Overrides) -> Option<PathBuf> {
+    if let Some(f) = &ov.config_file {
+        return Some(f.clone());
+    }
+    let home = home().ok()?;
+    let pw_home = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir);
+    if pw_home.as_deref() == Some(home.as_path()) {
+        return None;
+    }
+    let own = home.join(".ssh/config");
+    Some(if own.exists() { own } else { PathBuf::from("/dev/null") })
+}
+
+/// `ssh -G`'s lines as (lowercase key, value) pairs.
+fn parse_ssh_g(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The destination `ssh -G` resolves.
+fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
+    let home = home()?;
+    let alias = user_host.rsplit_once('@').map_or(user_host, |(_, h)| h).to_string();
+    let pairs = ssh_g(ssh, user_host, ov)?;
+    let one = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let all = |key: &str| pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    let bad = |key: &str, v: &str| ConfigError::BadValue(format!("{key} {v}"));
+    let port = match one("port") {
+        Some(p) => p.parse().map_err(|_| bad("Port", p))?,
+        None => 22,
+    };
+    let mut d = Destination {
+        alias,
+        host_name: one("hostname").unwrap_or(user_host).to_string(),
+        port,
+        user: one("user").map(str::to_string).unwrap_or_else(local_user),
+        identity_files: Vec::new(),
+        identities_only: one("identitiesonly") == Some("yes"),
+        known_hosts: Vec::new(),
+        global_known_hosts: Vec::new(),
+        host_key_policy: HostKeyPolicy::Strict,
+        connect_timeout: match one("connecttimeout") {
+            None | Some("none") => Duration::from_secs(15),
+            Some(t) => Duration::from_secs(t.parse().map_err(|_| bad("ConnectTimeout", t))?),
+        },
+        agent_socket: None,
+        host_key_alias: one("hostkeyalias").filter(|a| *a != "none").map(str::to_string),
+        address_family: match one("addressfamily") {
+            Some("inet") => AddressFamily::Inet,
+            Some("inet6") => AddressFamily::Inet6,
+            _ => AddressFamily::Any,
+        },
+        server_alive: None,
+        proxy_command: None,
+    };
+    d.host_key_policy = match one("stricthostkeychecking") {
+        None | Some("true") | Some("yes") | Some("ask") => HostKeyPolicy::Strict,
+        Some("accept-new") | Some("false") | Some("no") | Some("off") => HostKeyPolicy::AcceptNew,
+        Some(other) => return Err(bad("StrictHostKeyChecking", other)),
+    };
+    let interval: u64 = one("serveraliveinterval").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let count: u32 = one("serveralivecountmax").and_then(|v| v.parse().ok()).unwrap_or(3);
+    if interval > 0 {
+        d.server_alive = Some((Duration::from_secs(interval), count.max(1)));
+    }
+    d.identity_files = all("identityfile").iter().map(|i| expand(i, &home, &d)).collect();
+    let files = |key: &str, d: &Destination| -> Vec<PathBuf> {
+        all(key)
+            .iter()
+            .flat_map(|v| v.split_whitespace())
+            .filter(|s| *s != "none")
+            .map(|s| expand(s, &home, d))
+            .collect()
+    };
+    d.known_hosts = files("userknownhostsfile", &d);
+    d.global_known_hosts = files("globalknownhostsfile", &d);
+    d.agent_socket = agent_socket(one("identityagent"), &home, &d);
+    if !all("certificatefile").is_empty() {
+        return Err(ConfigError::Unsupported(
+            "CertificateFile",
+            "log in with a plain key (remove CertificateFile for this host, or use -F with a config without it)",
+        ));
+    }
+    d.proxy_command = proxy_command(one("proxycommand"), one("proxyjump"), ssh, config_arg(ov).as_deref(), &d)?;
+    Ok(d)
+}
+
+/// The agent socket to use (`IdentityAgent`, else `$SSH_AUTH_SOCK`).
+fn agent_socket(configured: Option<&str>, home: &Path, d: &Destination) -> Option<PathBuf> {
+    match configured {
+        Some("none") => None,
+        Some(s) if s != "SSH_AUTH_SOCK" && s != "$SSH_AUTH_SOCK" => Some(expand(s.trim_start_matches('$'), home, d)),
+        _ => std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from),
+    }
+}
+
+/// The command that carries the connection, if any: `ProxyCommand` with its tokens
+/// expanded, or `ProxyJump` as OpenSSH itself runs it (`ssh -W host:port` through the
+/// jump hosts, each with its own config, keys and host key check).
+fn proxy_command(
+    command: Option<&str>,
+    jump: Option<&str>,
+    ssh: &Path,
+    config: Option<&Path>,
+    d: &Destination,
+) -> Result<Option<String>, ConfigError> {
+    if let Some(c) = command.filter(|c| *c != "none") {
+        return Ok(Some(proxy_tokens(c, d)));
+    }
+    let Some(jumps) = jump.filter(|j| *j != "none") else { return Ok(None) };
+    let hops: Vec<&str> = jumps.split(',').map(str::trim).filter(|h| !h.is_empty()).collect();
+    let Some((last, before)) = hops.split_last() else { return Ok(None) };
+    let mut c =
+        format!("{} -W {}:{} -o BatchMode=yes", shell_quote(&ssh.to_string_lossy()), shell_quote(&d.host_name), d.port);
+    // The jump hosts are read from the same config, as ssh itself passes it on.
+    if let Some(f) = config {
+        c.push_str(&format!(" -F {}", shell_quote(&f.to_string_lossy())));
+    }
+    if !before.is_empty() {
+        c.push_str(&format!(" -J {}", shell_quote(&before.join(","))));
+    }
+    c.push_str(&format!(" -- {}", shell_quote(last)));
+    Ok(Some(c))
+}
+
+/// `%h`, `%p`, `%r`, `%n` and `%%` in a ProxyCommand, as ssh expands them.
+fn proxy_tokens(raw: &str, d: &Destination) -> String {
+    let mut s = String::new();
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            s.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => s.push_str(&d.host_name),
+            Some('p') => s.push_str(&d.port.to_string()),
+            Some('r') => s.push_str(&d.user),
+            Some('n') => s.push_str(&d.alias),
+            Some('%') => s.push('%'),
+            Some(other) => {
+                s.push('%');
+                s.push(other);
+            }
+            None => s.push('%'),
+        }
+    }
+    s
+}
+
+/// `s` as one word for `sh -c`.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:@,=+".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// Resolves `[user@]host` with moor's own reading of the config file (no OpenSSH
+/// client installed): `Match` blocks are not understood.
+pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
     let home = home()?;
     let (spec_user, alias) = match user_host.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h.to_string()),
@@ -180,7 +458,17 @@ pub fn resolve(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigErr
         host_key_policy: HostKeyPolicy::Strict,
         connect_timeout: p.connect_timeout.unwrap_or(Duration::from_secs(15)),
         agent_socket: None,
+        host_key_alias: extra("hostkeyalias"),
+        address_family: AddressFamily::Any,
+        server_alive: None,
+        proxy_command: None,
     };
+    if extra("proxyjump").is_some_and(|v| v != "none") || extra("proxycommand").is_some_and(|v| v != "none") {
+        return Err(ConfigError::Unsupported(
+            "ProxyJump/ProxyCommand",
+            "moor runs them through OpenSSH's client: install openssh-client",
+        ));
+    }
     d.host_name = expand(&d.host_name.replace("%h", &alias), &home, &d).to_string_lossy().to_string();
 
     d.host_key_policy = match extra("stricthostkeychecking").map(|v| v.to_ascii_lowercase()).as_deref() {
@@ -216,11 +504,7 @@ pub fn resolve(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigErr
         &d,
     );
 
-    d.agent_socket = match extra("identityagent").as_deref() {
-        Some("none") => None,
-        Some(s) if s != "SSH_AUTH_SOCK" => Some(expand(s.trim_start_matches('$'), &home, &d)),
-        _ => std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()).map(PathBuf::from),
-    };
+    d.agent_socket = agent_socket(extra("identityagent").as_deref(), &home, &d);
     Ok(d)
 }
 
@@ -233,7 +517,7 @@ mod tests {
         let cfg = dir.path().join("config");
         std::fs::write(&cfg, text).unwrap();
         let ov = Overrides { config_file: Some(cfg), ..ov };
-        resolve(host, &ov).unwrap()
+        resolve_builtin(host, &ov).unwrap()
     }
 
     #[test]
@@ -289,20 +573,148 @@ mod tests {
         assert_eq!(d.host_key_policy, HostKeyPolicy::AcceptNew);
     }
 
+    /// Configs as people have them, resolved by moor and by `ssh -G` (OpenSSH's own
+    /// answer): the fields moor uses must agree, and the expected values say what each
+    /// case is about.
+    #[test]
+    fn resolves_as_ssh_does() {
+        let ssh = find_in_path("ssh").expect("the tests need OpenSSH's client (ssh)");
+        let me = local_user();
+        let dir = tempfile::tempdir().unwrap();
+        let inc = dir.path().join("included");
+        std::fs::write(&inc, "Host inc\n  HostName included.example\n  Port 2204\n").unwrap();
+        struct Case {
+            config: String,
+            dest: &'static str,
+            over: Overrides,
+            host: &'static str,
+            user: &'static str,
+            port: u16,
+        }
+        let case = |config: &str, dest: &'static str, host: &'static str, user: &'static str, port: u16| Case {
+            config: config.to_string(),
+            dest,
+            over: Overrides::default(),
+            host,
+            user,
+            port,
+        };
+        let cases = vec![
+            case("Host box\n  HostName 10.1.2.3\n  Port 2222\n  User alice\n", "box", "10.1.2.3", "alice", 2222),
+            case("Host box\n  HostName real\nMatch host real\n  User m\n", "box", "real", "m", 22),
+            case("Host a\n  HostName b\nMatch originalhost a\n  User o\n", "a", "b", "o", 22),
+            case("Match user bob\n  Port 2200\n", "bob@x", "x", "bob", 2200),
+            case("Match user bob\n  Port 2200\n", "alice@x", "x", "alice", 22),
+            case(&format!("Match localuser {me}\n  User l\n"), "x", "x", "l", 22),
+            case("Match exec \"true\"\n  Port 2201\nMatch exec \"false\"\n  Port 2299\n", "x", "x", me_static(), 2201),
+            case("Match all\n  User everyone\n", "x", "x", "everyone", 22),
+            case("Host x\n  HostName y\nMatch final host y\n  Port 2202\n", "x", "y", me_static(), 2202),
+            case(&format!("Include {}\n", inc.display()), "inc", "included.example", me_static(), 2204),
+            case("Host * !skip\n  User n\n", "skip", "skip", me_static(), 22),
+            case("Host * !skip\n  User n\n", "other", "other", "n", 22),
+            case("Host box\n  User first\nHost *\n  User second\n", "box", "box", "first", 22),
+            case("Host box\n  HostName %h.example.com\n", "box", "box.example.com", me_static(), 22),
+            case("Host *.lan\n  Port 2203\n", "nas.lan", "nas.lan", me_static(), 2203),
+            case(
+                "Host box\n  CanonicalizeHostname yes\n  CanonicalDomains example.invalid\n  CanonicalizeFallbackLocal yes\n",
+                "box",
+                "box",
+                me_static(),
+                22,
+            ),
+            Case {
+                over: Overrides { port: Some(2300), user: Some("cli".into()), ..Overrides::default() },
+                ..case("Host box\n  Port 2222\n  User alice\n", "box", "box", "cli", 2300)
+            },
+        ];
+        assert!(cases.len() >= 15);
+        for (i, c) in cases.into_iter().enumerate() {
+            let cfg = dir.path().join(format!("config{i}"));
+            std::fs::write(&cfg, &c.config).unwrap();
+            let ov = Overrides { config_file: Some(cfg.clone()), ..c.over.clone() };
+            let d = resolve_by_ssh(&ssh, c.dest, &ov).unwrap_or_else(|e| panic!("case {i}: {e}"));
+            assert_eq!(
+                (d.host_name.as_str(), d.user.as_str(), d.port),
+                (c.host, c.user, c.port),
+                "case {i}: {}",
+                c.config
+            );
+            // Everything else moor takes agrees with what ssh -G prints.
+            let g = ssh_g(&ssh, c.dest, &ov).unwrap();
+            let one = |k: &str| g.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
+            assert_eq!(d.identities_only, one("identitiesonly") == "yes", "case {i}");
+            assert_eq!(d.identity_files.len(), g.iter().filter(|(k, _)| k == "identityfile").count(), "case {i}");
+            let known: Vec<String> = d.known_hosts.iter().map(|p| p.display().to_string()).collect();
+            assert_eq!(
+                known.join(" "),
+                one("userknownhostsfile").replace('~', &home().unwrap().display().to_string()),
+                "case {i}"
+            );
+        }
+    }
+
+    fn me_static() -> &'static str {
+        Box::leak(local_user().into_boxed_str())
+    }
+
+    #[test]
+    fn ssh_g_settings_reach_the_destination() {
+        let ssh = find_in_path("ssh").expect("the tests need OpenSSH's client (ssh)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host box\n  UserKnownHostsFile /tmp/kh_%h\n  StrictHostKeyChecking accept-new\n  HostKeyAlias boxkey\n  \
+             ConnectTimeout 7\n  ServerAliveInterval 5\n  ServerAliveCountMax 2\n  AddressFamily inet\n  \
+             IdentitiesOnly yes\n  IdentityFile ~/.ssh/box_%r\n  User alice\n\
+             Host jumpy\n  ProxyJump j1,bob@j2:2200\n\
+             Host cmd\n  ProxyCommand nc %h %p\n\
+             Host nocmd\n  ProxyCommand none\nHost *\n  ProxyJump j0\n",
+        )
+        .unwrap();
+        let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+        let d = resolve_by_ssh(&ssh, "box", &ov).unwrap();
+        assert_eq!(d.known_hosts, vec![PathBuf::from("/tmp/kh_box")]);
+        assert_eq!(d.host_key_policy, HostKeyPolicy::AcceptNew);
+        assert_eq!(d.host_key_alias.as_deref(), Some("boxkey"));
+        assert_eq!(d.connect_timeout, Duration::from_secs(7));
+        assert_eq!(d.server_alive, Some((Duration::from_secs(5), 2)));
+        assert_eq!(d.address_family, AddressFamily::Inet);
+        assert!(d.identities_only);
+        assert!(d.identity_files[0].ends_with(".ssh/box_alice"), "{:?}", d.identity_files);
+        assert!(d.proxy_command.is_some(), "Host * gives box a ProxyJump");
+        let j = resolve_by_ssh(&ssh, "jumpy", &ov).unwrap();
+        let c = j.proxy_command.unwrap();
+        assert!(c.contains(" -W jumpy:22 ") && c.contains("-J j1") && c.ends_with("-- bob@j2:2200"), "{c}");
+        let n = resolve_by_ssh(&ssh, "cmd", &ov).unwrap();
+        assert_eq!(n.proxy_command.as_deref(), Some("nc cmd 22"));
+        let none = resolve_by_ssh(&ssh, "nocmd", &ov).unwrap();
+        assert_eq!(none.proxy_command, None, "ProxyCommand none wins over a later ProxyJump");
+        // Refused by name rather than silently ignored.
+        std::fs::write(&cfg, "Host c\n  CertificateFile /tmp/cert\n").unwrap();
+        let e = resolve_by_ssh(&ssh, "c", &ov).unwrap_err();
+        assert!(e.to_string().contains("CertificateFile"), "{e}");
+        // A destination that looks like an option is a destination.
+        std::fs::write(&cfg, "").unwrap();
+        let d = resolve_by_ssh(&ssh, "-oProxyCommand=touch /tmp/moor-pwned", &ov);
+        assert!(!std::path::Path::new("/tmp/moor-pwned").exists());
+        let _ = d;
+    }
+
     #[test]
     fn garbage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("config");
         std::fs::write(&cfg, "").unwrap();
         let ov = Overrides { config_file: Some(cfg.clone()), options: vec!["nonsense".into()], ..Overrides::default() };
-        assert!(matches!(resolve("x", &ov), Err(ConfigError::BadOption(_))));
+        assert!(matches!(resolve_builtin("x", &ov), Err(ConfigError::BadOption(_))));
         let ov = Overrides {
             config_file: Some(cfg.clone()),
             options: vec!["StrictHostKeyChecking=maybe".into()],
             ..Overrides::default()
         };
-        assert!(matches!(resolve("x", &ov), Err(ConfigError::BadValue(_))));
+        assert!(matches!(resolve_builtin("x", &ov), Err(ConfigError::BadValue(_))));
         let ov = Overrides { config_file: Some(dir.path().join("missing")), ..Overrides::default() };
-        assert!(matches!(resolve("x", &ov), Err(ConfigError::Read { .. })));
+        assert!(matches!(resolve_builtin("x", &ov), Err(ConfigError::Read { .. })));
     }
 }

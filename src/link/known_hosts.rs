@@ -31,12 +31,22 @@ fn check_file(host: &str, port: u16, key: &PublicKey, file: &Path) -> Verdict {
     }
 }
 
+/// The name and port known_hosts is searched for: the host, or its `HostKeyAlias`
+/// (which stands for host and port both, as in ssh).
+fn key_name(dest: &Destination) -> (&str, u16) {
+    match &dest.host_key_alias {
+        Some(alias) => (alias, 22),
+        None => (&dest.host_name, dest.port),
+    }
+}
+
 /// Checks `key` for `dest`, recording it when the policy allows a new key.
 pub fn check(dest: &Destination, key: &PublicKey) -> Verdict {
     let files = dest.known_hosts.iter().chain(dest.global_known_hosts.iter());
+    let (name, port) = key_name(dest);
     let mut known = false;
     for f in files {
-        match check_file(&dest.host_name, dest.port, key, f) {
+        match check_file(name, port, key, f) {
             Verdict::Known => known = true,
             Verdict::Unknown => {}
             other => return other,
@@ -47,7 +57,7 @@ pub fn check(dest: &Destination, key: &PublicKey) -> Verdict {
     }
     match (dest.host_key_policy, dest.known_hosts.first()) {
         (HostKeyPolicy::AcceptNew, Some(file)) => {
-            match russh::keys::known_hosts::learn_known_hosts_path(&dest.host_name, dest.port, key, file) {
+            match russh::keys::known_hosts::learn_known_hosts_path(name, port, key, file) {
                 Ok(()) => {
                     tracing::warn!(host = %dest.host_name, fingerprint = %fingerprint(key), file = %file.display(), "recorded new host key");
                     Verdict::Learned

@@ -139,6 +139,11 @@ pub struct Link {
 impl Link {
     /// Connects to `dest`, failing with the reason if it cannot, then keeps the
     /// connection alive in the background until `close`.
+    /// The command the link's connections go through (`ProxyCommand`/`ProxyJump`), if any.
+    pub fn via(&self) -> Option<String> {
+        self.dest.proxy_command.clone()
+    }
+
     pub async fn connect(dest: Destination, opts: LinkOptions) -> Result<Arc<Link>, LinkError> {
         let pool = dial_pool(&dest, &opts, 1).await?;
         let (state, _) = watch::channel(LinkState::Up { since: SystemTime::now() });

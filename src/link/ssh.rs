@@ -52,9 +52,8 @@ pub struct SftpConn {
     ops: AtomicU64,
     /// Requests out and bytes in, to tell a slow connection from a dead one.
     progress: Arc<Progress>,
-    /// The TCP socket under the session (a duplicate: russh owns the original), kept to
-    /// abort the connection.
-    socket: OwnedFd,
+    /// What carries the session, kept to abort the connection.
+    carrier: Carrier,
     ssh: client::Handle<Client>,
 }
 
@@ -111,26 +110,45 @@ impl SftpConn {
         let _ = self.ssh.disconnect(Disconnect::ByApplication, "unmounted", "en").await;
     }
 
-    /// Aborts the TCP connection at once: the kernel drops whatever it has not yet sent
-    /// and resets the connection, so nothing written on it can reach the server later,
-    /// after the same writes were replayed (and newer ones made) on a new connection, as
-    /// a stalled path's retransmissions would. `connect` with `AF_UNSPEC` does that on
-    /// Linux without closing the descriptor, which russh still owns.
+    /// Aborts the connection at once, so that nothing written on it can reach the server
+    /// later, after the same writes were replayed (and newer ones made) on a new
+    /// connection, as a stalled path's retransmissions would. A TCP connection is reset:
+    /// `connect` with `AF_UNSPEC` makes the kernel drop what it has not sent, without
+    /// closing the descriptor, which russh still owns. A proxy command is killed, with
+    /// what it had not yet read from us.
     pub fn abort(&self) {
-        // SAFETY: an all-zero sockaddr with family AF_UNSPEC is a valid argument, its
-        // size is given, and the descriptor is ours (a duplicate) for as long as `self`.
-        let rc = unsafe {
-            let mut addr: libc::sockaddr = std::mem::zeroed();
-            addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
-            libc::connect(self.socket.as_raw_fd(), &addr, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t)
-        };
-        if rc != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "aborting the connection");
+        match &self.carrier {
+            Carrier::Tcp(socket) => {
+                // SAFETY: an all-zero sockaddr with family AF_UNSPEC is a valid argument, its
+                // size is given, and the descriptor is ours (a duplicate) for as long as `self`.
+                let rc = unsafe {
+                    let mut addr: libc::sockaddr = std::mem::zeroed();
+                    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+                    libc::connect(socket.as_raw_fd(), &addr, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t)
+                };
+                if rc != 0 {
+                    tracing::debug!(error = %std::io::Error::last_os_error(), "aborting the connection");
+                }
+            }
+            Carrier::Command(child) => {
+                if let Some(c) = crate::sync::lock(child).as_mut() {
+                    let _ = c.start_kill();
+                }
+            }
         }
         // Whatever russh makes of the dead socket, and whenever: the requests still out
         // fail now, so that what they carried is sent again on the new connection.
         self.direct.stop();
     }
+}
+
+/// What carries one SSH session.
+enum Carrier {
+    /// A TCP connection (a duplicate of the socket: russh owns the original).
+    Tcp(OwnedFd),
+    /// A proxy command (`ProxyCommand`, or `ProxyJump` run as `ssh -W`), whose stdin and
+    /// stdout are the connection; killed when the session goes.
+    Command(Mutex<Option<tokio::process::Child>>),
 }
 
 struct Client {
@@ -204,25 +222,130 @@ fn set_keepalive(tcp: &TcpStream) {
 }
 
 async fn dial(dest: &Destination, deadline: tokio::time::Instant) -> Result<TcpStream, LinkError> {
-    let addrs = resolve(dest).await?;
-    let mut last = None;
-    for addr in addrs {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => {
-                let _ = tcp.set_nodelay(true);
-                set_keepalive(&tcp);
-                return Ok(tcp);
+    let addrs: Vec<SocketAddr> = resolve(dest).await?.into_iter().filter(|a| dest.address_family.allows(a)).collect();
+    if addrs.is_empty() {
+        return Err(LinkError::Resolve {
+            host: dest.host_name.clone(),
+            detail: format!("no address of the family AddressFamily asks for ({:?})", dest.address_family),
+        });
+    }
+    let tcp = dial_addrs(&addrs, deadline, dest.connect_timeout).await?;
+    let _ = tcp.set_nodelay(true);
+    set_keepalive(&tcp);
+    Ok(tcp)
+}
+
+/// How long one address is given before the next is tried beside it.
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(300);
+
+/// Connects to the first of `addrs` that answers. Addresses are tried in order, the next
+/// one starting when the one before fails or has not answered within
+/// `NEXT_ADDRESS_AFTER` (a black-holed IPv6 address on hotel Wi-Fi does not hold up the
+/// IPv4 one), all within `deadline`.
+async fn dial_addrs(
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<TcpStream, LinkError> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut waiting = addrs.iter().copied();
+    let mut trying = FuturesUnordered::new();
+    let attempt = |a: SocketAddr| async move { (a, TcpStream::connect(a).await) };
+    if let Some(a) = waiting.next() {
+        trying.push(attempt(a));
+    }
+    loop {
+        let more = waiting.len() > 0;
+        tokio::select! {
+            Some((addr, r)) = trying.next() => match r {
+                Ok(tcp) => return Ok(tcp),
+                Err(e) => {
+                    if trying.is_empty() {
+                        match waiting.next() {
+                            Some(a) => trying.push(attempt(a)),
+                            None if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                return Err(LinkError::Refused { addr: addr.to_string() })
+                            }
+                            None => return Err(LinkError::Unreachable { addr: addr.to_string(), detail: e.to_string() }),
+                        }
+                    }
+                }
+            },
+            _ = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {
+                if let Some(a) = waiting.next() {
+                    trying.push(attempt(a));
+                }
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                last = Some(LinkError::Refused { addr: addr.to_string() })
-            }
-            Ok(Err(e)) => last = Some(LinkError::Unreachable { addr: addr.to_string(), detail: e.to_string() }),
-            Err(_) => {
-                return Err(LinkError::ConnectTimeout { addr: addr.to_string(), secs: dest.connect_timeout.as_secs() })
+            _ = tokio::time::sleep_until(deadline) => {
+                let addr = addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                return Err(LinkError::ConnectTimeout { addr, secs: timeout.as_secs() });
             }
         }
     }
-    Err(last.unwrap_or_else(|| LinkError::Unreachable { addr: dest.host_name.clone(), detail: "no address".into() }))
+}
+
+/// Starts a proxy command (`sh -c`, as ssh runs it): its stdin and stdout carry the
+/// connection, what it says on stderr explains a failure.
+fn spawn_proxy(
+    command: &str,
+) -> Result<(tokio::io::Join<tokio::process::ChildStdout, tokio::process::ChildStdin>, Carrier, ProxyErrors), LinkError>
+{
+    let mut child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("exec {command}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| LinkError::Unreachable {
+            addr: command.to_string(),
+            detail: format!("cannot start the proxy command: {e}"),
+        })?;
+    let (Some(out), Some(inp), Some(err)) = (child.stdout.take(), child.stdin.take(), child.stderr.take()) else {
+        return Err(LinkError::Unreachable { addr: command.to_string(), detail: "proxy command without pipes".into() });
+    };
+    let said = ProxyErrors::default();
+    let keep = said.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(err).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::debug!(line = %line, "proxy command");
+            let mut v = crate::sync::lock(&keep.0);
+            v.push(line);
+            if v.len() > 20 {
+                v.remove(0);
+            }
+        }
+    });
+    Ok((tokio::io::join(out, inp), Carrier::Command(Mutex::new(Some(child))), said))
+}
+
+/// The last lines a proxy command wrote on stderr.
+#[derive(Clone, Default)]
+struct ProxyErrors(Arc<Mutex<Vec<String>>>);
+
+impl ProxyErrors {
+    /// Why the proxy failed, as a link error: a host key problem of a jump host fails
+    /// the mount as one of the target would.
+    fn explain(&self, dest: &Destination, command: &str) -> Option<LinkError> {
+        let lines = crate::sync::lock(&self.0).clone();
+        let text = lines.join("; ");
+        if text.is_empty() {
+            return None;
+        }
+        if text.contains("Host key verification failed") || text.contains("HOST IDENTIFICATION HAS CHANGED") {
+            return Some(LinkError::HostKeyUnverifiable {
+                host: format!("a host on the way to {} (via `{command}`)", dest.host_name),
+                detail: text,
+            });
+        }
+        Some(LinkError::Lost {
+            host: dest.host_name.clone(),
+            detail: format!("the proxy command `{command}` said: {text}"),
+        })
+    }
 }
 
 /// Connects, authenticates and starts SFTP, all within the destination's connect timeout.
@@ -243,21 +366,36 @@ async fn connect_inner(
     deadline: tokio::time::Instant,
     generation: u64,
 ) -> Result<SftpConn, LinkError> {
-    let tcp = dial(dest, deadline).await?;
-    let socket = tcp.as_fd().try_clone_to_owned().map_err(|e| LinkError::Lost {
-        host: dest.host_name.clone(),
-        detail: format!("cannot keep the socket: {e}"),
-    })?;
     let verdict = Arc::new(Mutex::new(None));
     let handler = Client { dest: Arc::new(dest.clone()), verdict: verdict.clone() };
+    let (handshake, carrier, proxy) = match &dest.proxy_command {
+        None => {
+            let tcp = dial(dest, deadline).await?;
+            let socket = tcp.as_fd().try_clone_to_owned().map_err(|e| LinkError::Lost {
+                host: dest.host_name.clone(),
+                detail: format!("cannot keep the socket: {e}"),
+            })?;
+            (client::connect_stream(Arc::new(ssh_config()), tcp, handler).await, Carrier::Tcp(socket), None)
+        }
+        Some(command) => {
+            let (stream, carrier, said) = spawn_proxy(command)?;
+            let r = client::connect_stream(Arc::new(ssh_config()), stream, handler).await;
+            (r, carrier, Some((said, command.clone())))
+        }
+    };
     let protocol = |e: russh::Error| LinkError::Protocol { host: dest.host_name.clone(), detail: e.to_string() };
-    let mut ssh = match client::connect_stream(Arc::new(ssh_config()), tcp, handler).await {
+    let mut ssh = match handshake {
         Ok(h) => h,
         Err(e) => {
             let seen = verdict.lock().ok().and_then(|v| v.clone());
             if let Some((key, v)) = seen {
                 if let Some(refusal) = known_hosts::refusal(dest, &key, &v) {
                     return Err(refusal);
+                }
+            }
+            if let Some((said, command)) = &proxy {
+                if let Some(why) = said.explain(dest, command) {
+                    return Err(why);
                 }
             }
             return Err(match e {
@@ -319,7 +457,7 @@ async fn connect_inner(
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),
         progress,
-        socket,
+        carrier,
         ssh,
     })
 }
@@ -389,4 +527,55 @@ async fn authenticate(ssh: &mut client::Handle<Client>, dest: &Destination) -> R
         tried: if tried.is_empty() { "no keys found".into() } else { tried.join(", ") },
         hint: if hints.is_empty() { String::new() } else { format!("; {}", hints.join("; ")) },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loopback address that never answers a connection attempt: a listener whose
+    /// accept queue is full drops further SYNs, as a black-holed path does.
+    async fn black_hole() -> (std::net::TcpListener, Vec<TcpStream>, SocketAddr) {
+        use nix::sys::socket::{bind, listen, socket, AddressFamily as Af, Backlog, SockFlag, SockType, SockaddrIn};
+        let fd = socket(Af::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        let listener = std::net::TcpListener::from(fd);
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(e)) => panic!("{e}"),
+                Err(_) => return (listener, held, addr),
+            }
+            assert!(held.len() < 64, "the accept queue never filled");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_black_holed_first_address_does_not_stop_the_dial() {
+        let (_hole, _held, dead) = black_hole().await;
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(10);
+        let tcp = dial_addrs(&[dead, good.local_addr().unwrap()], deadline, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), good.local_addr().unwrap());
+        assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+        // Alone, the black hole runs into the deadline, named.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let e = dial_addrs(&[dead], deadline, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(e, LinkError::ConnectTimeout { .. }), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_first_address_moves_on_at_once() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let good = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let tcp = dial_addrs(&[closed, good.local_addr().unwrap()], deadline, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(tcp.peer_addr().unwrap(), good.local_addr().unwrap());
+        let e = dial_addrs(&[closed], deadline, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, LinkError::Refused { .. }), "{e}");
+    }
 }

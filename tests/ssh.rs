@@ -1,0 +1,115 @@
+//! SSH as users have it: a target reached through a bastion (`ProxyJump`, `ProxyCommand`),
+//! with the bastion's own host key checked, and reconnects taking the same way.
+
+mod common;
+
+use std::fs;
+use std::time::Duration;
+
+use common::*;
+
+const HOST_KEY: i32 = 5;
+
+/// The client's config: `bastion` (reached at `bastion_port`) and `target` (the test
+/// dials only the bastion; `how` says how the target is reached), and known_hosts for
+/// both.
+fn write_jump_config(c: &Client, bastion: &Sshd, bastion_port: u16, target: &Sshd, how: &str) {
+    let key = c.key();
+    let kh = c.known_hosts.display().to_string();
+    let text = format!(
+        "Host bastion\n  HostName 127.0.0.1\n  Port {bastion_port}\n  User {REMOTE_USER}\n  IdentityFile {k}\n  \
+         IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  ConnectTimeout 5\n\
+         Host target\n  HostName 127.0.0.1\n  Port {tp}\n  User {REMOTE_USER}\n  IdentityFile {k}\n  \
+         IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  ConnectTimeout 5\n  {how}\n",
+        k = key.display(),
+        tp = target.port,
+    );
+    fs::write(&c.ssh_config, text).unwrap();
+    fs::write(
+        &c.known_hosts,
+        format!(
+            "[127.0.0.1]:{bastion_port} {}\n[127.0.0.1]:{} {}\n",
+            bastion.host_pub.trim(),
+            target.port,
+            target.host_pub.trim()
+        ),
+    )
+    .unwrap();
+    c.give_home();
+}
+
+/// The target's key is the bastion's too, so one client key logs in to both.
+fn target_for(bastion: &Sshd) -> Sshd {
+    let target = Sshd::start();
+    fs::copy(bastion.dir.path().join("authorized_keys"), target.dir.path().join("authorized_keys")).unwrap();
+    target
+}
+
+/// `ProxyJump`: the mount goes through the bastion (cutting the bastion's path takes the
+/// mount down, and restoring it brings the mount back the same way).
+#[test]
+fn a_target_behind_a_bastion_mounts_through_proxy_jump() {
+    let bastion = Sshd::start();
+    let target = target_for(&bastion);
+    let proxy = proxy::Proxy::start(bastion.port);
+    let c = Client::via(&bastion, proxy.port);
+    write_jump_config(&c, &bastion, proxy.port, &target, "ProxyJump bastion");
+    let mnt = c.mountpoint("jumped");
+    let out = c.run(&[
+        "mount",
+        "--allow-other",
+        "-F",
+        c.cfg(),
+        &format!("target:{}", target.export.display()),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "mount through the bastion failed: {}", stderr(&out));
+    let m = Mount { path: mnt };
+    let via = c.mount_json()["via"].as_str().unwrap_or("").to_string();
+    assert!(via.contains(&format!("-W 127.0.0.1:{}", target.port)) && via.ends_with("bastion"), "status shows: {via}");
+    sh_ok(&format!("echo through > {}", m.p("f").display()));
+    assert_eq!(fs::read_to_string(target.export.join("f")).unwrap(), "through\n");
+
+    // The way to the target is the bastion: cut it, and the mount is down.
+    proxy.reset_all();
+    proxy.black_hole();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let _ = fs::metadata(m.p("probe"));
+            c.state() == "reconnecting"
+        }),
+        "the mount did not notice the bastion's path going"
+    );
+    proxy.restore();
+    assert!(
+        wait_until(Duration::from_secs(30), || fs::read_to_string(m.p("f")).is_ok_and(|s| s == "through\n")),
+        "no way back through the bastion"
+    );
+    assert!(wait_until(Duration::from_secs(10), || c.state() == "active"));
+}
+
+/// A changed host key on the bastion fails the mount as one on the target would.
+#[test]
+fn a_changed_bastion_host_key_fails_the_mount() {
+    let mut bastion = Sshd::start();
+    let target = target_for(&bastion);
+    let c = Client::new(&bastion);
+    write_jump_config(&c, &bastion, bastion.port, &target, "ProxyJump bastion");
+    bastion.restart(true);
+    let mnt = c.mountpoint("mnt");
+    let out = c.run(&["mount", "-F", c.cfg(), &format!("target:{}", target.export.display()), mnt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{}", stderr(&out));
+    assert!(stderr(&out).to_lowercase().contains("host key"), "{}", stderr(&out));
+    assert!(!is_mounted(&mnt));
+}
+
+/// `ProxyCommand`, with its tokens: a process whose stdin and stdout are the connection.
+#[test]
+fn a_proxy_command_carries_the_connection() {
+    let target = Sshd::start();
+    let c = Client::new(&target);
+    c.write_config(&target, "  ProxyCommand /bin/bash -c 'exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3'\n");
+    let m = c.mount(target.export.to_str().unwrap());
+    sh_ok(&format!("echo carried > {}", m.p("f").display()));
+    assert_eq!(fs::read_to_string(target.export.join("f")).unwrap(), "carried\n");
+}
