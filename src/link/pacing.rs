@@ -17,8 +17,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sync::lock;
 
-/// The smallest budget: one largest request always fits.
-pub const MIN_BUDGET: usize = 256 * 1024;
+/// The smallest budget: two largest requests (255 KiB reads), so that a connection
+/// carrying one file on a narrow link keeps one request out while the other is
+/// answered, instead of falling to stop-and-wait (a round trip lost per request).
+pub const MIN_BUDGET: usize = 512 * 1024;
 /// The largest budget.
 pub const MAX_BUDGET: usize = 16 * 1024 * 1024;
 /// How much later than the unloaded latency an answer may come before the budget
@@ -174,7 +176,7 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_shrinks_when_answers_queue_but_never_below_one_request() {
+    fn the_budget_shrinks_when_answers_queue_but_never_below_two_requests() {
         let t0 = Instant::now();
         let mut b = Budget::new(t0);
         b.answered(t0, 128 * 1024, Duration::from_millis(60));
