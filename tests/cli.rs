@@ -358,3 +358,19 @@ fn ssh_agent_authentication() {
     let out = c.run(&["unmount", mnt.to_str().unwrap()]);
     assert!(out.status.success());
 }
+
+/// With no UserKnownHostsFile, known_hosts is `$HOME/.ssh/known_hosts`, as moor has
+/// always read it, even though `ssh -G` (which resolves the config) expands `~` from
+/// the password database's home.
+#[test]
+fn the_default_known_hosts_is_in_home() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let cfg = fs::read_to_string(&c.ssh_config).unwrap();
+    let cfg: String = cfg.lines().filter(|l| !l.contains("UserKnownHostsFile")).map(|l| format!("{l}\n")).collect();
+    fs::write(&c.ssh_config, cfg).unwrap();
+    c.give_home();
+    assert!(c.known_hosts.starts_with(c.home.path()));
+    let m = c.mount(sshd.export.to_str().unwrap());
+    assert!(is_mounted(&m.path));
+}

@@ -329,12 +329,18 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         d.server_alive = Some((Duration::from_secs(interval), count.max(1)));
     }
     d.identity_files = all("identityfile").iter().map(|i| expand(i, &home, &d)).collect();
+    // ssh expands `~` in these from the password database's home; moor means $HOME.
+    let pw_home = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir);
+    let rehome = |p: PathBuf| match pw_home.as_deref().and_then(|pw| p.strip_prefix(pw).ok()) {
+        Some(rest) if pw_home.as_deref() != Some(home.as_path()) => home.join(rest),
+        _ => p,
+    };
     let files = |key: &str, d: &Destination| -> Vec<PathBuf> {
         all(key)
             .iter()
             .flat_map(|v| v.split_whitespace())
             .filter(|s| *s != "none")
-            .map(|s| expand(s, &home, d))
+            .map(|s| rehome(expand(s, &home, d)))
             .collect()
     };
     d.known_hosts = files("userknownhostsfile", &d);
