@@ -305,32 +305,39 @@ fn spawn_proxy(
     let (Some(out), Some(inp), Some(err)) = (child.stdout.take(), child.stdin.take(), child.stderr.take()) else {
         return Err(LinkError::Unreachable { addr: command.to_string(), detail: "proxy command without pipes".into() });
     };
-    let said = ProxyErrors::default();
-    let keep = said.clone();
-    tokio::spawn(async move {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let keep = lines.clone();
+    let reader = tokio::spawn(async move {
         use tokio::io::AsyncBufReadExt;
         let mut lines = tokio::io::BufReader::new(err).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             tracing::debug!(line = %line, "proxy command");
-            let mut v = crate::sync::lock(&keep.0);
+            let mut v = crate::sync::lock(&keep);
             v.push(line);
             if v.len() > 20 {
                 v.remove(0);
             }
         }
     });
-    Ok((tokio::io::join(out, inp), Carrier::Command(Mutex::new(Some(child))), said))
+    Ok((tokio::io::join(out, inp), Carrier::Command(Mutex::new(Some(child))), ProxyErrors { lines, reader }))
 }
 
-/// The last lines a proxy command wrote on stderr.
-#[derive(Clone, Default)]
-struct ProxyErrors(Arc<Mutex<Vec<String>>>);
+/// The last lines a proxy command wrote on stderr, and the task reading them.
+struct ProxyErrors {
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// How long a failed proxy command is given to finish saying why.
+const PROXY_LAST_WORDS: Duration = Duration::from_secs(2);
 
 impl ProxyErrors {
     /// Why the proxy failed, as a link error: a host key problem of a jump host fails
-    /// the mount as one of the target would.
-    fn explain(&self, dest: &Destination, command: &str) -> Option<LinkError> {
-        let lines = crate::sync::lock(&self.0).clone();
+    /// the mount as one of the target would. Waits (briefly) for the command to finish
+    /// writing: its stdout closing is often what failed the handshake first.
+    async fn explain(self, dest: &Destination, command: &str) -> Option<LinkError> {
+        let _ = tokio::time::timeout(PROXY_LAST_WORDS, self.reader).await;
+        let lines = crate::sync::lock(&self.lines).clone();
         let text = lines.join("; ");
         if text.is_empty() {
             return None;
@@ -393,8 +400,8 @@ async fn connect_inner(
                     return Err(refusal);
                 }
             }
-            if let Some((said, command)) = &proxy {
-                if let Some(why) = said.explain(dest, command) {
+            if let Some((said, command)) = proxy {
+                if let Some(why) = said.explain(dest, &command).await {
                     return Err(why);
                 }
             }
