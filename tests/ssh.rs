@@ -113,3 +113,29 @@ fn a_proxy_command_carries_the_connection() {
     sh_ok(&format!("echo carried > {}", m.p("f").display()));
     assert_eq!(fs::read_to_string(target.export.join("f")).unwrap(), "carried\n");
 }
+
+/// `-J` on the command line, as with ssh: the config says nothing of the bastion for
+/// the target, the flag does.
+#[test]
+fn the_jump_flag_reaches_a_target_behind_a_bastion() {
+    let bastion = Sshd::start();
+    let target = target_for(&bastion);
+    let c = Client::new(&bastion);
+    write_jump_config(&c, &bastion, bastion.port, &target, "");
+    let mnt = c.mountpoint("jumped");
+    let out = c.run(&[
+        "mount",
+        "--allow-other",
+        "-F",
+        c.cfg(),
+        "-J",
+        "bastion",
+        &format!("target:{}", target.export.display()),
+        mnt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "mount with -J failed: {}", stderr(&out));
+    let m = Mount { path: mnt };
+    assert!(c.mount_json()["via"].as_str().unwrap_or("").ends_with("bastion"));
+    sh_ok(&format!("echo flag > {}", m.p("f").display()));
+    assert_eq!(fs::read_to_string(target.export.join("f")).unwrap(), "flag\n");
+}

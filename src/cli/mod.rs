@@ -85,6 +85,10 @@ struct MountArgs {
     /// User to log in as (as ssh -l)
     #[arg(short = 'l', long)]
     user: Option<String>,
+    /// Reach the host through these jump hosts, [USER@]HOST[:PORT] separated by commas
+    /// (as ssh -J; each jump host uses its own config, keys and known_hosts)
+    #[arg(short = 'J', long = "jump", value_name = "JUMPS")]
+    jump: Option<String>,
     /// An ssh_config option, e.g. -o ConnectTimeout=5; may be repeated (as ssh -o)
     #[arg(short = 'o', value_name = "KEY=VALUE")]
     options: Vec<String>,
@@ -377,6 +381,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         identity_files: args.identity.iter().map(|p| names::absolute(p)).collect(),
         config_file: args.ssh_config,
         options: args.options,
+        jump: args.jump,
     };
     let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
     // A moor mount there may be this very mount asked for again: the agent decides.

@@ -110,6 +110,8 @@ pub struct Overrides {
     pub config_file: Option<PathBuf>,
     /// `-o Key=Value` options, in order.
     pub options: Vec<String>,
+    /// `-J` jump hosts (as ssh -J).
+    pub jump: Option<String>,
 }
 
 fn home() -> Result<PathBuf, ConfigError> {
@@ -219,6 +221,9 @@ fn ssh_g(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Vec<(String, Str
     }
     for i in &ov.identity_files {
         cmd.arg("-i").arg(i);
+    }
+    if let Some(j) = &ov.jump {
+        cmd.arg("-J").arg(j);
     }
     option_lines(&ov.options)?;
     for o in &ov.options {
@@ -469,7 +474,10 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         server_alive: None,
         proxy_command: None,
     };
-    if extra("proxyjump").is_some_and(|v| v != "none") || extra("proxycommand").is_some_and(|v| v != "none") {
+    if ov.jump.is_some()
+        || extra("proxyjump").is_some_and(|v| v != "none")
+        || extra("proxycommand").is_some_and(|v| v != "none")
+    {
         return Err(ConfigError::Unsupported(
             "ProxyJump/ProxyCommand",
             "moor runs them through OpenSSH's client: install openssh-client",
@@ -689,6 +697,10 @@ mod tests {
         assert!(d.identities_only);
         assert!(d.identity_files[0].ends_with(".ssh/box_alice"), "{:?}", d.identity_files);
         assert!(d.proxy_command.is_some(), "Host * gives box a ProxyJump");
+        // -J on the command line wins, as in ssh.
+        let flag = Overrides { jump: Some("cli-jump".into()), ..ov.clone() };
+        let f = resolve_by_ssh(&ssh, "jumpy", &flag).unwrap().proxy_command.unwrap();
+        assert!(f.ends_with("-- cli-jump") && !f.contains("-J j1"), "{f}");
         let j = resolve_by_ssh(&ssh, "jumpy", &ov).unwrap();
         let c = j.proxy_command.unwrap();
         assert!(c.contains(" -W jumpy:22 ") && c.contains("-J j1") && c.ends_with("-- bob@j2:2200"), "{c}");
