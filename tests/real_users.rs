@@ -17,12 +17,15 @@ fn env() -> Proxied {
 /// written and read in many requests at once.
 const SIZES: [usize; 3] = [1, 100 * 1024, 8 << 20];
 
-/// Runs a Python program as the local user with `mnt` and `sizes` defined, and returns
-/// its last line of output.
+/// Runs a Python program as the local user with `mnt`, `sizes`, `data(n, seed)` and
+/// `read_back(fd)` (the whole file from its start) defined, and returns its last line
+/// of output.
 fn run_py(mnt: &str, body: &str) -> String {
     let script = format!(
         "import os, sys, json\nmnt = '{mnt}'\nsizes = {SIZES:?}\n\
-         def data(n, seed):\n    return bytes((i * 7 + seed) % 251 for i in range(n))\n{body}"
+         def data(n, seed):\n    return bytes((i * 7 + seed) % 251 for i in range(n))\n\
+         def read_back(fd):\n    os.lseek(fd, 0, 0)\n    got = b''\n    while True:\n        b = os.read(fd, 1 << 20)\n        \
+         if not b: return got\n        got += b\n{body}"
     );
     let f = script_file(&script);
     let out = sh(&format!("python3 {}", f.path().display()));
@@ -79,12 +82,7 @@ for n in sizes:
     assert not os.path.exists(p), 'still there'
     os.write(fd, data(n, 3))
     os.fsync(fd)
-    os.lseek(fd, 0, 0)
-    got = b''
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b: break
-        got += b
+    got = read_back(fd)
     assert got == data(1, 2) + data(n, 3), 'read back %d of %d bytes, differing' % (len(got), 1 + n)
     os.close(fd)
 print('ok')
@@ -177,12 +175,7 @@ for n in sizes:
     os.fsync(fd)
     os.chmod(p, 0)
     os.write(fd, data(n, 7))
-    os.lseek(fd, 0, 0)
-    got = b''
-    while True:
-        b = os.read(fd, 1 << 20)
-        if not b: break
-        got += b
+    got = read_back(fd)
     assert got == data(1, 6) + data(n, 7), '%d bytes: read back %d, differing' % (n, len(got))
     os.fsync(fd)
     os.close(fd)

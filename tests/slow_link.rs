@@ -279,6 +279,16 @@ fn in_fuse_call(pid: u32) -> bool {
         .is_ok_and(|w| w.contains("request_wait_answer") || w.contains("fuse"))
 }
 
+/// Presses Ctrl-C on `child` once it waits in a FUSE call; returns its output and how
+/// long it took to end after the signal.
+fn ctrl_c_while_waiting(child: std::process::Child, what: &str) -> (std::process::Output, Duration) {
+    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(child.id())), "{what} never waited on the mount");
+    let signalled = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = run_with_deadline_child(child, Duration::from_secs(10));
+    (out, signalled.elapsed())
+}
+
 /// Ctrl-C ends a call that waits on a stalled link: the program gets EINTR (or dies of
 /// the signal) at once, not after the call deadline. The deadlines here are a minute,
 /// so only the interrupt can end the calls within the test's bound.
@@ -300,11 +310,7 @@ fn ctrl_c_ends_a_waiting_call() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(py.id())), "python never waited on the mount");
-    let signalled = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(py.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = run_with_deadline_child(py, Duration::from_secs(10));
-    let took = signalled.elapsed();
+    let (out, took) = ctrl_c_while_waiting(py, "python");
     assert!(stdout(&out).starts_with("interrupted"), "python: {} {}", stdout(&out), stderr(&out));
     assert!(took < Duration::from_secs(2), "Ctrl-C took {took:?} to end the call");
     eprintln!("measured: a handled SIGINT ended the waiting call in {took:?}");
@@ -315,11 +321,7 @@ fn ctrl_c_ends_a_waiting_call() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(cat.id())), "cat never waited on the mount");
-    let signalled = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(cat.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = run_with_deadline_child(cat, Duration::from_secs(10));
-    let took = signalled.elapsed();
+    let (out, took) = ctrl_c_while_waiting(cat, "cat");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGINT), "cat: {:?}", out.status);
     assert!(took < Duration::from_secs(2), "Ctrl-C took {took:?} to kill cat");

@@ -55,14 +55,7 @@ fn a_target_behind_a_bastion_mounts_through_proxy_jump() {
     let c = Client::via(&bastion, proxy.port);
     write_jump_config(&c, &bastion, proxy.port, &target, "ProxyJump bastion");
     let mnt = c.mountpoint("jumped");
-    let out = c.run(&[
-        "mount",
-        "--allow-other",
-        "-F",
-        c.cfg(),
-        &format!("target:{}", target.export.display()),
-        mnt.to_str().unwrap(),
-    ]);
+    let out = c.try_mount_host("target", target.export.to_str().unwrap(), &mnt, &[]);
     assert!(out.status.success(), "mount through the bastion failed: {}", stderr(&out));
     let m = Mount { path: mnt };
     let via = c.mount_json()["via"].as_str().unwrap_or("").to_string();
@@ -97,7 +90,7 @@ fn a_changed_bastion_host_key_fails_the_mount() {
     write_jump_config(&c, &bastion, bastion.port, &target, "ProxyJump bastion");
     bastion.restart(true);
     let mnt = c.mountpoint("mnt");
-    let out = c.run(&["mount", "-F", c.cfg(), &format!("target:{}", target.export.display()), mnt.to_str().unwrap()]);
+    let out = c.try_mount_host("target", target.export.to_str().unwrap(), &mnt, &[]);
     assert_eq!(out.status.code(), Some(HOST_KEY), "{}", stderr(&out));
     assert!(stderr(&out).to_lowercase().contains("host key"), "{}", stderr(&out));
     assert!(!is_mounted(&mnt));
@@ -123,16 +116,7 @@ fn the_jump_flag_reaches_a_target_behind_a_bastion() {
     let c = Client::new(&bastion);
     write_jump_config(&c, &bastion, bastion.port, &target, "");
     let mnt = c.mountpoint("jumped");
-    let out = c.run(&[
-        "mount",
-        "--allow-other",
-        "-F",
-        c.cfg(),
-        "-J",
-        "bastion",
-        &format!("target:{}", target.export.display()),
-        mnt.to_str().unwrap(),
-    ]);
+    let out = c.try_mount_host("target", target.export.to_str().unwrap(), &mnt, &["-J", "bastion"]);
     assert!(out.status.success(), "mount with -J failed: {}", stderr(&out));
     let m = Mount { path: mnt };
     assert!(c.mount_json()["via"].as_str().unwrap_or("").ends_with("bastion"));

@@ -171,8 +171,7 @@ impl MetaCache {
     /// parent's listing shows the time of the change.
     fn entries_changed(&mut self, dir: &str) {
         self.attrs.remove(dir);
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0);
+        let now = super::fs::now_secs();
         let (parent, name) = parent_and_name(dir);
         if let Some(e) = self.dirs.get_mut(parent).and_then(|l| l.entries.iter_mut().find(|e| e.name == name)) {
             e.attr.mtime = now;

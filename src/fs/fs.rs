@@ -140,7 +140,8 @@ fn aside_name(path: &str) -> String {
     join(dir, &format!(".{name}.moor-aside-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
-fn now_secs() -> u32 {
+/// The time now, in the seconds SFTP carries.
+pub(super) fn now_secs() -> u32 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0)
 }
 

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 const FXP_VERSION: u8 = 2;
 const FXP_READ: u8 = 5;
 const FXP_WRITE: u8 = 6;
-const FXP_STATUS: u8 = 101;
+pub const FXP_STATUS: u8 = 101;
 const FXP_DATA: u8 = 103;
 
 const DIRECT_ID: u32 = 0x8000_0000;

@@ -114,6 +114,11 @@ pub struct Overrides {
     pub jump: Option<String>,
 }
 
+/// The home the password database gives this user, which ssh expands `~` to.
+fn pw_home() -> Option<PathBuf> {
+    nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir)
+}
+
 fn home() -> Result<PathBuf, ConfigError> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or(ConfigError::NoHome)
 }
@@ -144,29 +149,49 @@ fn option_lines(options: &[String]) -> Result<String, ConfigError> {
 }
 
 /// Expands `~` and the `%` tokens OpenSSH allows in file names.
-fn expand(raw: &str, home: &Path, d: &Destination) -> PathBuf {
+/// `raw` with each `%x` replaced by `value(x)` and `%%` by `%`; a token `value` does not
+/// know is left as it is.
+fn tokens(raw: &str, value: impl Fn(char) -> Option<String>) -> String {
     let mut s = String::new();
-    let mut chars = raw.chars().peekable();
+    let mut chars = raw.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
             s.push(c);
             continue;
         }
         match chars.next() {
-            Some('h') => s.push_str(&d.host_name),
-            Some('n') => s.push_str(&d.alias),
-            Some('p') => s.push_str(&d.port.to_string()),
-            Some('r') => s.push_str(&d.user),
-            Some('u') => s.push_str(&local_user()),
-            Some('d') => s.push_str(&home.to_string_lossy()),
             Some('%') => s.push('%'),
-            Some(other) => {
-                s.push('%');
-                s.push(other);
-            }
+            Some(t) => match value(t) {
+                Some(v) => s.push_str(&v),
+                None => {
+                    s.push('%');
+                    s.push(t);
+                }
+            },
             None => s.push('%'),
         }
     }
+    s
+}
+
+/// The tokens every destination has: `%h` host name, `%n` host as given, `%p` port,
+/// `%r` remote user.
+fn destination_token(d: &Destination, t: char) -> Option<String> {
+    match t {
+        'h' => Some(d.host_name.clone()),
+        'n' => Some(d.alias.clone()),
+        'p' => Some(d.port.to_string()),
+        'r' => Some(d.user.clone()),
+        _ => None,
+    }
+}
+
+fn expand(raw: &str, home: &Path, d: &Destination) -> PathBuf {
+    let s = tokens(raw, |t| match t {
+        'u' => Some(local_user()),
+        'd' => Some(home.to_string_lossy().into_owned()),
+        t => destination_token(d, t),
+    });
     if let Some(rest) = s.strip_prefix("~/") {
         home.join(rest)
     } else if s == "~" {
@@ -269,8 +294,7 @@ fn config_arg(ov: &Overrides) -> Option<PathBuf> {
         return Some(f.clone());
     }
     let home = home().ok()?;
-    let pw_home = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir);
-    if pw_home.as_deref() == Some(home.as_path()) {
+    if pw_home().as_deref() == Some(home.as_path()) {
         return None;
     }
     let own = home.join(".ssh/config");
@@ -335,7 +359,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
     }
     d.identity_files = all("identityfile").iter().map(|i| expand(i, &home, &d)).collect();
     // ssh expands `~` in these from the password database's home; moor means $HOME.
-    let pw_home = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten().map(|u| u.dir);
+    let pw_home = pw_home();
     let rehome = |p: PathBuf| match pw_home.as_deref().and_then(|pw| p.strip_prefix(pw).ok()) {
         Some(rest) if pw_home.as_deref() != Some(home.as_path()) => home.join(rest),
         _ => p,
@@ -401,27 +425,7 @@ fn proxy_command(
 
 /// `%h`, `%p`, `%r`, `%n` and `%%` in a ProxyCommand, as ssh expands them.
 fn proxy_tokens(raw: &str, d: &Destination) -> String {
-    let mut s = String::new();
-    let mut chars = raw.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            s.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('h') => s.push_str(&d.host_name),
-            Some('p') => s.push_str(&d.port.to_string()),
-            Some('r') => s.push_str(&d.user),
-            Some('n') => s.push_str(&d.alias),
-            Some('%') => s.push('%'),
-            Some(other) => {
-                s.push('%');
-                s.push(other);
-            }
-            None => s.push('%'),
-        }
-    }
-    s
+    tokens(raw, |t| destination_token(d, t))
 }
 
 /// `s` as one word for `sh -c`.

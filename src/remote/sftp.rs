@@ -38,12 +38,19 @@ pub struct SftpRemote {
 struct OpenFile {
     path: String,
     opts: OpenOptions,
-    /// The data lane the file was opened on (counted among the link's data lanes):
-    /// where its requests go unless told otherwise.
+    /// The data lane the file was opened on (counted among the link's data lanes): where
+    /// all its requests go.
     home: usize,
-    /// The server's handles, by lane, with the connection generation each belongs to and
-    /// the slot it takes on that connection.
-    live: tokio::sync::Mutex<HashMap<usize, (u64, ServerHandle, OwnedSemaphorePermit)>>,
+    /// The server's handle on that lane's connection, while that connection lives.
+    live: tokio::sync::Mutex<Option<Live>>,
+}
+
+/// A server handle, with the connection it belongs to and the slot it takes there.
+struct Live {
+    lane: usize,
+    generation: u64,
+    handle: ServerHandle,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl SftpRemote {
@@ -77,7 +84,7 @@ impl SftpRemote {
     /// another file (renamed or replaced since), none at all (unlinked), or be refused
     /// (a file created 0444, or chmod 000 since): the handle `open` returned is the only
     /// sure way to the file. Its requests are pipelined on that connection instead.
-    fn file_conn(&self, h: &Handle, _lane: Option<usize>) -> Result<Arc<SftpConn>> {
+    fn file_conn(&self, h: &Handle) -> Result<Arc<SftpConn>> {
         let home = self.file(h)?.home;
         self.link.data_conn(home).map_err(RemoteError::from)
     }
@@ -85,34 +92,27 @@ impl SftpRemote {
     /// The server's handle for `h` on `conn`, opening the file again by name when the
     /// connection it was opened on was replaced after a reconnect: the old handle died
     /// with it, and the name is all that is left.
-    /// `Ok(None)`: that connection has no handle slot free.
-    async fn live_handle_opt(&self, conn: &SftpConn, h: &Handle) -> Result<Option<ServerHandle>> {
+    async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<ServerHandle> {
         let file = self.file(h)?;
         let mut live = file.live.lock().await;
-        if let Some((generation, handle, _)) = live.get(&conn.lane) {
-            if *generation == conn.generation {
-                return Ok(Some(handle.clone()));
-            }
+        if let Some(l) = live.as_ref().filter(|l| l.lane == conn.lane && l.generation == conn.generation) {
+            return Ok(l.handle.clone());
         }
         // A handle of an older connection died with it, and so did its slot.
-        live.remove(&conn.lane);
-        let Ok(slot) = conn.handle_slots.clone().try_acquire_owned() else { return Ok(None) };
+        *live = None;
+        let Ok(slot) = conn.handle_slots.clone().try_acquire_owned() else { return Err(RemoteError::TooManyOpen) };
         // Reopening must not create, truncate or fail on existence again.
         let opts = OpenOptions { create: false, truncate: false, exclusive: false, ..file.opts };
         let r = wire::handle(&conn.direct, wire::OPEN, open_body(&file.path, opts, None)).await;
         let handle = self.check(conn, r)?;
-        tracing::debug!(path = %file.path, lane = conn.lane, "opened the file on another connection");
-        live.insert(conn.lane, (conn.generation, handle.clone(), slot));
-        Ok(Some(handle))
-    }
-
-    async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<ServerHandle> {
-        self.live_handle_opt(conn, h).await?.ok_or(RemoteError::TooManyOpen)
+        tracing::debug!(path = %file.path, lane = conn.lane, "opened the file again on a new connection");
+        *live = Some(Live { lane: conn.lane, generation: conn.generation, handle: handle.clone(), _slot: slot });
+        Ok(handle)
     }
 
     /// The connection and server handle for `h`'s requests (on its own connection).
-    async fn handle_on(&self, h: &Handle, lane: Option<usize>) -> Result<(Arc<SftpConn>, ServerHandle)> {
-        let home = self.file_conn(h, lane)?;
+    async fn handle_on(&self, h: &Handle) -> Result<(Arc<SftpConn>, ServerHandle)> {
+        let home = self.file_conn(h)?;
         let handle = self.live_handle(&home, h).await?;
         Ok((home, handle))
     }
@@ -138,23 +138,6 @@ impl SftpRemote {
 }
 
 impl SftpRemote {
-    async fn read_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, len: u32) -> Result<Bytes> {
-        let (c, h) = self.handle_on(handle, lane).await?;
-        match c.direct.read(&h, offset, len).await {
-            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
-                c.touch();
-                Ok(Bytes::new())
-            }
-            r => self.check(&c, r),
-        }
-    }
-
-    async fn write_lane_opt(&self, handle: &Handle, lane: Option<usize>, offset: u64, data: Bytes) -> Result<()> {
-        let (c, h) = self.handle_on(handle, lane).await?;
-        let r = c.direct.write(&h, offset, data).await;
-        self.check(&c, r)
-    }
-
     /// Numbers a server handle so it can be opened again after a reconnect.
     fn register(
         &self,
@@ -164,7 +147,7 @@ impl SftpRemote {
         handle: ServerHandle,
     ) -> Handle {
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let live = HashMap::from([(conn.lane, (conn.generation, handle, slot))]);
+        let live = Some(Live { lane: conn.lane, generation: conn.generation, handle, _slot: slot });
         let file = OpenFile { path: path.to_string(), opts, home, live: tokio::sync::Mutex::new(live) };
         lock(&self.files).insert(id, Arc::new(file));
         Handle(id)
@@ -307,7 +290,7 @@ impl Remote for SftpRemote {
     }
 
     async fn fstat(&self, handle: &Handle) -> Result<Attr> {
-        let (c, h) = self.handle_on(handle, None).await?;
+        let (c, h) = self.handle_on(handle).await?;
         let r = wire::attrs(&c.direct, wire::FSTAT, handle_body(&h)).await;
         self.check(&c, r)
     }
@@ -320,7 +303,7 @@ impl Remote for SftpRemote {
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
-        let (c, h) = self.handle_on(handle, None).await?;
+        let (c, h) = self.handle_on(handle).await?;
         let owner = self.owner_for(&c, &set, || handle_body(&h), wire::FSTAT).await;
         let r = wire::done(&c.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, owner)).await;
         self.check(&c, r)
@@ -379,40 +362,38 @@ impl Remote for SftpRemote {
 
     async fn close(&self, handle: &Handle) -> Result<()> {
         let Some(file) = lock(&self.files).remove(&handle.0) else { return Ok(()) };
-        let live = std::mem::take(&mut *file.live.lock().await);
-        let mut result = Ok(());
-        for (lane, (generation, h, _slot)) in live {
-            // A handle of a connection that is gone died with it.
-            let Ok(c) = self.link.conn_at(lane) else { continue };
-            if c.generation != generation {
-                continue;
+        let Some(live) = file.live.lock().await.take() else { return Ok(()) };
+        // A handle of a connection that is gone died with it.
+        match self.link.conn_at(live.lane) {
+            Ok(c) if c.generation == live.generation => {
+                let r = wire::done(&c.direct, wire::CLOSE, handle_body(&live.handle)).await;
+                self.check(&c, r)
             }
-            let r = wire::done(&c.direct, wire::CLOSE, handle_body(&h)).await;
-            if let Err(e) = self.check(&c, r) {
-                result = Err(e);
-            }
+            _ => Ok(()),
         }
-        result
     }
 
+    // `read_lane` and `write_lane` are the trait's: every lane of a file is its own
+    // connection here (see `file_conn`).
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
-        self.read_lane_opt(handle, None, offset, len).await
-    }
-
-    async fn read_lane(&self, handle: &Handle, lane: usize, offset: u64, len: u32) -> Result<Bytes> {
-        self.read_lane_opt(handle, Some(lane), offset, len).await
-    }
-
-    async fn write_lane(&self, handle: &Handle, lane: usize, offset: u64, data: Bytes) -> Result<()> {
-        self.write_lane_opt(handle, Some(lane), offset, data).await
+        let (c, h) = self.handle_on(handle).await?;
+        match c.direct.read(&h, offset, len).await {
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
+                c.touch();
+                Ok(Bytes::new())
+            }
+            r => self.check(&c, r),
+        }
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
-        self.write_lane_opt(handle, None, offset, data).await
+        let (c, h) = self.handle_on(handle).await?;
+        let r = c.direct.write(&h, offset, data).await;
+        self.check(&c, r)
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
-        let (c, h) = self.handle_on(handle, None).await?;
+        let (c, h) = self.handle_on(handle).await?;
         let r = wire::done(&c.direct, wire::EXTENDED, extended("fsync@openssh.com").bytes(&h)).await;
         self.check(&c, r)
     }
@@ -553,7 +534,7 @@ impl Remote for SftpRemote {
             self.fsetstat(handle, set).await?;
             return Ok(self.lstat(path).await.ok());
         }
-        let (c, h) = self.handle_on(handle, None).await?;
+        let (c, h) = self.handle_on(handle).await?;
         let (done, stat) = futures_util::join!(
             wire::done(&c.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, None)),
             wire::attrs(&c.direct, wire::FSTAT, handle_body(&h))

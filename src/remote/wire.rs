@@ -9,7 +9,7 @@ use russh_sftp::protocol::StatusCode;
 
 use super::name;
 use super::{Attr, SetAttr};
-use crate::link::channel::{status, DirectSftp};
+use crate::link::channel::{status, DirectSftp, FXP_STATUS as STATUS};
 
 pub const OPEN: u8 = 3;
 pub const CLOSE: u8 = 4;
@@ -29,7 +29,6 @@ pub const READLINK: u8 = 19;
 pub const SYMLINK: u8 = 20;
 pub const EXTENDED: u8 = 200;
 
-const STATUS: u8 = 101;
 const HANDLE: u8 = 102;
 const NAME: u8 = 104;
 const ATTRS: u8 = 105;

@@ -352,7 +352,12 @@ impl Client {
     /// others, so that the test process (root) can look into it; every access still
     /// reaches the server as the remote user's.
     pub fn try_mount(&self, remote: &str, mnt: &Path, extra: &[&str]) -> Output {
-        let spec = format!("testhost:{remote}");
+        self.try_mount_host("testhost", remote, mnt, extra)
+    }
+
+    /// The same, of another host of the config.
+    pub fn try_mount_host(&self, host: &str, remote: &str, mnt: &Path, extra: &[&str]) -> Output {
+        let spec = format!("{host}:{remote}");
         let mut args = vec!["mount", "--allow-other", "-F", self.ssh_config.to_str().unwrap()];
         args.extend_from_slice(extra);
         args.push(&spec);

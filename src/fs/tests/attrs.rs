@@ -23,11 +23,7 @@ async fn a_change_on_a_symlink_changes_the_link_not_its_target() {
 
 #[tokio::test]
 async fn without_lsetstat_a_change_on_a_symlink_is_refused() {
-    let mut remote = FakeRemote::new();
-    remote.ext.lsetstat = false;
-    let remote = Arc::new(remote);
-    remote.put_dir("/srv");
-    let fs = Fs::new(remote.clone(), "/srv", FsOptions::default());
+    let (remote, fs) = setup_without(|e| e.lsetstat = false);
     remote.put_file("/srv/t", b"t");
     let l = fs.symlink(ROOT, "l", "t").await.unwrap();
     assert_eq!(fs.setattr(l.ino, None, mtime(1000)).await.unwrap_err(), Errno::EOPNOTSUPP);
@@ -69,11 +65,7 @@ async fn only_changes_the_server_cannot_refuse_wait_behind_writes() {
 /// target moved aside, then removed), and one the server refuses leaves the target.
 #[tokio::test]
 async fn without_posix_rename_a_failed_rename_keeps_its_target() {
-    let mut remote = FakeRemote::new();
-    remote.ext.posix_rename = false;
-    let remote = Arc::new(remote);
-    remote.put_dir("/srv");
-    let fs = Fs::new(remote.clone(), "/srv", FsOptions::default());
+    let (remote, fs) = setup_without(|e| e.posix_rename = false);
     remote.put_file("/srv/a", b"a");
     remote.put_file("/srv/b", b"b");
     fs.rename(ROOT, "a", ROOT, "b", 0).await.unwrap();

@@ -28,6 +28,16 @@ fn setup_with(opts: FsOptions) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
     (remote, fs)
 }
 
+/// Like `setup`, with a server that lacks what `off` turns off of its extensions.
+fn setup_without(off: impl FnOnce(&mut crate::remote::Extensions)) -> (Arc<FakeRemote>, Fs<FakeRemote>) {
+    let mut remote = FakeRemote::new();
+    off(&mut remote.ext);
+    let remote = Arc::new(remote);
+    remote.put_dir("/srv");
+    let fs = Fs::new(remote.clone(), "/srv", FsOptions::default());
+    (remote, fs)
+}
+
 fn uncached() -> FsOptions {
     FsOptions { cache_timeout: std::time::Duration::ZERO, ..FsOptions::default() }
 }
