@@ -139,7 +139,7 @@ async fn facts<R: Remote>(remote: &R, op: Op, target: &str, source: Option<&str>
         facts.target = Some(a.kind());
         if a.kind() == FileKind::Dir && matches!(op, Op::Rmdir | Op::Rename) {
             // More than none is all that is asked.
-            facts.target_nonempty = matches!(remote.read_dir_upto(target, 0).await, Ok(None));
+            facts.target_nonempty = matches!(super::listing::whole(remote, target, 0).await, Ok(None));
         }
     }
     if let Some(src) = source {

@@ -869,6 +869,7 @@ impl<R: Remote> Fs<R> {
 
     /// The listing of `path`, from the cache or streaming from the server.
     async fn start_listing(&self, path: &str) -> FsResult<Listing> {
+        self.list_ahead.joined(path).await;
         let cached = self.cache().listing(path);
         if let Some(entries) = cached {
             self.list_ahead.subdirs_of(path, &entries);
@@ -956,6 +957,10 @@ impl<R: Remote> Fs<R> {
 impl<R: Remote> Fs<R> {
     pub(super) fn has_listing(&self, dir: &str) -> bool {
         self.cache().has_listing(dir)
+    }
+
+    pub(super) fn background_tasks(&self) -> usize {
+        self.tasks.len()
     }
 
     pub(super) fn queued_end(&self, ino: Ino) -> u64 {

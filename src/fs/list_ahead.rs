@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use super::cache::MetaCache;
+use super::listing;
 use super::path::join;
 use super::tasks::Tasks;
 use crate::remote::{DirEntry, FileKind, Remote};
@@ -23,6 +24,12 @@ use crate::sync::lock;
 const AHEAD_PER_DIR: usize = 5_000;
 /// Entries listed ahead, not yet entered, past which nothing more is listed ahead.
 const AHEAD_ENTRIES: usize = 50_000;
+
+enum Ahead {
+    Queued,
+    /// Being listed; the sender is dropped when the listing ends, however it ends.
+    Started(watch::Receiver<()>),
+}
 
 pub(super) struct ListAhead<R: Remote> {
     remote: Arc<R>,
@@ -34,6 +41,10 @@ pub(super) struct ListAhead<R: Remote> {
     /// Directories listed ahead that no program has entered yet: their entries, and
     /// when they were listed (they expire with the cache).
     waiting: Arc<Mutex<HashMap<String, (usize, Instant)>>>,
+    /// Directories to be listed ahead: a program that opens one being listed waits for
+    /// that listing instead of asking the server a second time, and one still queued
+    /// is taken over by the program.
+    underway: Arc<Mutex<HashMap<String, Ahead>>>,
     timeout: Duration,
 }
 
@@ -46,7 +57,24 @@ impl<R: Remote> ListAhead<R> {
         enabled: bool,
         timeout: Duration,
     ) -> Self {
-        ListAhead { remote, tasks, cache, slots, enabled, waiting: Arc::default(), timeout }
+        ListAhead { remote, tasks, cache, slots, enabled, waiting: Arc::default(), underway: Arc::default(), timeout }
+    }
+
+    /// Waits for `dir` if it is being listed ahead right now; the caller then looks in
+    /// the cache again (a failed listing ahead leaves nothing there).
+    pub(super) async fn joined(&self, dir: &str) {
+        let mut done = {
+            let mut underway = lock(&self.underway);
+            match underway.get(dir) {
+                Some(Ahead::Started(done)) => done.clone(),
+                Some(Ahead::Queued) => {
+                    underway.remove(dir);
+                    return;
+                }
+                None => return,
+            }
+        };
+        let _ = done.changed().await;
     }
 
     /// A program opened `dir`: what was listed ahead of it is used.
@@ -70,25 +98,51 @@ impl<R: Remote> ListAhead<R> {
         let subdirs: Vec<String> = {
             let cache = lock(&self.cache);
             let waiting = lock(&self.waiting);
-            list.iter()
-                .filter(|e| e.attr.kind() == FileKind::Dir)
-                .map(|e| join(dir, &e.name))
-                .filter(|p| !cache.has_listing(p) && !waiting.contains_key(p))
-                .collect()
+            let mut underway = lock(&self.underway);
+            let mut subdirs = Vec::new();
+            for e in list.iter().filter(|e| e.attr.kind() == FileKind::Dir) {
+                let p = join(dir, &e.name);
+                if !cache.has_listing(&p) && !waiting.contains_key(&p) && !underway.contains_key(&p) {
+                    underway.insert(p.clone(), Ahead::Queued);
+                    subdirs.push(p);
+                }
+            }
+            subdirs
         };
         for sub in subdirs {
-            let (remote, cache, slots, waiting) =
-                (self.remote.clone(), self.cache.clone(), self.slots.clone(), self.waiting.clone());
+            let (remote, cache, slots, waiting, underway) = (
+                self.remote.clone(),
+                self.cache.clone(),
+                self.slots.clone(),
+                self.waiting.clone(),
+                self.underway.clone(),
+            );
             self.tasks.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else { return };
-                if lock(&cache).has_listing(&sub) {
-                    return;
+                let (_done, rx) = watch::channel(());
+                {
+                    // The cache's lock is never taken while holding the listing's: that
+                    // order, reversed in `subdirs_of`, would deadlock.
+                    let listed = lock(&cache).has_listing(&sub);
+                    let mut underway = lock(&underway);
+                    match underway.get(&sub) {
+                        Some(Ahead::Queued) if !listed => {
+                            underway.insert(sub.clone(), Ahead::Started(rx));
+                        }
+                        Some(Ahead::Queued) => {
+                            underway.remove(&sub);
+                            return;
+                        }
+                        // Taken over by a program that opened it meanwhile.
+                        _ => return,
+                    }
                 }
                 let asked = lock(&cache).snapshot();
-                if let Ok(Some(l)) = remote.read_dir_upto(&sub, AHEAD_PER_DIR).await {
+                if let Ok(Some(l)) = listing::whole(&*remote, &sub, AHEAD_PER_DIR).await {
                     lock(&cache).put_listing(&sub, &l, asked);
-                    lock(&waiting).insert(sub, (l.len(), Instant::now()));
+                    lock(&waiting).insert(sub.clone(), (l.len(), Instant::now()));
                 }
+                lock(&underway).remove(&sub);
             });
         }
     }

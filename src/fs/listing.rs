@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use super::cache::Snapshot;
-use crate::remote::{DirEntry, DirStream, RemoteError};
+use crate::remote::{DirEntry, DirStream, Remote, RemoteError};
 
 /// Entries in a listing that is still cached whole once complete.
 pub(super) const CACHE_UP_TO: usize = 10_000;
@@ -51,6 +51,24 @@ fn usable(name: &str) -> bool {
         tracing::warn!(name = %name.escape_debug(), "the server listed a name that cannot be a file name; skipped");
     }
     ok
+}
+
+/// The whole listing of `path` as a program would see it (without "." and ".."), or
+/// `Ok(None)` once it has more than `limit` entries (the rest is not asked for).
+pub(super) async fn whole<R: Remote>(
+    remote: &R,
+    path: &str,
+    limit: usize,
+) -> Result<Option<Vec<DirEntry>>, RemoteError> {
+    let mut stream = remote.list(path).await?;
+    let mut all = Vec::new();
+    while let Some(batch) = stream.next().await {
+        all.extend(batch?.into_iter().filter(|e| usable(&e.name)));
+        if all.len() > limit {
+            return Ok(None);
+        }
+    }
+    Ok(Some(all))
 }
 
 impl Listing {

@@ -42,7 +42,7 @@ impl Tasks {
     }
 
     #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.tracker.len()
     }
 }

@@ -104,6 +104,10 @@ pub struct FakeRemote {
     pub overlong_reads: AtomicBool,
     /// Renames of these paths are refused, as a server refuses them without permission.
     pub refuse_renames_of: Mutex<Vec<String>>,
+    /// Listings started (OPENDIR), to see that a walk lists each directory once.
+    pub listings: AtomicU64,
+    /// Microseconds each listing takes to start, as a server's round trip.
+    pub list_latency_us: AtomicU64,
     pub ext: Extensions,
 }
 
@@ -147,6 +151,8 @@ impl FakeRemote {
             odd_entries: Mutex::new(Vec::new()),
             overlong_reads: AtomicBool::new(false),
             refuse_renames_of: Mutex::new(Vec::new()),
+            listings: AtomicU64::new(0),
+            list_latency_us: AtomicU64::new(0),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true, lsetstat: true },
         }
     }
@@ -349,6 +355,12 @@ impl Remote for FakeRemote {
 
     async fn list(&self, path: &str) -> Result<DirStream> {
         self.up()?;
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        let latency = self.list_latency_us.load(Ordering::Relaxed);
+        if latency > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(latency)).await;
+            self.up()?;
+        }
         let mut entries: Vec<DirEntry> = {
             let tree = self.tree.lock().unwrap();
             match tree.get(path).map(|n| &n.body) {
@@ -356,9 +368,15 @@ impl Remote for FakeRemote {
                 Some(_) => return Err(failure()),
                 None => return Err(RemoteError::NotFound),
             }
-            Self::children(&tree, path)
+            // "." and ".." first, as OpenSSH's server lists them.
+            let itself = Self::attr(&tree[path]);
+            [".", ".."]
                 .into_iter()
-                .map(|p| DirEntry { name: p.rsplit('/').next().unwrap_or("").to_string(), attr: Self::attr(&tree[&p]) })
+                .map(|name| DirEntry { name: name.into(), attr: itself })
+                .chain(Self::children(&tree, path).into_iter().map(|p| DirEntry {
+                    name: p.rsplit('/').next().unwrap_or("").to_string(),
+                    attr: Self::attr(&tree[&p]),
+                }))
                 .collect()
         };
         let odd = self.odd_entries.lock().unwrap();

@@ -232,21 +232,6 @@ pub trait Remote: Send + Sync + 'static {
     /// waiting for nor holding all of it.
     fn list(&self, path: &str) -> impl Future<Output = Result<DirStream>> + Send;
 
-    /// The whole listing of `path`, or `Ok(None)` once it has more than `limit` entries
-    /// (the rest is not asked for).
-    fn read_dir_upto(&self, path: &str, limit: usize) -> impl Future<Output = Result<Option<Vec<DirEntry>>>> + Send {
-        async move {
-            let mut stream = self.list(path).await?;
-            let mut all = Vec::new();
-            while let Some(batch) = stream.next().await {
-                all.extend(batch?);
-                if all.len() > limit {
-                    return Ok(None);
-                }
-            }
-            Ok(Some(all))
-        }
-    }
     fn open(&self, path: &str, opts: OpenOptions) -> impl Future<Output = Result<Handle>> + Send;
     fn close(&self, handle: &Handle) -> impl Future<Output = Result<()>> + Send;
     /// Reads up to `len` bytes; an empty result means end of file.

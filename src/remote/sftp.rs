@@ -21,6 +21,10 @@ use tokio::sync::OwnedSemaphorePermit;
 const ST_RDONLY: u64 = 1;
 /// READDIRs out at once on one listing.
 const READDIRS_IN_FLIGHT: usize = 16;
+/// READDIRs sent at first: a small directory's entries and its end come back in one
+/// round trip, and most directories are small. From the second batch with entries on,
+/// the directory is big: each such batch doubles the READDIRs out.
+const READDIRS_AT_FIRST: usize = 2;
 /// Batches a listing fetches ahead of the one who reads it.
 const LIST_BATCHES_AHEAD: usize = 16;
 
@@ -325,10 +329,15 @@ impl Remote for SftpRemote {
         let link = self.link.clone();
         tokio::spawn(async move {
             // Several READDIRs in flight, answered in order: a small directory comes back,
-            // with its end, in one round trip, and a big one streams.
+            // with its end, in one round trip, and a big one streams. Every READDIR past
+            // the end is wasted work on both sides, so only a big directory gets many.
             let mut out = FuturesOrdered::new();
+            let mut in_flight = READDIRS_AT_FIRST;
+            let mut batches = 0;
             loop {
-                while out.len() < READDIRS_IN_FLIGHT {
+                // After the first batch, the second READDIR out is likely the end.
+                let wanted = if batches == 1 { 1 } else { in_flight };
+                while out.len() < wanted {
                     out.push_back(wire::names(&c.direct, wire::READDIR, handle_body(&h)));
                 }
                 let batch = match out.next().await {
@@ -338,6 +347,10 @@ impl Remote for SftpRemote {
                     None => break,
                 };
                 c.touch();
+                batches += 1;
+                if batches > 1 {
+                    in_flight = (in_flight * 2).min(READDIRS_IN_FLIGHT);
+                }
                 let failed = batch.is_err();
                 // Nobody listening any more (the directory was closed early): stop.
                 if tx.send(batch).await.is_err() || failed {
