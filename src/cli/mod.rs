@@ -2,17 +2,22 @@
 //! print results for people or as JSON for scripts.
 
 mod output;
+mod terminal;
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::control::client::{Client, Mounted, Reconnected, Unmounted, WatchUpdate};
+use crate::control::client::{self, Client, Mounted, Reconnected, Unmounted, WatchUpdate};
 use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest};
 use crate::control::{agent, mount, names, registry};
 use crate::fs::IdMap;
+use crate::link::auth::{Asker, Question, Secret};
 use crate::link::config::{self, Overrides};
 use crate::link::{Link, LinkOptions};
 
@@ -413,6 +418,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         idmap: args.sharing.idmap,
         uid: args.sharing.uid,
         gid: args.sharing.gid,
+        interactive: terminal::available(),
     };
     if args.foreground {
         return foreground(req).await;
@@ -422,8 +428,11 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let agent = Client::connect_or_start(verbose).await?;
     // Ctrl-C hangs up on the agent, which then gives up the mount and leaves nothing.
     let res = tokio::select! {
-        r = agent.mount(req) => r,
-        _ = interrupt.recv() => Err(MoorError::new(ErrorKind::Cancelled, "cancelled: nothing was mounted")),
+        r = agent.mount(req, Some(terminal::ask)) => r,
+        _ = interrupt.recv() => {
+            terminal::restore();
+            Err(MoorError::new(ErrorKind::Cancelled, "cancelled: nothing was mounted"))
+        }
     };
     progress.finish();
     let Mounted { mount, already } = res?;
@@ -446,9 +455,22 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     Ok(())
 }
 
+/// A foreground mount asks its own terminal.
+struct TerminalAsker;
+
+impl Asker for TerminalAsker {
+    fn ask<'a>(&'a self, q: Question) -> Pin<Box<dyn Future<Output = Option<Secret>> + Send + 'a>> {
+        Box::pin(async move {
+            let answer = tokio::task::spawn_blocking(move || terminal::ask(&q.text, q.echo)).await.ok().flatten();
+            answer.map(Secret::new)
+        })
+    }
+}
+
 async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     let name = req.name.clone().unwrap_or_else(|| names::derive_name(&req.dest.alias, &req.remote_path));
-    let link = Link::connect(req.destination(), req.link_options()).await?;
+    let asker = req.interactive.then(|| Arc::new(TerminalAsker) as Arc<dyn Asker>);
+    let link = Link::connect(req.destination(), req.link_options(), asker).await?;
     let live = match mount::start(&req, name, link.clone()).await {
         Ok(m) => m,
         Err(e) => {
@@ -563,8 +585,17 @@ async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), MoorError> {
     let Some(agent) = Client::connect().await? else {
         return Err(names::not_mounted(&args.target));
     };
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
     let progress = output::Progress::start(format!("reconnecting {}", args.target));
-    let res = agent.reconnect(&args.target).await;
+    let ask = terminal::available().then_some(terminal::ask as client::Ask);
+    let res = tokio::select! {
+        r = agent.reconnect(&args.target, ask) => r,
+        _ = interrupt.recv() => {
+            terminal::restore();
+            Err(MoorError::new(ErrorKind::Cancelled, "cancelled"))
+        }
+    };
     progress.finish();
     let Reconnected { mount, outcome } = res?;
     println!("{}: {outcome}", mount.name);

@@ -183,6 +183,23 @@ pub fn event(e: &StatusEvent, json: bool) {
 }
 
 /// A spinner with elapsed time on a terminal, for anything slow; silent otherwise.
+/// Set while a question is on the terminal: the spinner does not draw over it.
+static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keeps the spinner off the terminal until dropped.
+pub struct HeldProgress;
+
+pub fn hold_progress() -> HeldProgress {
+    HELD.store(true, std::sync::atomic::Ordering::SeqCst);
+    HeldProgress
+}
+
+impl Drop for HeldProgress {
+    fn drop(&mut self) {
+        HELD.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub struct Progress {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -208,7 +225,9 @@ impl Progress {
             }
             loop {
                 let what = shown.lock().map(|w| w.clone()).unwrap_or_default();
-                eprint!("\r{} {what} ({:.0}s)\x1b[K", frames[i % frames.len()], start.elapsed().as_secs_f64());
+                if !HELD.load(std::sync::atomic::Ordering::SeqCst) {
+                    eprint!("\r{} {what} ({:.0}s)\x1b[K", frames[i % frames.len()], start.elapsed().as_secs_f64());
+                }
                 i += 1;
                 if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
                     eprint!("\r\x1b[K");

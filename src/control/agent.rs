@@ -2,15 +2,17 @@
 //! exits by itself when its last mount is gone.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, mpsc, Mutex, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex, Notify};
 
 use super::mount::{self, LiveMount};
 use super::names::{absolute, derive_name, not_mounted};
@@ -20,7 +22,9 @@ use super::protocol::{
 };
 use super::registry;
 use super::status::{MountStatus, StatusEvent, Timestamp};
+use crate::link::auth::{Asker, Question, Secret};
 use crate::link::backoff::Backoff;
+use crate::link::ssh::PERSON_DEADLINE;
 use crate::link::{Destination, Link, LinkState};
 
 /// How long a fresh agent waits for its first request before leaving.
@@ -174,6 +178,31 @@ pub async fn run() -> Result<(), MoorError> {
     Ok(())
 }
 
+/// Puts a login's questions to the client that asked for the mount or reconnect, which
+/// asks its user on its terminal.
+struct SocketAsker {
+    asks: mpsc::UnboundedSender<(Question, oneshot::Sender<Option<Secret>>)>,
+}
+
+impl Asker for SocketAsker {
+    fn ask<'a>(&'a self, q: Question) -> Pin<Box<dyn Future<Output = Option<Secret>> + Send + 'a>> {
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            self.asks.send((q, reply)).ok()?;
+            tokio::time::timeout(PERSON_DEADLINE, answer).await.ok()?.ok()?
+        })
+    }
+}
+
+/// The answer an `Answer` line carries (`None` inside: the user would not say); anything
+/// else from the client is taken as no answer.
+fn answer_in(line: &str) -> Option<Secret> {
+    match serde_json::from_str::<Envelope<Request>>(line).map(|e| e.body) {
+        Ok(Request::Answer { answer }) => answer.map(Secret::new),
+        _ => None,
+    }
+}
+
 /// Refuses connections from anyone but the agent's own user.
 fn same_user(stream: &UnixStream) -> bool {
     let me = nix::unistd::getuid().as_raw();
@@ -234,9 +263,13 @@ impl Agent {
         // The client hanging up (Ctrl-C) cancels what it asked for.
         let cancel = Cancel::default();
         let (progress, mut updates) = mpsc::unbounded_channel();
-        let work = self.handle(req, cancel.clone(), progress);
+        let (asks, mut questions) = mpsc::unbounded_channel();
+        let asker: Arc<dyn Asker> = Arc::new(SocketAsker { asks });
+        let work = self.handle(req, cancel.clone(), progress, asker);
         tokio::pin!(work);
-        let mut probe = [0u8; 1];
+        let mut lines = rd.lines();
+        // The question the client is answering now (a login asks one at a time).
+        let mut pending: Option<oneshot::Sender<Option<Secret>>> = None;
         let mut hung_up = false;
         let response = loop {
             tokio::select! {
@@ -244,11 +277,25 @@ impl Agent {
                 Some(update) = updates.recv() => {
                     let _ = send(&mut wr, update).await;
                 }
-                r = rd.read(&mut probe), if !hung_up => {
-                    tracing::debug!(?r, "the client hung up; cancelling its request");
-                    hung_up = true;
-                    cancel.cancel();
+                Some((q, reply)) = questions.recv() => {
+                    let q: Question = q;
+                    if send(&mut wr, Response::Prompt { text: q.text, echo: q.echo }).await.is_ok() {
+                        pending = Some(reply);
+                    }
                 }
+                line = lines.next_line(), if !hung_up => match line.ok().flatten().map(|l| answer_in(&l)) {
+                    Some(answer) => {
+                        if let Some(reply) = pending.take() {
+                            let _ = reply.send(answer);
+                        }
+                    }
+                    None => {
+                        tracing::debug!("the client hung up; cancelling its request");
+                        hung_up = true;
+                        pending = None;
+                        cancel.cancel();
+                    }
+                },
             }
         };
         let _ = send(&mut wr, response).await;
@@ -281,9 +328,10 @@ impl Agent {
         req: Request,
         cancel: Cancel,
         progress: mpsc::UnboundedSender<Response>,
+        asker: Arc<dyn Asker>,
     ) -> Response {
         match req {
-            Request::Mount(m) => match self.mount(*m, cancel).await {
+            Request::Mount(m) => match self.mount(*m, cancel, asker).await {
                 Ok((mount, already)) => Response::Mounted { mount, already },
                 Err(error) => Response::Error { error },
             },
@@ -298,18 +346,24 @@ impl Agent {
                 mounts.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
                 Response::Status { mounts }
             }
-            Request::Reconnect { target } => match self.reconnect(&target).await {
-                Ok((mount, outcome)) => Response::Reconnected { mount, outcome },
-                Err(error) => Response::Error { error },
-            },
+            Request::Reconnect { target, interactive } => {
+                match self.reconnect(&target, interactive.then_some(asker)).await {
+                    Ok((mount, outcome)) => Response::Reconnected { mount, outcome },
+                    Err(error) => Response::Error { error },
+                }
+            }
             Request::Watch => error(ErrorKind::Internal, "watch is served as a stream".into()),
+            Request::Answer { .. } => error(ErrorKind::Usage, "an answer with no question asked".into()),
         }
     }
 
-    async fn reconnect(&self, target: &str) -> Result<(MountInfo, String), MoorError> {
+    async fn reconnect(&self, target: &str, asker: Option<Arc<dyn Asker>>) -> Result<(MountInfo, String), MoorError> {
         let m = self.find(target).await.ok_or_else(|| not_mounted(target))?;
-        let limit = m.request.link.reconnect_timeout + Duration::from_secs(5);
-        match m.link().reconnect_now(limit).await {
+        let mut limit = m.request.link.reconnect_timeout + Duration::from_secs(5);
+        if asker.is_some() {
+            limit += PERSON_DEADLINE;
+        }
+        match m.link().reconnect_now(limit, asker).await {
             Ok(outcome) => Ok((m.info(), outcome.to_string())),
             Err(reason) => {
                 Err(MoorError::new(ErrorKind::Connect, format!("{}: still not connected: {reason}", m.name)))
@@ -327,7 +381,12 @@ impl Agent {
         (2..).map(|i| format!("{base}-{i}")).find(|n| !taken(n)).unwrap_or(base)
     }
 
-    async fn mount(self: &Arc<Self>, req: MountRequest, cancel: Cancel) -> Result<(MountInfo, bool), MoorError> {
+    async fn mount(
+        self: &Arc<Self>,
+        req: MountRequest,
+        cancel: Cancel,
+        asker: Arc<dyn Asker>,
+    ) -> Result<(MountInfo, bool), MoorError> {
         if let Some(existing) = self.mounts.lock().await.get(&req.mountpoint).cloned() {
             if existing.same_as(&req) {
                 return Ok((existing.info(), true));
@@ -353,7 +412,7 @@ impl Agent {
         // Fail fast on a bad mountpoint before dialling anyone.
         mount::check_mountpoint(&req.mountpoint)?;
         let name = self.unique_name(&req).await;
-        let link = self.link_for(&req, &cancel).await?;
+        let link = self.link_for(&req, &cancel, req.interactive.then_some(asker)).await?;
         let mut live = match mount::start(&req, name, link.clone()).await {
             Ok(m) => m,
             Err(e) => {
@@ -464,7 +523,12 @@ impl Agent {
 
     /// The destination's link, connecting it if no mount uses one yet. With `--wait`,
     /// a host that refuses or does not answer is tried again until the deadline.
-    async fn link_for(&self, req: &MountRequest, cancel: &Cancel) -> Result<Arc<Link>, MoorError> {
+    async fn link_for(
+        &self,
+        req: &MountRequest,
+        cancel: &Cancel,
+        asker: Option<Arc<dyn Asker>>,
+    ) -> Result<Arc<Link>, MoorError> {
         let dest = req.destination();
         {
             let mut links = self.links.lock().await;
@@ -480,7 +544,7 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
         let link = loop {
             let attempt = tokio::select! {
-                r = Link::connect(dest.clone(), req.link_options()) => r,
+                r = Link::connect(dest.clone(), req.link_options(), asker.clone()) => r,
                 _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
             };
             match attempt {

@@ -38,6 +38,10 @@ fn unexpected_answer() -> MoorError {
     MoorError::new(ErrorKind::Agent, "unexpected answer from the agent")
 }
 
+/// Asks the user a question the agent relays (text, whether the answer may show as
+/// typed); `None` when they cannot or will not answer. Runs on a blocking thread.
+pub type Ask = fn(&str, bool) -> Option<String>;
+
 /// A mount made, or found already there.
 #[derive(Debug)]
 pub struct Mounted {
@@ -120,9 +124,10 @@ impl Client {
 
     /// Asks for a mount; waits as long as dialling (and `--wait`) may take, and more.
     /// Dropping the future hangs up, which makes the agent give the mount up.
-    pub async fn mount(self, req: MountRequest) -> Result<Mounted, MoorError> {
+    /// Questions of the login (passphrase, password, one-time code) go to `ask`.
+    pub async fn mount(self, req: MountRequest, ask: Option<Ask>) -> Result<Mounted, MoorError> {
         let deadline = req.dest.connect_timeout + req.wait.unwrap_or_default() + MOUNT_SLACK;
-        self.ask(Request::Mount(Box::new(req)), deadline, |r| match r {
+        self.ask(Request::Mount(Box::new(req)), deadline, ask, |r| match r {
             Response::Mounted { mount, already } => Some(Mounted { mount, already }),
             _ => None,
         })
@@ -152,17 +157,18 @@ impl Client {
 
     /// Every mount the agent serves, in mountpoint order.
     pub async fn status(self) -> Result<Vec<MountInfo>, MoorError> {
-        self.ask(Request::Status, STATUS_DEADLINE, |r| match r {
+        self.ask(Request::Status, STATUS_DEADLINE, None, |r| match r {
             Response::Status { mounts } => Some(mounts),
             _ => None,
         })
         .await
     }
 
-    /// Reconnects the mount named by `target` now, and says how it went.
-    pub async fn reconnect(self, target: &str) -> Result<Reconnected, MoorError> {
-        let req = Request::Reconnect { target: target.to_string() };
-        self.ask(req, RECONNECT_DEADLINE, |r| match r {
+    /// Reconnects the mount named by `target` now, and says how it went; a login that
+    /// needs a person puts its questions to `ask`.
+    pub async fn reconnect(self, target: &str, ask: Option<Ask>) -> Result<Reconnected, MoorError> {
+        let req = Request::Reconnect { target: target.to_string(), interactive: ask.is_some() };
+        self.ask(req, RECONNECT_DEADLINE, ask, |r| match r {
             Response::Reconnected { mount, outcome } => Some(Reconnected { mount, outcome }),
             _ => None,
         })
@@ -176,18 +182,30 @@ impl Client {
         Ok(Watch { rd: BufReader::new(rd).lines(), _wr: wr })
     }
 
-    /// Sends `req`, waits up to `deadline` for the answer, and keeps it if `expected`
-    /// recognises it.
+    /// Sends `req`, waits up to `deadline` for the answer (the clock starts again after
+    /// each question the user answers), and keeps it if `expected` recognises it.
     async fn ask<T>(
         self,
         req: Request,
         deadline: Duration,
+        ask: Option<Ask>,
         expected: impl FnOnce(Response) -> Option<T>,
     ) -> Result<T, MoorError> {
         let (rd, mut wr) = self.stream.into_split();
         send(&mut wr, req).await?;
-        let response = read_answer(&mut BufReader::new(rd).lines(), deadline).await?;
-        expected(response).ok_or_else(unexpected_answer)
+        let mut rd = BufReader::new(rd).lines();
+        loop {
+            match read_answer(&mut rd, deadline).await? {
+                Response::Prompt { text, echo } => {
+                    let answer = match ask {
+                        Some(f) => tokio::task::spawn_blocking(move || f(&text, echo)).await.ok().flatten(),
+                        None => None,
+                    };
+                    send(&mut wr, Request::Answer { answer }).await?;
+                }
+                other => return expected(other).ok_or_else(unexpected_answer),
+            }
+        }
     }
 }
 

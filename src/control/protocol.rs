@@ -13,7 +13,7 @@ use crate::link::config::{AddressFamily, HostKeyPolicy};
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {
@@ -39,6 +39,13 @@ pub enum Request {
     Watch,
     Reconnect {
         target: String,
+        /// The client can ask its user questions (it has a terminal).
+        #[serde(default, skip_serializing_if = "is_false")]
+        interactive: bool,
+    },
+    /// The user's answer to the agent's last `Prompt` (`None`: they would not say).
+    Answer {
+        answer: Option<String>,
     },
 }
 
@@ -78,6 +85,12 @@ pub enum Response {
         mount: MountInfo,
         outcome: String,
     },
+    /// A question from the server (or a key file) for the user: the client asks it on
+    /// its terminal (without echo unless `echo`) and sends the `Answer`.
+    Prompt {
+        text: String,
+        echo: bool,
+    },
     Error {
         error: MoorError,
     },
@@ -112,6 +125,10 @@ pub struct MountRequest {
     pub uid: Option<u32>,
     #[serde(default)]
     pub gid: Option<u32>,
+    /// The client can ask its user questions (it has a terminal): passphrases,
+    /// passwords, one-time codes.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 impl MountRequest {
@@ -136,6 +153,8 @@ pub struct DestinationSpec {
     pub user: String,
     pub identity_files: Vec<PathBuf>,
     pub identities_only: bool,
+    #[serde(default)]
+    pub certificate_files: Vec<PathBuf>,
     /// Files checked for the host key; new keys are recorded in the first.
     pub known_hosts: Vec<PathBuf>,
     pub global_known_hosts: Vec<PathBuf>,
@@ -269,6 +288,7 @@ wire_twin!(Destination <=> DestinationSpec {
     user,
     identity_files,
     identities_only,
+    certificate_files,
     known_hosts,
     global_known_hosts,
     host_key_policy,
@@ -386,7 +406,7 @@ impl MoorError {
 impl From<LinkError> for MoorError {
     fn from(e: LinkError) -> MoorError {
         let kind = match &e {
-            LinkError::AuthRefused { .. } => ErrorKind::Auth,
+            LinkError::AuthRefused { .. } | LinkError::NeedsLogin { .. } => ErrorKind::Auth,
             LinkError::HostKeyUnknown { .. }
             | LinkError::HostKeyChanged { .. }
             | LinkError::HostKeyUnverifiable { .. } => ErrorKind::HostKey,
@@ -434,6 +454,7 @@ pub(crate) mod tests {
                 user: "alice".into(),
                 identity_files: vec!["/home/alice/.ssh/id_ed25519".into()],
                 identities_only: true,
+                certificate_files: vec![],
                 known_hosts: vec!["/home/alice/.ssh/known_hosts".into()],
                 global_known_hosts: vec!["/etc/ssh/ssh_known_hosts".into()],
                 host_key_policy: HostKeyCheck::AcceptNew,
@@ -467,6 +488,7 @@ pub(crate) mod tests {
             idmap: IdMap::User,
             uid: None,
             gid: None,
+            interactive: false,
         }
     }
 
@@ -527,9 +549,9 @@ pub(crate) mod tests {
         pin(
             Request::Mount(Box::new(sample_mount_request())),
             concat!(
-                r#"{"version":1,"request":"mount","#,
+                r#"{"version":2,"request":"mount","#,
                 r#""dest":{"alias":"box","host_name":"box.example","port":2222,"user":"alice","#,
-                r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"#,
+                r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"certificate_files":[],"#,
                 r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
                 r#""host_key_policy":"accept-new","connect_timeout":{"secs":10,"nanos":0},"#,
                 r#""agent_socket":"/run/user/1000/ssh-agent","host_key_alias":null,"address_family":"any","#,
@@ -541,34 +563,40 @@ pub(crate) mod tests {
                 r#""reconnect_timeout":{"secs":5,"nanos":0},"reconnect":true,"connections":4},"#,
                 r#""call_timeout":{"secs":3,"nanos":0},"cache_timeout":{"secs":5,"nanos":0},"#,
                 r#""read_ahead":16777216,"wait":{"secs":1,"nanos":500000000},"verbose":1,"#,
-                r#""allow_other":false,"idmap":"user","uid":null,"gid":null}"#
+                r#""allow_other":false,"idmap":"user","uid":null,"gid":null,"interactive":false}"#
             ),
         );
         pin(
             Request::Unmount { target: "/home/alice/src".into(), lazy: true, force: false },
-            r#"{"version":1,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
+            r#"{"version":2,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
         );
         pin(
             Request::Unmount { target: "/home/alice/src".into(), lazy: false, force: true },
-            r#"{"version":1,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
+            r#"{"version":2,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
         );
-        pin(Request::Status, r#"{"version":1,"request":"status"}"#);
-        pin(Request::Watch, r#"{"version":1,"request":"watch"}"#);
+        pin(Request::Status, r#"{"version":2,"request":"status"}"#);
+        pin(Request::Watch, r#"{"version":2,"request":"watch"}"#);
         pin(
-            Request::Reconnect { target: "box-src".into() },
-            r#"{"version":1,"request":"reconnect","target":"box-src"}"#,
+            Request::Reconnect { target: "box-src".into(), interactive: false },
+            r#"{"version":2,"request":"reconnect","target":"box-src"}"#,
         );
+        pin(
+            Request::Reconnect { target: "box-src".into(), interactive: true },
+            r#"{"version":2,"request":"reconnect","target":"box-src","interactive":true}"#,
+        );
+        pin(Request::Answer { answer: Some("123456".into()) }, r#"{"version":2,"request":"answer","answer":"123456"}"#);
+        pin(Request::Answer { answer: None }, r#"{"version":2,"request":"answer","answer":null}"#);
     }
 
     #[test]
     fn responses_on_the_wire() {
         pin(
             Response::Mounted { mount: sample_mount_info(), already: false },
-            concat!(r#"{"version":1,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
+            concat!(r#"{"version":2,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
         );
         pin(
             Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() }, lost: None },
-            concat!(r#"{"version":1,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
+            concat!(r#"{"version":2,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
         );
         let lost = AtStake { bytes: 4096, files: vec!["/srv/a".into()] };
         pin(
@@ -577,20 +605,20 @@ pub(crate) mod tests {
                 lost: Some(lost.clone()),
             },
             concat!(
-                r#"{"version":1,"response":"unmounted","mount":"#,
+                r#"{"version":2,"response":"unmounted","mount":"#,
                 mount_info_wire!("[]"),
                 r#","lost":{"bytes":4096,"files":["/srv/a"]}}"#
             ),
         );
         pin(
             Response::Draining { mount: "box-src".into(), at_stake: lost, moving: true },
-            r#"{"version":1,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
+            r#"{"version":2,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
         );
         pin(
             Response::Status { mounts: vec![sample_mount_info()] },
-            concat!(r#"{"version":1,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
+            concat!(r#"{"version":2,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
         );
-        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":1,"response":"watching","mounts":[]}"#);
+        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":2,"response":"watching","mounts":[]}"#);
         let event = StatusEvent {
             mount: "box-src".into(),
             at: Timestamp(3_000),
@@ -605,7 +633,7 @@ pub(crate) mod tests {
         pin(
             Response::Event { event },
             concat!(
-                r#"{"version":1,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
+                r#"{"version":2,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
                 r#""old":{"state":"active"},"new":{"state":"reconnecting","attempt":1,"#,
                 r#""since":"1970-01-01T00:00:03.000Z","next_attempt_at":"1970-01-01T00:00:03.500Z","#,
                 r#""last_error":"2 heartbeats missed"}}}"#
@@ -614,7 +642,7 @@ pub(crate) mod tests {
         pin(
             Response::Reconnected { mount: sample_mount_info(), outcome: "reconnected".into() },
             concat!(
-                r#"{"version":1,"response":"reconnected","mount":"#,
+                r#"{"version":2,"response":"reconnected","mount":"#,
                 mount_info_wire!(),
                 r#","outcome":"reconnected"}"#
             ),
@@ -622,7 +650,7 @@ pub(crate) mod tests {
         let error = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
         pin(
             Response::Error { error },
-            r#"{"version":1,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
+            r#"{"version":2,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
         );
     }
 

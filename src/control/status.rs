@@ -15,8 +15,21 @@ pub use crate::timestamp::Timestamp;
 pub enum MountStatus {
     Connecting,
     Active,
-    Reconnecting { attempt: u32, since: Timestamp, next_attempt_at: Timestamp, last_error: String },
-    Failed { reason: String },
+    Reconnecting {
+        attempt: u32,
+        since: Timestamp,
+        next_attempt_at: Timestamp,
+        last_error: String,
+    },
+    Failed {
+        reason: String,
+    },
+    /// The server wants a person to log in (a fresh one-time code): `moor reconnect`
+    /// from a terminal asks and brings the mount back.
+    NeedsLogin {
+        method: String,
+        since: Timestamp,
+    },
     Unmounted,
 }
 
@@ -30,6 +43,9 @@ impl std::fmt::Display for MountStatus {
                 write!(f, "reconnecting (attempt {attempt}, next in {next:.1}s: {last_error})")
             }
             MountStatus::Failed { reason } => write!(f, "failed: {reason}"),
+            MountStatus::NeedsLogin { method, .. } => {
+                write!(f, "needs login (the server asks for a {method}): run `moor reconnect`")
+            }
             MountStatus::Unmounted => write!(f, "unmounted"),
         }
     }
@@ -53,6 +69,9 @@ impl From<&LinkState> for MountStatus {
                 last_error: last_error.clone(),
             },
             LinkState::Failed { reason } => MountStatus::Failed { reason: reason.clone() },
+            LinkState::NeedsLogin { method, since } => {
+                MountStatus::NeedsLogin { method: method.clone(), since: Timestamp::from(*since) }
+            }
             LinkState::Closed => MountStatus::Unmounted,
         }
     }

@@ -33,6 +33,9 @@ pub struct Destination {
     pub user: String,
     pub identity_files: Vec<PathBuf>,
     pub identities_only: bool,
+    /// OpenSSH certificates offered with the identity whose key they hold (`CertificateFile`).
+    #[serde(default)]
+    pub certificate_files: Vec<PathBuf>,
     /// Files checked for the host key; new keys are recorded in the first.
     pub known_hosts: Vec<PathBuf>,
     pub global_known_hosts: Vec<PathBuf>,
@@ -329,6 +332,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         port,
         user: one("user").map(str::to_string).unwrap_or_else(local_user),
         identity_files: Vec::new(),
+        certificate_files: Vec::new(),
         identities_only: one("identitiesonly") == Some("yes"),
         known_hosts: Vec::new(),
         global_known_hosts: Vec::new(),
@@ -375,12 +379,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
     d.known_hosts = files("userknownhostsfile", &d);
     d.global_known_hosts = files("globalknownhostsfile", &d);
     d.agent_socket = agent_socket(one("identityagent"), &home, &d);
-    if !all("certificatefile").is_empty() {
-        return Err(ConfigError::Unsupported(
-            "CertificateFile",
-            "log in with a plain key (remove CertificateFile for this host, or use -F with a config without it)",
-        ));
-    }
+    d.certificate_files = all("certificatefile").iter().map(|c| rehome(expand(c, &home, &d))).collect();
     d.proxy_command = proxy_command(one("proxycommand"), one("proxyjump"), ssh, config_arg(ov).as_deref(), &d)?;
     Ok(d)
 }
@@ -467,6 +466,7 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         port: ov.port.or(p.port).unwrap_or(22),
         user: ov.user.clone().or(spec_user).or(p.user.clone()).unwrap_or_else(local_user),
         identity_files: Vec::new(),
+        certificate_files: Vec::new(),
         identities_only: yes("identitiesonly"),
         known_hosts: Vec::new(),
         global_known_hosts: Vec::new(),
@@ -712,10 +712,9 @@ mod tests {
         assert_eq!(n.proxy_command.as_deref(), Some("nc cmd 22"));
         let none = resolve_by_ssh(&ssh, "nocmd", &ov).unwrap();
         assert_eq!(none.proxy_command, None, "ProxyCommand none wins over a later ProxyJump");
-        // Refused by name rather than silently ignored.
         std::fs::write(&cfg, "Host c\n  CertificateFile /tmp/cert\n").unwrap();
-        let e = resolve_by_ssh(&ssh, "c", &ov).unwrap_err();
-        assert!(e.to_string().contains("CertificateFile"), "{e}");
+        let c = resolve_by_ssh(&ssh, "c", &ov).unwrap();
+        assert_eq!(c.certificate_files, vec![PathBuf::from("/tmp/cert")]);
         // A destination that looks like an option is a destination.
         std::fs::write(&cfg, "").unwrap();
         let d = resolve_by_ssh(&ssh, "-oProxyCommand=touch /tmp/moor-pwned", &ov);

@@ -32,6 +32,11 @@ pub enum LinkError {
     HostKeyUnverifiable { host: String, detail: String },
     #[error("{user}@{host} refused every key offered ({tried}); check -i/IdentityFile, ssh-agent, and the server's authorized_keys{hint}")]
     AuthRefused { user: String, host: String, tried: String, hint: String },
+    #[error(
+        "{user}@{host} asks for a {method} and there is no terminal to ask on: run `moor mount` in a terminal \
+         (`moor reconnect` for a mount waiting for a login), or log in with a key (ssh-add, -i)"
+    )]
+    NeedsLogin { user: String, host: String, method: String },
     #[error("the server does not offer SFTP ({detail}); enable the sftp Subsystem in its sshd_config")]
     NoSftp { detail: String },
     #[error("ssh protocol error with {host}: {detail}")]

@@ -3,6 +3,7 @@
 //! connection, a supervisor reconnects with backoff (`backoff`), and the connection is
 //! swapped underneath whoever uses the link.
 
+pub mod auth;
 pub mod backoff;
 pub mod channel;
 pub mod config;
@@ -25,6 +26,7 @@ pub use config::Destination;
 pub use error::LinkError;
 pub use ssh::{ConnStats, SftpConn};
 
+use auth::{Asker, Keyring};
 use policy::{Next, Policy};
 
 use crate::sync::{lock, read, write};
@@ -79,9 +81,24 @@ impl Default for LinkOptions {
 /// Where a link stands. Every change is published to the link's watchers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkState {
-    Up { since: SystemTime },
-    Down { since: SystemTime, attempt: u32, next_attempt_at: SystemTime, last_error: String },
-    Failed { reason: String },
+    Up {
+        since: SystemTime,
+    },
+    Down {
+        since: SystemTime,
+        attempt: u32,
+        next_attempt_at: SystemTime,
+        last_error: String,
+    },
+    Failed {
+        reason: String,
+    },
+    /// The server wants a person to log in again (a fresh one-time code): only
+    /// `moor reconnect`, from a terminal, brings it back.
+    NeedsLogin {
+        method: String,
+        since: SystemTime,
+    },
     Closed,
 }
 
@@ -134,6 +151,10 @@ pub struct Link {
     last_rtt_us: AtomicU64,
     /// Paths that must still exist after a reconnect (mount roots).
     required_paths: Mutex<Vec<String>>,
+    /// What logins learned that reconnects may use again (memory only; wiped at close).
+    keyring: Keyring,
+    /// Who answers the questions of the next attempt: the `moor reconnect` that asked.
+    asker: Mutex<Option<Arc<dyn Asker>>>,
 }
 
 impl Link {
@@ -144,8 +165,13 @@ impl Link {
         self.dest.proxy_command.clone()
     }
 
-    pub async fn connect(dest: Destination, opts: LinkOptions) -> Result<Arc<Link>, LinkError> {
-        let pool = dial_pool(&dest, &opts, 1).await?;
+    pub async fn connect(
+        dest: Destination,
+        opts: LinkOptions,
+        asker: Option<Arc<dyn Asker>>,
+    ) -> Result<Arc<Link>, LinkError> {
+        let keyring = Keyring::default();
+        let pool = dial_pool(&dest, &opts, 1, &keyring, asker.as_deref()).await?;
         let (state, _) = watch::channel(LinkState::Up { since: SystemTime::now() });
         let link = Arc::new(Link {
             dest,
@@ -164,6 +190,8 @@ impl Link {
             reconnects: AtomicU64::new(0),
             last_rtt_us: AtomicU64::new(0),
             required_paths: Mutex::new(Vec::new()),
+            keyring,
+            asker: Mutex::new(None),
         });
         tokio::spawn(link.clone().supervise());
         Ok(link)
@@ -260,6 +288,9 @@ impl Link {
         match &*self.state.borrow() {
             LinkState::Failed { reason } => Err(Unavailable::Failed(reason.clone())),
             LinkState::Closed => Err(Unavailable::Failed("unmounted".into())),
+            LinkState::NeedsLogin { method, .. } => {
+                Err(Unavailable::Down(format!("the server asks for a {method}: run `moor reconnect`")))
+            }
             LinkState::Down { last_error, .. } => {
                 self.attempt_wanted.notify_one();
                 Err(Unavailable::Down(last_error.clone()))
@@ -293,6 +324,7 @@ impl Link {
                 LinkState::Failed { reason } => return Err(Unavailable::Failed(reason.clone())),
                 LinkState::Closed => return Err(Unavailable::Failed("unmounted".into())),
                 LinkState::Down { .. } => self.attempt_wanted.notify_one(),
+                LinkState::NeedsLogin { .. } => {}
             }
             if rx.changed().await.is_err() {
                 return Err(Unavailable::Failed("link gone".into()));
@@ -326,6 +358,8 @@ impl Link {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.close_requested.notify_one();
+        self.keyring.wipe();
+        lock(&self.asker).take();
         let pool = std::mem::take(&mut *write(&self.current));
         for c in pool {
             c.close().await;
@@ -409,6 +443,16 @@ impl Link {
                             self.report_outcome(Ok(()));
                             return true;
                         }
+                        Err(AttemptError::Dial(LinkError::NeedsLogin { method, .. })) => {
+                            tracing::warn!(host = %self.dest.host_name, %method, "the server wants a person to log in");
+                            self.report_outcome(Err(format!("the server asks for a {method}")));
+                            self.publish(LinkState::NeedsLogin { method, since: SystemTime::now() });
+                            // Only `moor reconnect` (with someone to answer) or closing moves it.
+                            tokio::select! {
+                                _ = self.attempt_now.notified() => next = policy.on_manual(),
+                                _ = self.close_requested.notified() => return false,
+                            }
+                        }
                         Err(AttemptError::Dial(e)) => {
                             tracing::debug!(attempt, error = %e, "reconnect attempt failed");
                             last_error = e.to_string();
@@ -430,7 +474,10 @@ impl Link {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         let mut dest = self.dest.clone();
         dest.connect_timeout = dest.connect_timeout.min(self.opts.reconnect_timeout);
-        let pool = dial_pool(&dest, &self.opts, generation).await.map_err(AttemptError::Dial)?;
+        let asker = lock(&self.asker).take();
+        let pool = dial_pool(&dest, &self.opts, generation, &self.keyring, asker.as_deref())
+            .await
+            .map_err(AttemptError::Dial)?;
         if let Err(reason) = self.check_required_paths(&pool[0]).await {
             for c in pool {
                 c.close().await;
@@ -454,7 +501,7 @@ impl Link {
 
     /// Makes an attempt now, skipping the backoff (also after a failure), and says how
     /// it went. Waits at most `limit`.
-    pub async fn reconnect_now(&self, limit: Duration) -> Result<&'static str, String> {
+    pub async fn reconnect_now(&self, limit: Duration, asker: Option<Arc<dyn Asker>>) -> Result<&'static str, String> {
         match self.state() {
             LinkState::Up { .. } => return Ok("already active"),
             LinkState::Closed => return Err("the mount is being unmounted".into()),
@@ -462,6 +509,7 @@ impl Link {
         }
         let mut rx = self.outcomes.subscribe();
         let seen = rx.borrow_and_update().0;
+        *lock(&self.asker) = asker;
         self.attempt_now.notify_one();
         let wait = async {
             loop {
@@ -590,15 +638,51 @@ fn retire(pool: Vec<Arc<SftpConn>>) {
     }
 }
 
+async fn dial_one(
+    dest: &Destination,
+    generation: u64,
+    keyring: &Keyring,
+    asker: Option<&dyn Asker>,
+    lane: usize,
+) -> Result<SftpConn, LinkError> {
+    // A dial that may wait for a person does not hold back other mounts' dials.
+    let _permit = if asker.is_none() { Some(DIALS.acquire().await) } else { None };
+    let mut c = ssh::connect(dest, generation, keyring, asker).await?;
+    c.lane = lane;
+    Ok(c)
+}
+
 /// Dials the whole pool at once; fails (closing what did connect) if any dial fails.
-async fn dial_pool(dest: &Destination, opts: &LinkOptions, generation: u64) -> Result<Vec<Arc<SftpConn>>, LinkError> {
-    let dials = (0..opts.connections.max(1)).map(|lane| async move {
-        let _permit = DIALS.acquire().await;
-        let mut c = ssh::connect(dest, generation).await?;
-        c.lane = lane;
-        Ok::<_, LinkError>(c)
-    });
-    let results = futures_util::future::join_all(dials).await;
+/// Only the first connection may ask a person; the others log in with what it learned
+/// (they wait for it if they needed to ask), and when every login needs a one-time code
+/// the pool is that one connection.
+async fn dial_pool(
+    dest: &Destination,
+    opts: &LinkOptions,
+    generation: u64,
+    keyring: &Keyring,
+    asker: Option<&dyn Asker>,
+) -> Result<Vec<Arc<SftpConn>>, LinkError> {
+    let dial = |lane, asker| dial_one(dest, generation, keyring, asker, lane);
+    let (first, others) = futures_util::future::join(
+        dial(0, asker),
+        futures_util::future::join_all((1..opts.connections.max(1)).map(|lane| dial(lane, None))),
+    )
+    .await;
+    let first_ok = first.is_ok();
+    let mut results = vec![first];
+    for (lane, r) in (1..).zip(others) {
+        match r {
+            // It needed what the first connection asked a person for: now kept.
+            Err(LinkError::NeedsLogin { .. }) if first_ok && !keyring.needs_person() => {
+                results.push(dial(lane, None).await)
+            }
+            Err(LinkError::NeedsLogin { .. }) if first_ok => {
+                tracing::info!(lane, "every login needs a one-time code: this mount keeps one connection")
+            }
+            r => results.push(r),
+        }
+    }
     let mut pool = Vec::with_capacity(results.len());
     let mut first_err = None;
     for r in results {

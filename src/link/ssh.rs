@@ -11,16 +11,15 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use russh::client::{self, AuthResult};
-use russh::keys::agent::client::AgentClient;
-use russh::keys::agent::AgentIdentity;
-use russh::keys::{PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh::client;
+use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 use russh_sftp::client::RawSftpSession;
 
 use super::channel::{DirectSftp, Progress};
 use tokio::net::TcpStream;
 
+use super::auth::{self, Asker, Keyring};
 use super::config::Destination;
 use super::error::LinkError;
 use super::known_hosts::{self, Verdict};
@@ -61,6 +60,9 @@ pub struct SftpConn {
 /// judged by what it moves (`SftpConn::stalled_for`), not by this: it only makes sure no
 /// request waits for ever on a connection that keeps answering others.
 const REQUEST_BACKSTOP: Duration = Duration::from_secs(300);
+/// How long a person may take over the questions of one login (passphrase, password,
+/// one-time code), on top of the connect timeout.
+pub const PERSON_DEADLINE: Duration = Duration::from_secs(300);
 
 /// See `SftpConn::handle_slots`.
 pub const MAX_HANDLES_PER_CONNECTION: usize = 500;
@@ -151,7 +153,7 @@ enum Carrier {
     Command(Mutex<Option<tokio::process::Child>>),
 }
 
-struct Client {
+pub(super) struct Client {
     dest: Arc<Destination>,
     /// What the host key check decided, read back when the handshake fails.
     verdict: Arc<Mutex<Option<(PublicKey, Verdict)>>>,
@@ -355,14 +357,21 @@ impl ProxyErrors {
     }
 }
 
-/// Connects, authenticates and starts SFTP, all within the destination's connect timeout.
-pub async fn connect(dest: &Destination, generation: u64) -> Result<SftpConn, LinkError> {
+/// Connects, logs in and starts SFTP, all within the destination's connect timeout,
+/// plus, when there is someone to ask, the time a person may take to answer.
+pub async fn connect(
+    dest: &Destination,
+    generation: u64,
+    keyring: &Keyring,
+    asker: Option<&dyn Asker>,
+) -> Result<SftpConn, LinkError> {
     let deadline = tokio::time::Instant::now() + dest.connect_timeout;
+    let limit = deadline + if asker.is_some() { PERSON_DEADLINE } else { Duration::ZERO };
     let timeout = || LinkError::ConnectTimeout {
         addr: format!("{}:{}", dest.host_name, dest.port),
         secs: dest.connect_timeout.as_secs(),
     };
-    match tokio::time::timeout_at(deadline, connect_inner(dest, deadline, generation)).await {
+    match tokio::time::timeout_at(limit, connect_inner(dest, deadline, generation, keyring, asker)).await {
         Ok(r) => r,
         Err(_) => Err(timeout()),
     }
@@ -372,6 +381,8 @@ async fn connect_inner(
     dest: &Destination,
     deadline: tokio::time::Instant,
     generation: u64,
+    keyring: &Keyring,
+    asker: Option<&dyn Asker>,
 ) -> Result<SftpConn, LinkError> {
     let verdict = Arc::new(Mutex::new(None));
     let handler = Client { dest: Arc::new(dest.clone()), verdict: verdict.clone() };
@@ -414,7 +425,15 @@ async fn connect_inner(
             });
         }
     };
-    authenticate(&mut ssh, dest).await?;
+    let login = auth::authenticate(&mut ssh, dest, keyring, asker);
+    match asker {
+        // A person's answers take what they take; the network's part still has its limit.
+        Some(_) => login.await?,
+        None => tokio::time::timeout_at(deadline, login).await.map_err(|_| LinkError::ConnectTimeout {
+            addr: format!("{}:{}", dest.host_name, dest.port),
+            secs: dest.connect_timeout.as_secs(),
+        })??,
+    }
     let channel = ssh.channel_open_session().await.map_err(protocol)?;
     channel.request_subsystem(true, "sftp").await.map_err(protocol)?;
     let mut channel = channel;
@@ -466,73 +485,6 @@ async fn connect_inner(
         progress,
         carrier,
         ssh,
-    })
-}
-
-/// Offers ssh-agent keys, then identity files, as OpenSSH does.
-async fn authenticate(ssh: &mut client::Handle<Client>, dest: &Destination) -> Result<(), LinkError> {
-    let lost =
-        || LinkError::Lost { host: dest.host_name.clone(), detail: "connection closed during authentication".into() };
-    let rsa_hash = ssh.best_supported_rsa_hash().await.ok().flatten().flatten();
-    let mut tried: Vec<String> = Vec::new();
-    let mut hints: Vec<String> = Vec::new();
-
-    let wanted: Vec<PublicKey> =
-        dest.identity_files.iter().filter_map(|p| russh::keys::load_public_key(p.with_extension("pub")).ok()).collect();
-    if let Some(sock) = &dest.agent_socket {
-        match AgentClient::connect_uds(sock).await {
-            Ok(mut agent) => {
-                let ids = agent.request_identities().await.unwrap_or_default();
-                for id in ids {
-                    let AgentIdentity::PublicKey { key, comment } = id else { continue };
-                    if dest.identities_only && !wanted.iter().any(|w| w.key_data() == key.key_data()) {
-                        continue;
-                    }
-                    tried.push(format!(
-                        "agent key {}",
-                        if comment.is_empty() { known_hosts::fingerprint(&key) } else { comment }
-                    ));
-                    match ssh.authenticate_publickey_with(&dest.user, key, rsa_hash, &mut agent).await {
-                        Ok(AuthResult::Success) => return Ok(()),
-                        Ok(_) if ssh.is_closed() => return Err(lost()),
-                        _ => {}
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(socket = %sock.display(), %e, "ssh-agent not usable"),
-        }
-    }
-    for path in &dest.identity_files {
-        let key = match russh::keys::load_secret_key(path, None) {
-            Ok(k) => k,
-            Err(russh::keys::Error::IO(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                hints.push(format!(
-                    "{} is passphrase-protected: load it with `ssh-add {}`",
-                    path.display(),
-                    path.display()
-                ));
-                continue;
-            }
-            Err(e) => {
-                hints.push(format!("cannot read {}: {e}", path.display()));
-                continue;
-            }
-        };
-        tried.push(path.display().to_string());
-        let key = PrivateKeyWithHashAlg::new(Arc::new(key), rsa_hash);
-        match ssh.authenticate_publickey(&dest.user, key).await {
-            Ok(AuthResult::Success) => return Ok(()),
-            Ok(_) if ssh.is_closed() => return Err(lost()),
-            Ok(_) => {}
-            Err(e) => return Err(LinkError::Lost { host: dest.host_name.clone(), detail: e.to_string() }),
-        }
-    }
-    Err(LinkError::AuthRefused {
-        user: dest.user.clone(),
-        host: dest.host_name.clone(),
-        tried: if tried.is_empty() { "no keys found".into() } else { tried.join(", ") },
-        hint: if hints.is_empty() { String::new() } else { format!("; {}", hints.join("; ")) },
     })
 }
 

@@ -115,11 +115,18 @@ pub struct Sshd {
     pub port: u16,
     pub export: PathBuf,
     pub host_pub: String,
+    /// sshd_config lines put first (sshd takes the first value of each keyword).
+    extra: String,
     child: Option<Child>,
 }
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_with("")
+    }
+
+    /// An sshd whose config starts with `extra` (which wins over the defaults).
+    pub fn start_with(extra: &str) -> Sshd {
         ordinary_users();
         let dir = tempfile::Builder::new().prefix("moor-sshd-").tempdir().unwrap();
         let d = dir.path();
@@ -135,7 +142,7 @@ impl Sshd {
         // sshd refuses to start without its privilege-separation directory.
         let _ = fs::create_dir_all("/run/sshd");
         let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
-        let mut sshd = Sshd { port: 0, export, host_pub, child: None, dir };
+        let mut sshd = Sshd { port: 0, export, host_pub, extra: extra.to_string(), child: None, dir };
         sshd.spawn_on(free_port());
         sshd
     }
@@ -144,11 +151,12 @@ impl Sshd {
         let d = self.dir.path();
         let cfg = d.join("sshd_config");
         let text = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
+            "{extra}Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n\
              UsePAM no\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n\
              MaxSessions 100\n",
+            extra = self.extra,
             hk = d.join("host_key").display(),
             d = d.display()
         );
@@ -502,6 +510,53 @@ pub fn run_with_deadline_child(child: std::process::Child, deadline: Duration) -
             panic!("command {pid} did not finish within {deadline:?}");
         }
     }
+}
+
+/// Runs `cmd` on a pseudo-terminal (as a person at a terminal runs it), answering each
+/// question it asks there: `answers` are (what the question contains, the answer). The
+/// output is everything the terminal showed. A hard limit of 60 s applies.
+pub fn run_on_terminal(cmd: &Command, answers: &[(&str, &str)]) -> Output {
+    const DRIVER: &str = r#"
+import json, os, pty, select, sys, time
+argv, env, answers = json.loads(sys.argv[1])
+pid, fd = pty.fork()
+if pid == 0:
+    os.execve(argv[0], argv, env)
+seen, asked, out = b"", 0, b""
+end = time.monotonic() + 55
+while time.monotonic() < end:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+        seen += chunk
+        for i, (q, a) in enumerate(answers):
+            if q.encode() in seen:
+                os.write(fd, a.encode() + b"\n")
+                seen = b""
+                break
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    use std::os::unix::process::CommandExt;
+    let argv: Vec<String> = std::iter::once(cmd.get_program().to_string_lossy().to_string())
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().to_string()))
+        .collect();
+    let env: std::collections::HashMap<String, String> = cmd
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_string_lossy().to_string(), v?.to_string_lossy().to_string())))
+        .collect();
+    let spec = serde_json::json!([argv, env, answers]).to_string();
+    let (uid, gid) = ids_of(LOCAL_USER);
+    let mut py = Command::new("python3");
+    py.args(["-c", DRIVER, &spec]).uid(uid).gid(gid).stdin(Stdio::null());
+    run_with_deadline(py, Duration::from_secs(60))
 }
 
 /// Makes `cmd` run as the local ordinary user, with that user's own home.

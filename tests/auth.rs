@@ -1,0 +1,148 @@
+//! Logging in as ssh does, against a real sshd: a password and keyboard-interactive
+//! questions asked on the terminal of the `moor mount` that waits (the agent has none),
+//! a key's passphrase, a certificate from a trusted CA, and no terminal at all.
+mod common;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const PASSWORD: &str = "Moor-test-pw-7";
+
+/// Gives the remote login user a password (the test sshd checks it against shadow).
+fn set_remote_password() {
+    sh_root_ok(&format!("echo '{REMOTE_USER}:{PASSWORD}' | chpasswd"));
+}
+
+/// `moor mount -F CONFIG testhost:/export ~/mnt` as a command, to run on a terminal.
+fn mount_cmd(c: &Client, sshd: &Sshd, mnt: &std::path::Path) -> Command {
+    let mut cmd = c.moor();
+    cmd.args(["mount", "--allow-other", "-F", c.cfg()]).arg(format!("testhost:{}", sshd.export.display())).arg(mnt);
+    cmd
+}
+
+fn unmount(c: &Client, mnt: &std::path::Path) {
+    let out = c.run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", stderr(&out));
+}
+
+/// Everything the client's moor wrote to its logs.
+fn all_logs(c: &Client) -> String {
+    sh_root_ok(&format!(
+        "cat $(find {} -name '*.log' -type f) 2>/dev/null || true",
+        c.home.path().join("state").display()
+    ))
+}
+
+#[test]
+fn a_password_is_asked_on_the_terminal_and_kept_for_reconnects() {
+    set_remote_password();
+    // As Debian's sshd runs: passwords checked through PAM.
+    let mut sshd = Sshd::start_with("UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("password:", PASSWORD)]);
+    let shown = stdout(&out);
+    assert!(out.status.success(), "mount failed: {shown}{}", stderr(&out));
+    assert!(shown.contains(&format!("{REMOTE_USER}@127.0.0.1's password:")), "{shown}");
+    assert!(!shown.contains(PASSWORD), "the password was echoed: {shown}");
+    sh_ok(&format!("echo one > {}/a", mnt.display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("a")).unwrap(), "one\n");
+
+    // The server goes away and comes back: the mount logs in again with the kept
+    // password, asking nobody.
+    sshd.restart(false);
+    let back = wait_until(Duration::from_secs(30), || sh(&format!("echo two > {}/b", mnt.display())).status.success());
+    assert!(back, "the mount did not come back after sshd restarted: {}", all_logs(&c));
+    assert_eq!(fs::read_to_string(sshd.export.join("b")).unwrap(), "two\n");
+    assert!(!all_logs(&c).contains(PASSWORD), "a log holds the password");
+    unmount(&c, &mnt);
+}
+
+#[test]
+fn without_a_terminal_a_password_login_fails_at_once_naming_the_method() {
+    set_remote_password();
+    let sshd = Sshd::start_with("UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let started = std::time::Instant::now();
+    let out = c.try_mount(&sshd.export.display().to_string(), &mnt, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let e = stderr(&out);
+    assert!(e.contains("asks for a password") && e.contains("no terminal"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn keyboard_interactive_after_a_key_is_relayed_to_the_terminal() {
+    set_remote_password();
+    // Two factors: the key, then PAM's questions (keyboard-interactive).
+    let sshd = Sshd::start_with(
+        "UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication no\n\
+         AuthenticationMethods publickey,keyboard-interactive\n",
+    );
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("Password:", PASSWORD)]);
+    assert!(out.status.success(), "mount failed: {}\n{}", stdout(&out), sshd.log());
+    sh_ok(&format!("echo kbd > {}/k", mnt.display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("k")).unwrap(), "kbd\n");
+    unmount(&c, &mnt);
+
+    // A wrong answer is refused as a login failure, and nothing is left mounted.
+    let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("Password:", "wrong")]);
+    assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn a_passphrase_protected_key_is_asked_for_on_the_terminal() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sh_root_ok(&format!("ssh-keygen -q -p -P '' -N 'key-pass-9' -f {}", c.key().display()));
+    c.give_home();
+    let mnt = c.mountpoint("mnt");
+    let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("Enter passphrase for key", "key-pass-9")]);
+    assert!(out.status.success(), "mount failed: {}{}", stdout(&out), stderr(&out));
+    sh_ok(&format!("echo pp > {}/p", mnt.display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("p")).unwrap(), "pp\n");
+    unmount(&c, &mnt);
+
+    // Without a terminal the error says how to use the key.
+    let out = c.try_mount(&sshd.export.display().to_string(), &mnt, &[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("passphrase"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_certificate_from_a_trusted_ca_logs_in() {
+    let ca = work_dir();
+    let ca_key = ca.path().join("ca");
+    sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca_key.display()));
+    let sshd = Sshd::start_with(&format!("TrustedUserCAKeys {}.pub\n", ca_key.display()));
+    // Only the certificate can let the user in: the plain key is not authorized.
+    fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(&sshd.export.display().to_string(), &mnt, &[]);
+    assert_eq!(out.status.code(), Some(4), "the plain key was accepted: {}", stderr(&out));
+
+    fs::copy(sshd.dir.path().join("user_key.pub"), c.key().with_extension("pub")).unwrap();
+    sh_root_ok(&format!(
+        "ssh-keygen -q -s {} -I moor-test -n {REMOTE_USER} -V -5m:+1h {}.pub",
+        ca_key.display(),
+        c.key().display()
+    ));
+    let cert = format!("{}-cert.pub", c.key().display());
+    let kept = c.home.path().join(".ssh/user-cert.pub");
+    fs::rename(&cert, &kept).unwrap();
+    c.write_config(&sshd, &format!("  CertificateFile {}\n", kept.display()));
+    let out = c.try_mount(&sshd.export.display().to_string(), &mnt, &[]);
+    assert!(out.status.success(), "mount with the certificate failed: {}\n{}", stderr(&out), sshd.log());
+    sh_ok(&format!("echo cert > {}/c", mnt.display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("c")).unwrap(), "cert\n");
+    unmount(&c, &mnt);
+}
