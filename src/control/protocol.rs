@@ -389,6 +389,8 @@ impl From<LinkError> for MoorError {
             LinkError::AuthRefused { .. } => ErrorKind::Auth,
             LinkError::HostKeyUnknown { .. }
             | LinkError::HostKeyChanged { .. }
+            | LinkError::HostKeyRevoked { .. }
+            | LinkError::HostCertificateInvalid { .. }
             | LinkError::HostKeyUnverifiable { .. } => ErrorKind::HostKey,
             _ => ErrorKind::Connect,
         };
