@@ -115,11 +115,19 @@ pub struct Sshd {
     pub port: u16,
     pub export: PathBuf,
     pub host_pub: String,
+    /// More sshd_config lines (see `start_with`).
+    extra_config: String,
     child: Option<Child>,
 }
 
 impl Sshd {
     pub fn start() -> Sshd {
+        Sshd::start_with(|_| String::new())
+    }
+
+    /// The same, with more sshd_config lines: `prepare` gets the sshd's directory once
+    /// its keys are made (to make files there, e.g. a host certificate) and returns them.
+    pub fn start_with(prepare: impl FnOnce(&Path) -> String) -> Sshd {
         ordinary_users();
         let dir = tempfile::Builder::new().prefix("moor-sshd-").tempdir().unwrap();
         let d = dir.path();
@@ -135,7 +143,8 @@ impl Sshd {
         // sshd refuses to start without its privilege-separation directory.
         let _ = fs::create_dir_all("/run/sshd");
         let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
-        let mut sshd = Sshd { port: 0, export, host_pub, child: None, dir };
+        let extra_config = prepare(d);
+        let mut sshd = Sshd { port: 0, export, host_pub, extra_config, child: None, dir };
         sshd.spawn_on(free_port());
         sshd
     }
@@ -148,9 +157,10 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n\
              UsePAM no\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n\
-             MaxSessions 100\n",
+             MaxSessions 100\n{extra}",
             hk = d.join("host_key").display(),
-            d = d.display()
+            d = d.display(),
+            extra = self.extra_config,
         );
         fs::write(&cfg, text).unwrap();
         cfg
