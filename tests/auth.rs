@@ -40,7 +40,7 @@ fn all_logs(c: &Client) -> String {
 fn a_password_is_asked_on_the_terminal_and_kept_for_reconnects() {
     set_remote_password();
     // As Debian's sshd runs: passwords checked through PAM.
-    let mut sshd = Sshd::start_with("UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let mut sshd = Sshd::start_with(|_| "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("password:", PASSWORD)]);
@@ -64,7 +64,7 @@ fn a_password_is_asked_on_the_terminal_and_kept_for_reconnects() {
 #[test]
 fn without_a_terminal_a_password_login_fails_at_once_naming_the_method() {
     set_remote_password();
-    let sshd = Sshd::start_with("UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let sshd = Sshd::start_with(|_| "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let started = std::time::Instant::now();
@@ -80,10 +80,10 @@ fn without_a_terminal_a_password_login_fails_at_once_naming_the_method() {
 fn keyboard_interactive_after_a_key_is_relayed_to_the_terminal() {
     set_remote_password();
     // Two factors: the key, then PAM's questions (keyboard-interactive).
-    let sshd = Sshd::start_with(
+    let sshd = Sshd::start_with(|_| {
         "UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication no\n\
-         AuthenticationMethods publickey,keyboard-interactive\n",
-    );
+         AuthenticationMethods publickey,keyboard-interactive\n"
+    });
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("Password:", PASSWORD)]);
@@ -122,7 +122,7 @@ fn a_certificate_from_a_trusted_ca_logs_in() {
     let ca = work_dir();
     let ca_key = ca.path().join("ca");
     sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca_key.display()));
-    let sshd = Sshd::start_with(&format!("TrustedUserCAKeys {}.pub\n", ca_key.display()));
+    let sshd = Sshd::start_with(|_| format!("TrustedUserCAKeys {}.pub\n", ca_key.display()));
     // Only the certificate can let the user in: the plain key is not authorized.
     fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
     let c = Client::new(&sshd);

@@ -1,5 +1,6 @@
 //! SSH as users have it: a target reached through a bastion (`ProxyJump`, `ProxyCommand`),
-//! with the bastion's own host key checked, and reconnects taking the same way.
+//! with the bastion's own host key checked, and reconnects taking the same way; and
+//! known_hosts as OpenSSH writes it (hashed names, `@revoked`, `@cert-authority`).
 
 mod common;
 
@@ -122,4 +123,126 @@ fn the_jump_flag_reaches_a_target_behind_a_bastion() {
     assert!(c.mount_json()["via"].as_str().unwrap_or("").ends_with("bastion"));
     sh_ok(&format!("echo flag > {}", m.p("f").display()));
     assert_eq!(fs::read_to_string(target.export.join("f")).unwrap(), "flag\n");
+}
+
+/// Nothing is mounted on `mnt`, and the agent has gone (it serves no mount).
+fn assert_clean(c: &Client, mnt: &std::path::Path) {
+    assert!(!is_mounted(mnt), "{} left mounted", mnt.display());
+    assert!(wait_until(Duration::from_secs(10), || c.agent_pids().is_empty()), "agent left running");
+}
+
+/// A known_hosts hashed by `ssh-keygen -H` (as `HashKnownHosts yes` writes it) is read.
+#[test]
+fn a_hashed_known_hosts_mounts() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sh_root_ok(&format!("ssh-keygen -q -H -f {}", c.known_hosts.display()));
+    let kh = fs::read_to_string(&c.known_hosts).unwrap();
+    assert!(kh.starts_with("|1|") && !kh.contains("127.0.0.1"), "not hashed: {kh}");
+    c.give_home();
+    let m = c.mount(sshd.export.to_str().unwrap());
+    sh_ok(&format!("echo hashed > {}", m.p("f").display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("f")).unwrap(), "hashed\n");
+}
+
+/// A key marked `@revoked` is refused, loudly, even though another line lists it as the
+/// host's, and even with accept-new; nothing is learned or left behind.
+#[test]
+fn a_revoked_host_key_fails_the_mount() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let kh = format!("[127.0.0.1]:{} {key}\n@revoked * {key}\n", c.port, key = sshd.host_pub.trim());
+    fs::write(&c.known_hosts, &kh).unwrap();
+    c.give_home();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &["-o", "StrictHostKeyChecking=accept-new"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{err}");
+    assert!(err.contains("REVOKED") && err.contains("line 2"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "want one line: {err}");
+    assert_eq!(fs::read_to_string(&c.known_hosts).unwrap(), kh, "known_hosts untouched");
+    assert_clean(&c, &mnt);
+}
+
+/// The test sshd with a host certificate for its key, signed by a throwaway CA for
+/// `principal`; returns it and the CA's public key.
+fn certified_sshd(principal: &str) -> (Sshd, String) {
+    let mut ca_pub = String::new();
+    let sshd = Sshd::start_with(|d| {
+        sh_root_ok(&format!(
+            "cd {d} && ssh-keygen -q -t ed25519 -N '' -C test-ca -f ca && \
+             ssh-keygen -q -s ca -h -I test-host -n {principal} -V -5m:+1h host_key.pub",
+            d = d.display()
+        ));
+        ca_pub = fs::read_to_string(d.join("ca.pub")).unwrap();
+        format!("HostCertificate {}\n", d.join("host_key-cert.pub").display())
+    });
+    (sshd, ca_pub)
+}
+
+/// A host certificate signed by a CA listed with `@cert-authority` (and nothing else in
+/// known_hosts) is trusted.
+#[test]
+fn a_host_certificate_from_a_trusted_ca_mounts() {
+    let (sshd, ca) = certified_sshd("127.0.0.1");
+    let c = Client::new(&sshd);
+    fs::write(&c.known_hosts, format!("@cert-authority 127.0.0.*,[127.0.0.1]:* {}", ca.trim())).unwrap();
+    c.give_home();
+    let m = c.mount(sshd.export.to_str().unwrap());
+    sh_ok(&format!("echo certified > {}", m.p("f").display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("f")).unwrap(), "certified\n");
+}
+
+/// A certificate for another name is refused, though its CA is trusted: as ssh, no
+/// falling back to the key inside.
+#[test]
+fn a_host_certificate_for_another_name_is_refused() {
+    let (sshd, ca) = certified_sshd("elsewhere.example.com");
+    let c = Client::new(&sshd);
+    fs::write(&c.known_hosts, format!("@cert-authority * {}\n", ca.trim())).unwrap();
+    c.give_home();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &["-o", "StrictHostKeyChecking=accept-new"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{err}");
+    assert!(err.contains("certificate") && err.contains("elsewhere.example.com"), "{err}");
+    assert_clean(&c, &mnt);
+}
+
+/// A certificate whose CA known_hosts does not list is judged by the key inside, as
+/// ssh judges it: here a known one.
+#[test]
+fn a_host_certificate_from_an_unknown_ca_falls_back_to_the_known_key() {
+    let (sshd, _) = certified_sshd("127.0.0.1");
+    let c = Client::new(&sshd);
+    let stranger = sshd.dir.path().join("stranger");
+    sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -f {}", stranger.display()));
+    let stranger = fs::read_to_string(stranger.with_extension("pub")).unwrap();
+    fs::write(
+        &c.known_hosts,
+        format!("@cert-authority * {}\n[127.0.0.1]:{} {}\n", stranger.trim(), c.port, sshd.host_pub.trim()),
+    )
+    .unwrap();
+    c.give_home();
+    let m = c.mount(sshd.export.to_str().unwrap());
+    assert!(fs::read_dir(&m.path).is_ok());
+}
+
+/// A server with several host keys proves the one known_hosts has (ssh orders the
+/// algorithms it asks for by the keys it knows), not its first choice, which would be
+/// unknown.
+#[test]
+fn the_known_key_type_is_asked_for_first() {
+    let mut ecdsa_pub = String::new();
+    let sshd = Sshd::start_with(|d| {
+        let key = d.join("host_key_ecdsa");
+        sh_root_ok(&format!("ssh-keygen -q -t ecdsa -N '' -f {}", key.display()));
+        ecdsa_pub = fs::read_to_string(key.with_extension("pub")).unwrap();
+        format!("HostKey {}\n", key.display())
+    });
+    let c = Client::new(&sshd);
+    fs::write(&c.known_hosts, format!("[127.0.0.1]:{} {}\n", c.port, ecdsa_pub.trim())).unwrap();
+    c.give_home();
+    let m = c.mount(sshd.export.to_str().unwrap());
+    assert!(fs::read_dir(&m.path).is_ok());
 }

@@ -409,6 +409,8 @@ impl From<LinkError> for MoorError {
             LinkError::AuthRefused { .. } | LinkError::NeedsLogin { .. } => ErrorKind::Auth,
             LinkError::HostKeyUnknown { .. }
             | LinkError::HostKeyChanged { .. }
+            | LinkError::HostKeyRevoked { .. }
+            | LinkError::HostCertificateInvalid { .. }
             | LinkError::HostKeyUnverifiable { .. } => ErrorKind::HostKey,
             _ => ErrorKind::Connect,
         };

@@ -28,6 +28,18 @@ pub enum LinkError {
          with `ssh-keygen -R {host}` and try again"
     )]
     HostKeyChanged { host: String, fingerprint: String, file: PathBuf, line: usize },
+    #[error(
+        "HOST KEY FOR {host} IS REVOKED ({fingerprint} is marked @revoked in {file} line {line}): it must \
+         never be trusted; the server may be compromised, or its key was retired. Ask the host's \
+         administrator for its current key, and keep the @revoked line"
+    )]
+    HostKeyRevoked { host: String, fingerprint: String, file: PathBuf, line: usize },
+    #[error(
+        "the host certificate of {host} is refused: {reason}. It is signed by a CA your known_hosts \
+         trusts (@cert-authority); ask the host's administrator for a valid one, e.g. \
+         `ssh-keygen -s CA_KEY -h -n {principal} HOST_KEY.pub`"
+    )]
+    HostCertificateInvalid { host: String, principal: String, reason: String },
     #[error("cannot check the host key of {host}: {detail}")]
     HostKeyUnverifiable { host: String, detail: String },
     #[error("{user}@{host} refused every key offered ({tried}); check -i/IdentityFile, ssh-agent, and the server's authorized_keys{hint}")]
@@ -74,6 +86,10 @@ mod tests {
             LinkError::HostKeyChanged { host: "h".into(), fingerprint: "f".into(), file: "k".into(), line: 1 };
         assert!(!changed.is_transient());
         assert!(changed.to_string().contains("HAS CHANGED"));
+        let revoked =
+            LinkError::HostKeyRevoked { host: "h".into(), fingerprint: "f".into(), file: "k".into(), line: 2 };
+        assert!(!revoked.is_transient());
+        assert!(revoked.to_string().contains("REVOKED") && revoked.to_string().contains("k line 2"));
         assert!(!LinkError::Resolve { host: "h".into(), detail: "d".into() }.is_transient());
     }
 }

@@ -1,10 +1,20 @@
-//! Host key checks against known_hosts files, as OpenSSH does them: a key found is
-//! trusted, a different key of the same type is refused, an unknown key is refused or
-//! recorded according to the policy. Checking is never skipped.
+//! Host key checks against known_hosts files, as OpenSSH does them (sshd(8), "SSH_KNOWN_HOSTS
+//! FILE FORMAT"): host patterns with `*`, `?` and `!`, hashed names, `[host]:port`,
+//! several keys per host, `@revoked` and `@cert-authority` lines, user files then global
+//! ones. A key found is trusted, a different key of the same type is refused, a revoked
+//! key is refused whatever else says, an unknown key is refused or recorded according to
+//! the policy. Checking is never skipped.
 
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use russh::keys::{HashAlg, PublicKey};
+use data_encoding::BASE64;
+use hmac::{KeyInit, Mac};
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::public::KeyData;
+use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey, PublicKeyOrCertificate};
 
 use super::config::{Destination, HostKeyPolicy};
 use super::error::LinkError;
@@ -14,7 +24,17 @@ pub enum Verdict {
     Known,
     Learned,
     Unknown,
-    Changed { file: PathBuf, line: usize },
+    Changed {
+        file: PathBuf,
+        line: usize,
+    },
+    /// The key (or the CA that signed its certificate) is on a `@revoked` line.
+    Revoked {
+        file: PathBuf,
+        line: usize,
+    },
+    /// A CA of known_hosts signed the certificate, but it is not valid for this host now.
+    BadCertificate(String),
     Error(String),
 }
 
@@ -22,51 +42,355 @@ pub fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
-fn check_file(host: &str, port: u16, key: &PublicKey, file: &Path) -> Verdict {
-    match russh::keys::check_known_hosts_path(host, port, key, file) {
-        Ok(true) => Verdict::Known,
-        Ok(false) => Verdict::Unknown,
-        Err(russh::keys::Error::KeyChanged { line }) => Verdict::Changed { file: file.to_path_buf(), line },
-        Err(e) => Verdict::Error(format!("{}: {e}", file.display())),
-    }
+/// What a known_hosts line says of its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    /// The host's key.
+    Plain,
+    /// `@cert-authority`: a CA whose host certificates are trusted.
+    CertAuthority,
+    /// `@revoked`: never to be accepted.
+    Revoked,
 }
 
-/// The name and port known_hosts is searched for: the host, or its `HostKeyAlias`
-/// (which stands for host and port both, as in ssh).
-fn key_name(dest: &Destination) -> (&str, u16) {
-    match &dest.host_key_alias {
-        Some(alias) => (alias, 22),
-        None => (&dest.host_name, dest.port),
-    }
+/// The host names field of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Hosts {
+    /// `|1|salt|hash`: HMAC-SHA1 of the name, keyed with the salt (`HashKnownHosts`).
+    Hashed { salt: Vec<u8>, hash: Vec<u8> },
+    /// Comma-separated patterns, `!` negating one.
+    Patterns(String),
 }
 
-/// Checks `key` for `dest`, recording it when the policy allows a new key.
-pub fn check(dest: &Destination, key: &PublicKey) -> Verdict {
-    let files = dest.known_hosts.iter().chain(dest.global_known_hosts.iter());
-    let (name, port) = key_name(dest);
-    let mut known = false;
-    for f in files {
-        match check_file(name, port, key, f) {
-            Verdict::Known => known = true,
-            Verdict::Unknown => {}
-            other => return other,
+/// One line of a known_hosts file that names a key.
+#[derive(Debug, Clone)]
+struct Entry {
+    marker: Marker,
+    hosts: Hosts,
+    key: KeyData,
+    file: PathBuf,
+    line: usize,
+}
+
+type HmacSha1 = hmac::Hmac<sha1::Sha1>;
+
+impl Hosts {
+    fn parse(field: &str) -> Result<Hosts, String> {
+        let Some(hashed) = field.strip_prefix("|1|") else {
+            return Ok(Hosts::Patterns(field.to_string()));
+        };
+        let bad = || format!("bad hashed host name {field}");
+        let (salt, hash) = hashed.split_once('|').ok_or_else(bad)?;
+        let salt = BASE64.decode(salt.as_bytes()).map_err(|_| bad())?;
+        let hash = BASE64.decode(hash.as_bytes()).map_err(|_| bad())?;
+        Ok(Hosts::Hashed { salt, hash })
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        match self {
+            Hosts::Hashed { salt, hash } => hashed_name_matches(salt, hash, name),
+            Hosts::Patterns(list) => pattern_list_matches(list, name),
         }
     }
-    if known {
-        return Verdict::Known;
+}
+
+fn hashed_name_matches(salt: &[u8], hash: &[u8], name: &str) -> bool {
+    let Ok(mut mac) = HmacSha1::new_from_slice(salt) else { return false };
+    mac.update(name.as_bytes());
+    mac.verify_slice(hash).is_ok()
+}
+
+/// Whether `name` matches a comma-separated pattern list, case-insensitively: some
+/// pattern matches and no negated one does (a negated match rules the line out).
+fn pattern_list_matches(list: &str, name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    let mut matched = false;
+    for pattern in list.split(',') {
+        let (negated, pattern) = match pattern.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, pattern),
+        };
+        if wildcard_matches(pattern.to_ascii_lowercase().as_bytes(), name.as_bytes()) {
+            if negated {
+                return false;
+            }
+            matched = true;
+        }
     }
-    match (dest.host_key_policy, dest.known_hosts.first()) {
-        (HostKeyPolicy::AcceptNew, Some(file)) => {
-            match russh::keys::known_hosts::learn_known_hosts_path(name, port, key, file) {
-                Ok(()) => {
-                    tracing::warn!(host = %dest.host_name, fingerprint = %fingerprint(key), file = %file.display(), "recorded new host key");
-                    Verdict::Learned
+    matched
+}
+
+/// `*` matches any run of characters, `?` any one.
+fn wildcard_matches(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and how much of the text it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    star = Some((sp, st + 1));
+                    p = sp + 1;
+                    t = st + 1;
                 }
-                Err(e) => Verdict::Error(format!("cannot record the host key in {}: {e}", file.display())),
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// A line's marker, host names and key; `None` for blank and comment lines.
+fn parse_line(text: &str) -> Result<Option<(Marker, Hosts, KeyData)>, String> {
+    let mut words = text.split_whitespace();
+    let first = match words.next() {
+        None => return Ok(None),
+        Some(w) if w.starts_with('#') => return Ok(None),
+        Some(w) => w,
+    };
+    let (marker, hosts) = match first {
+        "@cert-authority" => (Marker::CertAuthority, words.next()),
+        "@revoked" => (Marker::Revoked, words.next()),
+        m if m.starts_with('@') => return Err(format!("unknown marker {m}")),
+        h => (Marker::Plain, Some(h)),
+    };
+    let (Some(hosts), Some(kind), Some(base64)) = (hosts, words.next(), words.next()) else {
+        return Err("expected host names, key type and key".into());
+    };
+    let key = PublicKey::from_openssh(&format!("{kind} {base64}")).map_err(|e| format!("key not understood: {e}"))?;
+    Ok(Some((marker, Hosts::parse(hosts)?, key.key_data().clone())))
+}
+
+/// Every key line of some known_hosts files, in the order ssh reads them.
+#[derive(Debug, Default)]
+struct KnownHosts {
+    entries: Vec<Entry>,
+}
+
+impl KnownHosts {
+    /// Reads `files`; missing ones are skipped, as are lines ssh would skip.
+    fn load<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> KnownHosts {
+        let mut known = KnownHosts::default();
+        for file in files {
+            match std::fs::read(file) {
+                Ok(bytes) => known.add_text(&String::from_utf8_lossy(&bytes), file),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                // As ssh: a file it cannot read counts as empty, said once.
+                Err(e) => tracing::warn!(file = %file.display(), error = %e, "cannot read known_hosts file"),
             }
         }
+        known
+    }
+
+    fn add_text(&mut self, text: &str, file: &Path) {
+        for (i, line) in text.lines().enumerate() {
+            match parse_line(line) {
+                Ok(Some((marker, hosts, key))) => {
+                    self.entries.push(Entry { marker, hosts, key, file: file.to_path_buf(), line: i + 1 })
+                }
+                Ok(None) => {}
+                Err(why) => tracing::debug!(file = %file.display(), line = i + 1, %why, "known_hosts line skipped"),
+            }
+        }
+    }
+
+    fn for_host<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+        self.entries.iter().filter(move |e| e.hosts.matches(name))
+    }
+
+    /// What known_hosts says of `presented` for the host looked up as `name`, whose
+    /// certificates must name `principal`, at `now` (Unix seconds).
+    fn judge(&self, name: &str, principal: &str, presented: &PublicKeyOrCertificate, now: u64) -> Verdict {
+        let lines: Vec<&Entry> = self.for_host(name).collect();
+        let certificate = presented.certificate();
+        let plain = match certificate {
+            Some(c) => c.public_key(),
+            None => presented_key_data(presented),
+        };
+        let ca = certificate.map(Certificate::signature_key);
+        let revoked = lines
+            .iter()
+            .find(|e| e.marker == Marker::Revoked && (e.key == *plain || Some(&e.key) == ca))
+            .map(|e| Verdict::Revoked { file: e.file.clone(), line: e.line });
+        if let Some(r) = revoked {
+            return r;
+        }
+        if let Some(cert) = certificate {
+            if let Some(v) = judge_certificate(&lines, cert, principal, now) {
+                return v;
+            }
+            // No CA of known_hosts signed it: as ssh, the key inside may still be known.
+        }
+        judge_plain_key(&lines, plain)
+    }
+
+    /// The host key algorithms to offer for the host looked up as `name`: those of
+    /// keys known for it first (so that the server proves the key we have, not another
+    /// we would call unknown), then the rest, in `default`'s order; and the
+    /// certificate algorithms, only when a CA is trusted for the host.
+    fn preferences(&self, name: &str, default: &[Algorithm]) -> (Vec<Algorithm>, Vec<Algorithm>) {
+        let lines: Vec<&Entry> = self.for_host(name).collect();
+        let known =
+            |a: &Algorithm| lines.iter().any(|e| e.marker == Marker::Plain && same_key_type(&e.key.algorithm(), a));
+        let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) = default.iter().cloned().partition(known);
+        keys.extend(rest);
+        let certificates =
+            if lines.iter().any(|e| e.marker == Marker::CertAuthority) { keys.clone() } else { Vec::new() };
+        (keys, certificates)
+    }
+}
+
+fn presented_key_data(presented: &PublicKeyOrCertificate) -> &KeyData {
+    match presented {
+        PublicKeyOrCertificate::PublicKey { key, .. } => key.key_data(),
+        PublicKeyOrCertificate::Certificate(c) => c.public_key(),
+    }
+}
+
+/// Whether a key of algorithm `key` can sign with `offered` (RSA keys sign with any of
+/// the RSA hashes).
+fn same_key_type(key: &Algorithm, offered: &Algorithm) -> bool {
+    match (key, offered) {
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        (a, b) => a == b,
+    }
+}
+
+/// The verdict on a certificate signed by a CA trusted for the host, or `None` when no
+/// such CA signed it.
+fn judge_certificate(lines: &[&Entry], cert: &Certificate, principal: &str, now: u64) -> Option<Verdict> {
+    let ca = lines.iter().find(|e| e.marker == Marker::CertAuthority && e.key == *cert.signature_key())?;
+    tracing::debug!(file = %ca.file.display(), line = ca.line, "host certificate signed by a trusted CA");
+    Some(match certificate_fault(cert, principal, now) {
+        None => Verdict::Known,
+        Some(why) => Verdict::BadCertificate(why),
+    })
+}
+
+/// Why a certificate is not a valid host certificate for `principal` at `now`, as ssh
+/// judges it: a host certificate, within its validity period, signed by its CA, naming
+/// the host among its principals (a certificate naming none is refused, as current
+/// OpenSSH refuses it), with no critical options.
+fn certificate_fault(cert: &Certificate, principal: &str, now: u64) -> Option<String> {
+    if cert.cert_type() != CertType::Host {
+        return Some("it is a user certificate, not a host certificate".into());
+    }
+    if now < cert.valid_after() {
+        return Some(format!("it is not valid before {} (Unix time; now {now})", cert.valid_after()));
+    }
+    if now >= cert.valid_before() {
+        return Some(format!("it expired at {} (Unix time; now {now})", cert.valid_before()));
+    }
+    let ca = cert.signature_key().fingerprint(HashAlg::Sha256);
+    if cert.validate_at(now, [&ca]).is_err() {
+        return Some("its signature does not verify".into());
+    }
+    let principals = cert.valid_principals();
+    if principals.is_empty() {
+        return Some("it names no principals".into());
+    }
+    if !principals.iter().any(|p| p == principal) {
+        return Some(format!("it is for {}, not for {principal}", principals.join(", ")));
+    }
+    if !cert.critical_options().is_empty() {
+        let names: Vec<&str> = cert.critical_options().keys().map(String::as_str).collect();
+        return Some(format!("it carries critical options ssh does not support ({})", names.join(", ")));
+    }
+    None
+}
+
+/// A plain key is known if any line for the host has it; changed if none has it and a
+/// line has a key of the same type; else unknown.
+fn judge_plain_key(lines: &[&Entry], key: &KeyData) -> Verdict {
+    let plain = || lines.iter().filter(|e| e.marker == Marker::Plain);
+    if plain().any(|e| e.key == *key) {
+        return Verdict::Known;
+    }
+    match plain().find(|e| e.key.algorithm() == key.algorithm()) {
+        Some(e) => Verdict::Changed { file: e.file.clone(), line: e.line },
+        None => Verdict::Unknown,
+    }
+}
+
+/// The name known_hosts is searched for, as ssh forms it: the `HostKeyAlias` (which
+/// stands for host and port both), else the host for port 22, else `[host]:port`.
+fn lookup_name(dest: &Destination) -> String {
+    match &dest.host_key_alias {
+        Some(alias) => alias.clone(),
+        None if dest.port == 22 => dest.host_name.to_ascii_lowercase(),
+        None => format!("[{}]:{}", dest.host_name.to_ascii_lowercase(), dest.port),
+    }
+}
+
+/// The name a host certificate must list: the alias, else the host (never the port).
+fn principal_name(dest: &Destination) -> String {
+    dest.host_key_alias.clone().unwrap_or_else(|| dest.host_name.to_ascii_lowercase())
+}
+
+fn all_files(dest: &Destination) -> impl Iterator<Item = &PathBuf> {
+    dest.known_hosts.iter().chain(dest.global_known_hosts.iter())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The host key algorithms to offer for `dest` (see `KnownHosts::preferences`): plain
+/// ones, and certificate ones.
+pub fn preferences(dest: &Destination, default: &[Algorithm]) -> (Vec<Algorithm>, Vec<Algorithm>) {
+    KnownHosts::load(all_files(dest)).preferences(&lookup_name(dest), default)
+}
+
+/// Checks what the server presented for `dest`, recording its key when the policy
+/// allows a new one.
+pub fn check(dest: &Destination, presented: &PublicKeyOrCertificate) -> Verdict {
+    let name = lookup_name(dest);
+    let verdict = KnownHosts::load(all_files(dest)).judge(&name, &principal_name(dest), presented, now_secs());
+    if verdict != Verdict::Unknown {
+        return verdict;
+    }
+    let key = presented.public_key();
+    match (dest.host_key_policy, dest.known_hosts.first()) {
+        (HostKeyPolicy::AcceptNew, Some(file)) => match learn(file, &name, &key) {
+            Ok(()) => {
+                tracing::warn!(host = %dest.host_name, fingerprint = %fingerprint(&key), file = %file.display(), "recorded new host key");
+                Verdict::Learned
+            }
+            Err(e) => Verdict::Error(format!("cannot record the host key in {}: {e}", file.display())),
+        },
         _ => Verdict::Unknown,
     }
+}
+
+/// Appends `name key` to `file` as ssh does, making the file (0600) and its directory
+/// (0700) if need be.
+fn learn(file: &Path, name: &str, key: &PublicKey) -> std::io::Result<()> {
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let mut f = OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(file)?;
+    let key = PublicKey::new(key.key_data().clone(), "").to_openssh().map_err(std::io::Error::other)?;
+    // A last line without its newline would swallow ours.
+    let glue = if ends_without_newline(&mut f)? { "\n" } else { "" };
+    f.write_all(format!("{glue}{name} {}\n", key.trim_end()).as_bytes())
+}
+
+fn ends_without_newline(f: &mut std::fs::File) -> std::io::Result<bool> {
+    if f.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    f.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
 }
 
 /// The error to report for a verdict that does not let the connection go on.
@@ -87,6 +411,380 @@ pub fn refusal(dest: &Destination, key: &PublicKey, verdict: &Verdict) -> Option
         Verdict::Changed { file, line } => {
             Some(LinkError::HostKeyChanged { host, fingerprint: fingerprint(key), file: file.clone(), line: *line })
         }
+        Verdict::Revoked { file, line } => {
+            Some(LinkError::HostKeyRevoked { host, fingerprint: fingerprint(key), file: file.clone(), line: *line })
+        }
+        Verdict::BadCertificate(reason) => {
+            Some(LinkError::HostCertificateInvalid { host, principal: principal_name(dest), reason: reason.clone() })
+        }
         Verdict::Error(detail) => Some(LinkError::HostKeyUnverifiable { host, detail: detail.clone() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::ssh_key::certificate::Builder;
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+    use russh::keys::PrivateKey;
+
+    /// An ECDSA key, as `ssh-keygen -t ecdsa` made it.
+    const ECDSA: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBPsSGpIxlKmebTowNHyo6p9h8POvlOFqeuyc+urky1vg3XyjgpLm8QeK3V3j6pAdy8GoksvQhFFYGM7rI381yYs=";
+    const RSA: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDdj6/V6tPBUbst5d1JUxndrgjA6WyiKO/pbOAkeUN8Tp77TY4d8bqGQ9lkeUuRW8p29eILj/SNGTKLdH/un5hm4Jbi5hsj2RsJVgYPgiCXl9DCRAoUr8tkN//atIvdHSW4NNF4RPgeLLKM6nu8XJoq/kw55ypgSUI426sqE63XBQ==";
+    /// An Ed25519 key, and `ssh-keygen -H` lines for it: `build.example.com` and
+    /// `[nas.lan]:2222`, hashed by OpenSSH itself.
+    const REAL_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINHq1rI2dfrQPQxS8JvbFiwI02Zg7pCq57ADZjofR7u";
+    const REAL_HASHED: &str = "|1|7hymtW0qFn8u/1PTS5QJiru4UFo=|snI4U9R0oirUYCaJKhfzsZumUYY= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINHq1rI2dfrQPQxS8JvbFiwI02Zg7pCq57ADZjofR7u \n\
+        |1|MuDe4noyMzyx3ovURO6jqmqcOAE=|/B2tlGfQ6l1v1XOA7H76UJEGUzI= ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIINHq1rI2dfrQPQxS8JvbFiwI02Zg7pCq57ADZjofR7u \n";
+
+    fn keypair(seed: u8) -> Ed25519Keypair {
+        Ed25519Keypair::from_seed(&[seed; 32])
+    }
+
+    /// A distinct Ed25519 key per seed.
+    fn ed(seed: u8) -> KeyData {
+        KeyData::Ed25519(keypair(seed).public)
+    }
+
+    fn parsed(text: &str) -> KeyData {
+        PublicKey::from_openssh(text).unwrap().key_data().clone()
+    }
+
+    /// A key as a known_hosts line writes it.
+    fn text(key: &KeyData) -> String {
+        PublicKey::new(key.clone(), "").to_openssh().unwrap()
+    }
+
+    fn plain(key: &KeyData) -> PublicKeyOrCertificate {
+        PublicKey::new(key.clone(), "").into()
+    }
+
+    /// `name` hashed as `HashKnownHosts` does it, with a fixed salt.
+    fn hashed(name: &str) -> String {
+        let salt = [7u8; 20];
+        let mut mac = HmacSha1::new_from_slice(&salt).unwrap();
+        mac.update(name.as_bytes());
+        format!("|1|{}|{}", BASE64.encode(&salt), BASE64.encode(&mac.finalize().into_bytes()))
+    }
+
+    fn known(text: &str) -> KnownHosts {
+        let mut k = KnownHosts::default();
+        k.add_text(text, Path::new("kh"));
+        k
+    }
+
+    fn changed(line: usize) -> Verdict {
+        Verdict::Changed { file: "kh".into(), line }
+    }
+
+    fn revoked(line: usize) -> Verdict {
+        Verdict::Revoked { file: "kh".into(), line }
+    }
+
+    #[test]
+    fn plain_keys_are_matched_as_ssh_matches_them() {
+        let (k1, k2, k3) = (text(&ed(1)), text(&ed(2)), text(&ed(3)));
+        let cases: Vec<(&str, String, &str, KeyData, Verdict)> = vec![
+            ("a plain name", format!("box {k1}\n"), "box", ed(1), Verdict::Known),
+            ("another host", format!("box {k1}\n"), "other", ed(1), Verdict::Unknown),
+            ("a list of names", format!("a,box,c {k1}\n"), "box", ed(1), Verdict::Known),
+            ("names match without case", format!("Box.Example.COM {k1}\n"), "box.example.com", ed(1), Verdict::Known),
+            ("a hashed name", format!("{} {k1}\n", hashed("box")), "box", ed(1), Verdict::Known),
+            ("a hashed name of another host", format!("{} {k1}\n", hashed("box")), "boxy", ed(1), Verdict::Unknown),
+            ("hashed by ssh-keygen -H", REAL_HASHED.into(), "build.example.com", parsed(REAL_KEY), Verdict::Known),
+            ("hashed with its port", REAL_HASHED.into(), "[nas.lan]:2222", parsed(REAL_KEY), Verdict::Known),
+            ("hashed, port 22 is not 2222", REAL_HASHED.into(), "nas.lan", parsed(REAL_KEY), Verdict::Unknown),
+            ("hashed, changed", REAL_HASHED.into(), "build.example.com", ed(1), changed(1)),
+            ("a * wildcard", format!("*.example.com {k1}\n"), "a.example.com", ed(1), Verdict::Known),
+            ("* needs its dot", format!("*.example.com {k1}\n"), "example.com", ed(1), Verdict::Unknown),
+            ("a ? wildcard", format!("node? {k1}\n"), "node7", ed(1), Verdict::Known),
+            ("? is one character", format!("node? {k1}\n"), "node17", ed(1), Verdict::Unknown),
+            ("* across dots", format!("10.*.1 {k1}\n"), "10.2.3.1", ed(1), Verdict::Known),
+            (
+                "negation rules the line out",
+                format!("*.example.com,!bad.example.com {k1}\n"),
+                "bad.example.com",
+                ed(2),
+                Verdict::Unknown,
+            ),
+            (
+                "negation, first or last",
+                format!("!bad.example.com,* {k1}\n"),
+                "bad.example.com",
+                ed(1),
+                Verdict::Unknown,
+            ),
+            (
+                "negation spares others",
+                format!("*.example.com,!bad.example.com {k1}\n"),
+                "ok.example.com",
+                ed(1),
+                Verdict::Known,
+            ),
+            ("negation alone matches nothing", format!("!bad {k1}\n"), "good", ed(1), Verdict::Unknown),
+            ("[host]:port", format!("[10.0.0.1]:2222 {k1}\n"), "[10.0.0.1]:2222", ed(1), Verdict::Known),
+            ("[host]:port is not the host", format!("[10.0.0.1]:2222 {k1}\n"), "10.0.0.1", ed(1), Verdict::Unknown),
+            ("the host is not [host]:port", format!("10.0.0.1 {k1}\n"), "[10.0.0.1]:2222", ed(1), Verdict::Unknown),
+            (
+                "[host]:port with a wildcard",
+                format!("[10.0.0.*]:2222 {k1}\n"),
+                "[10.0.0.9]:2222",
+                ed(1),
+                Verdict::Known,
+            ),
+            ("a changed key", format!("box {k2}\n"), "box", ed(1), changed(1)),
+            (
+                "several keys: a later one of the same type matches",
+                format!("box {k2}\nbox {ECDSA}\nbox {k1}\n"),
+                "box",
+                ed(1),
+                Verdict::Known,
+            ),
+            (
+                "several keys: none matches",
+                format!("other {k1}\nbox {ECDSA}\nbox {k2}\nbox {k3}\n"),
+                "box",
+                ed(1),
+                changed(3),
+            ),
+            ("only keys of other types", format!("box {k2}\n"), "box", parsed(ECDSA), Verdict::Unknown),
+            ("revoked, though also listed", format!("box {k1}\n@revoked * {k1}\n"), "box", ed(1), revoked(2)),
+            ("revoked before listed", format!("@revoked box {k1}\nbox {k1}\n"), "box", ed(1), revoked(1)),
+            ("revoked for another host", format!("@revoked other {k1}\nbox {k1}\n"), "box", ed(1), Verdict::Known),
+            ("a revoked key is not a changed one", format!("@revoked box {k2}\n"), "box", ed(1), Verdict::Unknown),
+            ("a CA is not the host's key", format!("@cert-authority box {k1}\n"), "box", ed(1), Verdict::Unknown),
+            (
+                "comments, blanks, garbage and unknown types are skipped",
+                format!(
+                    "# box {k2}\n\n   \n  # indented comment\ngarbage\nbox ssh-foo AAAAB3Nz\n@weird box {k2}\n\
+                     box ssh-ed25519 !!notbase64\n|1|bad|bad {k2}\nbox {k2} trailing comment words\nbox\n\
+                     box 1024 35 1234567\nbox {k1}\n"
+                ),
+                "box",
+                ed(1),
+                Verdict::Known,
+            ),
+            (
+                "a skipped line is no old key",
+                format!("box ssh-ed25519 AAAAbroken\n@weird box {k2}\n"),
+                "box",
+                ed(1),
+                Verdict::Unknown,
+            ),
+        ];
+        for (what, file, name, key, want) in cases {
+            assert_eq!(known(&file).judge(name, name, &plain(&key), 1_000), want, "{what}:\n{file}");
+        }
+    }
+
+    #[test]
+    fn wildcards() {
+        for (pattern, text, want) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("*.*", "nodot", false),
+            ("??", "ab", true),
+            ("??", "abc", false),
+            ("a**", "a", true),
+            ("", "", true),
+            ("", "a", false),
+        ] {
+            assert_eq!(wildcard_matches(pattern.as_bytes(), text.as_bytes()), want, "{pattern} ~ {text}");
+        }
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    /// A host certificate for the key of seed 11, signed by the CA of `ca`.
+    fn cert(ca: u8, kind: CertType, principals: &[&str], after: u64, before: u64) -> Certificate {
+        let mut b = Builder::new([9u8; 32], ed(11), after, before).unwrap();
+        b.cert_type(kind).unwrap();
+        if principals.is_empty() {
+            b.all_principals_valid().unwrap();
+        }
+        for p in principals {
+            b.valid_principal(*p).unwrap();
+        }
+        b.sign(&PrivateKey::from(keypair(ca))).unwrap()
+    }
+
+    fn host_cert(principals: &[&str]) -> Certificate {
+        cert(10, CertType::Host, principals, NOW - 60, NOW + 3600)
+    }
+
+    #[test]
+    fn certificates_are_judged_as_ssh_judges_them() {
+        let ca = text(&ed(10));
+        let other_ca = text(&ed(12));
+        let host = text(&ed(11));
+        let web = "web.example.com";
+        // `None`: refused as a bad certificate (the reason is for people).
+        let known_ = || Some(Verdict::Known);
+        let bad = || -> Option<Verdict> { None };
+        let cases: Vec<(&str, String, Certificate, Option<Verdict>)> = vec![
+            ("signed by a listed CA", format!("@cert-authority *.example.com {ca}\n"), host_cert(&[web]), known_()),
+            ("among several principals", format!("@cert-authority * {ca}\n"), host_cert(&["a", web, "b"]), known_()),
+            ("for another principal", format!("@cert-authority * {ca}\n"), host_cert(&["db.example.com"]), bad()),
+            ("a principal is no pattern", format!("@cert-authority * {ca}\n"), host_cert(&["*.example.com"]), bad()),
+            ("with no principals", format!("@cert-authority * {ca}\n"), host_cert(&[]), bad()),
+            (
+                "expired",
+                format!("@cert-authority * {ca}\n"),
+                cert(10, CertType::Host, &[web], NOW - 99, NOW - 1),
+                bad(),
+            ),
+            (
+                "expiring now",
+                format!("@cert-authority * {ca}\n"),
+                cert(10, CertType::Host, &[web], NOW - 99, NOW),
+                bad(),
+            ),
+            (
+                "not yet valid",
+                format!("@cert-authority * {ca}\n"),
+                cert(10, CertType::Host, &[web], NOW + 1, NOW + 9),
+                bad(),
+            ),
+            (
+                "a user certificate",
+                format!("@cert-authority * {ca}\n"),
+                cert(10, CertType::User, &[web], 0, NOW + 9),
+                bad(),
+            ),
+            ("CA not listed", format!("@cert-authority * {other_ca}\n"), host_cert(&[web]), Some(Verdict::Unknown)),
+            ("CA listed as the host's key", format!("{web} {ca}\n"), host_cert(&[web]), Some(changed(1))),
+            (
+                "CA listed for other hosts",
+                format!("@cert-authority *.org {ca}\n"),
+                host_cert(&[web]),
+                Some(Verdict::Unknown),
+            ),
+            (
+                "CA not listed, key inside is",
+                format!("@cert-authority * {other_ca}\n{web} {host}\n"),
+                host_cert(&[web]),
+                known_(),
+            ),
+            ("CA not listed, another key", format!("{web} {other_ca}\n"), host_cert(&[web]), Some(changed(1))),
+            ("CA revoked", format!("@cert-authority * {ca}\n@revoked * {ca}\n"), host_cert(&[web]), Some(revoked(2))),
+            (
+                "key inside revoked",
+                format!("@cert-authority * {ca}\n@revoked * {host}\n"),
+                host_cert(&[web]),
+                Some(revoked(2)),
+            ),
+        ];
+        for (what, file, c, want) in cases {
+            let v = known(&file).judge(web, web, &c.into(), NOW);
+            match want {
+                Some(w) => assert_eq!(v, w, "{what}\n{file}"),
+                None => assert!(matches!(v, Verdict::BadCertificate(_)), "{what}: {v:?}\n{file}"),
+            }
+        }
+    }
+
+    fn dest(host: &str, port: u16, alias: Option<&str>, user: Vec<PathBuf>, global: Vec<PathBuf>) -> Destination {
+        Destination {
+            alias: host.into(),
+            host_name: host.into(),
+            port,
+            user: "u".into(),
+            identity_files: Vec::new(),
+            identities_only: false,
+            certificate_files: Vec::new(),
+            known_hosts: user,
+            global_known_hosts: global,
+            host_key_policy: HostKeyPolicy::Strict,
+            connect_timeout: std::time::Duration::from_secs(5),
+            agent_socket: None,
+            host_key_alias: alias.map(str::to_string),
+            address_family: Default::default(),
+            server_alive: None,
+            proxy_command: None,
+        }
+    }
+
+    #[test]
+    fn user_and_global_files_are_read_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let (user, global) = (dir.path().join("known_hosts"), dir.path().join("ssh_known_hosts"));
+        let k1 = text(&ed(1));
+        std::fs::write(&global, format!("[10.0.0.1]:2222 {k1}\n")).unwrap();
+        let d = dest("10.0.0.1", 2222, None, vec![user.clone(), dir.path().join("missing")], vec![global.clone()]);
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Known, "the global file alone knows it");
+        assert_eq!(check(&d, &plain(&ed(2))), Verdict::Changed { file: global.clone(), line: 1 });
+        std::fs::write(&user, format!("@revoked * {k1}\n")).unwrap();
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Revoked { file: user.clone(), line: 1 });
+    }
+
+    #[test]
+    fn host_key_alias_is_the_name_looked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        let d = dest("10.0.0.1", 2222, Some("mybox"), vec![file.clone()], Vec::new());
+        std::fs::write(&file, format!("[10.0.0.1]:2222 {}\n", text(&ed(1)))).unwrap();
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Unknown, "the alias stands for host and port");
+        std::fs::write(&file, format!("mybox {}\n", text(&ed(1)))).unwrap();
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Known);
+        // A certificate must name the alias.
+        std::fs::write(&file, format!("@cert-authority mybox {}\n", text(&ed(10)))).unwrap();
+        let for_alias = cert(10, CertType::Host, &["mybox"], 0, u64::MAX);
+        assert_eq!(check(&d, &for_alias.into()), Verdict::Known);
+        let for_host = cert(10, CertType::Host, &["10.0.0.1"], 0, u64::MAX);
+        assert!(matches!(check(&d, &for_host.into()), Verdict::BadCertificate(_)));
+    }
+
+    #[test]
+    fn new_keys_are_learned_as_ssh_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("new/.ssh/known_hosts");
+        let global = dir.path().join("global");
+        std::fs::write(&global, "").unwrap();
+        let mut d = dest("Box.Lan", 2222, None, vec![file.clone()], vec![global.clone()]);
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Unknown, "strict: unknown and not recorded");
+        assert!(!file.exists());
+        d.host_key_policy = HostKeyPolicy::AcceptNew;
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Learned);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(file.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("[box.lan]:2222 {}\n", text(&ed(1))));
+        assert_eq!(std::fs::read_to_string(&global).unwrap(), "", "only the first user file is written");
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Known);
+        assert_eq!(check(&d, &plain(&ed(2))), Verdict::Changed { file: file.clone(), line: 1 }, "never learned over");
+        // A last line without its newline keeps its key.
+        std::fs::write(&file, format!("other {}", text(&ed(3)))).unwrap();
+        d.port = 22;
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Learned);
+        let lines: Vec<String> = std::fs::read_to_string(&file).unwrap().lines().map(str::to_string).collect();
+        assert_eq!(lines, vec![format!("other {}", text(&ed(3))), format!("box.lan {}", text(&ed(1)))]);
+        // Revoked keys and refused certificates are never learned.
+        std::fs::write(&file, format!("@revoked * {}\n", text(&ed(4)))).unwrap();
+        assert!(matches!(check(&d, &plain(&ed(4))), Verdict::Revoked { .. }));
+        std::fs::write(&file, format!("@cert-authority * {}\n", text(&ed(10)))).unwrap();
+        let wrong = cert(10, CertType::Host, &["elsewhere"], 0, u64::MAX);
+        assert!(matches!(check(&d, &wrong.into()), Verdict::BadCertificate(_)));
+        assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn known_key_types_are_offered_first() {
+        let default = russh::Preferred::DEFAULT.key;
+        let k = known(&format!("box {ECDSA}\n@cert-authority other {}\n", text(&ed(1))));
+        let (keys, certs) = k.preferences("box", &default);
+        assert_eq!(keys[0], parsed(ECDSA).algorithm(), "{keys:?}");
+        assert_eq!(keys.len(), default.len());
+        assert!(certs.is_empty(), "no CA for this host: plain keys only");
+        let (keys, certs) = k.preferences("other", &default);
+        assert_eq!(keys, default.to_vec(), "nothing known: the default order");
+        assert_eq!(certs, keys, "a CA for this host: certificates too");
+        // An RSA key signs with any RSA hash: all of them come first, in their order.
+        let k = known(&format!("box {RSA}\n"));
+        let (keys, _) = k.preferences("box", &default);
+        let rsa: Vec<Algorithm> = default.iter().filter(|a| matches!(a, Algorithm::Rsa { .. })).cloned().collect();
+        assert_eq!(keys[..rsa.len()], rsa[..], "{keys:?}");
+        assert_eq!(keys.len(), default.len());
     }
 }

@@ -163,8 +163,8 @@ impl client::Handler for Client {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let verdict = known_hosts::check(&self.dest, key);
         let key = key.public_key();
-        let verdict = known_hosts::check(&self.dest, &key);
         let ok = matches!(verdict, Verdict::Known | Verdict::Learned);
         if let Ok(mut v) = self.verdict.lock() {
             *v = Some((key, verdict));
@@ -173,7 +173,8 @@ impl client::Handler for Client {
     }
 }
 
-fn ssh_config() -> client::Config {
+fn ssh_config(dest: &Destination) -> client::Config {
+    let (key, host_key_certificates) = known_hosts::preferences(dest, &russh::Preferred::DEFAULT.key);
     client::Config {
         // AES-GCM is fastest where the CPU has AES instructions, which is nearly everywhere.
         preferred: russh::Preferred {
@@ -184,6 +185,8 @@ fn ssh_config() -> client::Config {
                 russh::cipher::AES_128_CTR,
                 russh::cipher::AES_256_CTR,
             ]),
+            key: Cow::Owned(key),
+            host_key_certificates: Cow::Owned(host_key_certificates),
             ..russh::Preferred::default()
         },
         keepalive_interval: Some(Duration::from_secs(5)),
@@ -393,11 +396,11 @@ async fn connect_inner(
                 host: dest.host_name.clone(),
                 detail: format!("cannot keep the socket: {e}"),
             })?;
-            (client::connect_stream(Arc::new(ssh_config()), tcp, handler).await, Carrier::Tcp(socket), None)
+            (client::connect_stream(Arc::new(ssh_config(dest)), tcp, handler).await, Carrier::Tcp(socket), None)
         }
         Some(command) => {
             let (stream, carrier, said) = spawn_proxy(command)?;
-            let r = client::connect_stream(Arc::new(ssh_config()), stream, handler).await;
+            let r = client::connect_stream(Arc::new(ssh_config(dest)), stream, handler).await;
             (r, carrier, Some((said, command.clone())))
         }
     };

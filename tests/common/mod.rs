@@ -115,18 +115,20 @@ pub struct Sshd {
     pub port: u16,
     pub export: PathBuf,
     pub host_pub: String,
-    /// sshd_config lines put first (sshd takes the first value of each keyword).
-    extra: String,
+    /// More sshd_config lines (see `start_with`), put first: sshd takes the first value
+    /// of each keyword, so they win over the defaults.
+    extra_config: String,
     child: Option<Child>,
 }
 
 impl Sshd {
     pub fn start() -> Sshd {
-        Sshd::start_with("")
+        Sshd::start_with(|_| String::new())
     }
 
-    /// An sshd whose config starts with `extra` (which wins over the defaults).
-    pub fn start_with(extra: &str) -> Sshd {
+    /// The same, with more sshd_config lines: `prepare` gets the sshd's directory once
+    /// its keys are made (to make files there, e.g. a host certificate) and returns them.
+    pub fn start_with<S: Into<String>>(prepare: impl FnOnce(&Path) -> S) -> Sshd {
         ordinary_users();
         let dir = tempfile::Builder::new().prefix("moor-sshd-").tempdir().unwrap();
         let d = dir.path();
@@ -142,7 +144,8 @@ impl Sshd {
         // sshd refuses to start without its privilege-separation directory.
         let _ = fs::create_dir_all("/run/sshd");
         let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
-        let mut sshd = Sshd { port: 0, export, host_pub, extra: extra.to_string(), child: None, dir };
+        let extra_config = prepare(d).into();
+        let mut sshd = Sshd { port: 0, export, host_pub, extra_config, child: None, dir };
         sshd.spawn_on(free_port());
         sshd
     }
@@ -155,10 +158,11 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin yes\n\
              UsePAM no\nSubsystem sftp internal-sftp\nLogLevel ERROR\nMaxStartups 100\n\
-             MaxSessions 100\n",
-            extra = self.extra,
+             MaxSessions 100
+",
             hk = d.join("host_key").display(),
-            d = d.display()
+            d = d.display(),
+            extra = self.extra_config,
         );
         fs::write(&cfg, text).unwrap();
         cfg
