@@ -146,3 +146,81 @@ fn a_certificate_from_a_trusted_ca_logs_in() {
     assert_eq!(fs::read_to_string(sshd.export.join("c")).unwrap(), "cert\n");
     unmount(&c, &mnt);
 }
+
+/// The one-time-password secret of the test's HOTP token (hex), and its PAM service.
+const OTP_SECRET: &str = "3132333435363738393031323334353637383930";
+const OTP_SERVICE: &str = "moor-test-otp";
+
+/// The token's code number `counter`, as an authenticator app would show it.
+fn otp(counter: u64) -> String {
+    sh_root_ok(&format!("oathtool --hotp -c {counter} {OTP_SECRET}")).trim().to_string()
+}
+
+/// /etc/pam.d/moor-test-otp for the test's sshd, removed when dropped.
+struct PamService;
+
+impl PamService {
+    fn install(users_file: &std::path::Path) -> PamService {
+        let text = format!(
+            "auth required pam_oath.so usersfile={} window=10 digits=6\naccount required pam_permit.so\n\
+             session required pam_permit.so\npassword required pam_deny.so\n",
+            users_file.display()
+        );
+        fs::write(format!("/etc/pam.d/{OTP_SERVICE}"), text).unwrap();
+        PamService
+    }
+}
+
+impl Drop for PamService {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(format!("/etc/pam.d/{OTP_SERVICE}"));
+    }
+}
+
+fn state_of(c: &Client) -> serde_json::Value {
+    let out = c.run(&["mount", "status", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["mounts"][0].clone()
+}
+
+#[test]
+fn a_fresh_one_time_code_is_asked_for_by_moor_reconnect() {
+    let users = work_dir();
+    let users_file = users.path().join("users.oath");
+    fs::write(&users_file, format!("HOTP {REMOTE_USER} - {OTP_SECRET}\n")).unwrap();
+    let _pam = PamService::install(&users_file);
+    // Two factors: the key, then a one-time code (keyboard-interactive through PAM).
+    let mut sshd = Sshd::start_as(Some(OTP_SERVICE), |_| {
+        "UsePAM yes\nKbdInteractiveAuthentication yes\nPasswordAuthentication no\n\
+         AuthenticationMethods publickey,keyboard-interactive\n"
+    });
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("One-time password", &otp(0))]);
+    assert!(out.status.success(), "mount failed: {}{}\n{}", stdout(&out), stderr(&out), sshd.log());
+    sh_ok(&format!("echo before > {}/f", mnt.display()));
+    // Every login costs a code: the mount keeps the one connection it has.
+    assert_eq!(state_of(&c)["connections"].as_array().map(Vec::len), Some(1), "{}", state_of(&c));
+
+    // The server restarts: the code cannot be given again, so the mount waits for a person.
+    sshd.restart(false);
+    let waiting = wait_until(Duration::from_secs(30), || state_of(&c)["status"]["state"] == "needs_login");
+    assert!(waiting, "never needed a login: {}", state_of(&c));
+    // Meanwhile calls fail at once instead of hanging.
+    let started = std::time::Instant::now();
+    let cat = sh(&format!("cat {}/f", mnt.display()));
+    assert!(!cat.status.success());
+    assert!(stderr(&cat).contains("Resource temporarily unavailable"), "{}", stderr(&cat));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    let shown = String::from_utf8_lossy(&c.run(&["mount", "status"]).stdout).to_string();
+    assert!(shown.contains("needs login"), "{shown}");
+
+    // `moor reconnect` from a terminal asks for a fresh code and brings the mount back.
+    let mut reconnect = c.moor();
+    reconnect.args(["reconnect", mnt.to_str().unwrap()]);
+    let out = run_on_terminal(&reconnect, &[("One-time password", &otp(1))]);
+    assert!(out.status.success(), "reconnect failed: {}{}", stdout(&out), stderr(&out));
+    assert_eq!(state_of(&c)["status"]["state"], "active");
+    assert_eq!(sh_ok(&format!("cat {}/f", mnt.display())), "before\n");
+    unmount(&c, &mnt);
+}

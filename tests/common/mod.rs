@@ -118,6 +118,8 @@ pub struct Sshd {
     /// More sshd_config lines (see `start_with`), put first: sshd takes the first value
     /// of each keyword, so they win over the defaults.
     extra_config: String,
+    /// The sshd binary, or a link to it under another name.
+    program: PathBuf,
     child: Option<Child>,
 }
 
@@ -129,6 +131,12 @@ impl Sshd {
     /// The same, with more sshd_config lines: `prepare` gets the sshd's directory once
     /// its keys are made (to make files there, e.g. a host certificate) and returns them.
     pub fn start_with<S: Into<String>>(prepare: impl FnOnce(&Path) -> S) -> Sshd {
+        Sshd::start_as(None, prepare)
+    }
+
+    /// The same, run under another program name: sshd uses its name as its PAM service,
+    /// so a test can give it its own PAM stack in /etc/pam.d/NAME.
+    pub fn start_as<S: Into<String>>(name: Option<&str>, prepare: impl FnOnce(&Path) -> S) -> Sshd {
         ordinary_users();
         let dir = tempfile::Builder::new().prefix("moor-sshd-").tempdir().unwrap();
         let d = dir.path();
@@ -145,7 +153,15 @@ impl Sshd {
         let _ = fs::create_dir_all("/run/sshd");
         let host_pub = fs::read_to_string(d.join("host_key.pub")).unwrap();
         let extra_config = prepare(d).into();
-        let mut sshd = Sshd { port: 0, export, host_pub, extra_config, child: None, dir };
+        let program = match name {
+            Some(n) => {
+                let p = d.join(n);
+                std::os::unix::fs::symlink("/usr/sbin/sshd", &p).unwrap();
+                p
+            }
+            None => PathBuf::from("/usr/sbin/sshd"),
+        };
+        let mut sshd = Sshd { port: 0, export, host_pub, extra_config, program, child: None, dir };
         sshd.spawn_on(free_port());
         sshd
     }
@@ -171,7 +187,7 @@ impl Sshd {
     fn spawn_on(&mut self, port: u16) {
         let cfg = self.write_config(port);
         let log = fs::File::create(self.dir.path().join("sshd.log")).unwrap();
-        let child = Command::new("/usr/sbin/sshd")
+        let child = Command::new(&self.program)
             .args(["-D", "-e", "-f"])
             .arg(&cfg)
             .stdin(Stdio::null())
