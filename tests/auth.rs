@@ -224,3 +224,47 @@ fn a_fresh_one_time_code_is_asked_for_by_moor_reconnect() {
     assert_eq!(sh_ok(&format!("cat {}/f", mnt.display())), "before\n");
     unmount(&c, &mnt);
 }
+
+#[test]
+fn a_certificate_held_by_ssh_agent_logs_in() {
+    let ca = work_dir();
+    let ca_key = ca.path().join("ca");
+    sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca_key.display()));
+    let sshd = Sshd::start_with(|_| format!("TrustedUserCAKeys {}.pub\n", ca_key.display()));
+    fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
+    let c = Client::new(&sshd);
+    fs::copy(sshd.dir.path().join("user_key.pub"), c.key().with_extension("pub")).unwrap();
+    sh_root_ok(&format!(
+        "ssh-keygen -q -s {} -I moor-test -n {REMOTE_USER} -V -5m:+1h {}.pub",
+        ca_key.display(),
+        c.key().display()
+    ));
+    c.give_home();
+    // ssh-add loads the key and, beside it, its certificate; then the key file goes, so
+    // only the agent can log in.
+    let sock = c.home.path().join("run/agent.sock");
+    sh_ok(&format!(
+        "ssh-agent -a {} >/dev/null && SSH_AUTH_SOCK={} ssh-add -q {}",
+        sock.display(),
+        sock.display(),
+        c.key().display()
+    ));
+    let _agent = AgentGuard(sock.clone());
+    fs::remove_file(c.key()).unwrap();
+    c.write_config(&sshd, &format!("  IdentityAgent {}\n", sock.display()));
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(&sshd.export.display().to_string(), &mnt, &[]);
+    assert!(out.status.success(), "mount with the agent's certificate failed: {}\n{}", stderr(&out), sshd.log());
+    sh_ok(&format!("echo agentcert > {}/a", mnt.display()));
+    assert_eq!(fs::read_to_string(sshd.export.join("a")).unwrap(), "agentcert\n");
+    unmount(&c, &mnt);
+}
+
+/// Ends the ssh-agent serving `.0` when dropped.
+struct AgentGuard(std::path::PathBuf);
+
+impl Drop for AgentGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill").args(["-f", &format!("ssh-agent -a {}", self.0.display())]).status();
+    }
+}
