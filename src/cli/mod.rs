@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::control::client::{self, Client, Mounted, Reconnected, Unmounted, WatchUpdate};
 use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest};
-use crate::control::{agent, mount, names, registry};
+use crate::control::{agent, mount, names, paths, registry, systemd};
 use crate::fs::IdMap;
 use crate::link::auth::{Asker, Question, Secret};
 use crate::link::config::{self, Overrides};
@@ -100,9 +100,15 @@ struct MountArgs {
     /// Name for the mount (default: derived from host and path)
     #[arg(long)]
     name: Option<String>,
-    /// Stay attached: serve the mount from this process until Ctrl-C, then unmount
+    /// Stay attached: serve the mount from this process until Ctrl-C or SIGTERM, then
+    /// unmount. Under systemd (a `Type=notify` unit) it says READY=1 once the mount
+    /// answers, and its state in STATUS=
     #[arg(long)]
     foreground: bool,
+    /// With --foreground: write the log to FILE (rotated at 10 MiB, 3 kept) instead of
+    /// stderr
+    #[arg(long, value_name = "FILE", requires = "foreground")]
+    log_file: Option<PathBuf>,
     /// Keep trying a host that refuses or does not answer (e.g. still booting) this long
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     wait: Option<Duration>,
@@ -338,7 +344,21 @@ fn worker_threads() -> usize {
 pub fn run() -> i32 {
     let cli = Cli::parse();
     let is_agent = matches!(cli.command, Command::Agent);
-    crate::logging::init(cli.verbose, is_agent);
+    let log_file = match &cli.command {
+        Command::Agent if !systemd::logs_to_journal() => paths::agent_log().ok(),
+        Command::Mount(m) => m.log_file.clone(),
+        _ => None,
+    };
+    if let Err(e) = crate::logging::init(cli.verbose, is_agent, log_file.as_deref()) {
+        // The agent's own log file is not the user's to fix: it logs to stderr then.
+        if is_agent {
+            let _ = crate::logging::init(cli.verbose, is_agent, None);
+            tracing::warn!("{e}; logging to stderr");
+        } else {
+            output::error(&MoorError::new(ErrorKind::Usage, e));
+            return ErrorKind::Usage.exit_code();
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(worker_threads()).build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -455,6 +475,11 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     Ok(())
 }
 
+/// A state as one line: the service manager reads one assignment per line.
+fn one_line(s: &impl std::fmt::Display) -> String {
+    s.to_string().replace(['\n', '\r'], " ")
+}
+
 /// A foreground mount asks its own terminal.
 struct TerminalAsker;
 
@@ -480,14 +505,33 @@ async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     };
     output::mounted(&live.info());
     eprintln!("serving in the foreground; press Ctrl-C to unmount");
+    // Ready once the mount answers, as for a mount through the agent.
+    let mp = live.mountpoint.clone();
+    let answered =
+        tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || std::fs::metadata(&mp)))
+            .await;
+    if matches!(answered, Ok(Ok(Ok(_)))) {
+        systemd::notify(&format!("READY=1\nSTATUS={}", one_line(&live.monitor().current().0)));
+    }
+    let mut events = live.monitor().subscribe();
     let mut ended = live.ended();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = ended.wait_for(|e| *e) => {}
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = ended.wait_for(|e| *e) => break,
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    systemd::notify(&format!("STATUS={}", one_line(&ev.new)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+        }
     }
+    systemd::notify("STOPPING=1");
     if !*live.ended().borrow() {
         if let Err(e) = mount::stop(&live, false).await {
             output::error(&e);

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +26,7 @@ use crate::link::auth::{Asker, Question, Secret};
 use crate::link::backoff::Backoff;
 use crate::link::ssh::PERSON_DEADLINE;
 use crate::link::{Destination, Link, LinkState};
+use crate::logging::{self, RotatingLog};
 
 /// How long a fresh agent waits for its first request before leaving.
 const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(30);
@@ -477,17 +478,17 @@ impl Agent {
     }
 
     /// The mount's own log file, private to the user.
-    fn open_log(&self, live: &LiveMount, verbose: u8) -> Option<(PathBuf, Arc<std::sync::Mutex<std::fs::File>>)> {
+    fn open_log(&self, live: &LiveMount, verbose: u8) -> Option<(PathBuf, Arc<std::sync::Mutex<RotatingLog>>)> {
         let dir = registry::log_dir().ok()?;
         let path = dir.join(format!("{}.log", live.name));
-        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(&path).ok()?;
+        let file = logging::rotating(&path, logging::MOUNT_LOG_LIMIT, logging::MOUNT_LOGS_KEPT).ok()?;
         let file = Arc::new(std::sync::Mutex::new(file));
         write_log(&file, &format!("mounted {} on {} (log detail {verbose})", live.remote, live.mountpoint.display()));
         Some((path, file))
     }
 
     /// Passes the mount's state changes to watchers and to its log file.
-    fn forward_events(&self, live: &Arc<LiveMount>, log: Option<Arc<std::sync::Mutex<std::fs::File>>>, verbose: u8) {
+    fn forward_events(&self, live: &Arc<LiveMount>, log: Option<Arc<std::sync::Mutex<RotatingLog>>>, verbose: u8) {
         let mut rx = live.monitor().subscribe();
         let events = self.events.clone();
         let mut ended = live.ended();
@@ -643,7 +644,7 @@ async fn send(wr: &mut tokio::net::unix::OwnedWriteHalf, response: Response) -> 
     wr.write_all(text.as_bytes()).await
 }
 
-fn write_log(file: &std::sync::Mutex<std::fs::File>, line: &str) {
+fn write_log(file: &std::sync::Mutex<RotatingLog>, line: &str) {
     use std::io::Write;
     if let Ok(mut f) = file.lock() {
         let _ = writeln!(f, "{} {line}", Timestamp::now());

@@ -14,6 +14,7 @@ use super::paths;
 use super::protocol::{
     AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, StatusEvent, PROTOCOL_VERSION,
 };
+use super::systemd;
 
 /// How long a fresh agent may take to open its socket.
 const AGENT_START_DEADLINE: Duration = Duration::from_secs(10);
@@ -266,8 +267,35 @@ fn decode(line: &str) -> Result<Response, MoorError> {
     }
 }
 
+/// How long `systemd-run` may take to start the agent's unit.
+const UNIT_START_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Starts the agent in a user unit of its own (see `systemd`); says whether it did.
+fn start_agent_unit(exe: &std::path::Path, verbose: u8) -> bool {
+    let mut cmd = systemd::agent_unit_command(exe, verbose, |k| std::env::var_os(k));
+    let Ok(mut child) = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + UNIT_START_DEADLINE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
 fn spawn_agent(verbose: u8) -> Result<(), MoorError> {
     let exe = std::env::current_exe().map_err(|e| agent_err(format!("cannot find the moor binary: {e}")))?;
+    if systemd::user_manager() && start_agent_unit(&exe, verbose) {
+        tracing::debug!("agent started in the user unit {}", systemd::AGENT_UNIT);
+        return Ok(());
+    }
     let log = paths::agent_log()?;
     let log_file = std::fs::OpenOptions::new()
         .create(true)

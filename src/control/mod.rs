@@ -9,3 +9,4 @@ pub mod paths;
 pub mod protocol;
 pub mod registry;
 pub mod status;
+pub mod systemd;
