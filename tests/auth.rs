@@ -268,3 +268,20 @@ impl Drop for AgentGuard {
         let _ = Command::new("pkill").args(["-f", &format!("ssh-agent -a {}", self.0.display())]).status();
     }
 }
+
+#[test]
+fn batch_mode_never_asks_even_on_a_terminal() {
+    set_remote_password();
+    let sshd = Sshd::start_with(|_| "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let mut cmd = c.moor();
+    cmd.args(["mount", "--allow-other", "-o", "BatchMode=yes", "-F", c.cfg()])
+        .arg(format!("testhost:{}", sshd.export.display()))
+        .arg(&mnt);
+    let out = run_on_terminal(&cmd, &[("password:", PASSWORD)]);
+    let shown = stdout(&out);
+    assert_eq!(out.status.code(), Some(4), "{shown}");
+    assert!(!shown.contains("'s password:"), "asked despite BatchMode: {shown}");
+    assert!(!is_mounted(&mnt));
+}

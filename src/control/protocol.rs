@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::status::{MountStatus, StatusEvent, Timestamp};
 use crate::fs::IdMap;
-use crate::link::config::{AddressFamily, HostKeyPolicy};
+use crate::link::config::{AddressFamily, HostKeyPolicy, LoginPrefs};
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
@@ -169,6 +169,24 @@ pub struct DestinationSpec {
     pub server_alive: Option<(Duration, u32)>,
     #[serde(default)]
     pub proxy_command: Option<String>,
+    #[serde(default)]
+    pub login: LoginSettings,
+}
+
+/// Which login methods the config allows (see `link::config::LoginPrefs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginSettings {
+    pub pubkey: bool,
+    pub keyboard_interactive: bool,
+    pub password: bool,
+    pub batch_mode: bool,
+    pub password_prompts: u32,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        LoginPrefs::default().into()
+    }
 }
 
 /// Which addresses to dial (see `link::config::AddressFamily`).
@@ -298,7 +316,10 @@ wire_twin!(Destination <=> DestinationSpec {
     address_family,
     server_alive,
     proxy_command,
+    login,
 });
+
+wire_twin!(LoginPrefs <=> LoginSettings { pubkey, keyboard_interactive, password, batch_mode, password_prompts });
 
 wire_twin!(LinkOptions <=> LinkSettings {
     heartbeat_interval,
@@ -466,6 +487,7 @@ pub(crate) mod tests {
                 address_family: Family::Any,
                 server_alive: None,
                 proxy_command: None,
+                login: LoginSettings::default(),
             },
             remote_path: "src".into(),
             mountpoint: "/home/alice/src".into(),
@@ -557,7 +579,8 @@ pub(crate) mod tests {
                 r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
                 r#""host_key_policy":"accept-new","connect_timeout":{"secs":10,"nanos":0},"#,
                 r#""agent_socket":"/run/user/1000/ssh-agent","host_key_alias":null,"address_family":"any","#,
-                r#""server_alive":null,"proxy_command":null},"#,
+                r#""server_alive":null,"proxy_command":null,"login":{"pubkey":true,"keyboard_interactive":true,"#,
+                r#""password":true,"batch_mode":false,"password_prompts":3}},"#,
                 r#""remote_path":"src","mountpoint":"/home/alice/src","name":"box-src","#,
                 r#""link":{"heartbeat_interval":{"secs":1,"nanos":0},"max_heartbeat_failures":3,"#,
                 r#""request_timeout":{"secs":2,"nanos":0},"backoff_base":{"secs":0,"nanos":500000000},"#,

@@ -28,11 +28,9 @@ use super::error::LinkError;
 use super::known_hosts;
 use crate::sync::lock;
 
-/// Wrong passphrases or passwords before giving up, as ssh's NumberOfPasswordPrompts.
-const TRIES: usize = 3;
 /// Rounds of keyboard-interactive questions one login may take (some carry no
-/// question at all); of those, a person is asked in at most `TRIES` (a server asking
-/// again after a wrong answer counts, as ssh counts NumberOfPasswordPrompts).
+/// question at all); of those, a person is asked in at most `NumberOfPasswordPrompts`
+/// (a server asking again after a wrong answer counts, as ssh counts them).
 const ROUNDS: usize = 10;
 
 /// Something typed that must not be seen: wiped from memory when dropped.
@@ -159,8 +157,20 @@ impl Login<'_> {
         LinkError::Lost { host: self.dest.host_name.clone(), detail: detail.into() }
     }
 
+    /// Whether the server (as far as it has said) and the config allow `m`.
     fn allows(&self, m: MethodKind) -> bool {
-        self.methods.as_ref().is_none_or(|set| set.contains(&m))
+        let config = match m {
+            MethodKind::PublicKey => self.dest.login.pubkey,
+            MethodKind::KeyboardInteractive => self.dest.login.keyboard_interactive,
+            MethodKind::Password => self.dest.login.password,
+            _ => true,
+        };
+        config && self.methods.as_ref().is_none_or(|set| set.contains(&m))
+    }
+
+    /// Wrong answers allowed (`NumberOfPasswordPrompts`).
+    fn tries(&self) -> usize {
+        self.dest.login.password_prompts.max(1) as usize
     }
 
     fn step(&mut self, r: Result<client::AuthResult, russh::Error>) -> Result<Step, LinkError> {
@@ -178,7 +188,9 @@ impl Login<'_> {
     }
 
     async fn ask(&mut self, method: &'static str, q: Question) -> Option<Secret> {
-        let Some(asker) = self.asker else {
+        // `BatchMode yes`: never ask, as ssh never does.
+        let asker = if self.dest.login.batch_mode { None } else { self.asker };
+        let Some(asker) = asker else {
             self.unanswered.get_or_insert(method);
             return None;
         };
@@ -242,7 +254,7 @@ impl Login<'_> {
                 return None;
             }
         }
-        for _ in 0..TRIES {
+        for _ in 0..self.tries() {
             let q = Question { text: format!("Enter passphrase for key '{}': ", path.display()), echo: false };
             let Some(pass) = self.ask("key passphrase", q).await else {
                 self.hints.push(format!(
@@ -349,7 +361,7 @@ impl Login<'_> {
                         a
                     }
                     None => {
-                        if person_rounds >= TRIES {
+                        if person_rounds >= self.tries() {
                             return Ok(Step::Refused);
                         }
                         asked_now = true;
@@ -372,12 +384,12 @@ impl Login<'_> {
         Ok(Step::Refused)
     }
 
-    /// Password: the kept one first, then asked for, up to `TRIES` times.
+    /// Password: the kept one first, then asked for, up to `NumberOfPasswordPrompts` times.
     async fn password(&mut self) -> Result<Step, LinkError> {
         let user = self.dest.user.clone();
         self.tried.push("password".into());
         let mut kept = self.keyring.password();
-        for _ in 0..TRIES {
+        for _ in 0..self.tries() {
             let pass = match kept.take() {
                 Some(p) => p,
                 None => {

@@ -55,9 +55,30 @@ pub struct Destination {
     /// `ProxyJump` as OpenSSH runs it: `ssh -W %h:%p` through the jump hosts).
     #[serde(default)]
     pub proxy_command: Option<String>,
+    /// Which login methods the config allows, and whether anyone may be asked.
+    #[serde(default)]
+    pub login: LoginPrefs,
 }
 
-/// Which addresses a name's lookup may give (`AddressFamily`).
+/// What the config says about logging in (`PubkeyAuthentication`,
+/// `KbdInteractiveAuthentication`, `PasswordAuthentication`, `BatchMode`,
+/// `NumberOfPasswordPrompts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LoginPrefs {
+    pub pubkey: bool,
+    pub keyboard_interactive: bool,
+    pub password: bool,
+    /// Never ask anyone anything (`BatchMode yes`).
+    pub batch_mode: bool,
+    /// Wrong answers allowed before giving up.
+    pub password_prompts: u32,
+}
+
+impl Default for LoginPrefs {
+    fn default() -> Self {
+        LoginPrefs { pubkey: true, keyboard_interactive: true, password: true, batch_mode: false, password_prompts: 3 }
+    }
+}
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressFamily {
@@ -304,6 +325,26 @@ fn config_arg(ov: &Overrides) -> Option<PathBuf> {
     Some(if own.exists() { own } else { PathBuf::from("/dev/null") })
 }
 
+/// Options that change how ssh connects and that moor cannot honour: refused by name
+/// when the config sets them, rather than silently connecting another way.
+fn refuse_unsupported<'a>(one: &impl Fn(&str) -> Option<&'a str>) -> Result<(), ConfigError> {
+    let set = |key: &str| one(key).is_some_and(|v| !matches!(v, "none" | "no" | "false"));
+    let refusals: [(&str, &'static str, &'static str); 6] = [
+        ("pkcs11provider", "PKCS11Provider", "load the token's key into ssh-agent (`ssh-add -s`) instead"),
+        ("knownhostscommand", "KnownHostsCommand", "put the host key in a known_hosts file"),
+        ("verifyhostkeydns", "VerifyHostKeyDNS", "put the host key in a known_hosts file"),
+        ("bindaddress", "BindAddress", "remove it for this host"),
+        ("bindinterface", "BindInterface", "remove it for this host"),
+        ("proxyusefdpass", "ProxyUseFdpass", "use a ProxyCommand that carries the connection on its stdin/stdout"),
+    ];
+    for (key, name, what_to_do) in refusals {
+        if set(key) {
+            return Err(ConfigError::Unsupported(name, what_to_do));
+        }
+    }
+    Ok(())
+}
+
 /// `ssh -G`'s lines as (lowercase key, value) pairs.
 fn parse_ssh_g(text: &str) -> Vec<(String, String)> {
     text.lines()
@@ -350,6 +391,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         },
         server_alive: None,
         proxy_command: None,
+        login: LoginPrefs::default(),
     };
     d.host_key_policy = match one("stricthostkeychecking") {
         None | Some("true") | Some("yes") | Some("ask") => HostKeyPolicy::Strict,
@@ -380,6 +422,15 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
     d.global_known_hosts = files("globalknownhostsfile", &d);
     d.agent_socket = agent_socket(one("identityagent"), &home, &d);
     d.certificate_files = all("certificatefile").iter().map(|c| rehome(expand(c, &home, &d))).collect();
+    refuse_unsupported(&one)?;
+    let yes = |key: &str, default: bool| one(key).map_or(default, |v| matches!(v, "yes" | "true"));
+    d.login = LoginPrefs {
+        pubkey: yes("pubkeyauthentication", true),
+        keyboard_interactive: yes("kbdinteractiveauthentication", true),
+        password: yes("passwordauthentication", true),
+        batch_mode: yes("batchmode", false),
+        password_prompts: one("numberofpasswordprompts").and_then(|n| n.parse().ok()).unwrap_or(3),
+    };
     d.proxy_command = proxy_command(one("proxycommand"), one("proxyjump"), ssh, config_arg(ov).as_deref(), &d)?;
     Ok(d)
 }
@@ -477,6 +528,7 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         address_family: AddressFamily::Any,
         server_alive: None,
         proxy_command: None,
+        login: LoginPrefs::default(),
     };
     if ov.jump.is_some()
         || extra("proxyjump").is_some_and(|v| v != "none")
@@ -673,6 +725,55 @@ mod tests {
 
     fn me_static() -> &'static str {
         Box::leak(local_user().into_boxed_str())
+    }
+
+    #[test]
+    fn login_settings_are_honoured_and_what_moor_cannot_do_is_refused_by_name() {
+        let ssh = find_in_path("ssh").expect("the tests need OpenSSH's client (ssh)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host strict
+  PasswordAuthentication no
+  KbdInteractiveAuthentication no
+  BatchMode yes
+               NumberOfPasswordPrompts 1
+             Host token
+  PKCS11Provider /usr/lib/opensc-pkcs11.so
+             Host dns
+  VerifyHostKeyDNS yes
+             Host bound
+  BindAddress 127.0.0.2
+             Host khc
+  KnownHostsCommand /bin/true %H
+             Host fdpass
+  ProxyCommand nc %h %p
+  ProxyUseFdpass yes
+",
+        )
+        .unwrap();
+        let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+        let d = resolve_by_ssh(&ssh, "strict", &ov).unwrap();
+        let want = LoginPrefs {
+            pubkey: true,
+            keyboard_interactive: false,
+            password: false,
+            batch_mode: true,
+            password_prompts: 1,
+        };
+        assert_eq!(d.login, want);
+        assert_eq!(resolve_by_ssh(&ssh, "plain", &ov).unwrap().login, LoginPrefs::default());
+        for (host, name) in [
+            ("token", "PKCS11Provider"),
+            ("dns", "VerifyHostKeyDNS"),
+            ("bound", "BindAddress"),
+            ("khc", "KnownHostsCommand"),
+            ("fdpass", "ProxyUseFdpass"),
+        ] {
+            let e = resolve_by_ssh(&ssh, host, &ov).unwrap_err();
+            assert!(e.to_string().starts_with(name), "{host}: {e}");
+        }
     }
 
     #[test]

@@ -703,6 +703,7 @@ mod tests {
             address_family: Default::default(),
             server_alive: None,
             proxy_command: None,
+            login: Default::default(),
         }
     }
 
