@@ -374,3 +374,85 @@ fn the_default_known_hosts_is_in_home() {
     let m = c.mount(sshd.export.to_str().unwrap());
     assert!(is_mounted(&m.path));
 }
+
+/// `moor ARGS` where nothing but the binary is needed (generating text).
+fn moor_alone(args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(MOOR);
+    cmd.args(args).stdin(Stdio::null());
+    run_with_deadline(cmd, Duration::from_secs(30))
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let out = moor_alone(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = script_file(&stdout(&out));
+    let check = std::process::Command::new("bash").arg("-n").arg(file.path()).output().unwrap();
+    assert!(check.status.success(), "bash -n rejects the completion: {}", stderr(&check));
+    // What bash offers at a tab, as its completion machinery calls the function.
+    let complete = |words: &[&str]| {
+        let script = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _moor moor \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; \
+             echo \"${{COMPREPLY[@]}}\"",
+            file.path().display(),
+            words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+            words.len() - 1
+        );
+        let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).split_whitespace().map(str::to_string).collect::<Vec<_>>()
+    };
+    let commands = complete(&["moor", ""]);
+    for sub in ["mount", "unmount", "reconnect", "completions", "man"] {
+        assert!(commands.iter().any(|c| c == sub), "bash does not offer {sub}: {commands:?}");
+    }
+    assert!(!commands.iter().any(|c| c == "agent"), "the hidden agent command is offered: {commands:?}");
+    assert_eq!(complete(&["moor", "mount", "status", "--ex"]), ["--exec", "--exec-timeout"]);
+    for (shell, mark) in [("zsh", "#compdef moor"), ("fish", "complete -c moor")] {
+        let out = moor_alone(&["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        assert!(stdout(&out).contains(mark), "{shell}: {}", stdout(&out));
+        assert!(stdout(&out).contains("reconnect"), "{shell} lacks the subcommands");
+    }
+    let out = moor_alone(&["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(USAGE));
+    assert!(stderr(&out).contains("possible values: bash, elvish, fish, powershell, zsh"), "{}", stderr(&out));
+}
+
+#[test]
+fn man_pages_for_each_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let pages = dir.path().join("man1");
+    let out = moor_alone(&["man", "--dir", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let expected =
+        ["moor", "moor-mount", "moor-mount-status", "moor-unmount", "moor-reconnect", "moor-completions", "moor-man"];
+    let mut written: Vec<String> =
+        fs::read_dir(&pages).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    written.sort();
+    let mut want: Vec<String> = expected.iter().map(|p| format!("{p}.1")).collect();
+    want.sort();
+    assert_eq!(written, want, "the hidden agent command gets no page");
+    assert_eq!(stdout(&out).lines().count(), expected.len(), "one line per page written: {}", stdout(&out));
+    for page in expected {
+        let path = pages.join(format!("{page}.1"));
+        let roff = fs::read_to_string(&path).unwrap();
+        assert!(roff.contains(&format!(".TH {page} 1")), "{page}: {roff}");
+        for section in [".SH NAME", ".SH SYNOPSIS", ".SH DESCRIPTION"] {
+            assert!(roff.contains(section), "{page} lacks {section}");
+        }
+        // man renders it, as a reader would see it.
+        let shown = std::process::Command::new("man")
+            .arg("-l")
+            .arg(&path)
+            .env("MANPAGER", "cat")
+            .env("MANWIDTH", "100")
+            .output()
+            .unwrap();
+        assert!(shown.status.success(), "man -l {page}: {}", stderr(&shown));
+        assert!(stdout(&shown).contains("SYNOPSIS"), "man -l {page}: {}", stdout(&shown));
+    }
+    let status = fs::read_to_string(pages.join("moor-mount-status.1")).unwrap();
+    assert!(status.contains("MOOR_NEW_STATE"), "the hook's variables are documented");
+    assert_fails(&moor_alone(&["man", "--dir", "/proc/no/such"]), USAGE, "cannot write man pages to /proc/no/such");
+}

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
@@ -447,4 +447,135 @@ fn a_comma_in_the_remote_path_is_not_a_mount_option() {
     let out = c.run(&["unmount", "--all"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!is_mounted(&m.path));
+}
+
+/// `moor mount status --watch ARGS` in the background, its output collected as it comes;
+/// killed when dropped, whatever the test's outcome.
+struct Watcher {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Watcher {
+    fn start(c: &Client, args: &[&str]) -> Watcher {
+        let mut child = c
+            .moor()
+            .args(["mount", "status", "--watch"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = collect(child.stdout.take().unwrap());
+        let stderr = collect(child.stderr.take().unwrap());
+        Watcher { child, stdout, stderr }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether the watch reached the agent within 15 s: it then prints the table of
+    /// mounts, and every later change reaches it.
+    fn connected(&self) -> bool {
+        wait_until(Duration::from_secs(15), || self.stdout().contains("NAME"))
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Gathers what `r` yields, line by line, until it closes.
+fn collect(r: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            let mut t = sink.lock().unwrap();
+            t.push_str(&line);
+            t.push('\n');
+        }
+    });
+    text
+}
+
+/// The lines of the file `--exec` commands append to ("" until the first one ran).
+fn hook_lines(path: &std::path::Path) -> Vec<String> {
+    fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+#[test]
+fn watch_exec_runs_a_command_on_each_change_of_state() {
+    let p = Proxied::start();
+    let changes = p.c.home.path().join("changes");
+    let hook =
+        format!("echo \"$MOOR_MOUNT $MOOR_OLD_STATE $MOOR_NEW_STATE $MOOR_MOUNTPOINT\" >> {}", changes.display());
+    let watch = Watcher::start(&p.c, &["--exec", &hook]);
+    assert!(watch.connected(), "the watch never reached the agent: {}", watch.stderr());
+    let saw = |old: &str, new: &str| {
+        wait_until(Duration::from_secs(20), || {
+            hook_lines(&changes).iter().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                f.len() == 4 && f[0].starts_with("testhost") && f[1] == old && f[2] == new && f[3] == p.m.s()
+            })
+        })
+    };
+    p.proxy.black_hole();
+    let _ = fs::metadata(p.m.p("poke"));
+    assert!(saw("active", "reconnecting"), "no hook for active -> reconnecting: {:?}", hook_lines(&changes));
+    p.proxy.restore();
+    let _ = fs::metadata(p.m.p("poke"));
+    assert!(saw("reconnecting", "active"), "no hook for reconnecting -> active: {:?}", hook_lines(&changes));
+    // Once per change of state: the retries in between ran nothing.
+    assert_eq!(hook_lines(&changes).len(), 2, "{:?}", hook_lines(&changes));
+    assert!(!watch.stderr().contains("--exec"), "{}", watch.stderr());
+}
+
+#[test]
+fn watch_exec_reports_a_hanging_or_failing_command_and_goes_on() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let export = sshd.export.to_str().unwrap();
+    // Keeps the agent up, so that the watch has one to reach before the mount it hears of.
+    let _first = c.mount(export);
+    let changes = c.home.path().join("changes");
+    let hung_pid = c.home.path().join("hung.pid");
+    let hook = format!(
+        "echo \"$MOOR_OLD_STATE $MOOR_NEW_STATE $MOOR_MOUNTPOINT\" >> {}; case $MOOR_NEW_STATE in \
+         active) echo $$ > {}; exec sleep 600;; unmounted) exit 3;; esac",
+        changes.display(),
+        hung_pid.display()
+    );
+    let mut watch = Watcher::start(&c, &["--exec", &hook, "--exec-timeout", "1s"]);
+    assert!(watch.connected(), "the watch never reached the agent: {}", watch.stderr());
+    let second = c.mount_at(export, "second", &["--name", "second"]);
+    let reported = |needle: &str| wait_until(Duration::from_secs(20), || watch.stderr().contains(needle));
+    assert!(
+        reported("for second (connecting -> active) ran longer than 1s and was killed"),
+        "no report of the hanging command: {}",
+        watch.stderr()
+    );
+    let hung = fs::read_to_string(&hung_pid).unwrap();
+    assert!(!std::path::Path::new(&format!("/proc/{}", hung.trim())).exists(), "the hanging command still runs");
+    // The next change's command runs; its failure is reported, and the watch goes on.
+    let out = c.run(&["unmount", "second"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        reported("for second (active -> unmounted) exited with code 3"),
+        "no report of the failing command: {}",
+        watch.stderr()
+    );
+    let mp = second.s();
+    assert_eq!(hook_lines(&changes), [format!("connecting active {mp}"), format!("active unmounted {mp}")]);
+    assert!(watch.stdout().contains("second: active -> unmounted"), "{}", watch.stdout());
+    assert!(watch.child.try_wait().unwrap().is_none(), "the watch ended: {}", watch.stderr());
 }

@@ -1,6 +1,8 @@
 //! The command line: parse, turn into requests for the agent (or a foreground mount),
 //! print results for people or as JSON for scripts.
 
+mod generate;
+mod hooks;
 mod output;
 mod terminal;
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::control::client::{self, Client, Mounted, Reconnected, Unmounted, WatchUpdate};
-use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest};
+use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest, MountStatus};
 use crate::control::{agent, mount, names, paths, registry, systemd};
 use crate::fs::IdMap;
 use crate::link::auth::{Asker, Question, Secret};
@@ -53,6 +55,12 @@ enum Command {
     /// Reconnect a mount now, skipping the backoff (also after it failed), and say how it went
     #[command(after_help = "Examples:\n  moor reconnect ~/src\n  moor reconnect build-src")]
     Reconnect(ReconnectArgs),
+    /// Print a shell completion script for moor (bash, zsh, fish, elvish or powershell)
+    #[command(after_help = generate::COMPLETIONS_HELP)]
+    Completions(generate::CompletionsArgs),
+    /// Write man pages for moor and each of its commands (moor.1, moor-mount.1, ...)
+    #[command(after_help = generate::MAN_HELP)]
+    Man(generate::ManArgs),
     /// Serve mounts (started by `moor mount` on demand; not run by hand)
     #[command(hide = true)]
     Agent,
@@ -265,7 +273,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 #[derive(Subcommand, Debug)]
 enum MountAction {
     /// Show every mount and its health
-    #[command(after_help = "Examples:\n  moor mount status\n  moor mount status --json | jq '.mounts[].status.state'")]
+    #[command(after_help = "Examples:\n  moor mount status\n  \
+        moor mount status --json | jq '.mounts[].status.state'\n  \
+        moor mount status --watch --exec 'notify-send \"moor: $MOOR_MOUNT\" \"$MOOR_NEW_STATE $MOOR_DETAIL\"'")]
     Status(StatusArgs),
 }
 
@@ -280,6 +290,18 @@ struct StatusArgs {
     /// Print every state change as it happens, until Ctrl-C
     #[arg(long, conflicts_with = "target")]
     watch: bool,
+    #[arg(
+        long,
+        value_name = "CMD",
+        requires = "watch",
+        help = "With --watch: run CMD with `sh -c` each time a mount changes state, e.g. to notify you",
+        long_help = hooks::EXEC_HELP
+    )]
+    exec: Option<String>,
+    /// How long an --exec command may run before it is killed (with what it started)
+    /// and reported; the next change's command runs after it
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, requires = "exec")]
+    exec_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -343,6 +365,12 @@ fn worker_threads() -> usize {
 
 pub fn run() -> i32 {
     let cli = Cli::parse();
+    // Generating text needs no logging, runtime or agent.
+    match &cli.command {
+        Command::Completions(args) => return exit_code(generate::completions(args)),
+        Command::Man(args) => return exit_code(generate::man_pages(args)),
+        _ => {}
+    }
     let is_agent = matches!(cli.command, Command::Agent);
     let log_file = match &cli.command {
         Command::Agent if !systemd::logs_to_journal() => paths::agent_log().ok(),
@@ -378,10 +406,16 @@ pub fn run() -> i32 {
             },
             Command::Unmount(args) => unmount_cmd(args).await,
             Command::Reconnect(args) => reconnect_cmd(args).await,
+            Command::Completions(_) | Command::Man(_) => Ok(()), // answered above
         }
     });
     // Background tasks (e.g. a lingering SSH session) must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
+    exit_code(res)
+}
+
+/// The process's exit code for a command's outcome, telling the user what went wrong.
+fn exit_code(res: Result<(), MoorError>) -> i32 {
     match res {
         Ok(()) => 0,
         Err(e) => {
@@ -567,7 +601,8 @@ async fn fetch_status() -> Result<Vec<MountInfo>, MoorError> {
 
 async fn status(args: StatusArgs) -> Result<(), MoorError> {
     if args.watch {
-        return watch(args.json).await;
+        let hooks = args.exec.map(|cmd| hooks::Hooks::start(cmd, args.exec_timeout));
+        return watch(args.json, hooks).await;
     }
     let mounts = fetch_status().await?;
     if let Some(target) = &args.target {
@@ -588,9 +623,11 @@ async fn status(args: StatusArgs) -> Result<(), MoorError> {
     Ok(())
 }
 
-/// Streams state changes until Ctrl-C; waits for an agent if none runs yet.
-async fn watch(json: bool) -> Result<(), MoorError> {
+/// Streams state changes until Ctrl-C, running `hooks` on each; waits for an agent if
+/// none runs yet.
+async fn watch(json: bool, hooks: Option<hooks::Hooks>) -> Result<(), MoorError> {
     let mut announced = false;
+    let mut mountpoints = hooks::Mountpoints::default();
     loop {
         let agent = match Client::connect().await? {
             Some(a) => a,
@@ -613,11 +650,25 @@ async fn watch(json: bool) -> Result<(), MoorError> {
             };
             match next? {
                 Some(WatchUpdate::Mounts(mounts)) => {
+                    mountpoints.learn(&mounts);
                     if !json {
                         output::status(&mounts, &[], &[], false);
                     }
                 }
-                Some(WatchUpdate::Event(event)) => output::event(&event, json),
+                Some(WatchUpdate::Event(event)) => {
+                    output::event(&event, json);
+                    if let Some(hooks) = &hooks {
+                        if mountpoints.of(&event.mount).is_none() {
+                            // A mount made since the watch began: the agent knows where.
+                            mountpoints.learn(&fetch_status().await.unwrap_or_default());
+                        }
+                        hooks.on_event(&event, mountpoints.of(&event.mount));
+                        // Its name is free again, perhaps for a mount elsewhere.
+                        if event.new == MountStatus::Unmounted {
+                            mountpoints.forget(&event.mount);
+                        }
+                    }
+                }
                 // The agent left (its last mount went): wait for the next one.
                 None => break,
             }

@@ -56,6 +56,30 @@ impl MountStatus {
     pub fn same_kind(&self, other: &MountStatus) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(other)
     }
+
+    /// The state's name, as the JSON `state` field spells it (one name everywhere:
+    /// scripts compare hook variables and JSON alike).
+    pub fn name(&self) -> &'static str {
+        match self {
+            MountStatus::Connecting => "connecting",
+            MountStatus::Active => "active",
+            MountStatus::Reconnecting { .. } => "reconnecting",
+            MountStatus::Failed { .. } => "failed",
+            MountStatus::NeedsLogin { .. } => "needs_login",
+            MountStatus::Unmounted => "unmounted",
+        }
+    }
+
+    /// Why the mount is in this state, for states that have a reason: the last error
+    /// while reconnecting, the reason it failed, the login method the server asks for.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            MountStatus::Reconnecting { last_error, .. } => Some(last_error),
+            MountStatus::Failed { reason } => Some(reason),
+            MountStatus::NeedsLogin { method, .. } => Some(method),
+            MountStatus::Connecting | MountStatus::Active | MountStatus::Unmounted => None,
+        }
+    }
 }
 
 impl From<&LinkState> for MountStatus {
@@ -164,6 +188,22 @@ mod tests {
         assert_eq!(serde_json::to_value(MountStatus::Active).unwrap()["state"], "active");
         let f = serde_json::to_value(MountStatus::Failed { reason: "host key changed".into() }).unwrap();
         assert_eq!(f["reason"], "host key changed");
+    }
+
+    #[test]
+    fn names_are_the_json_state_field() {
+        let t = Timestamp(0);
+        let all = [
+            MountStatus::Connecting,
+            MountStatus::Active,
+            MountStatus::Reconnecting { attempt: 1, since: t, next_attempt_at: t, last_error: "e".into() },
+            MountStatus::Failed { reason: "r".into() },
+            MountStatus::NeedsLogin { method: "one-time code".into(), since: t },
+            MountStatus::Unmounted,
+        ];
+        for s in all {
+            assert_eq!(serde_json::to_value(&s).unwrap()["state"], s.name(), "{s:?}");
+        }
     }
 
     #[test]
