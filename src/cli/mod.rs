@@ -175,14 +175,20 @@ impl SharingArgs {
             read_only: o.read_only.unwrap_or(self.read_only),
         };
         if merged.allow_other && merged.allow_root {
-            return Err(MoorError::new(ErrorKind::Usage, "--allow-other and --allow-root cannot go together: pick one"));
+            return Err(MoorError::new(
+                ErrorKind::Usage,
+                "--allow-other and --allow-root cannot go together: pick one",
+            ));
         }
         Ok(merged)
     }
 }
 
 fn parse_umask(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o777).ok_or_else(|| format!("'{s}' is not a umask: use octal, e.g. 022"))
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not a umask: use octal, e.g. 022"))
 }
 
 fn parse_idmap(s: &str) -> Result<IdMap, String> {
@@ -790,7 +796,10 @@ mod tests {
     fn the_mount_helper_form_is_moor_mount() {
         let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
         let cases: &[(&[&str], &[&str])] = &[
-            (&["moor", "u@h:/p", "/mnt", "-o", "ro,allow_other"], &["moor", "mount", "u@h:/p", "/mnt", "-o", "ro,allow_other"]),
+            (
+                &["moor", "u@h:/p", "/mnt", "-o", "ro,allow_other"],
+                &["moor", "mount", "u@h:/p", "/mnt", "-o", "ro,allow_other"],
+            ),
             (&["moor", "h:", "/mnt"], &["moor", "mount", "h:", "/mnt"]),
             (&["moor", "-o", "ro", "h:", "/mnt"], &["moor", "mount", "-o", "ro", "h:", "/mnt"]),
             (&["moor", "-v", "h:", "/mnt"], &["moor", "mount", "-v", "h:", "/mnt"]),

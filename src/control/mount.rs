@@ -303,8 +303,11 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
         }
         Err(e) => return Err(bad(format!("cannot use mountpoint {}: {e}", path.display()))),
     };
-    let meta = std::fs::metadata(&abs).map_err(|e| bad(format!("cannot use mountpoint {}: {e}", abs.display())))?;
-    if !meta.is_dir() {
+    // Without setting off an automounter sitting there (statx would, where stat does
+    // not): the mount made over it is what it would wait for.
+    let meta = nix::sys::stat::fstatat(nix::fcntl::AT_FDCWD, &abs, nix::fcntl::AtFlags::AT_NO_AUTOMOUNT)
+        .map_err(|e| bad(format!("cannot use mountpoint {}: {e}", abs.display())))?;
+    if meta.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(bad(format!("mountpoint {} is not a directory", abs.display())));
     }
     if taken(&kernel_mounts(), &abs) {
@@ -408,7 +411,8 @@ fn raise_readahead(mountpoint: &Path) {
     // The device number comes from the mount table: a stat of the mountpoint would be a
     // request to this very process.
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(dev) = text.lines().find_map(|l| {
+    // The last mount listed there is this one: it may sit on an automounter's trigger.
+    let Some(dev) = text.lines().rev().find_map(|l| {
         let mut f = l.split(' ');
         let dev = f.nth(2)?;
         let mp = f.nth(1)?;
@@ -463,18 +467,17 @@ fn kernel_options(req: &MountRequest) -> Vec<fuser::MountOption> {
 /// grant: root may, others only when /etc/fuse.conf says `user_allow_other`. Refused here
 /// with what to do, not by fusermount3 later.
 fn may_share(flag: &str) -> Result<(), MoorError> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
     let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
-    if fuse_conf_allows_other(&conf) {
+    sharing_allowed(flag, nix::unistd::geteuid().is_root(), &conf)
+}
+
+fn sharing_allowed(flag: &str, root: bool, fuse_conf: &str) -> Result<(), MoorError> {
+    if root || fuse_conf_allows_other(fuse_conf) {
         return Ok(());
     }
     Err(MoorError::new(
         ErrorKind::Usage,
-        format!(
-            "{flag} needs `user_allow_other` in /etc/fuse.conf: add that line (as root), or mount without {flag}"
-        ),
+        format!("{flag} needs `user_allow_other` in /etc/fuse.conf: add that line (as root), or mount without {flag}"),
     ))
 }
 
@@ -618,6 +621,17 @@ mod tests {
         ];
         for (mounts, want, why) in cases {
             assert_eq!(taken(&mounts, Path::new("/m")), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn sharing_needs_user_allow_other_unless_root() {
+        for flag in ["--allow-other", "--allow-root"] {
+            let e = sharing_allowed(flag, false, "#user_allow_other\n").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Usage);
+            assert!(e.message.starts_with(flag) && e.message.contains("`user_allow_other` in /etc/fuse.conf"), "{e}");
+            assert!(sharing_allowed(flag, true, "").is_ok(), "root may");
+            assert!(sharing_allowed(flag, false, "user_allow_other\n").is_ok());
         }
     }
 

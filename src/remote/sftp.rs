@@ -12,7 +12,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use super::wire::{self, Body, ServerHandle};
 use super::{
-    Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs,
+    Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr,
+    StatFs,
 };
 use crate::link::{Link, SftpConn, Unavailable};
 use crate::sync::lock;
