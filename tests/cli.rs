@@ -278,7 +278,7 @@ fn garbage_options() {
         assert!(stderr(&out).contains(needle), "--read-ahead {size}: {}", stderr(&out));
     }
     for (args, needle) in [
-        (vec!["mount", "-F", c.cfg(), "-o", "nonsense", "testhost:/", m], "bad -o option"),
+        (vec!["mount", "-F", c.cfg(), "-o", "nonsense", "testhost:/", m], "unknown option 'nonsense' in -o"),
         (vec!["mount", "-F", "/nonexistent/config", "testhost:/", m], "/nonexistent/config"),
         (vec!["mount", "-F", c.cfg(), "-o", "StrictHostKeyChecking=maybe", "testhost:/", m], "StrictHostKeyChecking"),
         (vec!["mount", "-F", c.cfg(), "-o", "Port=notaport", "testhost:/", m], "-o Port=notaport"),

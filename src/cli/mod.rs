@@ -3,9 +3,11 @@
 
 mod generate;
 mod hooks;
+mod options;
 mod output;
 mod terminal;
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -33,7 +35,9 @@ use crate::link::{Link, LinkOptions};
         against known_hosts exactly as ssh does.",
     after_help = "Examples:\n  moor mount alice@build:/srv/src ~/src    mount a remote directory\n  \
         moor mount status                        list mounts and their health\n  \
-        moor unmount ~/src                       take it down again"
+        moor unmount ~/src                       take it down again\n\n\
+        As a mount helper (fstab, mount -t fuse.moor), `moor SOURCE MOUNTPOINT -o OPTIONS` is\n\
+        `moor mount SOURCE MOUNTPOINT -o OPTIONS`; `umount MOUNTPOINT` ends it."
 )]
 pub struct Cli {
     /// More detail in logs (-v: debug, -vv: trace)
@@ -102,8 +106,10 @@ struct MountArgs {
     /// (as ssh -J; each jump host uses its own config, keys and known_hosts)
     #[arg(short = 'J', long = "jump", value_name = "JUMPS")]
     jump: Option<String>,
-    /// An ssh_config option, e.g. -o ConnectTimeout=5; may be repeated (as ssh -o)
-    #[arg(short = 'o', value_name = "KEY=VALUE")]
+    /// Mount and sshfs options, comma-separated (ro, allow_other, idmap=user, uid=N,
+    /// cache_timeout=SECS, max_conns=N, ...), and ssh_config options, e.g.
+    /// -o ConnectTimeout=5; may be repeated (as with sshfs and ssh -o)
+    #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
     /// Name for the mount (default: derived from host and path)
     #[arg(long)]
@@ -147,6 +153,56 @@ struct SharingArgs {
     /// The local gid the remote login user's files show as (default: yours)
     #[arg(long, value_name = "GID")]
     gid: Option<u32>,
+    /// Let root use the mount too (besides you); needs `user_allow_other` in
+    /// /etc/fuse.conf unless you are root
+    #[arg(long, conflicts_with = "allow_other")]
+    allow_root: bool,
+    /// Let the kernel check each file's mode bits before an access (as for a local disk),
+    /// besides the server's own check as the remote login user
+    #[arg(long)]
+    default_permissions: bool,
+    /// Permission bits to take away from every file's mode as shown, in octal (e.g. 022);
+    /// the server's modes are unchanged
+    #[arg(long, value_name = "MASK", value_parser = parse_umask)]
+    umask: Option<u32>,
+    /// Show symlinks on the server as what they point to (a dangling one stays a symlink)
+    #[arg(long)]
+    follow_symlinks: bool,
+    /// Mount read-only: every change fails with "read-only file system", and nothing is
+    /// sent to the server
+    #[arg(long)]
+    read_only: bool,
+}
+
+impl SharingArgs {
+    /// The flags with what `-o` says on top: an option given there wins.
+    fn with(&self, o: &options::MountOptions) -> Result<SharingArgs, MoorError> {
+        let merged = SharingArgs {
+            allow_other: self.allow_other || o.allow_other,
+            idmap: o.idmap.unwrap_or(self.idmap),
+            uid: o.uid.or(self.uid),
+            gid: o.gid.or(self.gid),
+            allow_root: self.allow_root || o.allow_root,
+            default_permissions: self.default_permissions || o.default_permissions,
+            umask: o.umask.or(self.umask),
+            follow_symlinks: self.follow_symlinks || o.follow_symlinks,
+            read_only: o.read_only.unwrap_or(self.read_only),
+        };
+        if merged.allow_other && merged.allow_root {
+            return Err(MoorError::new(
+                ErrorKind::Usage,
+                "--allow-other and --allow-root cannot go together: pick one",
+            ));
+        }
+        Ok(merged)
+    }
+}
+
+fn parse_umask(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("'{s}' is not a umask: use octal, e.g. 022"))
 }
 
 fn parse_idmap(s: &str) -> Result<IdMap, String> {
@@ -363,8 +419,47 @@ fn worker_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8)
 }
 
+/// mount(8) runs a FUSE helper as `moor SOURCE MOUNTPOINT -o OPTIONS` (through
+/// mount.fuse3, for type `fuse.moor`): with no command named, that is `moor mount`.
+fn with_command(mut argv: Vec<OsString>) -> Vec<OsString> {
+    use clap::CommandFactory;
+    let commands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .flat_map(|c| std::iter::once(c.get_name().to_string()).chain(c.get_all_aliases().map(str::to_string)))
+        .chain(std::iter::once("help".to_string()))
+        .collect();
+    let mut i = 1;
+    while let Some(arg) = argv.get(i).map(|a| a.to_string_lossy()) {
+        match arg.as_ref() {
+            "-o" => i += 2,
+            a if a.starts_with('-') => i += 1,
+            a if commands.iter().any(|c| c == a) => return argv,
+            _ => {
+                argv.insert(1, "mount".into());
+                return argv;
+            }
+        }
+    }
+    argv
+}
+
+/// mount(8) runs helpers without PATH, and mount.fuse3's `setuid=USER` leaves no HOME:
+/// they are filled in as a login would, so that ssh, fusermount3 and ~/.ssh are found.
+fn fill_environment() {
+    if std::env::var_os("PATH").is_none() {
+        std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    }
+    if std::env::var_os("HOME").is_none() {
+        if let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::getuid()) {
+            std::env::set_var("HOME", user.dir);
+        }
+    }
+}
+
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    // Before any thread starts: the environment is not safe to change after.
+    fill_environment();
+    let cli = Cli::parse_from(with_command(std::env::args_os().collect()));
     // Generating text needs no logging, runtime or agent.
     match &cli.command {
         Command::Completions(args) => return exit_code(generate::completions(args)),
@@ -429,6 +524,9 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
         return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
     };
+    let o = options::parse(&args.options).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
+    let sharing = args.sharing.with(&o)?;
+    let connections = o.connections.unwrap_or(args.cache.connections);
     // Listen for Ctrl-C from the start, so that it always cancels cleanly.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
@@ -439,7 +537,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         // The agent runs from "/": a relative key path means the one here.
         identity_files: args.identity.iter().map(|p| names::absolute(p)).collect(),
         config_file: args.ssh_config,
-        options: args.options,
+        options: o.ssh,
         jump: args.jump,
     };
     let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
@@ -456,7 +554,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
         None => format!("connecting to {}", dest.display()),
     };
-    let link = args.resilience.link_options(args.cache.connections, dest.server_alive).into();
+    let link = args.resilience.link_options(connections, dest.server_alive).into();
     let req = MountRequest {
         dest: dest.into(),
         remote_path,
@@ -466,13 +564,19 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         call_timeout: args.resilience.call_timeout,
         wait: args.wait,
         verbose,
-        cache_timeout: args.cache.cache_timeout,
+        cache_timeout: o.cache_timeout.unwrap_or(args.cache.cache_timeout),
         read_ahead: args.cache.read_ahead,
-        allow_other: args.sharing.allow_other,
-        idmap: args.sharing.idmap,
-        uid: args.sharing.uid,
-        gid: args.sharing.gid,
+        allow_other: sharing.allow_other,
+        idmap: sharing.idmap,
+        uid: sharing.uid,
+        gid: sharing.gid,
         interactive: terminal::available(),
+        read_only: sharing.read_only,
+        allow_root: sharing.allow_root,
+        default_permissions: sharing.default_permissions,
+        follow_symlinks: sharing.follow_symlinks,
+        umask: sharing.umask,
+        no_exec: o.no_exec,
     };
     if args.foreground {
         return foreground(req).await;
@@ -781,6 +885,33 @@ mod tests {
         for bad in ["", ":/x", "@h", "u@:/x", "[::1", "a b:/x"] {
             assert_eq!(parse_remote(bad).unwrap_err().kind, ErrorKind::Usage, "{bad}");
         }
+    }
+
+    #[test]
+    fn the_mount_helper_form_is_moor_mount() {
+        let argv = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["moor", "u@h:/p", "/mnt", "-o", "ro,allow_other"],
+                &["moor", "mount", "u@h:/p", "/mnt", "-o", "ro,allow_other"],
+            ),
+            (&["moor", "h:", "/mnt"], &["moor", "mount", "h:", "/mnt"]),
+            (&["moor", "-o", "ro", "h:", "/mnt"], &["moor", "mount", "-o", "ro", "h:", "/mnt"]),
+            (&["moor", "-v", "h:", "/mnt"], &["moor", "mount", "-v", "h:", "/mnt"]),
+            (&["moor", "mount", "h:", "/mnt"], &["moor", "mount", "h:", "/mnt"]),
+            (&["moor", "-v", "unmount", "/mnt"], &["moor", "-v", "unmount", "/mnt"]),
+            (&["moor", "mount", "status"], &["moor", "mount", "status"]),
+            (&["moor", "help"], &["moor", "help"]),
+            (&["moor", "--version"], &["moor", "--version"]),
+            (&["moor"], &["moor"]),
+        ];
+        for (given, want) in cases {
+            assert_eq!(with_command(argv(given)), argv(want), "{given:?}");
+        }
+        let parsed = Cli::try_parse_from(with_command(argv(&["moor", "h:/p", "/mnt", "-o", "ro", "-o", "uid=5"])));
+        let Command::Mount(m) = parsed.unwrap().command else { panic!("not a mount") };
+        assert_eq!(m.remote.as_deref(), Some("h:/p"));
+        assert_eq!(m.options, ["ro", "uid=5"]);
     }
 
     #[test]

@@ -264,6 +264,13 @@ pub fn is_mountpoint(path: &Path) -> bool {
     kernel_mounts().iter().any(|m| m.path == path)
 }
 
+/// Whether a mount on `path` would go over another mount that is not one to refuse: an
+/// automounter's trigger (systemd automount, autofs) on top, which exists to have the
+/// real mount made over it.
+fn taken(mounts: &[KernelMount], path: &Path) -> bool {
+    mounts.iter().rev().find(|m| m.path == path).is_some_and(|top| top.fstype != "autofs")
+}
+
 /// A FUSE mount at `path` made by moor for this user (by this or an earlier agent).
 pub fn is_moor_mount(path: &Path) -> bool {
     kernel_mounts().iter().any(|m| m.path == path && m.is_moor_of_mine())
@@ -296,11 +303,14 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
         }
         Err(e) => return Err(bad(format!("cannot use mountpoint {}: {e}", path.display()))),
     };
-    let meta = std::fs::metadata(&abs).map_err(|e| bad(format!("cannot use mountpoint {}: {e}", abs.display())))?;
-    if !meta.is_dir() {
+    // Without setting off an automounter sitting there (statx would, where stat does
+    // not): the mount made over it is what it would wait for.
+    let meta = nix::sys::stat::fstatat(nix::fcntl::AT_FDCWD, &abs, nix::fcntl::AtFlags::AT_NO_AUTOMOUNT)
+        .map_err(|e| bad(format!("cannot use mountpoint {}: {e}", abs.display())))?;
+    if meta.st_mode & libc::S_IFMT != libc::S_IFDIR {
         return Err(bad(format!("mountpoint {} is not a directory", abs.display())));
     }
-    if is_mountpoint(&abs) {
+    if taken(&kernel_mounts(), &abs) {
         let what = if is_moor_mount(&abs) { "a moor mount" } else { "a mount" };
         return Err(bad(format!(
             "{} is already {what}: unmount it first (`moor unmount {}`), or pick another directory",
@@ -315,7 +325,7 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
 /// link and closes it if no other mount uses it).
 pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<LiveMount, MoorError> {
     let mountpoint = check_mountpoint(&req.mountpoint)?;
-    let remote = Arc::new(SftpRemote::new(link.clone()));
+    let remote = Arc::new(SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);
     let login = login_ids(&*remote).await;
@@ -324,6 +334,7 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         cache_timeout: req.cache_timeout,
         read_ahead: req.read_ahead,
         login_uid: login.map(|(uid, _)| uid),
+        read_only: req.read_only,
         ..FsOptions::default()
     };
     let fs = Arc::new(Fs::new(remote, &root, fs_opts));
@@ -332,7 +343,7 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
     let adapter = FuseAdapter::new(
         fs.clone(),
         tokio::runtime::Handle::current(),
-        AdapterOptions { call_timeout: req.call_timeout, kernel, owners },
+        AdapterOptions { call_timeout: req.call_timeout, kernel, owners, umask: req.umask.unwrap_or(0) },
     );
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let mut cfg = fuser::Config::default();
@@ -350,9 +361,13 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
+    cfg.mount_options.extend(kernel_options(req));
     if req.allow_other {
-        may_allow_other()?;
+        may_share("--allow-other")?;
         cfg.acl = fuser::SessionACL::All;
+    } else if req.allow_root {
+        may_share("--allow-root")?;
+        cfg.acl = fuser::SessionACL::RootAndOwner;
     }
     let mp = mountpoint.clone();
     let session = match tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &mp, &cfg)).await {
@@ -396,7 +411,8 @@ fn raise_readahead(mountpoint: &Path) {
     // The device number comes from the mount table: a stat of the mountpoint would be a
     // request to this very process.
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let Some(dev) = text.lines().find_map(|l| {
+    // The last mount listed there is this one: it may sit on an automounter's trigger.
+    let Some(dev) = text.lines().rev().find_map(|l| {
         let mut f = l.split(' ');
         let dev = f.nth(2)?;
         let mp = f.nth(1)?;
@@ -436,19 +452,32 @@ fn owners_for(req: &MountRequest, login: Option<(u32, u32)>) -> Owners {
     }
 }
 
-/// `allow_other` is the kernel's to grant: root may, others only when /etc/fuse.conf
-/// says `user_allow_other`. Refused here with what to do, not by fusermount3 later.
-fn may_allow_other() -> Result<(), MoorError> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
+/// The kernel's own options the request asks for. Read-only is refused by the kernel
+/// too, so that programs see a read-only filesystem (`mount` lists it `ro`).
+fn kernel_options(req: &MountRequest) -> Vec<fuser::MountOption> {
+    let wanted = [
+        (req.read_only, fuser::MountOption::RO),
+        (req.default_permissions, fuser::MountOption::DefaultPermissions),
+        (req.no_exec, fuser::MountOption::NoExec),
+    ];
+    wanted.into_iter().filter(|(on, _)| *on).map(|(_, o)| o).collect()
+}
+
+/// Sharing a mount with other users (`allow_other`, `allow_root`) is the kernel's to
+/// grant: root may, others only when /etc/fuse.conf says `user_allow_other`. Refused here
+/// with what to do, not by fusermount3 later.
+fn may_share(flag: &str) -> Result<(), MoorError> {
     let conf = std::fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
-    if fuse_conf_allows_other(&conf) {
+    sharing_allowed(flag, nix::unistd::geteuid().is_root(), &conf)
+}
+
+fn sharing_allowed(flag: &str, root: bool, fuse_conf: &str) -> Result<(), MoorError> {
+    if root || fuse_conf_allows_other(fuse_conf) {
         return Ok(());
     }
     Err(MoorError::new(
         ErrorKind::Usage,
-        "--allow-other needs `user_allow_other` in /etc/fuse.conf: add that line (as root), or mount without it",
+        format!("{flag} needs `user_allow_other` in /etc/fuse.conf: add that line (as root), or mount without {flag}"),
     ))
 }
 
@@ -571,6 +600,38 @@ mod tests {
         ];
         for (km, want, why) in cases {
             assert_eq!(km.is_moor_of_mine(), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn an_automounter_on_the_mountpoint_is_mounted_over() {
+        let m = |path: &str, fstype: &str| KernelMount {
+            path: PathBuf::from(path),
+            fstype: fstype.into(),
+            source: "x".into(),
+            fuse_user: None,
+        };
+        let cases = [
+            (vec![], false, "nothing there"),
+            (vec![m("/m", "autofs")], false, "systemd automount's trigger"),
+            (vec![m("/m", "ext4")], true, "a disk"),
+            (vec![m("/m", "autofs"), m("/m", "fuse.moor")], true, "already mounted over the trigger"),
+            (vec![m("/m", "fuse.sshfs"), m("/m", "autofs")], false, "a trigger on top of a mount"),
+            (vec![m("/other", "ext4")], false, "another directory"),
+        ];
+        for (mounts, want, why) in cases {
+            assert_eq!(taken(&mounts, Path::new("/m")), want, "{why}");
+        }
+    }
+
+    #[test]
+    fn sharing_needs_user_allow_other_unless_root() {
+        for flag in ["--allow-other", "--allow-root"] {
+            let e = sharing_allowed(flag, false, "#user_allow_other\n").unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Usage);
+            assert!(e.message.starts_with(flag) && e.message.contains("`user_allow_other` in /etc/fuse.conf"), "{e}");
+            assert!(sharing_allowed(flag, true, "").is_ok(), "root may");
+            assert!(sharing_allowed(flag, false, "user_allow_other\n").is_ok());
         }
     }
 

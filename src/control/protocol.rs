@@ -13,7 +13,7 @@ use crate::link::config::{AddressFamily, HostKeyPolicy, LoginPrefs};
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {
@@ -129,6 +129,24 @@ pub struct MountRequest {
     /// passwords, one-time codes.
     #[serde(default)]
     pub interactive: bool,
+    /// Every modifying call fails with EROFS, and nothing is sent (`--read-only`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// Root may use the mount too (`--allow-root`).
+    #[serde(default)]
+    pub allow_root: bool,
+    /// The kernel checks mode bits before each access (`--default-permissions`).
+    #[serde(default)]
+    pub default_permissions: bool,
+    /// Symlinks show as what they point to (`--follow-symlinks`).
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// Permission bits taken away from every file's mode as shown (`--umask`).
+    #[serde(default)]
+    pub umask: Option<u32>,
+    /// Programs on the mount may not be executed (`-o noexec`).
+    #[serde(default)]
+    pub no_exec: bool,
 }
 
 impl MountRequest {
@@ -513,6 +531,12 @@ pub(crate) mod tests {
             uid: None,
             gid: None,
             interactive: false,
+            read_only: true,
+            allow_root: false,
+            default_permissions: true,
+            follow_symlinks: false,
+            umask: Some(0o022),
+            no_exec: false,
         }
     }
 
@@ -573,7 +597,7 @@ pub(crate) mod tests {
         pin(
             Request::Mount(Box::new(sample_mount_request())),
             concat!(
-                r#"{"version":2,"request":"mount","#,
+                r#"{"version":3,"request":"mount","#,
                 r#""dest":{"alias":"box","host_name":"box.example","port":2222,"user":"alice","#,
                 r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"certificate_files":[],"#,
                 r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
@@ -588,40 +612,42 @@ pub(crate) mod tests {
                 r#""reconnect_timeout":{"secs":5,"nanos":0},"reconnect":true,"connections":4},"#,
                 r#""call_timeout":{"secs":3,"nanos":0},"cache_timeout":{"secs":5,"nanos":0},"#,
                 r#""read_ahead":16777216,"wait":{"secs":1,"nanos":500000000},"verbose":1,"#,
-                r#""allow_other":false,"idmap":"user","uid":null,"gid":null,"interactive":false}"#
+                r#""allow_other":false,"idmap":"user","uid":null,"gid":null,"interactive":false,"#,
+                r#""read_only":true,"allow_root":false,"default_permissions":true,"follow_symlinks":false,"#,
+                r#""umask":18,"no_exec":false}"#
             ),
         );
         pin(
             Request::Unmount { target: "/home/alice/src".into(), lazy: true, force: false },
-            r#"{"version":2,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
+            r#"{"version":3,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
         );
         pin(
             Request::Unmount { target: "/home/alice/src".into(), lazy: false, force: true },
-            r#"{"version":2,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
+            r#"{"version":3,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
         );
-        pin(Request::Status, r#"{"version":2,"request":"status"}"#);
-        pin(Request::Watch, r#"{"version":2,"request":"watch"}"#);
+        pin(Request::Status, r#"{"version":3,"request":"status"}"#);
+        pin(Request::Watch, r#"{"version":3,"request":"watch"}"#);
         pin(
             Request::Reconnect { target: "box-src".into(), interactive: false },
-            r#"{"version":2,"request":"reconnect","target":"box-src"}"#,
+            r#"{"version":3,"request":"reconnect","target":"box-src"}"#,
         );
         pin(
             Request::Reconnect { target: "box-src".into(), interactive: true },
-            r#"{"version":2,"request":"reconnect","target":"box-src","interactive":true}"#,
+            r#"{"version":3,"request":"reconnect","target":"box-src","interactive":true}"#,
         );
-        pin(Request::Answer { answer: Some("123456".into()) }, r#"{"version":2,"request":"answer","answer":"123456"}"#);
-        pin(Request::Answer { answer: None }, r#"{"version":2,"request":"answer","answer":null}"#);
+        pin(Request::Answer { answer: Some("123456".into()) }, r#"{"version":3,"request":"answer","answer":"123456"}"#);
+        pin(Request::Answer { answer: None }, r#"{"version":3,"request":"answer","answer":null}"#);
     }
 
     #[test]
     fn responses_on_the_wire() {
         pin(
             Response::Mounted { mount: sample_mount_info(), already: false },
-            concat!(r#"{"version":2,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
+            concat!(r#"{"version":3,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
         );
         pin(
             Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() }, lost: None },
-            concat!(r#"{"version":2,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
+            concat!(r#"{"version":3,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
         );
         let lost = AtStake { bytes: 4096, files: vec!["/srv/a".into()] };
         pin(
@@ -630,20 +656,20 @@ pub(crate) mod tests {
                 lost: Some(lost.clone()),
             },
             concat!(
-                r#"{"version":2,"response":"unmounted","mount":"#,
+                r#"{"version":3,"response":"unmounted","mount":"#,
                 mount_info_wire!("[]"),
                 r#","lost":{"bytes":4096,"files":["/srv/a"]}}"#
             ),
         );
         pin(
             Response::Draining { mount: "box-src".into(), at_stake: lost, moving: true },
-            r#"{"version":2,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
+            r#"{"version":3,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
         );
         pin(
             Response::Status { mounts: vec![sample_mount_info()] },
-            concat!(r#"{"version":2,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
+            concat!(r#"{"version":3,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
         );
-        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":2,"response":"watching","mounts":[]}"#);
+        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":3,"response":"watching","mounts":[]}"#);
         let event = StatusEvent {
             mount: "box-src".into(),
             at: Timestamp(3_000),
@@ -658,7 +684,7 @@ pub(crate) mod tests {
         pin(
             Response::Event { event },
             concat!(
-                r#"{"version":2,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
+                r#"{"version":3,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
                 r#""old":{"state":"active"},"new":{"state":"reconnecting","attempt":1,"#,
                 r#""since":"1970-01-01T00:00:03.000Z","next_attempt_at":"1970-01-01T00:00:03.500Z","#,
                 r#""last_error":"2 heartbeats missed"}}}"#
@@ -667,7 +693,7 @@ pub(crate) mod tests {
         pin(
             Response::Reconnected { mount: sample_mount_info(), outcome: "reconnected".into() },
             concat!(
-                r#"{"version":2,"response":"reconnected","mount":"#,
+                r#"{"version":3,"response":"reconnected","mount":"#,
                 mount_info_wire!(),
                 r#","outcome":"reconnected"}"#
             ),
@@ -675,8 +701,22 @@ pub(crate) mod tests {
         let error = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
         pin(
             Response::Error { error },
-            r#"{"version":2,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
+            r#"{"version":3,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
         );
+    }
+
+    /// A registry written before read-only and sharing options existed still reads: the
+    /// mount comes back as it was made.
+    #[test]
+    fn a_mount_request_without_the_newer_options_reads_as_before() {
+        let mut old = serde_json::to_value(sample_mount_request()).unwrap();
+        let fields = ["read_only", "allow_root", "default_permissions", "follow_symlinks", "umask", "no_exec"];
+        for f in fields {
+            old.as_object_mut().unwrap().remove(f);
+        }
+        let back: MountRequest = serde_json::from_value(old).unwrap();
+        assert!(!back.read_only && !back.allow_root && !back.default_permissions && !back.follow_symlinks);
+        assert_eq!((back.umask, back.no_exec), (None, false));
     }
 
     #[test]

@@ -89,6 +89,8 @@ pub struct FsOptions {
     /// The uid the server acts as (the remote login user), when known: whose mode and
     /// time changes cannot be refused on its own files.
     pub login_uid: Option<u32>,
+    /// Every modifying call fails with EROFS before anything is sent (`--read-only`).
+    pub read_only: bool,
 }
 
 impl Default for FsOptions {
@@ -99,6 +101,7 @@ impl Default for FsOptions {
             list_ahead: true,
             read_ahead: MAX_WINDOW,
             login_uid: None,
+            read_only: false,
         }
     }
 }
@@ -123,6 +126,7 @@ pub struct Fs<R: Remote> {
     bytes_written: AtomicU64,
     /// The remote login user's uid, when known (`FsOptions::login_uid`).
     login_uid: Option<u32>,
+    read_only: bool,
 }
 
 /// Splits a pipelined result into the operation's outcome and the stat that came with it.
@@ -177,6 +181,7 @@ impl<R: Remote> Fs<R> {
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             login_uid: opts.login_uid,
+            read_only: opts.read_only,
             cache,
             tasks,
             remote,
@@ -228,6 +233,15 @@ impl<R: Remote> Fs<R> {
 
     fn cache(&self) -> MutexGuard<'_, MetaCache> {
         lock(&self.cache)
+    }
+
+    /// Refuses a change on a read-only mount, before anything reaches the server. The
+    /// kernel refuses most itself (the mount is `ro`); this holds whatever gets through.
+    fn may_change(&self) -> FsResult<()> {
+        if self.read_only {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {
@@ -333,6 +347,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, change: AttrChange) -> FsResult<Attr> {
+        self.may_change()?;
         let path = self.path_of(ino)?;
         if self.inodes().kind(ino) == Some(FileKind::Symlink) {
             return self.setattr_link(&path, change).await;
@@ -498,6 +513,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> FsResult<Entry> {
+        self.may_change()?;
         let path = self.child_of(parent, name)?;
         self.delete_behind.removed().await?;
         let (res, attr) = split(self.remote.mkdir_stat(&path, mode & 0o7777).await);
@@ -529,6 +545,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.may_change()?;
         let path = self.child_of(parent, name)?;
         let (dir, _) = parent_and_name(&path);
         let cached = self.cache().lookup(dir, name);
@@ -564,6 +581,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
+        self.may_change()?;
         let path = self.child_of(parent, name)?;
         self.delete_behind.removed().await?;
         if let Some(e) = self.delete_behind.take_refusal(&path) {
@@ -580,6 +598,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn symlink(&self, parent: Ino, name: &str, target: &str) -> FsResult<Entry> {
+        self.may_change()?;
         let path = self.child_of(parent, name)?;
         self.delete_behind.removed().await?;
         let (res, attr) = split(self.remote.symlink_stat(target, &path).await);
@@ -591,6 +610,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn rename(&self, parent: Ino, name: &str, new_parent: Ino, new_name: &str, flags: u32) -> FsResult<()> {
+        self.may_change()?;
         let from = self.child_of(parent, name)?;
         let to = self.child_of(new_parent, new_name)?;
         if flags & libc::RENAME_EXCHANGE != 0 {
@@ -656,6 +676,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &str) -> FsResult<Entry> {
+        self.may_change()?;
         let existing = self.path_of(ino)?;
         let path = self.child_of(new_parent, new_name)?;
         if !self.remote.extensions().hardlink {
@@ -683,6 +704,9 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn open(&self, ino: Ino, flags: OpenFlags) -> FsResult<u64> {
+        if flags.write || flags.truncate {
+            self.may_change()?;
+        }
         let path = self.path_of(ino)?;
         if flags.truncate {
             self.write_behind.written(ino).await?;
@@ -719,6 +743,7 @@ impl<R: Remote> Fs<R> {
     }
 
     pub async fn create(&self, parent: Ino, name: &str, mode: u32, flags: OpenFlags) -> FsResult<(Entry, u64)> {
+        self.may_change()?;
         let path = self.child_of(parent, name)?;
         // A removal of the same name still on its way would remove the new file.
         self.delete_behind.removed().await?;
@@ -802,6 +827,7 @@ impl<R: Remote> Fs<R> {
 
     /// `write` of data the caller owns: split into requests without copying.
     pub async fn write_bytes(&self, fh: u64, offset: u64, data: bytes::Bytes) -> FsResult<u32> {
+        self.may_change()?;
         let file = self.file(fh)?;
         let queue = file.queue().ok_or(Errno::EBADF)?;
         let len = data.len();

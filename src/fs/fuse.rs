@@ -42,6 +42,8 @@ pub struct AdapterOptions {
     pub call_timeout: Duration,
     /// Who files show as owned by.
     pub owners: Owners,
+    /// Permission bits taken away from every mode as shown (`--umask`).
+    pub umask: u32,
 }
 
 impl Default for AdapterOptions {
@@ -50,6 +52,7 @@ impl Default for AdapterOptions {
             kernel: KernelTimeouts { attr: Duration::from_secs(1), entry: Duration::from_secs(1) },
             call_timeout: Duration::from_secs(3),
             owners: Owners::none(),
+            umask: 0,
         }
     }
 }
@@ -78,13 +81,16 @@ struct Ctx {
     /// The thread that made the call, watched for Ctrl-C.
     caller: u32,
     owners: Owners,
+    umask: u32,
 }
 
 impl Ctx {
-    /// What the kernel is told of a file: its attributes, owners as presented here.
+    /// What the kernel is told of a file: its attributes, owners and mode as presented
+    /// here.
     fn attr(&self, ino: u64, a: &Attr) -> FileAttr {
         let mut fa = file_attr(ino, a);
         (fa.uid, fa.gid) = self.owners.shown(a.uid, a.gid);
+        fa.perm &= !(self.umask as u16);
         fa
     }
 
@@ -138,6 +144,7 @@ impl<R: Remote> FuseAdapter<R> {
             moving: self.moving.clone(),
             caller: req.pid(),
             owners: self.opts.owners,
+            umask: self.opts.umask,
         };
         let _runtime = self.rt.enter();
         let mut fut = Box::pin(op(self.fs.clone(), ctx));

@@ -12,7 +12,8 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use super::wire::{self, Body, ServerHandle};
 use super::{
-    Attr, Bytes, DirEntry, DirStream, Extensions, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr, StatFs,
+    Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr,
+    StatFs,
 };
 use crate::link::{Link, SftpConn, Unavailable};
 use crate::sync::lock;
@@ -36,6 +37,8 @@ pub struct SftpRemote {
     next_open: AtomicUsize,
     /// What the last connection announced, for answers while the link is down.
     known_extensions: Mutex<Extensions>,
+    /// Symlinks are shown as what they point to (`--follow-symlinks`).
+    follow_symlinks: bool,
 }
 
 /// What is needed to open a file again on a new connection.
@@ -66,7 +69,15 @@ impl SftpRemote {
             next_handle: AtomicU64::new(1),
             next_open: AtomicUsize::new(0),
             known_extensions: Mutex::new(known),
+            follow_symlinks: false,
         }
+    }
+
+    /// Attributes and listings show symlinks as what they point to (sshfs's
+    /// `follow_symlinks`); a dangling one stays a symlink.
+    pub fn following_symlinks(mut self, follow: bool) -> SftpRemote {
+        self.follow_symlinks = follow;
+        self
     }
 
     fn conn(&self) -> Result<Arc<SftpConn>> {
@@ -180,6 +191,24 @@ fn open_body(path: &str, o: OpenOptions, mode: Option<u32>) -> Body {
 }
 
 /// A request naming one path.
+/// Entries that are symlinks take the attributes of what they point to, asked all at
+/// once; a dangling one stays a symlink.
+async fn follow_links(c: &SftpConn, dir: &str, entries: &mut [DirEntry]) {
+    let stats = entries.iter().map(|e| async move {
+        if e.attr.kind() != FileKind::Symlink {
+            return None;
+        }
+        let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
+        wire::attrs(&c.direct, wire::STAT, path_body(&path)).await.ok()
+    });
+    let targets = futures_util::future::join_all(stats).await;
+    for (e, target) in entries.iter_mut().zip(targets) {
+        if let Some(attr) = target {
+            e.attr = attr;
+        }
+    }
+}
+
 fn path_body(path: &str) -> Body {
     Body::new().name(path)
 }
@@ -288,6 +317,13 @@ impl Remote for SftpRemote {
     }
 
     async fn lstat(&self, path: &str) -> Result<Attr> {
+        if self.follow_symlinks {
+            match self.stat(path).await {
+                // Dangling, a loop, or nothing there: the name itself answers.
+                Err(e) if !e.is_link() => {}
+                r => return r,
+            }
+        }
         let c = self.conn()?;
         let r = wire::attrs(&c.direct, wire::LSTAT, path_body(path)).await;
         self.check(&c, r)
@@ -327,6 +363,7 @@ impl Remote for SftpRemote {
         let h = self.check(&c, r)?;
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_BATCHES_AHEAD);
         let link = self.link.clone();
+        let follow = self.follow_symlinks.then(|| path.to_string());
         tokio::spawn(async move {
             // Several READDIRs in flight, answered in order: a small directory comes back,
             // with its end, in one round trip, and a big one streams. Every READDIR past
@@ -341,7 +378,14 @@ impl Remote for SftpRemote {
                     out.push_back(wire::names(&c.direct, wire::READDIR, handle_body(&h)));
                 }
                 let batch = match out.next().await {
-                    Some(Ok(names)) => Ok(names.into_iter().map(|(name, attr)| DirEntry { name, attr }).collect()),
+                    Some(Ok(names)) => {
+                        let mut entries: Vec<DirEntry> =
+                            names.into_iter().map(|(name, attr)| DirEntry { name, attr }).collect();
+                        if let Some(dir) = &follow {
+                            follow_links(&c, dir, &mut entries).await;
+                        }
+                        Ok(entries)
+                    }
                     Some(Err(SftpError::Status(s))) if s.status_code == StatusCode::Eof => break,
                     Some(Err(e)) => Err(report(&link, &c, e)),
                     None => break,

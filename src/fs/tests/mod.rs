@@ -4,6 +4,7 @@
 mod attrs;
 mod delete_behind;
 mod list_ahead;
+mod read_only;
 mod retries;
 mod small_files;
 mod write_behind;

@@ -1,0 +1,404 @@
+//! moor as the system mounts it: `mount -t fuse.moor` and fstab lines through the FUSE
+//! mount helper (mount.fuse3 runs `moor SOURCE MOUNTPOINT -o OPTIONS`), `umount` ending
+//! the mount in the agent, and the sshfs options people type: read-only, sharing with other local users, kernel permission
+//! checks, symlinks followed.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+
+/// A third local user, for "another user reads the mount".
+const OTHER_USER: &str = "moor-other";
+
+/// Where mount.fuse3 finds the helper: mount(8) runs helpers without PATH, so the shell
+/// mount.fuse3 starts searches its default one, which begins here.
+const HELPER_LINK: &str = "/usr/local/sbin/moor";
+
+/// Tests using the helper link now; the last one out removes it.
+static HELPER_USERS: Mutex<usize> = Mutex::new(0);
+
+/// `moor` made findable by mount.fuse3 for as long as it lives: a symlink to the moor
+/// under test, never replacing anything that was there.
+struct HelperOnPath;
+
+impl HelperOnPath {
+    fn install() -> HelperOnPath {
+        let mut users = HELPER_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        if *users == 0 {
+            match fs::read_link(HELPER_LINK) {
+                Ok(target) if target == Path::new(MOOR) => {}
+                _ if fs::symlink_metadata(HELPER_LINK).is_ok() => {
+                    panic!("{HELPER_LINK} exists and is not this build's moor: remove it to run these tests")
+                }
+                _ => std::os::unix::fs::symlink(MOOR, HELPER_LINK).expect("link moor into /usr/local/sbin"),
+            }
+        }
+        *users += 1;
+        HelperOnPath
+    }
+}
+
+impl Drop for HelperOnPath {
+    fn drop(&mut self) {
+        let mut users = HELPER_USERS.lock().unwrap_or_else(|e| e.into_inner());
+        *users -= 1;
+        if *users == 0 && fs::read_link(HELPER_LINK).is_ok_and(|t| t == Path::new(MOOR)) {
+            let _ = fs::remove_file(HELPER_LINK);
+        }
+    }
+}
+
+/// Agents started through mount(8) get their HOME from the password database, so the
+/// client's own guard does not know them: these are found by their runtime directory
+/// and killed on drop, and a mountpoint left mounted is detached first.
+struct SystemMount {
+    mountpoint: PathBuf,
+    runtime: PathBuf,
+}
+
+impl SystemMount {
+    fn of(c: &Client, mountpoint: &Path) -> SystemMount {
+        SystemMount { mountpoint: mountpoint.to_path_buf(), runtime: c.home.path().join("run") }
+    }
+
+    fn agents(&self) -> Vec<u32> {
+        let needle = format!("XDG_RUNTIME_DIR={}", self.runtime.display());
+        let mut pids = Vec::new();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmd = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if !cmd.split(|b| *b == 0).any(|a| a == b"agent") {
+                continue;
+            }
+            let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for SystemMount {
+    fn drop(&mut self) {
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+        for pid in self.agents() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// The ssh options that reach the test sshd without any ssh config, as an fstab line
+/// gives them.
+fn ssh_options(c: &Client) -> String {
+    format!(
+        "Port={},IdentityFile={},UserKnownHostsFile={},IdentitiesOnly=yes",
+        c.port,
+        c.key().display(),
+        c.known_hosts.display()
+    )
+}
+
+fn source(sshd: &Sshd) -> String {
+    format!("{REMOTE_USER}@127.0.0.1:{}", sshd.export.display())
+}
+
+/// `mount ARGS` as root, as the system runs it, with the client's runtime and state
+/// directories in the environment (mount(8) passes those on to the helper).
+fn system_mount(c: &Client, program: &str, args: &[&str]) -> Output {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("XDG_RUNTIME_DIR", c.home.path().join("run"))
+        .env("XDG_STATE_HOME", c.home.path().join("state"))
+        .stdin(Stdio::null());
+    run_with_deadline(cmd, Duration::from_secs(60))
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed ({}): {}{}", out.status, stdout(out), stderr(out));
+}
+
+/// The mounts the client's registry lists.
+fn registered(c: &Client) -> Vec<String> {
+    let text = fs::read_to_string(c.home.path().join("state/moor/mounts.json")).unwrap_or_default();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    let mut found = Vec::new();
+    collect_mountpoints(&doc, &mut found);
+    found
+}
+
+fn collect_mountpoints(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(mp) = m.get("mountpoint").and_then(|p| p.as_str()) {
+                out.push(mp.to_string());
+            }
+            m.values().for_each(|x| collect_mountpoints(x, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_mountpoints(x, out)),
+        _ => {}
+    }
+}
+
+/// After a kernel unmount, the agent ends the mount as `moor unmount` does: out of the
+/// registry, its link closed, and the agent gone with its last mount.
+fn assert_ended_in_agent(c: &Client, guard: &SystemMount) {
+    let mnt = guard.mountpoint.display().to_string();
+    assert!(!is_mounted(&guard.mountpoint), "{mnt} still mounted");
+    assert!(
+        wait_until(Duration::from_secs(20), || guard.agents().is_empty()),
+        "the agent did not end after the unmount"
+    );
+    assert!(!registered(c).contains(&mnt), "{mnt} still in the registry: {:?}", registered(c));
+    let logs: String = fs::read_dir(c.home.path().join("state/moor/logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("unmounted"), "the mount's log does not say it ended: {logs}");
+}
+
+#[test]
+fn mount_t_fuse_moor_mounts_and_umount_ends_it_in_the_agent() {
+    let _helper = HelperOnPath::install();
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.put("hello", "from the server");
+    let mnt = c.mountpoint("mnt");
+    let guard = SystemMount::of(&c, &mnt);
+    // setuid= is mount.fuse3's: the mount is the local user's, as with sshfs in fstab.
+    let opts =
+        format!("setuid={LOCAL_USER},allow_other,reconnect,idmap=user,ServerAliveInterval=15,{}", ssh_options(&c));
+    let out = system_mount(&c, "mount", &["-t", "fuse.moor", "-o", &opts, &source(&sshd), mnt.to_str().unwrap()]);
+    assert_ok(&out, "mount -t fuse.moor");
+    // mount(8) returned: the mount answers already.
+    assert_eq!(fs::read_to_string(mnt.join("hello")).unwrap(), "from the server");
+    let status = c.status_json();
+    assert_eq!(status["mounts"][0]["mountpoint"], mnt.display().to_string(), "{status}");
+    assert!(registered(&c).contains(&mnt.display().to_string()));
+    sh_ok(&format!("echo written > {}/new", mnt.display()));
+    let out = system_mount(&c, "umount", &[mnt.to_str().unwrap()]);
+    assert_ok(&out, "umount");
+    assert_ended_in_agent(&c, &guard);
+    assert_eq!(fs::read_to_string(sshd.export.join("new")).unwrap(), "written\n");
+}
+
+#[test]
+fn an_fstab_line_mounts_and_umount_l_ends_it() {
+    let _helper = HelperOnPath::install();
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.put("f", "x");
+    let mnt = c.mountpoint("mnt");
+    let guard = SystemMount::of(&c, &mnt);
+    let fstab = c.home.path().join("fstab");
+    let line = format!(
+        "{} {} fuse.moor noauto,_netdev,nofail,user,x-systemd.automount,x-systemd.idle-timeout=60,comment=moor,\
+         setuid={LOCAL_USER},allow_other,{} 0 0\n",
+        source(&sshd),
+        mnt.display(),
+        ssh_options(&c)
+    );
+    fs::write(&fstab, line).unwrap();
+    let out = system_mount(&c, "mount", &["--fstab", fstab.to_str().unwrap(), mnt.to_str().unwrap()]);
+    assert_ok(&out, "mount --fstab");
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "x");
+    // `user` in fstab means noexec for mount(8), and moor keeps it.
+    let opts = mount_options(&mnt);
+    assert!(opts.contains(&"noexec".to_string()), "{opts:?}");
+    let out = system_mount(&c, "umount", &["-l", mnt.to_str().unwrap()]);
+    assert_ok(&out, "umount -l");
+    assert_ended_in_agent(&c, &guard);
+}
+
+/// The options of the mount on `mnt`, as /proc/mounts lists them.
+fn mount_options(mnt: &Path) -> Vec<String> {
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(mnt.to_str().unwrap())).expect("mounted");
+    line.split(' ').nth(3).unwrap().split(',').map(str::to_string).collect()
+}
+
+/// `moor SOURCE MOUNTPOINT -o ro`: every change fails with EROFS, the kernel lists the
+/// mount `ro`, and the server's files stay as they were.
+#[test]
+fn a_read_only_mount_refuses_every_change() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.put("f", "original");
+    sshd.mkdir("d");
+    let mnt = c.mountpoint("ro");
+    let spec = format!("testhost:{}", sshd.export.display());
+    // The helper form, with -o as fstab gives it.
+    let out = c.run(&[&spec, mnt.to_str().unwrap(), "-F", c.cfg(), "-o", "ro,allow_other", "-o", "cache=no"]);
+    assert_ok(&out, "moor SOURCE MOUNTPOINT -o ro");
+    let _m = Mount { path: mnt.clone() };
+    assert!(mount_options(&mnt).contains(&"ro".to_string()), "{:?}", mount_options(&mnt));
+    let before = sh_root_ok(&format!("cd {} && ls -lR --time-style=+%s", sshd.export.display()));
+    let m = mnt.display();
+    for change in [
+        format!("echo x > {m}/f"),
+        format!("echo x > {m}/new"),
+        format!("rm {m}/f"),
+        format!("mkdir {m}/newdir"),
+        format!("rmdir {m}/d"),
+        format!("mv {m}/f {m}/g"),
+        format!("chmod 600 {m}/f"),
+        format!("touch -d @1000 {m}/f"),
+        format!("ln -s f {m}/l"),
+        format!("truncate -s 0 {m}/f"),
+    ] {
+        let out = sh(&change);
+        assert!(!out.status.success(), "`{change}` worked on a read-only mount");
+        assert!(stderr(&out).contains("Read-only file system"), "`{change}`: {}", stderr(&out));
+    }
+    assert_eq!(sh_ok(&format!("cat {m}/f")), "original");
+    let after = sh_root_ok(&format!("cd {} && ls -lR --time-style=+%s", sshd.export.display()));
+    assert_eq!(before, after, "the server's files changed");
+}
+
+/// Makes the third local user once, as the harness makes its own.
+fn other_user() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let made = wait_until(Duration::from_secs(30), || {
+            if Command::new("id").arg(OTHER_USER).output().is_ok_and(|o| o.status.success()) {
+                return true;
+            }
+            let _ = Command::new("useradd").args(["-m", "-U", "-s", "/bin/sh", OTHER_USER]).output();
+            false
+        });
+        assert!(made, "cannot create user {OTHER_USER}");
+    });
+}
+
+/// Runs a shell snippet as `user`, returning its output.
+fn sh_as(user: &str, script: &str) -> Output {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = ids_of(user);
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", script]).uid(uid).gid(gid).env("HOME", "/").stdin(Stdio::null());
+    run_with_deadline(cmd, Duration::from_secs(60))
+}
+
+/// A client whose home other users may pass through, to reach its mountpoints.
+fn shared_client(sshd: &Sshd) -> Client {
+    other_user();
+    let c = Client::new(sshd);
+    fs::set_permissions(c.home.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    c
+}
+
+/// `moor mount` without --allow-other (the harness's own mounts always allow others).
+fn mount_private(c: &Client, sshd: &Sshd, dir: &str, extra: &[&str]) -> Mount {
+    let mnt = c.mountpoint(dir);
+    let spec = format!("testhost:{}", sshd.export.display());
+    let mut args = vec!["mount", "-F", c.cfg()];
+    args.extend_from_slice(extra);
+    args.push(&spec);
+    args.push(mnt.to_str().unwrap());
+    let out = c.run(&args);
+    assert_ok(&out, "moor mount");
+    Mount { path: mnt }
+}
+
+#[test]
+fn another_local_user_reads_a_mount_only_with_allow_other() {
+    let sshd = Sshd::start();
+    let c = shared_client(&sshd);
+    sshd.put("f", "shared");
+    let private = mount_private(&c, &sshd, "private", &[]);
+    let out = sh_as(OTHER_USER, &format!("cat {}/f", private.s()));
+    assert!(!out.status.success() && stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    let shared = mount_private(&c, &sshd, "shared", &["-o", "allow_other"]);
+    let out = sh_as(OTHER_USER, &format!("cat {}/f", shared.s()));
+    assert_ok(&out, "another user reading with allow_other");
+    assert_eq!(stdout(&out), "shared");
+    // allow_root: root is let in, other users are not.
+    let rooted = mount_private(&c, &sshd, "rooted", &["--allow-root"]);
+    assert_eq!(fs::read_to_string(rooted.p("f")).unwrap(), "shared");
+    let out = sh_as(OTHER_USER, &format!("cat {}/f", rooted.s()));
+    assert!(!out.status.success() && stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+}
+
+/// With default_permissions the kernel checks mode bits: a 0600 file of the login user
+/// (shown as the local user's) is closed to another local user, though the server, which
+/// sees only the remote login user, would serve it.
+#[test]
+fn default_permissions_has_the_kernel_check_mode_bits() {
+    let sshd = Sshd::start();
+    let c = shared_client(&sshd);
+    sshd.put("secret", "mine");
+    sh_root_ok(&format!("chmod 600 {}/secret", sshd.export.display()));
+    let open = mount_private(&c, &sshd, "open", &["--allow-other"]);
+    let out = sh_as(OTHER_USER, &format!("cat {}/secret", open.s()));
+    assert_ok(&out, "without default_permissions the server alone decides");
+    let checked = mount_private(&c, &sshd, "checked", &["-o", "allow_other,default_permissions"]);
+    let out = sh_as(OTHER_USER, &format!("cat {}/secret", checked.s()));
+    assert!(!out.status.success() && stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert_eq!(sh_ok(&format!("cat {}/secret", checked.s())), "mine", "the owner still reads it");
+}
+
+#[test]
+fn follow_symlinks_shows_what_links_point_to() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.put("target", "pointed at");
+    sshd.mkdir("dir");
+    let e = sshd.export.display();
+    sh_root_ok(&format!(
+        "cd {e} && ln -s target file-link && ln -s dir dir-link && ln -s nowhere dangling && \
+         chown -h {REMOTE_USER}: file-link dir-link dangling"
+    ));
+    let kinds = |m: &Mount| {
+        sh_ok(&format!("cd {} && stat -c '%n %F' file-link dir-link dangling && find . -type l | sort", m.s()))
+    };
+    let plain = mount_private(&c, &sshd, "plain", &["--allow-other"]);
+    assert_eq!(
+        kinds(&plain),
+        "file-link symbolic link\ndir-link symbolic link\ndangling symbolic link\n./dangling\n./dir-link\n./file-link\n"
+    );
+    let followed = mount_private(&c, &sshd, "followed", &["--allow-other", "-o", "follow_symlinks,cache=no"]);
+    assert_eq!(kinds(&followed), "file-link regular file\ndir-link directory\ndangling symbolic link\n./dangling\n");
+    assert_eq!(fs::read_to_string(followed.p("file-link")).unwrap(), "pointed at");
+    assert_eq!(fs::read_link(followed.p("dangling")).unwrap(), Path::new("nowhere"));
+}
+
+#[test]
+fn an_unknown_option_is_refused_by_name() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let cases: [(Vec<&str>, &str); 4] = [
+        (vec![&spec, mnt.to_str().unwrap(), "-F", c.cfg(), "-o", "ro,frobnicate"], "unknown option 'frobnicate'"),
+        (vec!["mount", "-F", c.cfg(), "-o", "sync", &spec, mnt.to_str().unwrap()], "unknown option 'sync'"),
+        (vec!["mount", "-F", c.cfg(), "-o", "uid=me", &spec, mnt.to_str().unwrap()], "-o uid=me"),
+        (
+            vec!["mount", "-F", c.cfg(), "-o", "ServerAliveInterval=often", &spec, mnt.to_str().unwrap()],
+            "ServerAliveInterval=often",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = c.run(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("ssh config") && !err.contains(c.cfg()), "{args:?} names the config: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(!is_mounted(&mnt));
+    }
+    let err = stderr(&c.run(&[&spec, mnt.to_str().unwrap(), "-o", "frobnicate"]));
+    for listed in ["ro", "allow_other", "idmap=user|none", "follow_symlinks", "max_conns=N", "Key=Value"] {
+        assert!(err.contains(listed), "the refusal does not list {listed}: {err}");
+    }
+}
