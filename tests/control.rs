@@ -579,3 +579,31 @@ fn watch_exec_reports_a_hanging_or_failing_command_and_goes_on() {
     assert!(watch.stdout().contains("second: active -> unmounted"), "{}", watch.stdout());
     assert!(watch.child.try_wait().unwrap().is_none(), "the watch ended: {}", watch.stderr());
 }
+
+#[test]
+fn the_agent_holds_nothing_its_starter_had_open() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let work = work_dir();
+    let lock = work.path().join("lock");
+    // `flock LOCK moor mount ...`: the lock's descriptor is open in moor mount, and
+    // would be in the agent it starts if the agent kept what it was handed.
+    let template = c.moor();
+    let mut cmd = std::process::Command::new("flock");
+    cmd.arg(&lock).arg(MOOR).args(["mount", "--allow-other", "-F", c.cfg()]);
+    cmd.arg(format!("testhost:{}", sshd.export.display())).arg(&mnt);
+    as_local_user(&mut cmd);
+    for (k, v) in template.get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let out = run_with_deadline(cmd, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!c.agent_pids().is_empty(), "no agent serves the mount");
+    let free = std::process::Command::new("flock").args(["-n"]).arg(&lock).arg("true").status().unwrap();
+    assert!(free.success(), "the agent still holds the lock its starter held");
+    let out = c.run(&["unmount", mnt.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -154,6 +154,13 @@ fn collect_mountpoints(v: &serde_json::Value, out: &mut Vec<String>) {
 fn assert_ended_in_agent(c: &Client, guard: &SystemMount) {
     let mnt = guard.mountpoint.display().to_string();
     assert!(!is_mounted(&guard.mountpoint), "{mnt} still mounted");
+    assert_agent_let_go(c, guard);
+}
+
+/// The agent's side of the end of a mount: gone from the registry, the mount's log
+/// says so, and the agent left with its last mount.
+fn assert_agent_let_go(c: &Client, guard: &SystemMount) {
+    let mnt = guard.mountpoint.display().to_string();
     assert!(
         wait_until(Duration::from_secs(20), || guard.agents().is_empty()),
         "the agent did not end after the unmount"
@@ -401,4 +408,107 @@ fn an_unknown_option_is_refused_by_name() {
     for listed in ["ro", "allow_other", "idmap=user|none", "follow_symlinks", "max_conns=N", "Key=Value"] {
         assert!(err.contains(listed), "the refusal does not list {listed}: {err}");
     }
+}
+
+/// An automounter's trigger on a directory, as systemd's `x-systemd.automount` or autofs
+/// puts one there: a direct autofs mount whose "daemon" (a small Python process in its
+/// own process group) only records that something set the trigger off and never mounts
+/// anything. Whatever sets it off waits for that daemon; dropping the guard ends the
+/// daemon and detaches the trigger, which wakes such a waiter.
+struct Trigger {
+    daemon: std::process::Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Trigger {
+    fn on(dir: &Path, work: &Path) -> Trigger {
+        const DAEMON: &str = r#"
+import ctypes, os, select, sys
+mnt, log = sys.argv[1], sys.argv[2]
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+opts = "fd=%d,pgrp=%d,minproto=5,maxproto=5,direct" % (w, os.getpgrp())
+if libc.mount(b"moor-test-trigger", mnt.encode(), b"autofs", 0, opts.encode()) != 0:
+    sys.exit("mount autofs: " + os.strerror(ctypes.get_errno()))
+os.close(w)
+print("ready", flush=True)
+while True:
+    ready, _, _ = select.select([r, sys.stdin], [], [])
+    if r in ready:
+        if not os.read(r, 4096):
+            break
+        with open(log, "a") as f:
+            f.write("triggered\n")
+    if sys.stdin in ready and not sys.stdin.readline():
+        break
+"#;
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let log = work.join("trigger.log");
+        let mut daemon = Command::new("python3")
+            .args(["-c", DAEMON])
+            .arg(dir)
+            .arg(&log)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(daemon.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the autofs trigger was not set up");
+        Trigger { daemon, dir: dir.to_path_buf(), log }
+    }
+
+    fn set_off(&self) -> bool {
+        fs::read_to_string(&self.log).is_ok_and(|t| t.contains("triggered"))
+    }
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        // The daemon first: with its pipe closed, the trigger wakes whatever waits on it
+        // and never blocks again. Then whatever sits on the trigger, and the trigger,
+        // detached by the system call itself (umount(8) looks at the path first).
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        for _ in 0..2 {
+            let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// The type of the topmost mount on `dir` (/proc/self/mountinfo lists mounts in order).
+fn top_fstype(dir: &Path) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().rev().find_map(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (Path::new(fields.get(4)?) == dir).then(|| fields.get(sep + 1).map(|t| t.to_string()))?
+    })
+}
+
+#[test]
+fn root_mounts_over_an_automounter_trigger_without_setting_it_off() {
+    let _helper = HelperOnPath::install();
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    sshd.put("f", "under the trigger");
+    let mnt = c.mountpoint("mnt");
+    let guard = SystemMount::of(&c, &mnt);
+    let work = work_dir();
+    let trigger = Trigger::on(&mnt, work.path());
+    let opts = format!("allow_other,{}", ssh_options(&c));
+    let out = system_mount(&c, "mount", &["-t", "fuse.moor", "-o", &opts, &source(&sshd), mnt.to_str().unwrap()]);
+    assert!(!trigger.set_off(), "the mount set the automounter's trigger off");
+    assert_ok(&out, "mount -t fuse.moor over an autofs trigger");
+    assert_eq!(top_fstype(&mnt).as_deref(), Some("fuse.moor"));
+    assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "under the trigger");
+    let out = system_mount(&c, "umount", &[mnt.to_str().unwrap()]);
+    assert_ok(&out, "umount");
+    // The trigger is what is left there.
+    assert_eq!(top_fstype(&mnt).as_deref(), Some("autofs"));
+    assert_agent_let_go(&c, &guard);
+    assert!(!trigger.set_off(), "the unmount set the automounter's trigger off");
 }

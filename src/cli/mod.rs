@@ -456,6 +456,20 @@ fn fill_environment() {
     }
 }
 
+/// The agent outlives whoever started it: descriptors it was handed by mistake (a lock
+/// `flock` holds, a pipe a test harness reads to its end) would be held for as long as
+/// it serves mounts. Everything past stdin, stdout and stderr goes, before the agent
+/// opens anything of its own.
+fn close_inherited_descriptors() {
+    // SAFETY: close_range only closes descriptors; none above 2 is in use yet.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        for fd in 3..1024 {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+}
+
 pub fn run() -> i32 {
     // Before any thread starts: the environment is not safe to change after.
     fill_environment();
@@ -467,6 +481,9 @@ pub fn run() -> i32 {
         _ => {}
     }
     let is_agent = matches!(cli.command, Command::Agent);
+    if is_agent {
+        close_inherited_descriptors();
+    }
     let log_file = match &cli.command {
         Command::Agent if !systemd::logs_to_journal() => paths::agent_log().ok(),
         Command::Mount(m) => m.log_file.clone(),

@@ -1,6 +1,7 @@
 //! One mount's life: check the mountpoint, connect, find the remote directory, hand the
 //! filesystem to the kernel; and take it down again.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -346,17 +347,18 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         AdapterOptions { call_timeout: req.call_timeout, kernel, owners, umask: req.umask.unwrap_or(0) },
     );
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
+    let source = format!(
+        "moor:{}#{}@{}:{}",
+        std::process::id(),
+        option_safe(&req.dest.user),
+        option_safe(&req.dest.alias),
+        option_safe(&root)
+    );
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         // The serving process is named in the source, so that a mount it leaves behind
         // when it dies can be told from one another live agent serves.
-        fuser::MountOption::FSName(format!(
-            "moor:{}#{}@{}:{}",
-            std::process::id(),
-            option_safe(&req.dest.user),
-            option_safe(&req.dest.alias),
-            option_safe(&root)
-        )),
+        fuser::MountOption::FSName(source.clone()),
         fuser::MountOption::Subtype("moor".into()),
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
@@ -370,7 +372,21 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         cfg.acl = fuser::SessionACL::RootAndOwner;
     }
     let mp = mountpoint.clone();
-    let session = match tokio::task::spawn_blocking(move || fuser::spawn_mount(adapter, &mp, &cfg)).await {
+    let direct = DirectMount {
+        source,
+        read_only: req.read_only,
+        no_exec: req.no_exec,
+        default_permissions: req.default_permissions,
+        shared: req.allow_other || req.allow_root,
+    };
+    let mount = move || {
+        if nix::unistd::geteuid().is_root() {
+            mount_as_root(&mp, &direct, adapter, cfg)
+        } else {
+            fuser::spawn_mount(adapter, &mp, &cfg)
+        }
+    };
+    let session = match tokio::task::spawn_blocking(mount).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(MoorError::new(ErrorKind::Mountpoint, format!("cannot mount on {}: {e}", mountpoint.display())))
@@ -461,6 +477,61 @@ fn kernel_options(req: &MountRequest) -> Vec<fuser::MountOption> {
         (req.no_exec, fuser::MountOption::NoExec),
     ];
     wanted.into_iter().filter(|(on, _)| *on).map(|(_, o)| o).collect()
+}
+
+/// What root's own mount(2) of a moor filesystem needs to know.
+struct DirectMount {
+    source: String,
+    read_only: bool,
+    no_exec: bool,
+    default_permissions: bool,
+    /// Other users may send requests (`allow_other`; `allow_root` is narrowed to root by
+    /// the session's ACL).
+    shared: bool,
+}
+
+/// Root mounts as libfuse does, not as fuser does: fuser opens the mountpoint first,
+/// which sets off an automounter's trigger sitting there (systemd's
+/// `x-systemd.automount`, autofs) and then waits for the very mount being made. A stat
+/// does not set it off (Linux 4.14 and later), and mount(2) goes over the trigger.
+fn mount_as_root<FS: fuser::Filesystem + Send + 'static>(
+    mountpoint: &Path,
+    m: &DirectMount,
+    fs: FS,
+    cfg: fuser::Config,
+) -> std::io::Result<fuser::BackgroundSession> {
+    use nix::mount::MsFlags;
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
+    let st = nix::sys::stat::stat(mountpoint)?;
+    let mut data = format!(
+        "fd={},rootmode={:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        st.st_mode & nix::sys::stat::SFlag::S_IFMT.bits(),
+        nix::unistd::getuid(),
+        nix::unistd::getgid()
+    );
+    if m.shared {
+        data.push_str(",allow_other");
+    }
+    if m.default_permissions {
+        data.push_str(",default_permissions");
+    }
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if m.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    if m.no_exec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    nix::mount::mount(Some(m.source.as_str()), mountpoint, Some("fuse.moor"), flags, Some(data.as_str()))?;
+    let acl = cfg.acl;
+    match fuser::Session::from_fd(fs, dev.into(), acl, cfg).and_then(fuser::Session::spawn) {
+        Ok(session) => Ok(session),
+        Err(e) => {
+            let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH);
+            Err(e)
+        }
+    }
 }
 
 /// Sharing a mount with other users (`allow_other`, `allow_root`) is the kernel's to
