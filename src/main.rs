@@ -9,6 +9,7 @@ mod control;
 mod fs;
 mod link;
 mod logging;
+mod process;
 mod remote;
 mod sync;
 mod timestamp;

@@ -273,21 +273,10 @@ const UNIT_START_DEADLINE: Duration = Duration::from_secs(5);
 /// Starts the agent in a user unit of its own (see `systemd`); says whether it did.
 fn start_agent_unit(exe: &std::path::Path, verbose: u8) -> bool {
     let mut cmd = systemd::agent_unit_command(exe, verbose, |k| std::env::var_os(k));
-    let Ok(mut child) = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+    let Ok(child) = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
         return false;
     };
-    let deadline = std::time::Instant::now() + UNIT_START_DEADLINE;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status.success(),
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-        }
-    }
+    matches!(crate::process::wait_within(child, UNIT_START_DEADLINE), Some(Ok(out)) if out.status.success())
 }
 
 fn spawn_agent(verbose: u8) -> Result<(), MoorError> {

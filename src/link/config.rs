@@ -282,16 +282,10 @@ fn ssh_g(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Vec<(String, Str
     cmd.arg("--").arg(user_host);
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let child = cmd.spawn().map_err(|e| ConfigError::Ssh(format!("cannot run {} -G: {e}", ssh.display())))?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(SSH_G_DEADLINE) {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => return Err(ConfigError::Ssh(format!("ssh -G failed: {e}"))),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let out = match crate::process::wait_within(child, SSH_G_DEADLINE) {
+        Some(Ok(out)) => out,
+        Some(Err(e)) => return Err(ConfigError::Ssh(format!("ssh -G failed: {e}"))),
+        None => {
             return Err(ConfigError::Ssh(format!(
                 "ssh -G {user_host} did not finish within {}s: check Match exec lines in your ssh config",
                 SSH_G_DEADLINE.as_secs()
@@ -734,23 +728,13 @@ mod tests {
         let cfg = dir.path().join("config");
         std::fs::write(
             &cfg,
-            "Host strict
-  PasswordAuthentication no
-  KbdInteractiveAuthentication no
-  BatchMode yes
-               NumberOfPasswordPrompts 1
-             Host token
-  PKCS11Provider /usr/lib/opensc-pkcs11.so
-             Host dns
-  VerifyHostKeyDNS yes
-             Host bound
-  BindAddress 127.0.0.2
-             Host khc
-  KnownHostsCommand /bin/true %H
-             Host fdpass
-  ProxyCommand nc %h %p
-  ProxyUseFdpass yes
-",
+            "Host strict\n  PasswordAuthentication no\n  KbdInteractiveAuthentication no\n  BatchMode yes\n  \
+             NumberOfPasswordPrompts 1\n\
+             Host token\n  PKCS11Provider /usr/lib/opensc-pkcs11.so\n\
+             Host dns\n  VerifyHostKeyDNS yes\n\
+             Host bound\n  BindAddress 127.0.0.2\n\
+             Host khc\n  KnownHostsCommand /bin/true %H\n\
+             Host fdpass\n  ProxyCommand nc %h %p\n  ProxyUseFdpass yes\n",
         )
         .unwrap();
         let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
