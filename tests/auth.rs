@@ -11,6 +11,9 @@ use common::*;
 
 const PASSWORD: &str = "Moor-test-pw-7";
 
+/// An sshd that takes passwords (checked through PAM, as Debian's sshd does) and no keys.
+const PASSWORD_SSHD: &str = "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n";
+
 /// Gives the remote login user a password (the test sshd checks it against shadow).
 fn set_remote_password() {
     sh_root_ok(&format!("echo '{REMOTE_USER}:{PASSWORD}' | chpasswd"));
@@ -39,8 +42,7 @@ fn all_logs(c: &Client) -> String {
 #[test]
 fn a_password_is_asked_on_the_terminal_and_kept_for_reconnects() {
     set_remote_password();
-    // As Debian's sshd runs: passwords checked through PAM.
-    let mut sshd = Sshd::start_with(|_| "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let mut sshd = Sshd::start_with(|_| PASSWORD_SSHD);
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let out = run_on_terminal(&mount_cmd(&c, &sshd, &mnt), &[("password:", PASSWORD)]);
@@ -64,7 +66,7 @@ fn a_password_is_asked_on_the_terminal_and_kept_for_reconnects() {
 #[test]
 fn without_a_terminal_a_password_login_fails_at_once_naming_the_method() {
     set_remote_password();
-    let sshd = Sshd::start_with(|_| "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let sshd = Sshd::start_with(|_| PASSWORD_SSHD);
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let started = std::time::Instant::now();
@@ -117,25 +119,49 @@ fn a_passphrase_protected_key_is_asked_for_on_the_terminal() {
     assert!(stderr(&out).contains("passphrase"), "{}", stderr(&out));
 }
 
+/// A throwaway CA for user certificates.
+struct UserCa {
+    _dir: tempfile::TempDir,
+    key: std::path::PathBuf,
+}
+
+impl UserCa {
+    fn new() -> UserCa {
+        let dir = work_dir();
+        let key = dir.path().join("ca");
+        sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", key.display()));
+        UserCa { _dir: dir, key }
+    }
+
+    /// An sshd that trusts this CA and authorizes no plain key: only a certificate can
+    /// let the user in.
+    fn sshd(&self) -> Sshd {
+        let sshd = Sshd::start_with(|_| format!("TrustedUserCAKeys {}.pub\n", self.key.display()));
+        fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
+        sshd
+    }
+
+    /// Signs the client's key for the remote login user: `KEY-cert.pub` beside it.
+    fn sign(&self, c: &Client, sshd: &Sshd) {
+        fs::copy(sshd.dir.path().join("user_key.pub"), c.key().with_extension("pub")).unwrap();
+        sh_root_ok(&format!(
+            "ssh-keygen -q -s {} -I moor-test -n {REMOTE_USER} -V -5m:+1h {}.pub",
+            self.key.display(),
+            c.key().display()
+        ));
+    }
+}
+
 #[test]
 fn a_certificate_from_a_trusted_ca_logs_in() {
-    let ca = work_dir();
-    let ca_key = ca.path().join("ca");
-    sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca_key.display()));
-    let sshd = Sshd::start_with(|_| format!("TrustedUserCAKeys {}.pub\n", ca_key.display()));
-    // Only the certificate can let the user in: the plain key is not authorized.
-    fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
+    let ca = UserCa::new();
+    let sshd = ca.sshd();
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let out = c.try_mount(&sshd.export.display().to_string(), &mnt, &[]);
     assert_eq!(out.status.code(), Some(4), "the plain key was accepted: {}", stderr(&out));
 
-    fs::copy(sshd.dir.path().join("user_key.pub"), c.key().with_extension("pub")).unwrap();
-    sh_root_ok(&format!(
-        "ssh-keygen -q -s {} -I moor-test -n {REMOTE_USER} -V -5m:+1h {}.pub",
-        ca_key.display(),
-        c.key().display()
-    ));
+    ca.sign(&c, &sshd);
     let cert = format!("{}-cert.pub", c.key().display());
     let kept = c.home.path().join(".ssh/user-cert.pub");
     fs::rename(&cert, &kept).unwrap();
@@ -177,12 +203,6 @@ impl Drop for PamService {
     }
 }
 
-fn state_of(c: &Client) -> serde_json::Value {
-    let out = c.run(&["mount", "status", "--json"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["mounts"][0].clone()
-}
-
 #[test]
 fn a_fresh_one_time_code_is_asked_for_by_moor_reconnect() {
     let users = work_dir();
@@ -200,12 +220,12 @@ fn a_fresh_one_time_code_is_asked_for_by_moor_reconnect() {
     assert!(out.status.success(), "mount failed: {}{}\n{}", stdout(&out), stderr(&out), sshd.log());
     sh_ok(&format!("echo before > {}/f", mnt.display()));
     // Every login costs a code: the mount keeps the one connection it has.
-    assert_eq!(state_of(&c)["connections"].as_array().map(Vec::len), Some(1), "{}", state_of(&c));
+    assert_eq!(c.mount_json()["connections"].as_array().map(Vec::len), Some(1), "{}", c.mount_json());
 
     // The server restarts: the code cannot be given again, so the mount waits for a person.
     sshd.restart(false);
-    let waiting = wait_until(Duration::from_secs(30), || state_of(&c)["status"]["state"] == "needs_login");
-    assert!(waiting, "never needed a login: {}", state_of(&c));
+    let waiting = wait_until(Duration::from_secs(30), || c.mount_json()["status"]["state"] == "needs_login");
+    assert!(waiting, "never needed a login: {}", c.mount_json());
     // Meanwhile calls fail at once instead of hanging.
     let started = std::time::Instant::now();
     let cat = sh(&format!("cat {}/f", mnt.display()));
@@ -220,25 +240,17 @@ fn a_fresh_one_time_code_is_asked_for_by_moor_reconnect() {
     reconnect.args(["reconnect", mnt.to_str().unwrap()]);
     let out = run_on_terminal(&reconnect, &[("One-time password", &otp(1))]);
     assert!(out.status.success(), "reconnect failed: {}{}", stdout(&out), stderr(&out));
-    assert_eq!(state_of(&c)["status"]["state"], "active");
+    assert_eq!(c.mount_json()["status"]["state"], "active");
     assert_eq!(sh_ok(&format!("cat {}/f", mnt.display())), "before\n");
     unmount(&c, &mnt);
 }
 
 #[test]
 fn a_certificate_held_by_ssh_agent_logs_in() {
-    let ca = work_dir();
-    let ca_key = ca.path().join("ca");
-    sh_root_ok(&format!("ssh-keygen -q -t ed25519 -N '' -C test-ca -f {}", ca_key.display()));
-    let sshd = Sshd::start_with(|_| format!("TrustedUserCAKeys {}.pub\n", ca_key.display()));
-    fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
+    let ca = UserCa::new();
+    let sshd = ca.sshd();
     let c = Client::new(&sshd);
-    fs::copy(sshd.dir.path().join("user_key.pub"), c.key().with_extension("pub")).unwrap();
-    sh_root_ok(&format!(
-        "ssh-keygen -q -s {} -I moor-test -n {REMOTE_USER} -V -5m:+1h {}.pub",
-        ca_key.display(),
-        c.key().display()
-    ));
+    ca.sign(&c, &sshd);
     c.give_home();
     // ssh-add loads the key and, beside it, its certificate; then the key file goes, so
     // only the agent can log in.
@@ -272,7 +284,7 @@ impl Drop for AgentGuard {
 #[test]
 fn batch_mode_never_asks_even_on_a_terminal() {
     set_remote_password();
-    let sshd = Sshd::start_with(|_| "UsePAM yes\nPasswordAuthentication yes\nPubkeyAuthentication no\n");
+    let sshd = Sshd::start_with(|_| PASSWORD_SSHD);
     let c = Client::new(&sshd);
     let mnt = c.mountpoint("mnt");
     let mut cmd = c.moor();

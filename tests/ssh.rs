@@ -152,8 +152,7 @@ fn a_revoked_host_key_fails_the_mount() {
     let sshd = Sshd::start();
     let c = Client::new(&sshd);
     let kh = format!("[127.0.0.1]:{} {key}\n@revoked * {key}\n", c.port, key = sshd.host_pub.trim());
-    fs::write(&c.known_hosts, &kh).unwrap();
-    c.give_home();
+    c.write_known_hosts(&kh);
     let mnt = c.mountpoint("mnt");
     let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &["-o", "StrictHostKeyChecking=accept-new"]);
     let err = stderr(&out);
@@ -186,8 +185,7 @@ fn certified_sshd(principal: &str) -> (Sshd, String) {
 fn a_host_certificate_from_a_trusted_ca_mounts() {
     let (sshd, ca) = certified_sshd("127.0.0.1");
     let c = Client::new(&sshd);
-    fs::write(&c.known_hosts, format!("@cert-authority 127.0.0.*,[127.0.0.1]:* {}", ca.trim())).unwrap();
-    c.give_home();
+    c.write_known_hosts(&format!("@cert-authority 127.0.0.*,[127.0.0.1]:* {}", ca.trim()));
     let m = c.mount(sshd.export.to_str().unwrap());
     sh_ok(&format!("echo certified > {}", m.p("f").display()));
     assert_eq!(fs::read_to_string(sshd.export.join("f")).unwrap(), "certified\n");
@@ -199,8 +197,7 @@ fn a_host_certificate_from_a_trusted_ca_mounts() {
 fn a_host_certificate_for_another_name_is_refused() {
     let (sshd, ca) = certified_sshd("elsewhere.example.com");
     let c = Client::new(&sshd);
-    fs::write(&c.known_hosts, format!("@cert-authority * {}\n", ca.trim())).unwrap();
-    c.give_home();
+    c.write_known_hosts(&format!("@cert-authority * {}\n", ca.trim()));
     let mnt = c.mountpoint("mnt");
     let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &["-o", "StrictHostKeyChecking=accept-new"]);
     let err = stderr(&out);
@@ -241,8 +238,7 @@ fn the_known_key_type_is_asked_for_first() {
         format!("HostKey {}\n", key.display())
     });
     let c = Client::new(&sshd);
-    fs::write(&c.known_hosts, format!("[127.0.0.1]:{} {}\n", c.port, ecdsa_pub.trim())).unwrap();
-    c.give_home();
+    c.write_known_hosts(&format!("[127.0.0.1]:{} {}\n", c.port, ecdsa_pub.trim()));
     let m = c.mount(sshd.export.to_str().unwrap());
     assert!(fs::read_dir(&m.path).is_ok());
 }

@@ -276,16 +276,7 @@ fn a_read_only_mount_refuses_every_change() {
 /// Makes the third local user once, as the harness makes its own.
 fn other_user() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let made = wait_until(Duration::from_secs(30), || {
-            if Command::new("id").arg(OTHER_USER).output().is_ok_and(|o| o.status.success()) {
-                return true;
-            }
-            let _ = Command::new("useradd").args(["-m", "-U", "-s", "/bin/sh", OTHER_USER]).output();
-            false
-        });
-        assert!(made, "cannot create user {OTHER_USER}");
-    });
+    ONCE.call_once(|| make_user(OTHER_USER));
 }
 
 /// Runs a shell snippet as `user`, returning its output.

@@ -117,8 +117,23 @@ impl Keyring {
         lock(&self.kept).password.clone()
     }
 
+    fn keep_password(&self, password: Option<Secret>) {
+        lock(&self.kept).password = password;
+    }
+
+    fn set_needs_person(&self, needs: bool) {
+        lock(&self.kept).needs_person = needs;
+    }
+
     fn answer(&self, q: &str) -> Option<Secret> {
         lock(&self.kept).answers.iter().find(|(k, _)| k == q).map(|(_, a)| a.clone())
+    }
+
+    /// Keeps `answer` to the question `q`, in place of an earlier one.
+    fn keep_answer(&self, q: &str, answer: Secret) {
+        let mut kept = lock(&self.kept);
+        kept.answers.retain(|(k, _)| k != q);
+        kept.answers.push((q.to_string(), answer));
     }
 }
 
@@ -173,7 +188,7 @@ impl Login<'_> {
         self.dest.login.password_prompts.max(1) as usize
     }
 
-    fn step(&mut self, r: Result<client::AuthResult, russh::Error>) -> Result<Step, LinkError> {
+    fn step<E: std::fmt::Display>(&mut self, r: Result<client::AuthResult, E>) -> Result<Step, LinkError> {
         match r {
             Ok(client::AuthResult::Success) => Ok(Step::Done),
             Ok(client::AuthResult::Failure { remaining_methods, partial_success }) => {
@@ -231,7 +246,7 @@ impl Login<'_> {
                     self.ssh.authenticate_certificate_with(&user, certificate, self.rsa_hash, &mut agent).await
                 }
             };
-            match self.step(r.map_err(|e| russh::Error::IO(std::io::Error::other(e.to_string()))))? {
+            match self.step(r)? {
                 Step::Refused => {}
                 done_or_partial => return Ok(done_or_partial),
             }
@@ -326,13 +341,13 @@ impl Login<'_> {
         for _ in 0..ROUNDS {
             let (name, instructions, prompts) = match reply {
                 Ok(KeyboardInteractiveAuthResponse::Success) => {
-                    lock(&self.keyring.kept).needs_person = asked_person;
+                    self.keyring.set_needs_person(asked_person);
                     return Ok(Step::Done);
                 }
                 Ok(KeyboardInteractiveAuthResponse::Failure { remaining_methods, partial_success }) => {
                     self.methods = Some(remaining_methods);
                     if partial_success {
-                        lock(&self.keyring.kept).needs_person = asked_person;
+                        self.keyring.set_needs_person(asked_person);
                     }
                     return Ok(if partial_success { Step::Partial } else { Step::Refused });
                 }
@@ -370,8 +385,7 @@ impl Login<'_> {
                         };
                         asked_person |= !reusable(&q);
                         if reusable(&q) {
-                            lock(&self.keyring.kept).answers.retain(|(k, _)| k != &p.prompt);
-                            lock(&self.keyring.kept).answers.push((p.prompt.clone(), a.clone()));
+                            self.keyring.keep_answer(&p.prompt, a.clone());
                         }
                         a
                     }
@@ -400,9 +414,9 @@ impl Login<'_> {
             };
             let r = self.ssh.authenticate_password(&user, pass.expose()).await;
             match self.step(r)? {
-                Step::Refused => lock(&self.keyring.kept).password = None,
+                Step::Refused => self.keyring.keep_password(None),
                 done_or_partial => {
-                    lock(&self.keyring.kept).password = Some(pass);
+                    self.keyring.keep_password(Some(pass));
                     return Ok(done_or_partial);
                 }
             }

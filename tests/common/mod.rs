@@ -35,6 +35,19 @@ pub fn ids_of(user: &str) -> (u32, u32) {
     }
 }
 
+/// Makes the local user `user` (with a home and its own group) unless it exists.
+pub fn make_user(user: &str) {
+    // Another test binary may be making the same user: wait until it exists.
+    let made = wait_until(Duration::from_secs(30), || {
+        if Command::new("id").arg(user).output().is_ok_and(|o| o.status.success()) {
+            return true;
+        }
+        let _ = Command::new("useradd").args(["-m", "-U", "-s", "/bin/sh", user]).output();
+        false
+    });
+    assert!(made, "cannot create user {user}");
+}
+
 /// Makes the machine ready for tests as ordinary users, once per test binary: both users
 /// (with homes, the remote one's account unlocked so sshd lets it in), `/dev/fuse` open
 /// to users as distributions ship it, and `user_allow_other` in /etc/fuse.conf so that
@@ -44,15 +57,7 @@ pub fn ordinary_users() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         for user in [REMOTE_USER, LOCAL_USER] {
-            // Another test binary may be making the same user: wait until it exists.
-            let made = wait_until(Duration::from_secs(30), || {
-                if Command::new("id").arg(user).output().is_ok_and(|o| o.status.success()) {
-                    return true;
-                }
-                let _ = Command::new("useradd").args(["-m", "-U", "-s", "/bin/sh", user]).output();
-                false
-            });
-            assert!(made, "cannot create user {user}");
+            make_user(user);
             // A locked account ("!" in shadow) is refused by sshd; "*" has no password
             // but is not locked.
             let out = Command::new("usermod").args(["-p", "*", user]).output().expect("run usermod");
@@ -319,8 +324,12 @@ impl Client {
 
     /// Records the sshd's current host key in known_hosts, replacing what was there.
     pub fn trust(&self, sshd: &Sshd) {
-        let mut f = fs::File::create(&self.known_hosts).unwrap();
-        writeln!(f, "[127.0.0.1]:{} {}", self.port, sshd.host_pub.trim()).unwrap();
+        self.write_known_hosts(&format!("[127.0.0.1]:{} {}\n", self.port, sshd.host_pub.trim()));
+    }
+
+    /// Makes known_hosts hold `text`, still the local user's.
+    pub fn write_known_hosts(&self, text: &str) {
+        fs::write(&self.known_hosts, text).unwrap();
         self.give_home();
     }
 
