@@ -616,11 +616,7 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
         return Ok(());
     }
     // The command returns only once the mount answers.
-    let mp = mountpoint.clone();
-    let answered =
-        tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || std::fs::metadata(&mp)))
-            .await;
-    if !matches!(answered, Ok(Ok(Ok(_)))) {
+    if !answers(&mountpoint).await {
         return Err(MoorError::new(
             ErrorKind::Internal,
             format!("mounted, but {} does not answer", mountpoint.display()),
@@ -628,6 +624,17 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     }
     output::mounted(&mount);
     Ok(())
+}
+
+/// How long a new mount may take to answer its first `stat`.
+const FIRST_ANSWER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Whether the mount on `mountpoint` answers a `stat` (off the runtime: the call goes
+/// through the kernel to a FUSE server that may be this very process).
+async fn answers(mountpoint: &std::path::Path) -> bool {
+    let mp = mountpoint.to_path_buf();
+    let stat = tokio::task::spawn_blocking(move || std::fs::metadata(&mp));
+    matches!(tokio::time::timeout(FIRST_ANSWER_DEADLINE, stat).await, Ok(Ok(Ok(_))))
 }
 
 /// A state as one line: the service manager reads one assignment per line.
@@ -661,11 +668,7 @@ async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     output::mounted(&live.info());
     eprintln!("serving in the foreground; press Ctrl-C to unmount");
     // Ready once the mount answers, as for a mount through the agent.
-    let mp = live.mountpoint.clone();
-    let answered =
-        tokio::time::timeout(Duration::from_secs(10), tokio::task::spawn_blocking(move || std::fs::metadata(&mp)))
-            .await;
-    if matches!(answered, Ok(Ok(Ok(_)))) {
+    if answers(&live.mountpoint).await {
         systemd::notify(&format!("READY=1\nSTATUS={}", one_line(&live.monitor().current().0)));
     }
     let mut events = live.monitor().subscribe();
