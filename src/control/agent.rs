@@ -411,7 +411,7 @@ impl Agent {
             }
         }
         // Fail fast on a bad mountpoint before dialling anyone.
-        mount::check_mountpoint(&req.mountpoint)?;
+        mount::checked_mountpoint(&req.mountpoint).await?;
         let name = self.unique_name(&req).await;
         let link = self.link_for(&req, &cancel, req.interactive.then_some(asker)).await?;
         let mut live = match mount::start(&req, name, link.clone()).await {
@@ -452,7 +452,8 @@ impl Agent {
             old: MountStatus::Connecting,
             new: info.status.clone(),
         });
-        self.forward_events(&live, log.map(|(_, f)| f), req.verbose);
+        let log = log.map(|(_, f)| f);
+        self.forward_events(&live, log.clone(), req.verbose);
         let agent = self.clone();
         let dest = req.destination();
         tokio::spawn(async move {
@@ -471,6 +472,11 @@ impl Agent {
                 new: MountStatus::Unmounted,
             });
             agent.release_link(&dest).await;
+            // Written here, before the agent may leave with its last mount, so that it
+            // is never lost to the exit.
+            if let Some(f) = &log {
+                write_log(f, "unmounted");
+            }
             tracing::info!(mountpoint = %live.mountpoint.display(), "unmounted");
             agent.changed.notify_one();
         });
@@ -511,12 +517,8 @@ impl Agent {
                         Err(broadcast::error::RecvError::Lagged(_)) => {}
                         Err(broadcast::error::RecvError::Closed) => break,
                     },
-                    _ = ended.wait_for(|e| *e) => {
-                        if let Some(f) = &log {
-                            write_log(f, "unmounted");
-                        }
-                        break;
-                    }
+                    // The task that ends the mount writes "unmounted".
+                    _ = ended.wait_for(|e| *e) => break,
                 }
             }
         });

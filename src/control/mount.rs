@@ -322,10 +322,19 @@ pub fn check_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
     Ok(abs)
 }
 
+/// `check_mountpoint` off the runtime's threads: a path through a hung filesystem must
+/// stall only this mount, not every mount the agent serves.
+pub async fn checked_mountpoint(path: &Path) -> Result<PathBuf, MoorError> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || check_mountpoint(&path))
+        .await
+        .unwrap_or_else(|e| Err(MoorError::new(ErrorKind::Internal, format!("mountpoint check failed: {e}"))))
+}
+
 /// Mounts over `link`, leaving nothing behind if any step fails (the caller owns the
 /// link and closes it if no other mount uses it).
 pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<LiveMount, MoorError> {
-    let mountpoint = check_mountpoint(&req.mountpoint)?;
+    let mountpoint = checked_mountpoint(&req.mountpoint).await?;
     let remote = Arc::new(SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);

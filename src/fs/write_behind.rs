@@ -23,9 +23,6 @@ use super::tasks::Tasks;
 use crate::remote::{Handle, Remote, RemoteError, SetAttr};
 use crate::sync::lock;
 
-/// Writes out at once per file; the server answers them in order.
-const MAX_IN_FLIGHT: usize = 32;
-
 pub(super) struct WriteBehind<R: Remote> {
     remote: Arc<R>,
     tasks: Tasks,
@@ -341,8 +338,8 @@ impl FileQueue {
         }
     }
 
-    /// Sends the queue until it is empty, keeping up to `MAX_IN_FLIGHT` writes out at
-    /// once. The server answers in order, so what is unanswered when the link dies is
+    /// Sends the queue until it is empty, keeping as many writes out at once as the
+    /// remote says suit the file (`Remote::write_depth`). The server answers in order, so what is unanswered when the link dies is
     /// always the tail of what was sent: it is sent again, in order, once the link is
     /// back. Runs as its own task.
     async fn flush<R: Remote>(self: Arc<Self>, remote: Arc<R>) {
@@ -354,7 +351,8 @@ impl FileQueue {
         loop {
             {
                 let mut s = self.lock();
-                while in_flight.len() < MAX_IN_FLIGHT && ranges.len() < s.queue.len() {
+                let depth = remote.write_depth(&handle);
+                while in_flight.len() < depth && ranges.len() < s.queue.len() {
                     let p = &s.queue[ranges.len()];
                     // Writes take turns over the pool's lanes, from the file's own; an
                     // attribute change goes on the file's lane and covers everything.
@@ -376,7 +374,7 @@ impl FileQueue {
                     });
                     ranges.push_back((lane, start, end));
                 }
-                s.wants_more = ranges.len() == s.queue.len() && in_flight.len() < MAX_IN_FLIGHT;
+                s.wants_more = ranges.len() == s.queue.len() && in_flight.len() < depth;
                 if in_flight.is_empty() {
                     s.flushing = false;
                     s.wants_more = false;

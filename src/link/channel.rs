@@ -44,6 +44,8 @@ const MAX_FRAME: usize = 1 << 20;
 /// Bodies smaller than this go out copied into their header's frame: one SSH packet
 /// instead of two.
 const COPY_BELOW: usize = 4096;
+/// The largest SSH packet OpenSSH takes on a session channel.
+const PACKET: usize = 32 * 1024;
 
 /// What a channel has moved, for telling a slow link from a dead one: a connection is
 /// stalled while it has requests out and has received nothing for a while, however long
@@ -149,10 +151,18 @@ async fn write_frames(
         }
         let sent = match item {
             Outgoing::Frame(frame) => channel.data_bytes(frame).await,
-            Outgoing::Split(head, body) => match channel.data_bytes(head).await {
-                Ok(()) => channel.data_bytes(body).await,
-                Err(e) => Err(e),
-            },
+            Outgoing::Split(head, mut body) => {
+                // The header rides in the body's first packet: a packet of its own would
+                // cost the server a packet's work for a few bytes.
+                let first = body.len().min(PACKET.saturating_sub(head.len()));
+                let mut lead = BytesMut::with_capacity(head.len() + first);
+                lead.extend_from_slice(&head);
+                lead.extend_from_slice(&body.split_to(first));
+                match channel.data_bytes(lead.freeze()).await {
+                    Ok(()) if !body.is_empty() => channel.data_bytes(body).await,
+                    r => r,
+                }
+            }
             Outgoing::Close => {
                 let _ = channel.eof().await;
                 let _ = channel.close().await;

@@ -315,12 +315,17 @@ impl Link {
         }
     }
 
-    /// Waits until the link is up (`Ok`) or has failed for good (`Err`).
+    /// Waits until the link is up with a connection to use (`Ok`) or has failed for good
+    /// (`Err`). Between a connection's loss being reported and the watcher marking the
+    /// link down, the state still says up but no connection is left: that is not up, or
+    /// a caller retrying at once would spin until the watcher ran (for ever, with one
+    /// runtime worker).
     pub async fn wait_up(&self) -> Result<(), Unavailable> {
         let mut rx = self.state.subscribe();
         loop {
             match &*rx.borrow_and_update() {
-                LinkState::Up { .. } => return Ok(()),
+                LinkState::Up { .. } if !read(&self.current).is_empty() => return Ok(()),
+                LinkState::Up { .. } => self.failure_seen.notify_one(),
                 LinkState::Failed { reason } => return Err(Unavailable::Failed(reason.clone())),
                 LinkState::Closed => return Err(Unavailable::Failed("unmounted".into())),
                 LinkState::Down { .. } => self.attempt_wanted.notify_one(),
@@ -570,7 +575,11 @@ impl Link {
                             beats.push(async move {
                                 let started = Instant::now();
                                 let ok = c.sftp.stat(".").await.is_ok();
-                                (i, started.elapsed(), ok)
+                                let rtt = started.elapsed();
+                                if ok {
+                                    c.note_rtt(rtt);
+                                }
+                                (i, rtt, ok)
                             });
                         }
                     }

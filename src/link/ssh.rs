@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,9 @@ pub struct SftpConn {
     ops: AtomicU64,
     /// Requests out and bytes in, to tell a slow connection from a dead one.
     progress: Arc<Progress>,
+    /// The quickest round trip of a small request seen on this connection, in
+    /// microseconds (`u64::MAX`: none yet): the path's latency with nothing queued.
+    least_rtt_us: AtomicU64,
     /// What carries the session, kept to abort the connection.
     carrier: Carrier,
     ssh: client::Handle<Client>,
@@ -105,6 +108,19 @@ impl SftpConn {
     /// Bytes of file data out on this connection.
     pub fn bulk_out(&self) -> usize {
         self.direct.bulk_out()
+    }
+
+    /// A small request took `rtt` to be answered.
+    pub fn note_rtt(&self, rtt: Duration) {
+        self.least_rtt_us.fetch_min(rtt.as_micros().clamp(1, u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// The quickest round trip seen: the path's own latency, without what queued.
+    pub fn least_rtt(&self) -> Option<Duration> {
+        match self.least_rtt_us.load(Ordering::Relaxed) {
+            u64::MAX => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     pub async fn close(&self) {
@@ -455,13 +471,22 @@ async fn connect_inner(
     let mut sftp = RawSftpSession::new_with_config(library, cfg);
     let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
     // Reads: 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers,
-    // and is what the library accepts for an answer. Writes: 120 KiB keeps each message
-    // under glibc's 128 KiB mmap threshold in the server, which otherwise maps and
-    // unmaps every message on a fresh connection (measured: 512 MiB written in 0.80-0.84 s
-    // at 120 KiB, 0.93-0.98 s at 255 KiB, 0.84-0.86 s at 64 KiB; fresh mounts, loopback).
-    let (mut read_size, mut write_size): (u32, u32) = (255 * 1024, 120 * 1024);
+    // and is what the library accepts for an answer. Writes: 64 KiB. OpenSSH's SFTP
+    // server gathers each message from a 64 KiB pipe into a buffer that, for larger
+    // messages plus the start of the next, passes glibc's 128 KiB mmap threshold. One
+    // connection serves each open file (see `remote::sftp`), so the server's two
+    // processes for it are the limit on a fast link: 512 MiB written with 64 KiB writes
+    // took 0.83 s and 0.69 CPU-s of sshd, with 120 KiB writes 0.91 s and 0.76 CPU-s
+    // (medians of 10, loopback, 2 cores).
+    let (mut read_size, mut write_size): (u32, u32) = (255 * 1024, 64 * 1024);
+    // The limits request is the first with nothing before it: its round trip is the
+    // path's latency (`SftpConn::least_rtt`).
+    let mut rtt = None;
     if version.extensions.get("limits@openssh.com").is_some_and(|v| v == "1") {
-        if let Ok(l) = sftp.limits().await {
+        let asked = Instant::now();
+        let limits = sftp.limits().await;
+        rtt = Some(asked.elapsed());
+        if let Ok(l) = limits {
             let within =
                 |size: u32, lim: u64| if lim > 0 { size.min(lim.min(u64::from(u32::MAX)) as u32) } else { size };
             read_size = within(read_size, l.max_read_len);
@@ -486,6 +511,7 @@ async fn connect_inner(
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),
         progress,
+        least_rtt_us: AtomicU64::new(rtt.map_or(u64::MAX, |d| d.as_micros().max(1) as u64)),
         carrier,
         ssh,
     })

@@ -4,7 +4,7 @@
 //! it applied, or to give short reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -95,6 +95,11 @@ pub struct FakeRemote {
     pub removal_attempts: AtomicU64,
     /// Writes wait here (before anything else) while it is held.
     pub writes: Gate,
+    /// Writes out at once per file, as the fs core is told (`Remote::write_depth`).
+    pub write_depth: AtomicUsize,
+    /// Writes waiting at `writes` now, and the most that ever waited there at once.
+    pub writes_waiting: AtomicUsize,
+    pub most_writes_waiting: AtomicUsize,
     /// `fsetstat` requests received.
     pub fsetstats: AtomicU64,
     /// Entries a listing of a directory shows besides its files, as a broken or hostile
@@ -147,6 +152,9 @@ impl FakeRemote {
             refuse_removals: AtomicBool::new(false),
             removal_attempts: AtomicU64::new(0),
             writes: Gate::default(),
+            write_depth: AtomicUsize::new(crate::remote::DEEP_WRITES),
+            writes_waiting: AtomicUsize::new(0),
+            most_writes_waiting: AtomicUsize::new(0),
             fsetstats: AtomicU64::new(0),
             odd_entries: Mutex::new(Vec::new()),
             overlong_reads: AtomicBool::new(false),
@@ -442,8 +450,15 @@ impl Remote for FakeRemote {
         Ok(Bytes::from(data))
     }
 
+    fn write_depth(&self, _handle: &Handle) -> usize {
+        self.write_depth.load(Ordering::SeqCst)
+    }
+
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
+        let now = self.writes_waiting.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_writes_waiting.fetch_max(now, Ordering::SeqCst);
         self.writes.pass().await;
+        self.writes_waiting.fetch_sub(1, Ordering::SeqCst);
         self.up()?;
         let (path, append) = self.handle_path(handle)?;
         let mut tree = self.tree.lock().unwrap();

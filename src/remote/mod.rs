@@ -19,6 +19,14 @@ pub const S_IFDIR: u32 = 0o040000;
 pub const S_IFREG: u32 = 0o100000;
 pub const S_IFLNK: u32 = 0o120000;
 
+/// Writes out at once per file where the path's latency needs them: 4 MiB of 64 KiB
+/// writes, more than OpenSSH's 2 MiB channel window, so that the window is the limit.
+pub const DEEP_WRITES: usize = 64;
+/// Writes out at once per file on a path with next to no latency (loopback, a LAN),
+/// where the server's CPU is the limit: 1 MiB. Fewer bytes waiting in the server's
+/// buffers cost it less per byte (512 MiB: 0.79 s with 16 out, 0.87 s with 32).
+pub const SHALLOW_WRITES: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     File,
@@ -257,6 +265,11 @@ pub trait Remote: Send + Sync + 'static {
     /// Largest write to send in one request.
     fn write_size(&self) -> u32 {
         64 * 1024
+    }
+
+    /// How many writes to `handle` to keep out at once.
+    fn write_depth(&self, _handle: &Handle) -> usize {
+        DEEP_WRITES
     }
 
     /// Like `read`, on connection `lane` of a pool (counted from the file's own

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::StatusCode;
@@ -13,7 +14,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use super::wire::{self, Body, ServerHandle};
 use super::{
     Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr,
-    StatFs,
+    StatFs, DEEP_WRITES, SHALLOW_WRITES,
 };
 use crate::link::{Link, SftpConn, Unavailable};
 use crate::sync::lock;
@@ -28,6 +29,8 @@ const READDIRS_IN_FLIGHT: usize = 16;
 const READDIRS_AT_FIRST: usize = 2;
 /// Batches a listing fetches ahead of the one who reads it.
 const LIST_BATCHES_AHEAD: usize = 16;
+/// A path this quick (unloaded, one request) is near: loopback or a LAN.
+const NEAR: Duration = Duration::from_millis(2);
 
 pub struct SftpRemote {
     link: Arc<Link>,
@@ -430,6 +433,10 @@ impl Remote for SftpRemote {
         }
     }
 
+    fn write_depth(&self, handle: &Handle) -> usize {
+        depth_for(self.file_conn(handle).ok().and_then(|c| c.least_rtt()))
+    }
+
     // `read_lane` and `write_lane` are the trait's: every lane of a file is its own
     // connection here (see `file_conn`).
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
@@ -601,6 +608,17 @@ impl Remote for SftpRemote {
     }
 }
 
+/// Shallow where the file's connection has answered a small request within `NEAR`:
+/// there a megabyte out keeps the server busy. Judged by the quickest round trip the
+/// connection has shown, not by the file's own answers, which come later the more are
+/// out. Not known yet: deep, which is right for any path.
+fn depth_for(least_rtt: Option<Duration>) -> usize {
+    match least_rtt {
+        Some(rtt) if rtt < NEAR => SHALLOW_WRITES,
+        _ => DEEP_WRITES,
+    }
+}
+
 /// A SYMLINK request. OpenSSH's server takes the arguments in the reverse of the
 /// draft's order (target first), as its own client sends them.
 fn symlink_body(target: &str, link: &str) -> Body {
@@ -615,5 +633,26 @@ impl SftpRemote {
         }
         let r = wire::attrs(&c.direct, kind, about()).await;
         self.check(c, r).ok().map(|a| (a.uid, a.gid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_go_shallow_only_on_a_near_path() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (None, DEEP_WRITES),
+            (Some(Duration::from_micros(300)), SHALLOW_WRITES),
+            (Some(ms(1)), SHALLOW_WRITES),
+            (Some(NEAR), DEEP_WRITES),
+            (Some(ms(10)), DEEP_WRITES),
+            (Some(ms(200)), DEEP_WRITES),
+        ];
+        for (rtt, depth) in cases {
+            assert_eq!(depth_for(rtt), depth, "least round trip {rtt:?}");
+        }
     }
 }

@@ -442,6 +442,9 @@ impl Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
         // Whatever a failed test left mounted under this home goes first.
         let home = self.home.path().display().to_string();
         let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -451,6 +454,29 @@ impl Drop for Client {
         // The agent exits by itself after its last unmount; make sure of it.
         for pid in self.agent_pids() {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+impl Client {
+    /// The end of every log under this client's state directory, for a failed test's
+    /// output.
+    fn print_logs(&self) {
+        let mut dirs = vec![self.home.path().join("state")];
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "log") {
+                    let text = fs::read_to_string(&path).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    eprintln!("--- last lines of {}", path.display());
+                    for line in &lines[lines.len().saturating_sub(40)..] {
+                        eprintln!("{line}");
+                    }
+                }
+            }
         }
     }
 }

@@ -115,3 +115,20 @@ async fn fchmod_without_a_handle_queues_behind_the_files_one_writer() {
     assert_eq!(remote.lstat("/srv/f").await.unwrap().mode & 0o777, 0o644);
     fs.release(fh).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_file_keeps_as_many_writes_out_as_the_remote_asks() {
+    let (remote, fs) = setup();
+    remote.write_depth.store(3, Ordering::SeqCst);
+    let (_, fh) = fs.create(ROOT, "f", 0o644, rw()).await.unwrap();
+    remote.writes.hold();
+    let chunk = remote.write_size() as usize;
+    let data: Vec<u8> = (0..10 * chunk).map(|i| (i % 251) as u8).collect();
+    fs.write(fh, 0, &data).await.unwrap();
+    assert!(eventually(|| remote.writes_waiting.load(Ordering::SeqCst) == 3).await, "three writes never went out");
+    remote.writes.release();
+    fs.fsync(fh).await.unwrap();
+    assert_eq!(remote.most_writes_waiting.load(Ordering::SeqCst), 3, "more writes went out than asked");
+    assert_eq!(remote.file("/srv/f").unwrap(), data);
+    fs.release(fh).await.unwrap();
+}
