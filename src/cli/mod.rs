@@ -413,14 +413,17 @@ pub fn parse_remote(spec: &str) -> Result<(String, String), MoorError> {
     Ok((user_host, path.to_string()))
 }
 
-/// One worker fewer than there are cores: each mount's FUSE thread runs every call's
-/// first poll itself (`fs::fuse`), so it is the other busy thread. The work is short and
-/// crosses threads often; a worker more only adds wake-ups (on 2 cores, two workers
-/// switched context 17 000 times per 512 MiB written and one 3 500 times, and wrote
-/// 10-15% faster: `scripts/bench --tools moor,moor-b`). Nothing blocks a worker: slow
-/// system calls go to the blocking pool.
+/// One worker per core: the work is short and crosses threads often, and extra workers
+/// on a small machine only add wake-ups (measured with `scripts/bench`). One worker on
+/// two cores wrote no faster once writes were shallow (0.79 s vs 0.80 s per 512 MiB)
+/// and read slower (1.29 s vs 1.07 s per GiB): decryption wants both cores.
+/// `MOOR_WORKERS` sets the number, for tests and diagnosis: with one worker, a task that
+/// spins starves every other instead of hiding behind a second worker.
 fn worker_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get() - 1).clamp(1, 8)
+    match std::env::var("MOOR_WORKERS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) if n > 0 => n.min(64),
+        _ => std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8),
+    }
 }
 
 /// mount(8) runs a FUSE helper as `moor SOURCE MOUNTPOINT -o OPTIONS` (through

@@ -274,6 +274,8 @@ pub struct Client {
     pub known_hosts: PathBuf,
     /// Where the client connects: the sshd, or a proxy in front of it.
     pub port: u16,
+    /// More environment for every `moor` it runs (and so for the agent).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Client {
@@ -292,7 +294,7 @@ impl Client {
         fs::copy(sshd.user_key(), h.join(".ssh/id_test")).unwrap();
         let known_hosts = h.join(".ssh/known_hosts");
         let ssh_config = h.join(".ssh/config");
-        let c = Client { home, ssh_config, known_hosts, port };
+        let c = Client { home, ssh_config, known_hosts, port, env: Vec::new() };
         c.trust(sshd);
         c.write_config(sshd, "");
         c
@@ -349,6 +351,7 @@ impl Client {
             .env("XDG_RUNTIME_DIR", h.join("run"))
             .env("XDG_STATE_HOME", h.join("state"))
             .env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }
@@ -700,11 +703,14 @@ impl Proxied {
         Proxied::start_with(&[])
     }
 
-    /// The same, with more `moor mount` options.
+    /// The same, with more `moor mount` options. The agent runs on one runtime worker:
+    /// under faults, a task that spins (retrying at once what cannot succeed yet) then
+    /// starves the rest and the test fails, instead of burning a second worker unseen.
     pub fn start_with(extra: &[&str]) -> Proxied {
         let sshd = Sshd::start();
         let proxy = proxy::Proxy::start(sshd.port);
-        let c = Client::via(&sshd, proxy.port);
+        let mut c = Client::via(&sshd, proxy.port);
+        c.env.push(("MOOR_WORKERS", "1".into()));
         let m = c.mount_at(sshd.export.to_str().unwrap(), "mnt", extra);
         Proxied { m, c, proxy, sshd }
     }
