@@ -339,19 +339,20 @@ impl FileQueue {
     }
 
     /// Sends the queue until it is empty, keeping as many writes out at once as the
-    /// remote says suit the file (`Remote::write_depth`). The server answers in order, so what is unanswered when the link dies is
-    /// always the tail of what was sent: it is sent again, in order, once the link is
-    /// back. Runs as its own task.
+    /// remote says suit the file (`Remote::write_depth`, asked when the flusher starts
+    /// and after each reconnect). The server answers in order, so what is unanswered
+    /// when the link dies is always the tail of what was sent: it is sent again, in
+    /// order, once the link is back. Runs as its own task.
     async fn flush<R: Remote>(self: Arc<Self>, remote: Arc<R>) {
         let handle = self.handle;
         let mut in_flight = FuturesOrdered::new();
         // What is out, oldest first, matching `in_flight`: lane and byte range.
         let mut ranges: VecDeque<(usize, u64, u64)> = VecDeque::new();
         let io = u64::from(remote.write_size().max(1));
+        let mut depth = remote.write_depth(&handle);
         loop {
             {
                 let mut s = self.lock();
-                let depth = remote.write_depth(&handle);
                 while in_flight.len() < depth && ranges.len() < s.queue.len() {
                     let p = &s.queue[ranges.len()];
                     // Writes take turns over the pool's lanes, from the file's own; an
@@ -403,6 +404,7 @@ impl FileQueue {
                         self.give_up(e);
                         return;
                     }
+                    depth = remote.write_depth(&handle);
                     continue;
                 }
                 Err(e) => {

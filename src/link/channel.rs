@@ -41,9 +41,6 @@ const FXP_DATA: u8 = 103;
 const DIRECT_ID: u32 = 0x8000_0000;
 /// Larger frames than OpenSSH ever sends mean the stream is out of step.
 const MAX_FRAME: usize = 1 << 20;
-/// Bodies smaller than this go out copied into their header's frame: one SSH packet
-/// instead of two.
-const COPY_BELOW: usize = 4096;
 /// The largest SSH packet OpenSSH takes on a session channel.
 const PACKET: usize = 32 * 1024;
 
@@ -91,7 +88,8 @@ impl Progress {
 
 enum Outgoing {
     Frame(Bytes),
-    /// A header and the data it announces, sent back to back.
+    /// A header and the data it announces: the header goes out in the data's first SSH
+    /// packet, a small body whole with it, and the rest of a large one as it is.
     Split(Bytes, Bytes),
     Close,
 }
@@ -152,8 +150,8 @@ async fn write_frames(
         let sent = match item {
             Outgoing::Frame(frame) => channel.data_bytes(frame).await,
             Outgoing::Split(head, mut body) => {
-                // The header rides in the body's first packet: a packet of its own would
-                // cost the server a packet's work for a few bytes.
+                // A packet of its own for the header would cost the server a packet's
+                // work for a few bytes.
                 let first = body.len().min(PACKET.saturating_sub(head.len()));
                 let mut lead = BytesMut::with_capacity(head.len() + first);
                 lead.extend_from_slice(&head);
@@ -307,16 +305,10 @@ impl DirectSftp {
     pub async fn write(&self, handle: &[u8], offset: u64, data: Bytes) -> Result<(), SftpError> {
         let share = self.pacing.share(data.len()).await;
         let id = self.next_id();
-        let mut head = frame(FXP_WRITE, id, handle, 12 + data.len());
+        let mut head = frame(FXP_WRITE, id, handle, 12);
         head.put_u64(offset);
         head.put_u32(data.len() as u32);
-        let item = if data.len() < COPY_BELOW {
-            head.extend_from_slice(&data);
-            Outgoing::Frame(finish(head))
-        } else {
-            Outgoing::Split(finish_with(head, data.len()), data)
-        };
-        let answer = self.request(id, item).await;
+        let answer = self.request(id, Outgoing::Split(finish_with(head, data.len()), data)).await;
         self.pacing.answered(share);
         let answer = answer?;
         match answer.get(4) {
@@ -385,7 +377,7 @@ impl DirectSftp {
 /// A request frame up to its handle, with room for `rest` more bytes; the length field
 /// is filled in by `finish`.
 fn frame(kind: u8, id: u32, handle: &[u8], rest: usize) -> BytesMut {
-    let mut f = BytesMut::with_capacity(4 + 1 + 4 + 4 + handle.len() + rest.min(COPY_BELOW + 12));
+    let mut f = BytesMut::with_capacity(4 + 1 + 4 + 4 + handle.len() + rest);
     f.put_u32(0);
     f.put_u8(kind);
     f.put_u32(id);
@@ -537,7 +529,7 @@ mod tests {
 
     #[test]
     fn write_header_announces_the_data_sent_after_it() {
-        let mut head = frame(FXP_WRITE, DIRECT_ID | 7, b"\0\0\0\x05", 12 + 100_000);
+        let mut head = frame(FXP_WRITE, DIRECT_ID | 7, b"\0\0\0\x05", 12);
         head.put_u64(42);
         head.put_u32(100_000);
         let f = finish_with(head, 100_000);

@@ -498,7 +498,7 @@ async fn connect_inner(
         (read_size, write_size) = (32 * 1024, 32 * 1024);
     }
     let now = SystemTime::now();
-    Ok(SftpConn {
+    let conn = SftpConn {
         sftp,
         direct,
         extensions: version.extensions,
@@ -511,10 +511,14 @@ async fn connect_inner(
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),
         progress,
-        least_rtt_us: AtomicU64::new(rtt.map_or(u64::MAX, |d| d.as_micros().max(1) as u64)),
+        least_rtt_us: AtomicU64::new(u64::MAX),
         carrier,
         ssh,
-    })
+    };
+    if let Some(rtt) = rtt {
+        conn.note_rtt(rtt);
+    }
+    Ok(conn)
 }
 
 #[cfg(test)]
