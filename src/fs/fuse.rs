@@ -106,8 +106,8 @@ impl Ctx {
             let look = (tokio::time::Instant::now() + RECHECK).min(deadline);
             match tokio::time::timeout_at(look, fut.as_mut()).await {
                 Ok(r) => return r,
-                Err(_) if interrupt::signal_pending(self.caller) => {
-                    tracing::debug!(caller = self.caller, "call interrupted by a signal");
+                Err(_) if interrupt::being_stopped(self.caller) => {
+                    tracing::debug!(caller = self.caller, "call interrupted: the program is being stopped");
                     return Err(Errno::EINTR);
                 }
                 Err(_) if look < deadline => {}

@@ -25,6 +25,7 @@ pub const LOCAL_USER: &str = "moor-local";
 
 /// A user's `(uid, gid)`.
 pub fn ids_of(user: &str) -> (u32, u32) {
+    ordinary_users();
     let id = |flag: &str| {
         let out = Command::new("id").args([flag, user]).output().expect("run id");
         String::from_utf8_lossy(&out.stdout).trim().parse::<u32>().ok()
@@ -74,6 +75,9 @@ pub fn ordinary_users() {
 
 /// `chown -R USER PATH`.
 pub fn give(path: &Path, user: &str) {
+    // Every use of the harness's users passes through here or `ids_of`: they exist first,
+    // on a fresh machine too.
+    ordinary_users();
     let out = Command::new("chown").args(["-R", &format!("{user}:{user}")]).arg(path).output().expect("run chown");
     assert!(out.status.success(), "chown {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
 }
