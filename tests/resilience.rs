@@ -307,3 +307,91 @@ print(json.dumps({{'written': written, 'reads': reads}}))
     }
     assert!(result["reads"].as_u64().unwrap() >= 3);
 }
+
+/// Python for a writer that holds `log` open across an outage: it writes and syncs, says
+/// `ready`, waits for a line on stdin (the outage happens then), writes again and says
+/// how each call ended.
+fn writer_across_an_outage(m: &str, before_outage: &str) -> String {
+    format!(
+        r#"{RETRY_ON_EAGAIN}
+fd = retry(os.open, '{m}/log', os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+retry(os.write, fd, b'old-1\n')
+retry(os.fsync, fd)
+{before_outage}
+print('ready', flush=True)
+sys.stdin.readline()
+def outcome(f, *a):
+    try:
+        retry(f, *a)
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+result = {{'write': outcome(os.write, fd, b'old-2\n')}}
+result['fsync'] = outcome(os.fsync, fd)
+result['close'] = outcome(os.close, fd)
+print(json.dumps(result), flush=True)
+"#
+    )
+}
+
+/// Runs `script` as the local user, cuts the link once it says `ready`, runs
+/// `while_down` (on the server, as root) while the mount reconnects, restores the link
+/// and returns what the script printed last.
+fn across_an_outage(e: &Proxied, script: &str, while_down: &str) -> serde_json::Value {
+    let file = script_file(script);
+    let mut child = as_local_user(&mut Command::new("python3"))
+        .arg(file.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    e.proxy.black_hole();
+    e.proxy.reset_all();
+    assert!(wait_until(Duration::from_secs(10), || state(&e.c) == "reconnecting"));
+    if !while_down.is_empty() {
+        sh_root_ok(while_down);
+    }
+    e.proxy.restore();
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let result = lines.next().expect("the writer finished").unwrap();
+    assert!(child.wait().unwrap().success());
+    serde_json::from_str(&result).unwrap()
+}
+
+/// logrotate through the mount, then a reset: the old descriptor writes on into the
+/// renamed file, never into the new file that took its name.
+#[test]
+fn a_file_renamed_through_the_mount_is_written_under_its_new_name_after_a_reconnect() {
+    let e = env();
+    let m = e.m.s();
+    let rotate = format!("os.rename('{m}/log', '{m}/log.1')\nwith open('{m}/log', 'wb') as f: f.write(b'NEW\\n')");
+    let got = across_an_outage(&e, &writer_across_an_outage(&m, &rotate), "");
+    assert_eq!(got, serde_json::json!({"write": "ok", "fsync": "ok", "close": "ok"}));
+    assert_eq!(fs::read_to_string(e.sshd.export.join("log")).unwrap(), "NEW\n");
+    assert_eq!(fs::read_to_string(e.sshd.export.join("log.1")).unwrap(), "old-1\nold-2\n");
+    assert_eq!(e.c.mount_json().get("lost"), None);
+}
+
+/// The same file renamed and its name given to another file on the server while the link
+/// was down: the descriptor fails with EIO, the other file is untouched, and the loss is
+/// in the mount's status and the agent's log.
+#[test]
+fn a_file_replaced_on_the_server_while_down_is_never_written_after_a_reconnect() {
+    let e = env();
+    let m = e.m.s();
+    let export = e.sshd.export.display().to_string();
+    let replace = format!(
+        "mv {export}/log {export}/log.1 && printf 'other!\\n' > {export}/log && chown {REMOTE_USER}: {export}/log"
+    );
+    let got = across_an_outage(&e, &writer_across_an_outage(&m, ""), &replace);
+    assert!(got["write"] == "EIO" || got["fsync"] == "EIO" || got["close"] == "EIO", "the program was not told: {got}");
+    assert_eq!(fs::read_to_string(e.sshd.export.join("log")).unwrap(), "other!\n");
+    assert_eq!(fs::read_to_string(e.sshd.export.join("log.1")).unwrap(), "old-1\n");
+    let lost = e.c.mount_json()["lost"].clone();
+    assert_eq!(lost["bytes"], 6, "status: {lost}");
+    let agent_log = fs::read_to_string(e.c.home.path().join("state/moor/agent.log")).unwrap_or_default();
+    assert!(agent_log.contains("cannot reach the open file again"), "agent log: {agent_log}");
+}

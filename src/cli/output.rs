@@ -157,6 +157,10 @@ pub fn detail(m: &MountInfo, json: bool) {
     println!("reconnects:    {}", m.reconnects);
     println!("read/written:  {} / {}", bytes(m.bytes_read), bytes(m.bytes_written));
     println!("open handles:  {}", m.open_handles);
+    if let Some(lost) = &m.lost {
+        let files = lost.files.iter().map(|f| printable(f)).collect::<Vec<_>>().join(", ");
+        println!("lost writes:   {} of {files} (see the log)", bytes(lost.bytes));
+    }
     if let Some(log) = &m.log {
         println!("log:           {}", log.display());
     }

@@ -38,6 +38,14 @@ pub const DOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often an unmount waiting for written data says how it goes.
 const DRAIN_TICK: Duration = Duration::from_millis(500);
 
+/// Files and their bytes as the wire carries them; `None` when there are none.
+fn stake_of(files: Vec<(String, u64)>) -> Option<AtStake> {
+    if files.is_empty() {
+        return None;
+    }
+    Some(AtStake { bytes: files.iter().map(|(_, b)| b).sum(), files: files.into_iter().map(|(p, _)| p).collect() })
+}
+
 impl LiveMount {
     pub fn info(&self) -> MountInfo {
         let (mut status, mut since) = self.monitor.current();
@@ -59,6 +67,7 @@ impl LiveMount {
             connections: self.link.connections().into_iter().map(ConnectionInfo::from).collect(),
             log: self.log.clone(),
             via: self.link.via(),
+            lost: stake_of(self.fs.lost()),
         }
     }
 
@@ -81,8 +90,7 @@ impl LiveMount {
 
     /// Written data not yet on the server.
     pub fn at_stake(&self) -> AtStake {
-        let files = self.fs.at_stake();
-        AtStake { bytes: files.iter().map(|(_, b)| b).sum(), files: files.into_iter().map(|(p, _)| p).collect() }
+        stake_of(self.fs.at_stake()).unwrap_or(AtStake { bytes: 0, files: Vec::new() })
     }
 
     /// Waits until the mount's written data is on the server, telling `progress` how it

@@ -283,6 +283,10 @@ pub struct MountInfo {
     /// The command the connections go through (`ProxyCommand`, or `ProxyJump` as run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Written data given up for good: files lost after a reconnect (renamed, replaced
+    /// or changed on the server while the link was down), or a link that failed for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<AtStake>,
 }
 
 /// What one pooled connection has been doing, as the wire carries it (see
@@ -379,7 +383,7 @@ fn is_false(b: &bool) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AtStake {
     pub bytes: u64,
-    /// Remote paths of the files, as they were opened.
+    /// Remote paths of the files, where they are (renames through the mount followed).
     pub files: Vec<String>,
 }
 
@@ -568,6 +572,7 @@ pub(crate) mod tests {
             ],
             log: Some("/home/alice/.local/state/moor/logs/box-src.log".into()),
             via: None,
+            lost: None,
         }
     }
 

@@ -111,7 +111,7 @@ pub(super) fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
         RemoteError::Eof => Errno::EIO,
         // Whatever the link does, the program gets "try again", at once.
         RemoteError::Unavailable(_) | RemoteError::Disconnected(_) | RemoteError::Timeout => Errno::EAGAIN,
-        RemoteError::LinkFailed(_) => Errno::EIO,
+        RemoteError::LinkFailed(_) | RemoteError::FileLost(_) => Errno::EIO,
         RemoteError::TooManyOpen => Errno(libc::EMFILE),
         RemoteError::ServerFailure(_) => return None,
     })
@@ -194,6 +194,7 @@ mod tests {
         assert_eq!(direct(Op::Read, &RemoteError::Unavailable("x".into())), Some(Errno::EAGAIN));
         assert_eq!(direct(Op::Read, &RemoteError::Timeout), Some(Errno::EAGAIN));
         assert_eq!(direct(Op::Read, &RemoteError::LinkFailed("x".into())), Some(Errno::EIO));
+        assert_eq!(direct(Op::Write, &RemoteError::FileLost("x".into())), Some(Errno::EIO));
         assert_eq!(direct(Op::Link, &RemoteError::Unsupported), Some(Errno::EOPNOTSUPP));
         assert_eq!(direct(Op::Mkdir, &RemoteError::ServerFailure("x".into())), None);
     }

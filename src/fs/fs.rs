@@ -213,9 +213,15 @@ impl<R: Remote> Fs<R> {
         self.remote.is_available() && self.remote.stalled_for().is_some_and(|s| s < within)
     }
 
-    /// Files with written data not yet on the server: their paths (as opened) and bytes.
+    /// Files with written data not yet on the server: their paths and bytes.
     pub fn at_stake(&self) -> Vec<(String, u64)> {
         self.write_behind.at_stake()
+    }
+
+    /// Files whose written data was given up for good (their link failed for good, or
+    /// they could not be found again after a reconnect): their paths and bytes.
+    pub fn lost(&self) -> Vec<(String, u64)> {
+        self.write_behind.lost()
     }
 
     /// Bytes read and written through the mount.
@@ -636,6 +642,7 @@ impl<R: Remote> Fs<R> {
         }
         self.cache().rename(&from, &to);
         self.inodes().rename(&from, &to);
+        self.write_behind.renamed(&from, &to);
         Ok(())
     }
 
@@ -833,8 +840,12 @@ impl<R: Remote> Fs<R> {
         let len = data.len();
         self.write_behind.write(queue, offset, data).await?;
         self.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
-        self.cache().grew(&file.path, offset + len as u64);
-        self.forget_content(&file.path);
+        // Where the file is now: renamed since it was opened, the name it had may be
+        // another file's.
+        if let Some(path) = self.inodes().path(file.ino).map(str::to_string) {
+            self.cache().grew(&path, offset + len as u64);
+            self.forget_content(&path);
+        }
         self.read_ahead.note_write(file.ino);
         Ok(len as u32)
     }

@@ -33,7 +33,12 @@ pub(super) struct WriteBehind<R: Remote> {
     /// Counts every write the server acknowledged, mount-wide: what the server said of
     /// a file while a write to it was landing may predate it (see `cache::Snapshot`).
     acks: Arc<AtomicU64>,
+    /// Written data given up for good, by file: for the mount's status.
+    lost: Lost,
 }
+
+/// Files whose written data was given up for good, with how many bytes.
+type Lost = Arc<Mutex<Vec<(String, u64)>>>;
 
 fn kib(n: usize) -> u32 {
     n.div_ceil(1024).min(u32::MAX as usize) as u32
@@ -47,6 +52,7 @@ impl<R: Remote> WriteBehind<R> {
             queues: Arc::default(),
             dirty: Arc::new(Semaphore::new(kib(dirty_limit) as usize)),
             acks,
+            lost: Lost::default(),
         }
     }
 
@@ -67,7 +73,7 @@ impl<R: Remote> WriteBehind<R> {
 
     /// The queue of a file just opened for writing on the server as `handle`.
     pub(super) fn open(&self, ino: Ino, handle: Handle, path: &str) -> Arc<FileQueue> {
-        let queue = Arc::new(FileQueue::new(self.acks.clone(), handle, path));
+        let queue = Arc::new(FileQueue { lost: self.lost.clone(), ..FileQueue::new(self.acks.clone(), handle, path) });
         lock(&self.queues).entry(ino).or_default().push(queue.clone());
         queue
     }
@@ -154,7 +160,7 @@ impl<R: Remote> WriteBehind<R> {
     /// then the remote file is closed and the queue leaves the registry. Nothing here
     /// waits for that.
     pub(super) fn release(&self, ino: Ino, queue: Arc<FileQueue>) {
-        let close = close_quietly(self.remote.clone(), queue.handle, queue.path.clone());
+        let close = close_quietly(self.remote.clone(), queue.handle, queue.path());
         if queue.is_idle() {
             unregister(&self.queues, ino, &queue);
             self.tasks.spawn(close);
@@ -174,12 +180,28 @@ impl<R: Remote> WriteBehind<R> {
         futures_util::future::join_all(all.iter().map(|q| q.idle())).await;
     }
 
-    /// Each file with bytes queued: its path (as opened) and how many.
+    /// `from` was renamed to `to` through the mount: queues of files at or under it
+    /// follow, so that reports name each file where it is.
+    pub(super) fn renamed(&self, from: &str, to: &str) {
+        for q in lock(&self.queues).values().flatten() {
+            let mut path = lock(&q.path);
+            if let Some(moved) = crate::remote::moved(&path, from, to) {
+                *path = moved;
+            }
+        }
+    }
+
+    /// Files whose written data was given up for good, and how many bytes of each.
+    pub(super) fn lost(&self) -> Vec<(String, u64)> {
+        lock(&self.lost).clone()
+    }
+
+    /// Each file with bytes queued: its path and how many.
     pub(super) fn at_stake(&self) -> Vec<(String, u64)> {
         let mut files: Vec<(String, u64)> = lock(&self.queues)
             .values()
             .flatten()
-            .map(|q| (q.path.clone(), q.queued_bytes()))
+            .map(|q| (q.path(), q.queued_bytes()))
             .filter(|(_, bytes)| *bytes > 0)
             .collect();
         files.sort();
@@ -238,21 +260,25 @@ struct State {
 pub(super) struct FileQueue {
     /// The server's handle the writes go to.
     handle: Handle,
-    /// Where the file was when opened: facts about a refused write are asked there.
-    path: String,
+    /// Where the file is (following renames through the mount): facts about a refused
+    /// write are asked there.
+    path: Mutex<String>,
     state: Mutex<State>,
     changed: Notify,
     /// Something was queued: the flusher sends it without waiting for an answer first.
     pushed: Notify,
     /// The mount's count of acknowledged writes.
     acks: Arc<AtomicU64>,
+    /// Where data given up for good is recorded.
+    lost: Lost,
 }
 
 impl FileQueue {
     fn new(acks: Arc<AtomicU64>, handle: Handle, path: &str) -> FileQueue {
         FileQueue {
+            lost: Lost::default(),
             handle,
-            path: path.to_string(),
+            path: Mutex::new(path.to_string()),
             state: Mutex::default(),
             changed: Notify::new(),
             pushed: Notify::new(),
@@ -262,6 +288,10 @@ impl FileQueue {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         lock(&self.state)
+    }
+
+    fn path(&self) -> String {
+        lock(&self.path).clone()
     }
 
     /// Queues a write. Returns whether a flusher must be started.
@@ -407,8 +437,12 @@ impl FileQueue {
                     depth = remote.write_depth(&handle);
                     continue;
                 }
+                Err(e @ RemoteError::FileLost(_)) => {
+                    self.give_up(e);
+                    return;
+                }
                 Err(e) => {
-                    let errno = errno::errno_for(&*remote, Op::Write, e, &self.path, None).await;
+                    let errno = errno::errno_for(&*remote, Op::Write, e, &self.path(), None).await;
                     tracing::warn!(error = %errno, "the server refused a write; reporting it at the next write, fsync or close");
                     self.done_front(Some(errno));
                 }
@@ -428,10 +462,16 @@ impl FileQueue {
         }
     }
 
+    /// The file cannot be written any more (the link failed for good, or the file was
+    /// lost): what is queued is dropped, said in the log and kept in the mount's record.
     fn give_up(&self, e: RemoteError) {
         let mut s = self.lock();
         let lost: usize = s.queue.iter().map(|p| p.data.len()).sum();
-        tracing::error!(bytes = lost, error = %e, "link failed for good: queued writes are lost");
+        let path = self.path();
+        tracing::error!(path = %path, bytes = lost, error = %e, "queued writes are lost");
+        if lost > 0 {
+            lock(&self.lost).push((path, lost as u64));
+        }
         s.queue.clear();
         s.flushing = false;
         s.dead = true;

@@ -2,6 +2,8 @@
 //! handles, with no SSH types. `sftp` implements it over the link; `fake` (tests only)
 //! implements it in memory.
 
+mod identity;
+pub use identity::moved;
 pub mod name;
 pub mod sftp;
 mod wire;
@@ -186,6 +188,10 @@ pub enum RemoteError {
     /// Every connection holds as many open files as it safely can.
     #[error("too many files open on the server")]
     TooManyOpen,
+    /// An open file could not be reached again after a reconnect, for good (see
+    /// `identity`): what is meant for it goes nowhere else.
+    #[error("{0}")]
+    FileLost(String),
 }
 
 impl RemoteError {

@@ -11,6 +11,7 @@ use russh_sftp::protocol::StatusCode;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
+use super::identity::Known;
 use super::wire::{self, Body, ServerHandle};
 use super::{
     Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr,
@@ -46,11 +47,14 @@ pub struct SftpRemote {
 
 /// What is needed to open a file again on a new connection.
 struct OpenFile {
-    path: String,
     opts: OpenOptions,
     /// The data lane the file was opened on (counted among the link's data lanes): where
     /// all its requests go.
     home: usize,
+    /// Its name now and what is known of it: the only way back to it after a reconnect.
+    known: Mutex<Known>,
+    /// Why the file cannot be reached any more, once that is so: for good.
+    lost: Mutex<Option<String>>,
     /// The server's handle on that lane's connection, while that connection lives.
     live: tokio::sync::Mutex<Option<Live>>,
 }
@@ -97,11 +101,11 @@ impl SftpRemote {
         lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::ServerFailure("unknown handle".into()))
     }
 
-    /// The connection for `h`'s requests: always the one it was opened on, whatever lane
-    /// the caller names. Opening the file again by name on another connection could reach
-    /// another file (renamed or replaced since), none at all (unlinked), or be refused
-    /// (a file created 0444, or chmod 000 since): the handle `open` returned is the only
-    /// sure way to the file. Its requests are pipelined on that connection instead.
+    /// The connection for `h`'s requests: always the one it was opened on. Opening the
+    /// file again by name on another connection could reach another file (renamed or
+    /// replaced since), none at all (unlinked), or be refused (a file created 0444, or
+    /// chmod 000 since): the handle `open` returned is the only sure way to the file.
+    /// Its requests are pipelined on that connection instead.
     fn file_conn(&self, h: &Handle) -> Result<Arc<SftpConn>> {
         let home = self.file(h)?.home;
         self.link.data_conn(home).map_err(RemoteError::from)
@@ -109,30 +113,66 @@ impl SftpRemote {
 
     /// The server's handle for `h` on `conn`, opening the file again by name when the
     /// connection it was opened on was replaced after a reconnect: the old handle died
-    /// with it, and the name is all that is left.
-    async fn live_handle(&self, conn: &SftpConn, h: &Handle) -> Result<ServerHandle> {
-        let file = self.file(h)?;
+    /// with it, and the name is all that is left. The file is opened again only where
+    /// the name provably still leads to it (see `identity`); otherwise it is lost.
+    async fn live_handle(&self, conn: &SftpConn, file: &OpenFile) -> Result<ServerHandle> {
         let mut live = file.live.lock().await;
         if let Some(l) = live.as_ref().filter(|l| l.lane == conn.lane && l.generation == conn.generation) {
             return Ok(l.handle.clone());
         }
         // A handle of an older connection died with it, and so did its slot.
         *live = None;
+        if let Some(why) = lock(&file.lost).clone() {
+            return Err(RemoteError::FileLost(why));
+        }
+        let Some(path) = lock(&file.known).path().map(str::to_string) else {
+            return Err(lose(file, "(removed)", "its name was removed or replaced through the mount"));
+        };
         let Ok(slot) = conn.handle_slots.clone().try_acquire_owned() else { return Err(RemoteError::TooManyOpen) };
         // Reopening must not create, truncate or fail on existence again.
         let opts = OpenOptions { create: false, truncate: false, exclusive: false, ..file.opts };
-        let r = wire::handle(&conn.direct, wire::OPEN, open_body(&file.path, opts, None)).await;
-        let handle = self.check(conn, r)?;
-        tracing::debug!(path = %file.path, lane = conn.lane, "opened the file again on a new connection");
+        let handle = match wire::handle(&conn.direct, wire::OPEN, open_body(&path, opts, None)).await {
+            Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
+                conn.touch();
+                return Err(lose(file, &path, "it is gone from the server"));
+            }
+            r => self.check(conn, r)?,
+        };
+        let now = wire::attrs(&conn.direct, wire::FSTAT, handle_body(&handle)).await;
+        let now = self.check(conn, now)?;
+        if !lock(&file.known).same_file(&now) {
+            let closed = wire::done(&conn.direct, wire::CLOSE, handle_body(&handle)).await;
+            let _ = self.check(conn, closed);
+            return Err(lose(file, &path, "another file has its name now, or it was changed on the server"));
+        }
+        tracing::debug!(path = %path, lane = conn.lane, "opened the file again on a new connection");
         *live = Some(Live { lane: conn.lane, generation: conn.generation, handle: handle.clone(), _slot: slot });
         Ok(handle)
     }
 
-    /// The connection and server handle for `h`'s requests (on its own connection).
-    async fn handle_on(&self, h: &Handle) -> Result<(Arc<SftpConn>, ServerHandle)> {
-        let home = self.file_conn(h)?;
-        let handle = self.live_handle(&home, h).await?;
-        Ok((home, handle))
+    /// The file behind `h`, with the connection and server handle for its requests (on
+    /// its own connection).
+    async fn handle_on(&self, h: &Handle) -> Result<(Arc<OpenFile>, Arc<SftpConn>, ServerHandle)> {
+        let file = self.file(h)?;
+        let home = self.link.data_conn(file.home).map_err(RemoteError::from)?;
+        let handle = self.live_handle(&home, &file).await?;
+        Ok((file, home, handle))
+    }
+
+    /// Tells every open file that `change` happened to the names through the mount.
+    fn names_changed(&self, change: impl Fn(&mut Known)) {
+        for file in lock(&self.files).values() {
+            change(&mut lock(&file.known));
+        }
+    }
+
+    /// Tells the open files at `path` that the mount changed their attributes.
+    fn attrs_changed(&self, path: &str, set: &SetAttr) {
+        self.names_changed(|k| {
+            if k.path() == Some(path) {
+                k.set(set);
+            }
+        });
     }
 
     /// A connection to open a file on (`data`: one of the data lanes, where the file's
@@ -156,20 +196,36 @@ impl SftpRemote {
 }
 
 impl SftpRemote {
-    /// Numbers a server handle so it can be opened again after a reconnect.
+    /// Numbers a server handle so it can be opened again after a reconnect; `attr` is
+    /// what the server said of the file as it was opened.
     fn register(
         &self,
         path: &str,
         opts: OpenOptions,
         (home, conn, slot): (usize, &SftpConn, OwnedSemaphorePermit),
         handle: ServerHandle,
+        attr: Option<Attr>,
     ) -> Handle {
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let live = Some(Live { lane: conn.lane, generation: conn.generation, handle, _slot: slot });
-        let file = OpenFile { path: path.to_string(), opts, home, live: tokio::sync::Mutex::new(live) };
+        let file = OpenFile {
+            opts,
+            home,
+            known: Mutex::new(Known::new(path, attr)),
+            lost: Mutex::new(None),
+            live: tokio::sync::Mutex::new(live),
+        };
         lock(&self.files).insert(id, Arc::new(file));
         Handle(id)
     }
+}
+
+/// Marks `file` lost for good, saying why once; what its requests get from now on.
+fn lose(file: &OpenFile, path: &str, why: &str) -> RemoteError {
+    let why = format!("{path}: cannot reach the open file again after a reconnect: {why}");
+    tracing::error!("{why}; its descriptors fail with EIO and nothing queued for it is written elsewhere");
+    *lock(&file.lost) = Some(why.clone());
+    RemoteError::FileLost(why)
 }
 
 /// SFTP's open flags for `o`.
@@ -333,7 +389,7 @@ impl Remote for SftpRemote {
     }
 
     async fn fstat(&self, handle: &Handle) -> Result<Attr> {
-        let (c, h) = self.handle_on(handle).await?;
+        let (_, c, h) = self.handle_on(handle).await?;
         let r = wire::attrs(&c.direct, wire::FSTAT, handle_body(&h)).await;
         self.check(&c, r)
     }
@@ -342,14 +398,18 @@ impl Remote for SftpRemote {
         let c = self.conn()?;
         let owner = self.owner_for(&c, &set, || path_body(path), wire::LSTAT).await;
         let r = wire::done(&c.direct, wire::SETSTAT, path_body(path).attrs(&set, owner)).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        self.attrs_changed(path, &set);
+        Ok(())
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
-        let (c, h) = self.handle_on(handle).await?;
+        let (file, c, h) = self.handle_on(handle).await?;
         let owner = self.owner_for(&c, &set, || handle_body(&h), wire::FSTAT).await;
         let r = wire::done(&c.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, owner)).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        lock(&file.known).set(&set);
+        Ok(())
     }
 
     async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
@@ -415,9 +475,15 @@ impl Remote for SftpRemote {
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {
         let (home, c, slot) = self.conn_for_open(true)?;
-        let r = wire::handle(&c.direct, wire::OPEN, open_body(path, o, o.mode)).await;
-        let h = self.check(&c, r)?;
-        Ok(self.register(path, o, (home, &c, slot), h))
+        // What the file is as it opens: how it is recognised after a reconnect. STAT,
+        // not LSTAT: OPEN follows a symlink too.
+        let (opened, stat) = futures_util::join!(
+            wire::handle(&c.direct, wire::OPEN, open_body(path, o, o.mode)),
+            wire::attrs(&c.direct, wire::STAT, path_body(path))
+        );
+        let h = self.check(&c, opened)?;
+        let attr = self.check(&c, stat).ok();
+        Ok(self.register(path, o, (home, &c, slot), h, attr))
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
@@ -440,7 +506,7 @@ impl Remote for SftpRemote {
     // `read_lane` and `write_lane` are the trait's: every lane of a file is its own
     // connection here (see `file_conn`).
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
-        let (c, h) = self.handle_on(handle).await?;
+        let (_, c, h) = self.handle_on(handle).await?;
         match c.direct.read(&h, offset, len).await {
             Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
                 c.touch();
@@ -451,13 +517,17 @@ impl Remote for SftpRemote {
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
-        let (c, h) = self.handle_on(handle).await?;
+        let (file, c, h) = self.handle_on(handle).await?;
+        let end = offset + data.len() as u64;
+        lock(&file.known).sending(end);
         let r = c.direct.write(&h, offset, data).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        lock(&file.known).written(end);
+        Ok(())
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
-        let (c, h) = self.handle_on(handle).await?;
+        let (_, c, h) = self.handle_on(handle).await?;
         let r = wire::done(&c.direct, wire::EXTENDED, extended("fsync@openssh.com").bytes(&h)).await;
         self.check(&c, r)
     }
@@ -478,7 +548,9 @@ impl Remote for SftpRemote {
     async fn remove(&self, path: &str) -> Result<()> {
         let c = self.conn()?;
         let r = wire::done(&c.direct, wire::REMOVE, path_body(path)).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        self.names_changed(|k| k.removed(path));
+        Ok(())
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -489,7 +561,9 @@ impl Remote for SftpRemote {
             // Plain SFTP rename refuses to replace an existing target; the fs moves it aside.
             wire::done(&c.direct, wire::RENAME, path_body(from).name(to)).await
         };
-        self.check(&c, r)
+        self.check(&c, r)?;
+        self.names_changed(|k| k.renamed(from, to));
+        Ok(())
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
@@ -554,7 +628,7 @@ impl Remote for SftpRemote {
         );
         let h = self.check(&c, opened)?;
         let attr = self.check(&c, stat).ok();
-        Ok((self.register(path, o, (home, &c, slot), h), attr))
+        Ok((self.register(path, o, (home, &c, slot), h, attr), attr))
     }
 
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
@@ -590,6 +664,7 @@ impl Remote for SftpRemote {
             wire::attrs(&c.direct, wire::LSTAT, path_body(path))
         );
         self.check(&c, done)?;
+        self.attrs_changed(path, &set);
         Ok(self.check(&c, stat).ok())
     }
 
@@ -598,12 +673,13 @@ impl Remote for SftpRemote {
             self.fsetstat(handle, set).await?;
             return Ok(self.lstat(path).await.ok());
         }
-        let (c, h) = self.handle_on(handle).await?;
+        let (file, c, h) = self.handle_on(handle).await?;
         let (done, stat) = futures_util::join!(
             wire::done(&c.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, None)),
             wire::attrs(&c.direct, wire::FSTAT, handle_body(&h))
         );
         self.check(&c, done)?;
+        lock(&file.known).set(&set);
         Ok(self.check(&c, stat).ok())
     }
 }
