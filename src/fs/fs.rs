@@ -206,6 +206,11 @@ impl<R: Remote> Fs<R> {
         left
     }
 
+    /// Runs a kernel call's work among the mount's tracked tasks.
+    pub(super) fn track(&self, call: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(call);
+    }
+
     /// Whether a call waiting on the link may wait on: the link is up, has requests out
     /// (a call past its deadline with nothing out waits on something else), and has
     /// received something within `within`. Slow is not dead.

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,18 +95,45 @@ impl Ctx {
         fa
     }
 
-    /// Runs one core operation under the call deadline. The deadline measures progress,
-    /// not duration: past `call_timeout`, a call goes on waiting as long as the link is
-    /// up and moving data (a slow link is not a dead one), and gets EAGAIN once the link
-    /// is down or has moved nothing for `call_timeout`. Whenever it waits, a signal for
-    /// the caller ends it with EINTR, so Ctrl-C works on a program stuck on a slow link.
-    async fn within<T>(&self, fut: impl Future<Output = Result<T, Errno>>) -> Result<T, Errno> {
-        let mut fut = std::pin::pin!(fut);
+    /// Runs one core operation under the call deadline and gives its outcome to `reply`.
+    /// The deadline measures progress, not duration: past `call_timeout`, a call goes on
+    /// waiting as long as the link is up and moving data (a slow link is not a dead one),
+    /// and gets EAGAIN once the link is down or has moved nothing for `call_timeout`.
+    /// Whenever it waits, the caller being stopped (Ctrl-C) ends it with EINTR.
+    ///
+    /// A call answered early does not abandon its operation: what it started on the
+    /// server runs on to its end here, so that the fs state follows what really happened
+    /// (a rename landed, a name moved aside put back), and `undo` takes back what its
+    /// success would have handed the kernel, which never heard of it (an open handle, a
+    /// reference to an inode).
+    async fn call<T, U: Future<Output = ()>>(
+        &self,
+        op: impl Future<Output = Result<T, Errno>>,
+        reply: impl FnOnce(Result<T, Errno>),
+        undo: impl FnOnce(T) -> U,
+    ) {
+        let mut op = std::pin::pin!(op);
+        let early = match self.within(op.as_mut()).await {
+            Ok(outcome) => return reply(outcome),
+            Err(early) => early,
+        };
+        reply(Err(early));
+        if let Ok(unheard) = op.await {
+            undo(unheard).await;
+        }
+    }
+
+    /// Waits for `op` under the call deadline: its outcome, or the errno the call must
+    /// return with before `op` ends.
+    async fn within<T>(
+        &self,
+        mut op: Pin<&mut impl Future<Output = Result<T, Errno>>>,
+    ) -> Result<Result<T, Errno>, Errno> {
         let mut deadline = tokio::time::Instant::now() + self.call_timeout;
         loop {
             let look = (tokio::time::Instant::now() + RECHECK).min(deadline);
-            match tokio::time::timeout_at(look, fut.as_mut()).await {
-                Ok(r) => return r,
+            match tokio::time::timeout_at(look, op.as_mut()).await {
+                Ok(r) => return Ok(r),
                 Err(_) if interrupt::being_stopped(self.caller) => {
                     tracing::debug!(caller = self.caller, "call interrupted: the program is being stopped");
                     return Err(Errno::EINTR);
@@ -119,6 +147,11 @@ impl Ctx {
             }
         }
     }
+}
+
+/// Nothing to take back: what the operation did is all the kernel needs to know of.
+fn nothing<T>(_: T) -> std::future::Ready<()> {
+    std::future::ready(())
 }
 
 impl<R: Remote> FuseAdapter<R> {
@@ -151,9 +184,31 @@ impl<R: Remote> FuseAdapter<R> {
         // A first poll with a waker that does nothing: every future re-registers the
         // waker it is given on each poll, so the runtime's polls take over cleanly.
         if fut.as_mut().poll(&mut Context::from_waker(Waker::noop())).is_pending() {
-            self.rt.spawn(fut);
+            // Tracked: a call answered early may still be finishing its operation.
+            self.fs.track(fut);
         }
     }
+}
+
+/// The kernel never heard of the entry a call made: the reference it would have held goes.
+async fn forget_unheard<R: Remote>(fs: &Fs<R>, e: Entry) {
+    fs.forget(e.ino, 1);
+}
+
+/// The kernel never heard of the directory handle a call opened.
+async fn release_dir_unheard<R: Remote>(fs: &Fs<R>, fh: u64) {
+    fs.releasedir(fh);
+}
+
+/// The kernel never heard of the file a call created and opened.
+async fn close_unheard<R: Remote>(fs: &Fs<R>, e: Entry, fh: u64) {
+    forget_unheard(fs, e).await;
+    release_unheard(fs, fh).await;
+}
+
+/// The kernel never heard of the handle a call opened: it is closed.
+async fn release_unheard<R: Remote>(fs: &Fs<R>, fh: u64) {
+    let _ = fs.release(fh).await;
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -280,7 +335,9 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(req, |fs, cx| async move { reply_lookup(reply, &cx, cx.within(fs.lookup(parent.0, &name)).await) });
+        self.run(req, |fs, cx| async move {
+            cx.call(fs.lookup(parent.0, &name), |r| reply_lookup(reply, &cx, r), |e| forget_unheard(&fs, e)).await
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -289,10 +346,15 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.getattr_open(ino.0, fh.map(|f| f.0))).await {
-                Ok(a) => reply.attr(&cx.kernel.attr, &cx.attr(ino.0, &a)),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.getattr_open(ino.0, fh.map(|f| f.0)),
+                |r| match r {
+                    Ok(a) => reply.attr(&cx.kernel.attr, &cx.attr(ino.0, &a)),
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
@@ -317,19 +379,29 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let (uid, gid) = self.opts.owners.sent(uid, gid);
         let change = AttrChange { size, mode, uid, gid, atime: atime.map(time_set), mtime: mtime.map(time_set) };
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.setattr(ino.0, fh.map(|f| f.0), change)).await {
-                Ok(a) => reply.attr(&cx.kernel.attr, &cx.attr(ino.0, &a)),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.setattr(ino.0, fh.map(|f| f.0), change),
+                |r| match r {
+                    Ok(a) => reply.attr(&cx.kernel.attr, &cx.attr(ino.0, &a)),
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.readlink(ino.0)).await {
-                Ok(t) => reply.data(&name::to_bytes(&t)),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.readlink(ino.0),
+                |r| match r {
+                    Ok(t) => reply.data(&name::to_bytes(&t)),
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
@@ -350,27 +422,33 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name_or_reply!(name, reply);
-        self.run(
-            req,
-            |fs, cx| async move { reply_entry(reply, &cx, cx.within(fs.mkdir(parent.0, &name, mode)).await) },
-        );
+        self.run(req, |fs, cx| async move {
+            cx.call(fs.mkdir(parent.0, &name, mode), |r| reply_entry(reply, &cx, r), |e| forget_unheard(&fs, e)).await
+        });
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.unlink(parent.0, &name)).await) });
+        self.run(
+            req,
+            |fs, cx| async move { cx.call(fs.unlink(parent.0, &name), |r| reply_empty(reply, r), nothing).await },
+        );
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_or_reply!(name, reply);
-        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.rmdir(parent.0, &name)).await) });
+        self.run(
+            req,
+            |fs, cx| async move { cx.call(fs.rmdir(parent.0, &name), |r| reply_empty(reply, r), nothing).await },
+        );
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let name = name_or_reply!(link_name, reply);
         let target = name_or_reply!(target.as_os_str(), reply);
         self.run(req, |fs, cx| async move {
-            reply_entry(reply, &cx, cx.within(fs.symlink(parent.0, &name, &target)).await)
+            cx.call(fs.symlink(parent.0, &name, &target), |r| reply_entry(reply, &cx, r), |e| forget_unheard(&fs, e))
+                .await
         });
     }
 
@@ -387,24 +465,31 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let name = name_or_reply!(name, reply);
         let newname = name_or_reply!(newname, reply);
         self.run(req, |fs, cx| async move {
-            reply_empty(reply, cx.within(fs.rename(parent.0, &name, newparent.0, &newname, flags.bits())).await)
+            cx.call(fs.rename(parent.0, &name, newparent.0, &newname, flags.bits()), |r| reply_empty(reply, r), nothing)
+                .await
         });
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = name_or_reply!(newname, reply);
         self.run(req, |fs, cx| async move {
-            reply_entry(reply, &cx, cx.within(fs.link(ino.0, newparent.0, &newname)).await)
+            cx.call(fs.link(ino.0, newparent.0, &newname), |r| reply_entry(reply, &cx, r), |e| forget_unheard(&fs, e))
+                .await
         });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: FuseOpenFlags, reply: ReplyOpen) {
         let flags = OpenFlags::from_libc(flags.0);
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.open(ino.0, flags)).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.open(ino.0, flags),
+                |r| match r {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    Err(e) => reply.error(errno(e)),
+                },
+                |fh| release_unheard(&fs, fh),
+            )
+            .await;
         });
     }
 
@@ -420,10 +505,15 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         reply: ReplyData,
     ) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.read(fh.0, offset, size)).await {
-                Ok(data) => reply.data(&data),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.read(fh.0, offset, size),
+                |r| match r {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
@@ -441,15 +531,20 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
     ) {
         let data = self.buffers.copy(data);
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.write_bytes(fh.0, offset, data)).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.write_bytes(fh.0, offset, data),
+                |r| match r {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.flush(fh.0)).await) });
+        self.run(req, |fs, cx| async move { cx.call(fs.flush(fh.0), |r| reply_empty(reply, r), nothing).await });
     }
 
     fn release(
@@ -462,63 +557,78 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.release(fh.0)).await) });
+        self.run(req, |fs, cx| async move { cx.call(fs.release(fh.0), |r| reply_empty(reply, r), nothing).await });
     }
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        self.run(req, |fs, cx| async move { reply_empty(reply, cx.within(fs.fsync(fh.0)).await) });
+        self.run(req, |fs, cx| async move { cx.call(fs.fsync(fh.0), |r| reply_empty(reply, r), nothing).await });
     }
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: FuseOpenFlags, reply: ReplyOpen) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.opendir(ino.0)).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.opendir(ino.0),
+                |r| match r {
+                    Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                    Err(e) => reply.error(errno(e)),
+                },
+                |fh| release_dir_unheard(&fs, fh),
+            )
+            .await;
         });
     }
 
     fn readdir(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.readdir(fh.0, offset)).await {
-                Ok(items) => {
-                    for (next, item) in items {
-                        if reply.add(INodeNo(item.ino), next, kind_type(item.kind), name_os(&item.name)) {
-                            break;
+            cx.call(
+                fs.readdir(fh.0, offset),
+                |r| match r {
+                    Ok(items) => {
+                        for (next, item) in items {
+                            if reply.add(INodeNo(item.ino), next, kind_type(item.kind), name_os(&item.name)) {
+                                break;
+                            }
                         }
+                        reply.ok();
                     }
-                    reply.ok();
-                }
-                Err(e) => reply.error(errno(e)),
-            }
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
     fn readdirplus(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let entry_timeout = self.opts.kernel.entry;
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.readdir(fh.0, offset)).await {
-                Ok(items) => {
-                    for (next, item) in items {
-                        let attr = match item.attr {
-                            Some(a) => cx.attr(item.ino, &a),
-                            // "." and "..": the kernel takes no reference and uses no attributes.
-                            None => {
-                                let mut a = file_attr(item.ino, &Attr { mode: 0o040755, ..Attr::default() });
-                                a.ino = INodeNo(item.ino);
-                                a
+            cx.call(
+                fs.readdir(fh.0, offset),
+                |r| match r {
+                    Ok(items) => {
+                        for (next, item) in items {
+                            let attr = match item.attr {
+                                Some(a) => cx.attr(item.ino, &a),
+                                // "." and "..": the kernel takes no reference and uses no attributes.
+                                None => {
+                                    let mut a = file_attr(item.ino, &Attr { mode: 0o040755, ..Attr::default() });
+                                    a.ino = INodeNo(item.ino);
+                                    a
+                                }
+                            };
+                            let timeout = if item.attr.is_some() { entry_timeout } else { Duration::ZERO };
+                            if reply.add(INodeNo(item.ino), next, name_os(&item.name), &timeout, &attr, Generation(0)) {
+                                break;
                             }
-                        };
-                        let timeout = if item.attr.is_some() { entry_timeout } else { Duration::ZERO };
-                        if reply.add(INodeNo(item.ino), next, name_os(&item.name), &timeout, &attr, Generation(0)) {
-                            break;
+                            fs.count_lookup(&item);
                         }
-                        fs.count_lookup(&item);
+                        reply.ok();
                     }
-                    reply.ok();
-                }
-                Err(e) => reply.error(errno(e)),
-            }
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
@@ -529,19 +639,24 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.statfs()).await {
-                Ok(s) => reply.statfs(
-                    s.blocks,
-                    s.blocks_free,
-                    s.blocks_avail,
-                    s.files,
-                    s.files_free,
-                    s.block_size as u32,
-                    s.name_max as u32,
-                    s.fragment_size as u32,
-                ),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.statfs(),
+                |r| match r {
+                    Ok(s) => reply.statfs(
+                        s.blocks,
+                        s.blocks_free,
+                        s.blocks_avail,
+                        s.files,
+                        s.files_free,
+                        s.block_size as u32,
+                        s.name_max as u32,
+                        s.fragment_size as u32,
+                    ),
+                    Err(e) => reply.error(errno(e)),
+                },
+                nothing,
+            )
+            .await;
         });
     }
 
@@ -558,16 +673,21 @@ impl<R: Remote> Filesystem for FuseAdapter<R> {
         let name = name_or_reply!(name, reply);
         let flags = OpenFlags::from_libc(flags);
         self.run(req, |fs, cx| async move {
-            match cx.within(fs.create(parent.0, &name, mode, flags)).await {
-                Ok((e, fh)) => reply.created(
-                    &cx.kernel.entry,
-                    &cx.attr(e.ino, &e.attr),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
-                Err(e) => reply.error(errno(e)),
-            }
+            cx.call(
+                fs.create(parent.0, &name, mode, flags),
+                |r| match r {
+                    Ok((e, fh)) => reply.created(
+                        &cx.kernel.entry,
+                        &cx.attr(e.ino, &e.attr),
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    ),
+                    Err(e) => reply.error(errno(e)),
+                },
+                |(e, fh)| close_unheard(&fs, e, fh),
+            )
+            .await;
         });
     }
 }

@@ -17,8 +17,9 @@ pub(super) struct Known {
     /// The file's attributes as last known: at open, then changed as the mount changed
     /// them. `None` when the server did not say at open.
     attr: Option<Attr>,
-    /// The mount changed the file's data since `attr` was true: its size is
-    /// `attr.size` or more (see `sent_end`), and its mtime may have moved on.
+    /// The mount changed the file's data since `attr` was true, or sent a change that may
+    /// have landed: its size is `attr.size` or more (see `sent_end`), and its mtime may
+    /// have moved on.
     changed: bool,
     /// The furthest end of writes sent since: the ones not yet answered may or may not
     /// have landed.
@@ -55,14 +56,15 @@ impl Known {
         }
     }
 
-    /// A write ending at `end` is on its way.
+    /// A write ending at `end` is on its way: from now on it may have landed, whether
+    /// its answer comes or is lost with the connection.
     pub fn sending(&mut self, end: u64) {
+        self.changed = true;
         self.sent_end = self.sent_end.max(end);
     }
 
     /// A write ending at `end` landed.
     pub fn written(&mut self, end: u64) {
-        self.changed = true;
         if let Some(a) = &mut self.attr {
             a.size = a.size.max(end);
         }
@@ -156,6 +158,8 @@ mod tests {
         let mut written = k.clone();
         written.sending(30);
         written.written(20);
+        let mut unanswered = k.clone();
+        unanswered.sending(15);
         let mut chmodded = k.clone();
         chmodded.set(&SetAttr { mode: Some(0o600), ..SetAttr::default() });
         let mut truncated = written.clone();
@@ -175,6 +179,9 @@ mod tests {
             (&written, file(19, 105), false, "shorter than what landed"),
             (&written, file(20, 99), false, "older than the file we had"),
             (&written, file(4, 200), false, "logrotate's new file"),
+            (&unanswered, file(15, 101), true, "a write whose answer was lost landed"),
+            (&unanswered, file(10, 101), true, "or did not, the clock having moved on"),
+            (&unanswered, file(16, 101), false, "longer than that write"),
             (&chmodded, Attr { mode: 0o100600, ..file(10, 100) }, true, "our chmod"),
             (&chmodded, file(10, 100), false, "our chmod undone by someone"),
             (&truncated, file(5, 200), true, "our truncate"),

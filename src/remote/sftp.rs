@@ -52,7 +52,9 @@ struct OpenFile {
     /// all its requests go.
     home: usize,
     /// Its name now and what is known of it: the only way back to it after a reconnect.
-    known: Mutex<Known>,
+    /// Shared by every handle of the same file, so that each learns what the others
+    /// changed.
+    known: Arc<Mutex<Known>>,
     /// Why the file cannot be reached any more, once that is so: for good.
     lost: Mutex<Option<String>>,
     /// The server's handle on that lane's connection, while that connection lives.
@@ -159,10 +161,28 @@ impl SftpRemote {
         Ok((file, home, handle))
     }
 
-    /// Tells every open file that `change` happened to the names through the mount.
+    /// Tells every open file that `change` happened to the names through the mount
+    /// (once each, however many handles it has).
     fn names_changed(&self, change: impl Fn(&mut Known)) {
+        let mut seen = std::collections::HashSet::new();
         for file in lock(&self.files).values() {
-            change(&mut lock(&file.known));
+            if seen.insert(Arc::as_ptr(&file.known)) {
+                change(&mut lock(&file.known));
+            }
+        }
+    }
+
+    /// What is known of the file just opened at `path` as `attr`: shared with the
+    /// handles already open on it, if it is the same file.
+    fn known_for(&self, path: &str, attr: Option<Attr>) -> Arc<Mutex<Known>> {
+        let files = lock(&self.files);
+        let same = files.values().find(|f| {
+            let k = lock(&f.known);
+            k.path() == Some(path) && attr.is_some_and(|a| k.same_file(&a))
+        });
+        match same {
+            Some(f) => f.known.clone(),
+            None => Arc::new(Mutex::new(Known::new(path, attr))),
         }
     }
 
@@ -211,7 +231,7 @@ impl SftpRemote {
         let file = OpenFile {
             opts,
             home,
-            known: Mutex::new(Known::new(path, attr)),
+            known: self.known_for(path, attr),
             lost: Mutex::new(None),
             live: tokio::sync::Mutex::new(live),
         };
