@@ -73,19 +73,54 @@ type LinkMoving = Arc<dyn Fn(Duration) -> bool + Send + Sync>;
 /// How often a call past its deadline looks again at whether the link still moves.
 const RECHECK: Duration = Duration::from_millis(250);
 
+/// Who made a call, watched for being stopped.
+#[derive(Clone)]
+enum Caller {
+    /// The calling thread.
+    Thread(u32),
+    /// A test's stand-in: stopped once the flag is set.
+    #[cfg(test)]
+    Flag(Arc<std::sync::atomic::AtomicBool>),
+}
+
+impl Caller {
+    fn being_stopped(&self) -> bool {
+        match self {
+            Caller::Thread(tid) => interrupt::being_stopped(*tid),
+            #[cfg(test)]
+            Caller::Flag(f) => f.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+}
+
 /// What a call's future must be handed to run under its deadline.
 #[derive(Clone)]
-struct Ctx {
+pub(super) struct Ctx {
     kernel: KernelTimeouts,
     call_timeout: Duration,
     moving: LinkMoving,
     /// The thread that made the call, watched for Ctrl-C.
-    caller: u32,
+    caller: Caller,
     owners: Owners,
     umask: u32,
 }
 
 impl Ctx {
+    /// A call of a test's, on a link that always moves, whose program counts as being
+    /// stopped once `stopped` is set.
+    #[cfg(test)]
+    pub(super) fn stopped_by(stopped: Arc<std::sync::atomic::AtomicBool>) -> Ctx {
+        let opts = AdapterOptions::default();
+        Ctx {
+            kernel: opts.kernel,
+            call_timeout: opts.call_timeout,
+            moving: Arc::new(|_| true),
+            caller: Caller::Flag(stopped),
+            owners: opts.owners,
+            umask: opts.umask,
+        }
+    }
+
     /// What the kernel is told of a file: its attributes, owners and mode as presented
     /// here.
     fn attr(&self, ino: u64, a: &Attr) -> FileAttr {
@@ -106,7 +141,7 @@ impl Ctx {
     /// (a rename landed, a name moved aside put back), and `undo` takes back what its
     /// success would have handed the kernel, which never heard of it (an open handle, a
     /// reference to an inode).
-    async fn call<T, U: Future<Output = ()>>(
+    pub(super) async fn call<T, U: Future<Output = ()>>(
         &self,
         op: impl Future<Output = Result<T, Errno>>,
         reply: impl FnOnce(Result<T, Errno>),
@@ -134,8 +169,8 @@ impl Ctx {
             let look = (tokio::time::Instant::now() + RECHECK).min(deadline);
             match tokio::time::timeout_at(look, op.as_mut()).await {
                 Ok(r) => return Ok(r),
-                Err(_) if interrupt::being_stopped(self.caller) => {
-                    tracing::debug!(caller = self.caller, "call interrupted: the program is being stopped");
+                Err(_) if self.caller.being_stopped() => {
+                    tracing::debug!("call interrupted: the program is being stopped");
                     return Err(Errno::EINTR);
                 }
                 Err(_) if look < deadline => {}
@@ -175,7 +210,7 @@ impl<R: Remote> FuseAdapter<R> {
             kernel: self.opts.kernel,
             call_timeout: self.opts.call_timeout,
             moving: self.moving.clone(),
-            caller: req.pid(),
+            caller: Caller::Thread(req.pid()),
             owners: self.opts.owners,
             umask: self.opts.umask,
         };
@@ -191,7 +226,7 @@ impl<R: Remote> FuseAdapter<R> {
 }
 
 /// The kernel never heard of the entry a call made: the reference it would have held goes.
-async fn forget_unheard<R: Remote>(fs: &Fs<R>, e: Entry) {
+pub(super) async fn forget_unheard<R: Remote>(fs: &Fs<R>, e: Entry) {
     fs.forget(e.ino, 1);
 }
 
@@ -201,13 +236,13 @@ async fn release_dir_unheard<R: Remote>(fs: &Fs<R>, fh: u64) {
 }
 
 /// The kernel never heard of the file a call created and opened.
-async fn close_unheard<R: Remote>(fs: &Fs<R>, e: Entry, fh: u64) {
+pub(super) async fn close_unheard<R: Remote>(fs: &Fs<R>, e: Entry, fh: u64) {
     forget_unheard(fs, e).await;
     release_unheard(fs, fh).await;
 }
 
 /// The kernel never heard of the handle a call opened: it is closed.
-async fn release_unheard<R: Remote>(fs: &Fs<R>, fh: u64) {
+pub(super) async fn release_unheard<R: Remote>(fs: &Fs<R>, fh: u64) {
     let _ = fs.release(fh).await;
 }
 

@@ -113,6 +113,11 @@ pub struct FakeRemote {
     pub listings: AtomicU64,
     /// Microseconds each listing takes to start, as a server's round trip.
     pub list_latency_us: AtomicU64,
+    /// Requests received so far, each numbered in turn.
+    requests: AtomicU64,
+    /// The request of this number waits at `held` (see `hold_request`).
+    hold_at: AtomicU64,
+    pub held: Gate,
     pub ext: Extensions,
 }
 
@@ -161,6 +166,9 @@ impl FakeRemote {
             refuse_renames_of: Mutex::new(Vec::new()),
             listings: AtomicU64::new(0),
             list_latency_us: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            hold_at: AtomicU64::new(u64::MAX),
+            held: Gate::default(),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true, lsetstat: true },
         }
     }
@@ -172,6 +180,26 @@ impl FakeRemote {
             Err(RemoteError::Unavailable("fake link down".into()))
         } else {
             Ok(())
+        }
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// The request numbered `n` (counting from the first one ever received, which is 1)
+    /// waits at `held` until it is released: a call caught at one of its waiting points.
+    pub fn hold_request(&self, n: u64) {
+        self.hold_at.store(n, Ordering::SeqCst);
+        self.held.hold();
+    }
+
+    /// Every request passes here first.
+    async fn step(&self) {
+        let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.hold_at.load(Ordering::SeqCst) {
+            self.held.pass().await;
         }
     }
 
@@ -226,6 +254,11 @@ impl FakeRemote {
 
     pub fn exists(&self, path: &str) -> bool {
         self.tree.lock().unwrap().contains_key(path)
+    }
+
+    /// Every path on the server, in order.
+    pub fn paths(&self) -> Vec<String> {
+        self.tree.lock().unwrap().keys().cloned().collect()
     }
 
     pub fn open_handles(&self) -> usize {
@@ -309,6 +342,7 @@ impl Remote for FakeRemote {
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {
+        self.step().await;
         self.up()?;
         let p = if path == "." { "/".to_string() } else { path.trim_end_matches('/').to_string() };
         let p = if p.is_empty() { "/".to_string() } else { p };
@@ -320,21 +354,25 @@ impl Remote for FakeRemote {
     }
 
     async fn stat(&self, path: &str) -> Result<Attr> {
+        self.step().await;
         self.lstat(path).await
     }
 
     async fn lstat(&self, path: &str) -> Result<Attr> {
+        self.step().await;
         self.up()?;
         self.tree.lock().unwrap().get(path).map(Self::attr).ok_or(RemoteError::NotFound)
     }
 
     async fn fstat(&self, handle: &Handle) -> Result<Attr> {
+        self.step().await;
         let (path, _) = self.handle_path(handle)?;
         self.lstat(&path).await
     }
 
     /// Follows a symlink, as SFTP's SETSTAT does on a real server.
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         let target = match tree.get(path).map(|n| &n.body) {
@@ -348,6 +386,7 @@ impl Remote for FakeRemote {
     }
 
     async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         let n = tree.get_mut(path).ok_or(RemoteError::NotFound)?;
@@ -356,12 +395,14 @@ impl Remote for FakeRemote {
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
+        self.step().await;
         self.fsetstats.fetch_add(1, Ordering::SeqCst);
         let (path, _) = self.handle_path(handle)?;
         self.setstat(&path, set).await
     }
 
     async fn list(&self, path: &str) -> Result<DirStream> {
+        self.step().await;
         self.up()?;
         self.listings.fetch_add(1, Ordering::Relaxed);
         let latency = self.list_latency_us.load(Ordering::Relaxed);
@@ -404,6 +445,7 @@ impl Remote for FakeRemote {
     }
 
     async fn open(&self, path: &str, o: OpenOptions) -> Result<Handle> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         match tree.get_mut(path) {
@@ -431,11 +473,13 @@ impl Remote for FakeRemote {
     }
 
     async fn close(&self, handle: &Handle) -> Result<()> {
+        self.step().await;
         self.up()?;
         self.handles.lock().unwrap().remove(&handle.0).map(|_| ()).ok_or_else(failure)
     }
 
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
+        self.step().await;
         self.up()?;
         let (path, _) = self.handle_path(handle)?;
         let tree = self.tree.lock().unwrap();
@@ -455,6 +499,7 @@ impl Remote for FakeRemote {
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
+        self.step().await;
         let now = self.writes_waiting.fetch_add(1, Ordering::SeqCst) + 1;
         self.most_writes_waiting.fetch_max(now, Ordering::SeqCst);
         self.writes.pass().await;
@@ -472,11 +517,13 @@ impl Remote for FakeRemote {
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
+        self.step().await;
         self.up()?;
         self.handle_path(handle).map(|_| ())
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         if tree.contains_key(path) {
@@ -490,6 +537,7 @@ impl Remote for FakeRemote {
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         match tree.get(path).map(|n| &n.body) {
@@ -503,6 +551,7 @@ impl Remote for FakeRemote {
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
+        self.step().await;
         self.removals.pass().await;
         self.removal_attempts.fetch_add(1, Ordering::SeqCst);
         self.up()?;
@@ -521,6 +570,7 @@ impl Remote for FakeRemote {
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         let src = tree.get(from).cloned().ok_or(RemoteError::NotFound)?;
@@ -549,6 +599,7 @@ impl Remote for FakeRemote {
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         if tree.contains_key(link) {
@@ -562,6 +613,7 @@ impl Remote for FakeRemote {
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
+        self.step().await;
         self.up()?;
         match self.tree.lock().unwrap().get(path).map(|n| n.body.clone()) {
             Some(Body::Symlink(t)) => Ok(t),
@@ -571,6 +623,7 @@ impl Remote for FakeRemote {
     }
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
+        self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
         if tree.contains_key(new) {
@@ -583,6 +636,7 @@ impl Remote for FakeRemote {
     }
 
     async fn statfs(&self, _path: &str) -> Result<StatFs> {
+        self.step().await;
         self.up()?;
         Ok(StatFs { blocks_avail: 10, ..StatFs::unknown() })
     }

@@ -2,6 +2,7 @@
 //! concern, as the code is split; this one holds the harness and the plain operations.
 
 mod attrs;
+mod cancel;
 mod delete_behind;
 mod list_ahead;
 mod read_only;
