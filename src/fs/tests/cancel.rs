@@ -13,12 +13,15 @@ use super::*;
 /// The names the checks look at, under `/srv`.
 const NAMES: [&str; 4] = ["a", "b", "f", "new"];
 
-fn server() -> (Arc<FakeRemote>, Arc<Fs<FakeRemote>>) {
+/// A server and a mount of it.
+type Mounted = (Arc<FakeRemote>, Arc<Fs<FakeRemote>>);
+
+fn server() -> Mounted {
     let (remote, fs) = setup();
     (remote, Arc::new(fs))
 }
 
-fn server_without_posix_rename() -> (Arc<FakeRemote>, Arc<Fs<FakeRemote>>) {
+fn server_without_posix_rename() -> Mounted {
     let (remote, fs) = setup_without(|e| e.posix_rename = false);
     (remote, Arc::new(fs))
 }
@@ -84,7 +87,7 @@ async fn agree(remote: &FakeRemote, fs: &Fs<FakeRemote>, what: &str) {
 /// on, each on a fresh server, until the operation finishes before the stop.
 async fn at_every_step<F: Future<Output = Result<(), Errno>>>(
     what: &str,
-    new_server: fn() -> (Arc<FakeRemote>, Arc<Fs<FakeRemote>>),
+    new_server: fn() -> Mounted,
     case: impl Fn(Arc<FakeRemote>, Arc<Fs<FakeRemote>>, u64) -> F,
 ) {
     for k in 1..=12 {
