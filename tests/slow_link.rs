@@ -332,3 +332,117 @@ fn ctrl_c_ends_a_waiting_call() {
     assert!(wait_until(Duration::from_secs(20), || fs::read_to_string(e.m.p("f")).is_ok_and(|s| s == "f")));
     assert_eq!(fs::read_to_string(e.m.p("g")).unwrap(), "g");
 }
+
+/// Whether `pid` sleeps in the kernel. A program that does nothing but read a file on the
+/// mount sleeps only in a read: a buffered read waits on the page the mount is filling,
+/// not in the FUSE request itself.
+fn asleep(pid: u32) -> bool {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    let wchan = fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    matches!(state, Some(Some('S' | 'D'))) && !wchan.is_empty() && wchan != "0"
+}
+
+/// A C program that handles the signals programs commonly handle, with SA_RESTART as
+/// make, shells, editors and pagers do, then reads the file it is given in 1 MiB reads.
+/// It says `reading` first, `eintr SIG` for each read that failed with EINTR (SIG: the
+/// last signal it got), and how many bytes it read in the end.
+const SIGNAL_READER_C: &str = r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static volatile sig_atomic_t last;
+static void note(int s) { last = s; }
+int main(int argc, char **argv) {
+    int sigs[] = {SIGCHLD, SIGWINCH, SIGALRM, SIGPROF, SIGIO, SIGURG, SIGUSR1, SIGUSR2, SIGCONT, SIGINT};
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = note;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    for (unsigned i = 0; i < sizeof sigs / sizeof sigs[0]; i++) sigaction(sigs[i], &sa, 0);
+    if (argc < 2) return 2;
+    int fd = open(argv[1], O_RDONLY);
+    if (fd < 0) { perror("open"); return 2; }
+    static char buf[1 << 20];
+    long total = 0;
+    printf("reading\n");
+    fflush(stdout);
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) { printf("eintr %d\n", (int)last); fflush(stdout); continue; }
+        if (n < 0) { perror("read"); return 3; }
+        if (n == 0) break;
+        total += n;
+    }
+    printf("read %ld\n", total);
+    return 0;
+}
+"#;
+
+/// Only a program being stopped sees EINTR: signals that programs handle and go on
+/// after (a child ended, the terminal resized, a timer, SIGUSR1, ...) leave a slow read
+/// waiting, as on a local disk; a handled SIGINT ends the waiting read with EINTR; the
+/// program reads on to the end, and the cancelled read costs the link no reconnect.
+#[test]
+fn only_a_program_being_stopped_sees_eintr() {
+    let e = env();
+    let size = 4 << 20;
+    e.sshd.put("big", pattern(size, 3));
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("reader.c"), SIGNAL_READER_C).unwrap();
+    let reader = dir.path().join("reader");
+    sh_root_ok(&format!(
+        "cc -O -o {r} {d}/reader.c && chmod 755 {d} {r}",
+        r = reader.display(),
+        d = dir.path().display()
+    ));
+    // Slow enough that every read waits for seconds: long past the interrupt check.
+    e.proxy.set_rate(50_000);
+    let mut child = as_local_user(&mut std::process::Command::new(&reader))
+        .arg(e.m.p("big"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || lines.recv_timeout(Duration::from_secs(30)).expect("the reader said nothing");
+    assert_eq!(next_line(), "reading");
+    use nix::sys::signal::{kill, Signal::*};
+    for sig in [SIGCHLD, SIGWINCH, SIGALRM, SIGPROF, SIGIO, SIGURG, SIGUSR1, SIGUSR2, SIGCONT] {
+        assert!(wait_until(Duration::from_secs(10), || asleep(child.id())), "the reader never waited");
+        kill(pid, sig).unwrap();
+    }
+    // Those signals stay pending while the read waits: several interrupt checks pass
+    // (one each 250 ms) and none may end it. The time passing is what is tested here.
+    if let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+        panic!("a signal that does not stop the program ended a read: {line}");
+    }
+    assert!(asleep(child.id()), "the read those signals came in is over: the check proves nothing");
+    // Ctrl-C, handled: the read it lands in ends with EINTR. Pressed again until one
+    // lands in a read (the reader may be between reads when it comes).
+    let mut interrupted = None;
+    for _ in 0..20 {
+        assert!(wait_until(Duration::from_secs(10), || asleep(child.id())), "the reader never waited");
+        kill(pid, SIGINT).unwrap();
+        if let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+            interrupted = Some(line);
+            break;
+        }
+    }
+    assert_eq!(interrupted.as_deref(), Some("eintr 2"), "the first EINTR came after another signal than SIGINT");
+    e.proxy.set_rate(0);
+    let end = next_line();
+    assert_eq!(end, format!("read {size}"), "the reader did not read on to the end");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(reconnects(&e.c), 0, "a cancelled read cost the link a reconnect");
+}
