@@ -290,6 +290,24 @@ fn garbage_options() {
     assert_clean(&c, &mnt);
 }
 
+/// A mount's name becomes its log's file name: one that could reach another directory
+/// is refused before anything is mounted or written.
+#[test]
+fn a_name_that_is_not_a_plain_file_name_is_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let export = sshd.export.to_str().unwrap();
+    for name in ["../../../x", "a/b", "..", ".hidden"] {
+        let out = c.try_mount(export, &mnt, &["--name", name]);
+        assert_fails(&out, USAGE, "bad --name");
+        assert!(!is_mounted(&mnt), "mounted with --name {name}");
+    }
+    // Where `../../../x` would have put the log, from the state dir's logs/.
+    assert!(!c.home.path().join("x.log").exists(), "a log escaped its directory");
+    assert_clean(&c, &mnt);
+}
+
 #[test]
 fn unmount_of_something_that_is_not_a_moor_mount() {
     let sshd = Sshd::start();

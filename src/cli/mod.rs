@@ -111,7 +111,8 @@ struct MountArgs {
     /// -o ConnectTimeout=5; may be repeated (as with sshfs and ssh -o)
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
-    /// Name for the mount (default: derived from host and path)
+    /// Name for the mount, up to 64 letters, digits, '.', '-' and '_' (default: derived
+    /// from host and path)
     #[arg(long)]
     name: Option<String>,
     /// Stay attached: serve the mount from this process until Ctrl-C or SIGTERM, then
@@ -548,6 +549,9 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
         return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
     };
+    if let Some(name) = &args.name {
+        names::check_name(name)?;
+    }
     let o = options::parse(&args.options).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
     let sharing = args.sharing.with(&o)?;
     let connections = o.connections.unwrap_or(args.cache.connections);

@@ -403,6 +403,9 @@ impl Agent {
             ));
         }
         if let Some(n) = &req.name {
+            // The name becomes the log's file name: a client of another version may not
+            // have checked it.
+            super::names::check_name(n)?;
             if self.mounts.lock().await.values().any(|m| &m.name == n) {
                 return Err(MoorError::new(
                     ErrorKind::Usage,
