@@ -5,6 +5,7 @@
 //! (SSH transport).
 
 mod cli;
+mod deadline;
 mod control;
 mod fs;
 mod link;

@@ -290,6 +290,37 @@ fn garbage_options() {
     assert_clean(&c, &mnt);
 }
 
+/// A duration that is not zero yet rounds to nothing (a zero heartbeat interval panicked
+/// the link), or past any sensible wait, is refused before anything starts.
+#[test]
+fn durations_under_a_millisecond_or_beyond_a_year_are_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let m = mnt.to_str().unwrap();
+    let spec = format!("testhost:{}", sshd.export.display());
+    for flag in [
+        "--heartbeat-interval",
+        "--request-timeout",
+        "--call-timeout",
+        "--backoff-base",
+        "--backoff-cap",
+        "--cache-timeout",
+        "--wait",
+    ] {
+        let out = c.run(&["mount", "-F", c.cfg(), flag, "0.0000000001s", &spec, m]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(USAGE), "{flag}: {err}");
+        assert!(err.lines().next().unwrap_or("").contains("is too short: use at least 1ms"), "{flag}: {err}");
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+        let out = c.run(&["mount", "-F", c.cfg(), flag, "9000h", &spec, m]);
+        assert_eq!(out.status.code(), Some(USAGE), "{flag} 9000h: {}", stderr(&out));
+    }
+    let out = c.run(&["mount", "-F", c.cfg(), "-o", "cache_timeout=18446744073709551615", &spec, m]);
+    assert_fails(&out, USAGE, "-o cache_timeout=18446744073709551615");
+    assert_clean(&c, &mnt);
+}
+
 /// A mount's name becomes its log's file name: one that could reach another directory
 /// is refused before anything is mounted or written.
 #[test]

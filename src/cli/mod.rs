@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::control::client::{self, Client, Mounted, Reconnected, Unmounted, WatchUpdate};
+use crate::deadline;
 use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest, MountStatus};
 use crate::control::{agent, mount, names, paths, registry, systemd};
 use crate::fs::IdMap;
@@ -321,10 +322,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         other => return Err(format!("unknown unit '{other}' in '{s}': use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
-        return Err(format!("'{s}' is out of range"));
+    if !secs.is_finite() || secs <= 0.0 || secs > deadline::LONGEST.as_secs_f64() {
+        return Err(format!("'{s}' is out of range: use at most 365 days"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    if d < deadline::SHORTEST {
+        return Err(format!("'{s}' is too short: use at least 1ms"));
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand, Debug)]
@@ -952,9 +957,18 @@ mod tests {
         assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        for bad in ["", "abc", "5x", "-1s", "0s", "1e999s"] {
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
+        for bad in ["", "abc", "5x", "-1s", "0s", "1e999s", "366d", "8761h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Not zero, yet zero once stored: a zero interval would panic the link's timer.
+        for tiny in ["0.0000000001s", "0.5ms", "0.0009s", "0.00001m"] {
+            let e = parse_duration(tiny).unwrap_err();
+            assert!(e.contains("at least 1ms"), "{tiny}: {e}");
+            let e = parse_duration_or_zero(tiny).unwrap_err();
+            assert!(e.contains("at least 1ms"), "{tiny}: {e}");
+        }
+        assert_eq!(parse_duration_or_zero("0").unwrap(), Duration::ZERO);
     }
 
     #[test]

@@ -360,9 +360,9 @@ impl Agent {
 
     async fn reconnect(&self, target: &str, asker: Option<Arc<dyn Asker>>) -> Result<(MountInfo, String), MoorError> {
         let m = self.find(target).await.ok_or_else(|| not_mounted(target))?;
-        let mut limit = m.request.link.reconnect_timeout + Duration::from_secs(5);
+        let mut limit = m.request.link.reconnect_timeout.saturating_add(Duration::from_secs(5));
         if asker.is_some() {
-            limit += PERSON_DEADLINE;
+            limit = limit.saturating_add(PERSON_DEADLINE);
         }
         match m.link().reconnect_now(limit, asker).await {
             Ok(outcome) => Ok((m.info(), outcome.to_string())),
@@ -546,7 +546,7 @@ impl Agent {
             }
         }
         let started = tokio::time::Instant::now();
-        let deadline = req.wait.map(|w| started + w);
+        let deadline = req.wait.map(|w| crate::deadline::later(started, w));
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
         let link = loop {
             let attempt = tokio::select! {

@@ -101,7 +101,7 @@ impl Ctx {
     /// the caller ends it with EINTR, so Ctrl-C works on a program stuck on a slow link.
     async fn within<T>(&self, fut: impl Future<Output = Result<T, Errno>>) -> Result<T, Errno> {
         let mut fut = std::pin::pin!(fut);
-        let mut deadline = tokio::time::Instant::now() + self.call_timeout;
+        let mut deadline = crate::deadline::after(self.call_timeout);
         loop {
             let look = (tokio::time::Instant::now() + RECHECK).min(deadline);
             match tokio::time::timeout_at(look, fut.as_mut()).await {
