@@ -115,6 +115,44 @@ fn foreground_mount_unmounts_on_interrupt() {
     assert!(!is_mounted(&mnt));
 }
 
+/// The uid that owns `/proc/PID`'s files: the process's own, unless it is not dumpable
+/// (then root's, and other processes of its user can neither trace it nor read its
+/// memory, environment or descriptors).
+fn proc_owner(pid: u32) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/status")).unwrap().uid()
+}
+
+#[test]
+fn the_agent_and_a_foreground_mount_cannot_be_dumped_or_traced() {
+    let (local_uid, _) = ids_of(LOCAL_USER);
+    assert_ne!(local_uid, 0);
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let _m = c.mount(sshd.export.to_str().unwrap());
+    let agents = c.agent_pids();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(proc_owner(agents[0] as u32), 0, "the agent is dumpable");
+    let mnt = c.mountpoint("fg");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let mut child = c
+        .moor()
+        .args(["mount", "--foreground", "--allow-other", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mounted = wait_until(Duration::from_secs(15), || is_mounted(&mnt));
+    let owner = proc_owner(child.id());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let exited = wait_until(Duration::from_secs(15), || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(mounted, "foreground mount did not appear");
+    assert_eq!(owner, 0, "the foreground mount is dumpable");
+}
+
 #[test]
 fn unknown_host_name() {
     let sshd = Sshd::start();

@@ -483,7 +483,19 @@ fn close_inherited_descriptors() {
     }
 }
 
+/// Keeps what this process will hold (passwords and passphrases typed, keys decrypted,
+/// the agent's and a foreground mount's live sessions) out of core dumps and away from
+/// other processes of the same user: a process that is not dumpable cannot be traced
+/// by them, and its /proc files are root's. Programs it runs are dumpable again.
+fn keep_memory_private() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        // Logging is not set up yet; the process works on, only less guarded.
+        eprintln!("moor: warning: cannot keep this process out of core dumps: {e}");
+    }
+}
+
 pub fn run() -> i32 {
+    keep_memory_private();
     // Before any thread starts: the environment is not safe to change after.
     fill_environment();
     let cli = Cli::parse_from(with_command(std::env::args_os().collect()));
