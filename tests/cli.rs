@@ -115,6 +115,37 @@ fn foreground_mount_unmounts_on_interrupt() {
     assert!(!is_mounted(&mnt));
 }
 
+/// Root with a user's runtime or state directory in its environment (`su` without `-`
+/// keeps them) would put its socket, lock, registry and logs where that user can swap
+/// them: refused, with what to do.
+#[test]
+fn root_refuses_a_users_runtime_and_state_directories() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let own = tempfile::tempdir().unwrap();
+    let root_moor = |run: &std::path::Path, state: &std::path::Path| {
+        let mut cmd = std::process::Command::new(MOOR);
+        cmd.args(["mount", "status"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", own.path())
+            .env("XDG_RUNTIME_DIR", run)
+            .env("XDG_STATE_HOME", state)
+            .stdin(Stdio::null());
+        run_with_deadline(cmd, Duration::from_secs(30))
+    };
+    let users_run = c.home.path().join("run");
+    let out = root_moor(&users_run, own.path());
+    assert_fails(&out, 9, &format!("XDG_RUNTIME_DIR={} is not a directory of yours", users_run.display()));
+    assert!(stderr(&out).contains("su -"), "{}", stderr(&out));
+    assert!(!users_run.join("moor").exists(), "root made its runtime dir in the user's");
+    // With its own runtime dir, the user's state dir is refused in turn (status needs
+    // none: it says so, and goes on).
+    let out = root_moor(own.path(), &c.home.path().join("state"));
+    assert!(stderr(&out).contains("XDG_STATE_HOME="), "{}", stderr(&out));
+    assert!(!c.home.path().join("state/moor").exists(), "root made its state dir in the user's");
+}
+
 /// The uid that owns `/proc/PID`'s files: the process's own, unless it is not dumpable
 /// (then root's, and other processes of its user can neither trace it nor read its
 /// memory, environment or descriptors).
@@ -160,10 +191,18 @@ fn unknown_host_name() {
     c.write_config(&sshd, "Host nosuch\n  HostName nosuch-host.invalid\n");
     let mnt = c.mountpoint("mnt");
     // No network of its own: the lookup fails here without any traffic leaving the machine.
+    // unshare needs root; moor runs as the local user again, whose directories it uses.
     let mut cmd = c.moor();
     cmd.args(["mount", "-F", c.cfg(), "nosuch:/", mnt.to_str().unwrap()]);
+    let (uid, gid) = ids_of(LOCAL_USER);
     let mut un = std::process::Command::new("unshare");
-    un.arg("-n").arg(cmd.get_program()).args(cmd.get_args());
+    un.arg("-n")
+        .arg("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => un.env(k, v),

@@ -94,12 +94,20 @@ impl Cancel {
 
 /// Takes the agent lock, held for the life of the process: one agent per user.
 fn take_lock() -> Result<Option<nix::fcntl::Flock<std::fs::File>>, MoorError> {
-    let path = paths::lock_path()?;
+    take_lock_at(&paths::lock_path()?)
+}
+
+fn take_lock_at(path: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, MoorError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink: whoever placed one would have the agent (perhaps root's)
+    // create or lock a file of their choosing.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
         .map_err(|e| MoorError::new(ErrorKind::Agent, format!("cannot open {}: {e}", path.display())))?;
     let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
     // An agent that is just leaving still holds the lock for a moment: wait for it a
@@ -490,7 +498,9 @@ impl Agent {
     fn open_log(&self, live: &LiveMount, verbose: u8) -> Option<(PathBuf, Arc<std::sync::Mutex<RotatingLog>>)> {
         let dir = registry::log_dir().ok()?;
         let path = dir.join(format!("{}.log", live.name));
-        let file = logging::rotating(&path, logging::MOUNT_LOG_LIMIT, logging::MOUNT_LOGS_KEPT).ok()?;
+        let file =
+            logging::rotating(&path, logging::MOUNT_LOG_LIMIT, logging::MOUNT_LOGS_KEPT, logging::Symlinks::Refuse)
+                .ok()?;
         let file = Arc::new(std::sync::Mutex::new(file));
         write_log(&file, &format!("mounted {} on {} (log detail {verbose})", live.remote, live.mountpoint.display()));
         Some((path, file))
@@ -658,4 +668,23 @@ fn write_log(file: &std::sync::Mutex<RotatingLog>, line: &str) {
 
 fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { error: MoorError::new(kind, message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("chosen-by-someone-else");
+        let lock = dir.path().join("agent.lock");
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        let err = take_lock_at(&lock).unwrap_err();
+        assert!(err.message.contains("cannot open"), "{}", err.message);
+        assert!(!target.exists(), "the lock was made through the symlink");
+        // The real thing still works.
+        std::fs::remove_file(&lock).unwrap();
+        assert!(take_lock_at(&lock).unwrap().is_some());
+    }
 }
