@@ -5,8 +5,8 @@
 //! (SSH transport).
 
 mod cli;
-mod deadline;
 mod control;
+mod deadline;
 mod fs;
 mod link;
 mod logging;

@@ -18,9 +18,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::control::client::{self, Client, Mounted, Reconnected, Unmounted, WatchUpdate};
-use crate::deadline;
 use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest, MountStatus};
 use crate::control::{agent, mount, names, paths, registry, systemd};
+use crate::deadline;
 use crate::fs::IdMap;
 use crate::link::auth::{Asker, Question, Secret};
 use crate::link::config::{self, Overrides};

@@ -511,9 +511,7 @@ fn hold_mountpoint(mountpoint: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
     let fd = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, mountpoint, how) {
         // Before Linux 5.6: the last component at least is never followed.
-        Err(nix::errno::Errno::ENOSYS) => {
-            nix::fcntl::open(mountpoint, flags, nix::sys::stat::Mode::empty())?
-        }
+        Err(nix::errno::Errno::ENOSYS) => nix::fcntl::open(mountpoint, flags, nix::sys::stat::Mode::empty())?,
         other => other?,
     };
     let st = nix::sys::stat::fstat(&fd)?;

@@ -65,7 +65,8 @@ mod tests {
             assert!(check_name(good).is_ok(), "{good}");
         }
         let long = "a".repeat(NAME_MAX + 1);
-        for bad in ["", ".", "..", "../../../x", "a/b", "/abs", ".hidden", "-opt", "a b", "tab\t", "ü", long.as_str()] {
+        for bad in ["", ".", "..", "../../../x", "a/b", "/abs", ".hidden", "-opt", "a b", "tab\t", "ü", long.as_str()]
+        {
             let e = check_name(bad).unwrap_err();
             assert_eq!(e.kind, ErrorKind::Usage, "{bad}");
             assert!(!e.message.contains('\n'), "{bad}: {}", e.message);
