@@ -52,6 +52,18 @@ fn is_users_own(dir: &Path, uid: u32) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
 }
 
+/// Makes `dir` (and what is missing above it) when it does not exist yet (a fresh
+/// account's `~/.local/state`), but only inside a directory of the user's own: made in
+/// someone else's, it would be theirs to swap.
+fn make_if_missing(dir: &Path, uid: u32) {
+    if dir.exists() {
+        return;
+    }
+    if dir.ancestors().skip(1).find(|a| a.exists()).is_some_and(|a| is_users_own(a, uid)) {
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    }
+}
+
 /// The base directory the environment variable `var` names (`value`), checked to be the
 /// user's own. One inherited from another user (root through `su` without `-` keeps the
 /// user's `XDG_RUNTIME_DIR`) is refused rather than written in.
@@ -59,6 +71,7 @@ fn base_from_env(var: &str, value: Option<std::ffi::OsString>, uid: u32) -> Resu
     let Some(dir) = value.filter(|s| !s.is_empty()).map(PathBuf::from) else {
         return Ok(None);
     };
+    make_if_missing(&dir, uid);
     if !is_users_own(&dir, uid) {
         return Err(MoorError::new(
             ErrorKind::Agent,
@@ -142,6 +155,24 @@ mod tests {
         if nix::unistd::getuid().is_root() {
             nix::unistd::chown(&mine, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
             assert!(!is_users_own(&mine, uid));
+        }
+    }
+
+    #[test]
+    fn a_missing_base_is_made_only_inside_the_users_own() {
+        let uid = nix::unistd::getuid().as_raw();
+        let t = tempfile::tempdir().unwrap();
+        let fresh = t.path().join("home/.local/state");
+        let value = Some(fresh.clone().into_os_string());
+        assert_eq!(base_from_env("XDG_STATE_HOME", value.clone(), uid).unwrap(), Some(fresh.clone()));
+        assert!(fresh.is_dir());
+        if nix::unistd::getuid().is_root() {
+            let theirs = t.path().join("theirs");
+            std::fs::DirBuilder::new().mode(0o755).create(&theirs).unwrap();
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+            let inside = theirs.join("state");
+            assert!(base_from_env("XDG_STATE_HOME", Some(inside.clone().into_os_string()), uid).is_err());
+            assert!(!inside.exists(), "made a directory in another user's");
         }
     }
 
