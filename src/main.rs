@@ -6,6 +6,7 @@
 
 mod cli;
 mod control;
+mod deadline;
 mod fs;
 mod link;
 mod logging;

@@ -115,6 +115,75 @@ fn foreground_mount_unmounts_on_interrupt() {
     assert!(!is_mounted(&mnt));
 }
 
+/// Root with a user's runtime or state directory in its environment (`su` without `-`
+/// keeps them) would put its socket, lock, registry and logs where that user can swap
+/// them: refused, with what to do.
+#[test]
+fn root_refuses_a_users_runtime_and_state_directories() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let own = tempfile::tempdir().unwrap();
+    let root_moor = |run: &std::path::Path, state: &std::path::Path| {
+        let mut cmd = std::process::Command::new(MOOR);
+        cmd.args(["mount", "status"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", own.path())
+            .env("XDG_RUNTIME_DIR", run)
+            .env("XDG_STATE_HOME", state)
+            .stdin(Stdio::null());
+        run_with_deadline(cmd, Duration::from_secs(30))
+    };
+    let users_run = c.home.path().join("run");
+    let out = root_moor(&users_run, own.path());
+    assert_fails(&out, 9, &format!("XDG_RUNTIME_DIR={} is not a directory of yours", users_run.display()));
+    assert!(stderr(&out).contains("su -"), "{}", stderr(&out));
+    assert!(!users_run.join("moor").exists(), "root made its runtime dir in the user's");
+    // With its own runtime dir, the user's state dir is refused in turn (status needs
+    // none: it says so, and goes on).
+    let out = root_moor(own.path(), &c.home.path().join("state"));
+    assert!(stderr(&out).contains("XDG_STATE_HOME="), "{}", stderr(&out));
+    assert!(!c.home.path().join("state/moor").exists(), "root made its state dir in the user's");
+}
+
+/// The uid that owns `/proc/PID`'s files: the process's own, unless it is not dumpable
+/// (then root's, and other processes of its user can neither trace it nor read its
+/// memory, environment or descriptors).
+fn proc_owner(pid: u32) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(format!("/proc/{pid}/status")).unwrap().uid()
+}
+
+#[test]
+fn the_agent_and_a_foreground_mount_cannot_be_dumped_or_traced() {
+    let (local_uid, _) = ids_of(LOCAL_USER);
+    assert_ne!(local_uid, 0);
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let _m = c.mount(sshd.export.to_str().unwrap());
+    let agents = c.agent_pids();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(proc_owner(agents[0] as u32), 0, "the agent is dumpable");
+    let mnt = c.mountpoint("fg");
+    let spec = format!("testhost:{}", sshd.export.display());
+    let mut child = c
+        .moor()
+        .args(["mount", "--foreground", "--allow-other", "-F", c.cfg(), &spec, mnt.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mounted = wait_until(Duration::from_secs(15), || is_mounted(&mnt));
+    let owner = proc_owner(child.id());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let exited = wait_until(Duration::from_secs(15), || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    assert!(mounted, "foreground mount did not appear");
+    assert_eq!(owner, 0, "the foreground mount is dumpable");
+}
+
 #[test]
 fn unknown_host_name() {
     let sshd = Sshd::start();
@@ -122,10 +191,18 @@ fn unknown_host_name() {
     c.write_config(&sshd, "Host nosuch\n  HostName nosuch-host.invalid\n");
     let mnt = c.mountpoint("mnt");
     // No network of its own: the lookup fails here without any traffic leaving the machine.
+    // unshare needs root; moor runs as the local user again, whose directories it uses.
     let mut cmd = c.moor();
     cmd.args(["mount", "-F", c.cfg(), "nosuch:/", mnt.to_str().unwrap()]);
+    let (uid, gid) = ids_of(LOCAL_USER);
     let mut un = std::process::Command::new("unshare");
-    un.arg("-n").arg(cmd.get_program()).args(cmd.get_args());
+    un.arg("-n")
+        .arg("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
             Some(v) => un.env(k, v),
@@ -287,6 +364,55 @@ fn garbage_options() {
         let out = c.run(&args);
         assert_fails(&out, USAGE, needle);
     }
+    assert_clean(&c, &mnt);
+}
+
+/// A duration that is not zero yet rounds to nothing (a zero heartbeat interval panicked
+/// the link), or past any sensible wait, is refused before anything starts.
+#[test]
+fn durations_under_a_millisecond_or_beyond_a_year_are_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let m = mnt.to_str().unwrap();
+    let spec = format!("testhost:{}", sshd.export.display());
+    for flag in [
+        "--heartbeat-interval",
+        "--request-timeout",
+        "--call-timeout",
+        "--backoff-base",
+        "--backoff-cap",
+        "--cache-timeout",
+        "--wait",
+    ] {
+        let out = c.run(&["mount", "-F", c.cfg(), flag, "0.0000000001s", &spec, m]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(USAGE), "{flag}: {err}");
+        assert!(err.lines().next().unwrap_or("").contains("is too short: use at least 1ms"), "{flag}: {err}");
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+        let out = c.run(&["mount", "-F", c.cfg(), flag, "9000h", &spec, m]);
+        assert_eq!(out.status.code(), Some(USAGE), "{flag} 9000h: {}", stderr(&out));
+    }
+    let out = c.run(&["mount", "-F", c.cfg(), "-o", "cache_timeout=18446744073709551615", &spec, m]);
+    assert_fails(&out, USAGE, "-o cache_timeout=18446744073709551615");
+    assert_clean(&c, &mnt);
+}
+
+/// A mount's name becomes its log's file name: one that could reach another directory
+/// is refused before anything is mounted or written.
+#[test]
+fn a_name_that_is_not_a_plain_file_name_is_refused() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let mnt = c.mountpoint("mnt");
+    let export = sshd.export.to_str().unwrap();
+    for name in ["../../../x", "a/b", "..", ".hidden"] {
+        let out = c.try_mount(export, &mnt, &["--name", name]);
+        assert_fails(&out, USAGE, "bad --name");
+        assert!(!is_mounted(&mnt), "mounted with --name {name}");
+    }
+    // Where `../../../x` would have put the log, from the state dir's logs/.
+    assert!(!c.home.path().join("x.log").exists(), "a log escaped its directory");
     assert_clean(&c, &mnt);
 }
 

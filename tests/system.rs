@@ -60,12 +60,38 @@ impl Drop for HelperOnPath {
 /// and killed on drop, and a mountpoint left mounted is detached first.
 struct SystemMount {
     mountpoint: PathBuf,
+    /// The runtime and state directories the mount's agent is given.
     runtime: PathBuf,
+    state: PathBuf,
+    /// Root's own directories, when root serves the mount.
+    _root_dirs: Option<tempfile::TempDir>,
 }
 
 impl SystemMount {
+    /// A mount served by the client's user (`setuid=`), with the client's directories.
     fn of(c: &Client, mountpoint: &Path) -> SystemMount {
-        SystemMount { mountpoint: mountpoint.to_path_buf(), runtime: c.home.path().join("run") }
+        SystemMount {
+            mountpoint: mountpoint.to_path_buf(),
+            runtime: c.home.path().join("run"),
+            state: c.home.path().join("state"),
+            _root_dirs: None,
+        }
+    }
+
+    /// A mount root serves, with runtime and state directories of root's own: moor
+    /// refuses the user's, as it would after `su` without `-`.
+    fn as_root(mountpoint: &Path) -> SystemMount {
+        let dirs = tempfile::Builder::new().prefix("moor-root-").tempdir().unwrap();
+        for sub in ["run", "state"] {
+            fs::create_dir(dirs.path().join(sub)).unwrap();
+            fs::set_permissions(dirs.path().join(sub), fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        SystemMount {
+            mountpoint: mountpoint.to_path_buf(),
+            runtime: dirs.path().join("run"),
+            state: dirs.path().join("state"),
+            _root_dirs: Some(dirs),
+        }
     }
 
     fn agents(&self) -> Vec<u32> {
@@ -112,14 +138,11 @@ fn source(sshd: &Sshd) -> String {
     format!("{REMOTE_USER}@127.0.0.1:{}", sshd.export.display())
 }
 
-/// `mount ARGS` as root, as the system runs it, with the client's runtime and state
+/// `mount ARGS` as root, as the system runs it, with the guard's runtime and state
 /// directories in the environment (mount(8) passes those on to the helper).
-fn system_mount(c: &Client, program: &str, args: &[&str]) -> Output {
+fn system_mount(guard: &SystemMount, program: &str, args: &[&str]) -> Output {
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env("XDG_RUNTIME_DIR", c.home.path().join("run"))
-        .env("XDG_STATE_HOME", c.home.path().join("state"))
-        .stdin(Stdio::null());
+    cmd.args(args).env("XDG_RUNTIME_DIR", &guard.runtime).env("XDG_STATE_HOME", &guard.state).stdin(Stdio::null());
     run_with_deadline(cmd, Duration::from_secs(60))
 }
 
@@ -128,8 +151,8 @@ fn assert_ok(out: &Output, what: &str) {
 }
 
 /// The mounts the client's registry lists.
-fn registered(c: &Client) -> Vec<String> {
-    let text = fs::read_to_string(c.home.path().join("state/moor/mounts.json")).unwrap_or_default();
+fn registered(guard: &SystemMount) -> Vec<String> {
+    let text = fs::read_to_string(guard.state.join("moor/mounts.json")).unwrap_or_default();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     let mut found = Vec::new();
     collect_mountpoints(&doc, &mut found);
@@ -151,22 +174,22 @@ fn collect_mountpoints(v: &serde_json::Value, out: &mut Vec<String>) {
 
 /// After a kernel unmount, the agent ends the mount as `moor unmount` does: out of the
 /// registry, its link closed, and the agent gone with its last mount.
-fn assert_ended_in_agent(c: &Client, guard: &SystemMount) {
+fn assert_ended_in_agent(guard: &SystemMount) {
     let mnt = guard.mountpoint.display().to_string();
     assert!(!is_mounted(&guard.mountpoint), "{mnt} still mounted");
-    assert_agent_let_go(c, guard);
+    assert_agent_let_go(guard);
 }
 
 /// The agent's side of the end of a mount: gone from the registry, the mount's log
 /// says so, and the agent left with its last mount.
-fn assert_agent_let_go(c: &Client, guard: &SystemMount) {
+fn assert_agent_let_go(guard: &SystemMount) {
     let mnt = guard.mountpoint.display().to_string();
     assert!(
         wait_until(Duration::from_secs(20), || guard.agents().is_empty()),
         "the agent did not end after the unmount"
     );
-    assert!(!registered(c).contains(&mnt), "{mnt} still in the registry: {:?}", registered(c));
-    let logs: String = fs::read_dir(c.home.path().join("state/moor/logs"))
+    assert!(!registered(guard).contains(&mnt), "{mnt} still in the registry: {:?}", registered(guard));
+    let logs: String = fs::read_dir(guard.state.join("moor/logs"))
         .into_iter()
         .flatten()
         .flatten()
@@ -186,17 +209,17 @@ fn mount_t_fuse_moor_mounts_and_umount_ends_it_in_the_agent() {
     // setuid= is mount.fuse3's: the mount is the local user's, as with sshfs in fstab.
     let opts =
         format!("setuid={LOCAL_USER},allow_other,reconnect,idmap=user,ServerAliveInterval=15,{}", ssh_options(&c));
-    let out = system_mount(&c, "mount", &["-t", "fuse.moor", "-o", &opts, &source(&sshd), mnt.to_str().unwrap()]);
+    let out = system_mount(&guard, "mount", &["-t", "fuse.moor", "-o", &opts, &source(&sshd), mnt.to_str().unwrap()]);
     assert_ok(&out, "mount -t fuse.moor");
     // mount(8) returned: the mount answers already.
     assert_eq!(fs::read_to_string(mnt.join("hello")).unwrap(), "from the server");
     let status = c.status_json();
     assert_eq!(status["mounts"][0]["mountpoint"], mnt.display().to_string(), "{status}");
-    assert!(registered(&c).contains(&mnt.display().to_string()));
+    assert!(registered(&guard).contains(&mnt.display().to_string()));
     sh_ok(&format!("echo written > {}/new", mnt.display()));
-    let out = system_mount(&c, "umount", &[mnt.to_str().unwrap()]);
+    let out = system_mount(&guard, "umount", &[mnt.to_str().unwrap()]);
     assert_ok(&out, "umount");
-    assert_ended_in_agent(&c, &guard);
+    assert_ended_in_agent(&guard);
     assert_eq!(fs::read_to_string(sshd.export.join("new")).unwrap(), "written\n");
 }
 
@@ -217,15 +240,15 @@ fn an_fstab_line_mounts_and_umount_l_ends_it() {
         ssh_options(&c)
     );
     fs::write(&fstab, line).unwrap();
-    let out = system_mount(&c, "mount", &["--fstab", fstab.to_str().unwrap(), mnt.to_str().unwrap()]);
+    let out = system_mount(&guard, "mount", &["--fstab", fstab.to_str().unwrap(), mnt.to_str().unwrap()]);
     assert_ok(&out, "mount --fstab");
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "x");
     // `user` in fstab means noexec for mount(8), and moor keeps it.
     let opts = mount_options(&mnt);
     assert!(opts.contains(&"noexec".to_string()), "{opts:?}");
-    let out = system_mount(&c, "umount", &["-l", mnt.to_str().unwrap()]);
+    let out = system_mount(&guard, "umount", &["-l", mnt.to_str().unwrap()]);
     assert_ok(&out, "umount -l");
-    assert_ended_in_agent(&c, &guard);
+    assert_ended_in_agent(&guard);
 }
 
 /// The options of the mount on `mnt`, as /proc/mounts lists them.
@@ -487,19 +510,19 @@ fn root_mounts_over_an_automounter_trigger_without_setting_it_off() {
     let c = Client::new(&sshd);
     sshd.put("f", "under the trigger");
     let mnt = c.mountpoint("mnt");
-    let guard = SystemMount::of(&c, &mnt);
+    let guard = SystemMount::as_root(&mnt);
     let work = work_dir();
     let trigger = Trigger::on(&mnt, work.path());
     let opts = format!("allow_other,{}", ssh_options(&c));
-    let out = system_mount(&c, "mount", &["-t", "fuse.moor", "-o", &opts, &source(&sshd), mnt.to_str().unwrap()]);
+    let out = system_mount(&guard, "mount", &["-t", "fuse.moor", "-o", &opts, &source(&sshd), mnt.to_str().unwrap()]);
     assert!(!trigger.set_off(), "the mount set the automounter's trigger off");
     assert_ok(&out, "mount -t fuse.moor over an autofs trigger");
     assert_eq!(top_fstype(&mnt).as_deref(), Some("fuse.moor"));
     assert_eq!(fs::read_to_string(mnt.join("f")).unwrap(), "under the trigger");
-    let out = system_mount(&c, "umount", &[mnt.to_str().unwrap()]);
+    let out = system_mount(&guard, "umount", &[mnt.to_str().unwrap()]);
     assert_ok(&out, "umount");
     // The trigger is what is left there.
     assert_eq!(top_fstype(&mnt).as_deref(), Some("autofs"));
-    assert_agent_let_go(&c, &guard);
+    assert_agent_let_go(&guard);
     assert!(!trigger.set_off(), "the unmount set the automounter's trigger off");
 }

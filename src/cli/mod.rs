@@ -20,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::control::client::{self, Client, Mounted, Reconnected, Unmounted, WatchUpdate};
 use crate::control::protocol::{AtStake, ErrorKind, MoorError, MountInfo, MountRequest, MountStatus};
 use crate::control::{agent, mount, names, paths, registry, systemd};
+use crate::deadline;
 use crate::fs::IdMap;
 use crate::link::auth::{Asker, Question, Secret};
 use crate::link::config::{self, Overrides};
@@ -111,7 +112,8 @@ struct MountArgs {
     /// -o ConnectTimeout=5; may be repeated (as with sshfs and ssh -o)
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
-    /// Name for the mount (default: derived from host and path)
+    /// Name for the mount, up to 64 letters, digits, '.', '-' and '_' (default: derived
+    /// from host and path)
     #[arg(long)]
     name: Option<String>,
     /// Stay attached: serve the mount from this process until Ctrl-C or SIGTERM, then
@@ -320,10 +322,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         other => return Err(format!("unknown unit '{other}' in '{s}': use ms, s, m or h")),
     };
-    if !secs.is_finite() || secs <= 0.0 || secs > 86_400.0 * 365.0 {
-        return Err(format!("'{s}' is out of range"));
+    if !secs.is_finite() || secs <= 0.0 || secs > deadline::LONGEST.as_secs_f64() {
+        return Err(format!("'{s}' is out of range: use at most 365 days"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let d = Duration::from_secs_f64(secs);
+    if d < deadline::SHORTEST {
+        return Err(format!("'{s}' is too short: use at least 1ms"));
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand, Debug)]
@@ -477,7 +483,19 @@ fn close_inherited_descriptors() {
     }
 }
 
+/// Keeps what this process will hold (passwords and passphrases typed, keys decrypted,
+/// the agent's and a foreground mount's live sessions) out of core dumps and away from
+/// other processes of the same user: a process that is not dumpable cannot be traced
+/// by them, and its /proc files are root's. Programs it runs are dumpable again.
+fn keep_memory_private() {
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        // Logging is not set up yet; the process works on, only less guarded.
+        eprintln!("moor: warning: cannot keep this process out of core dumps: {e}");
+    }
+}
+
 pub fn run() -> i32 {
+    keep_memory_private();
     // Before any thread starts: the environment is not safe to change after.
     fill_environment();
     let cli = Cli::parse_from(with_command(std::env::args_os().collect()));
@@ -548,6 +566,9 @@ async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
     let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
         return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
     };
+    if let Some(name) = &args.name {
+        names::check_name(name)?;
+    }
     let o = options::parse(&args.options).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
     let sharing = args.sharing.with(&o)?;
     let connections = o.connections.unwrap_or(args.cache.connections);
@@ -948,9 +969,18 @@ mod tests {
         assert_eq!(parse_duration("1.5m").unwrap(), Duration::from_secs(90));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        for bad in ["", "abc", "5x", "-1s", "0s", "1e999s"] {
+        assert_eq!(parse_duration("1ms").unwrap(), Duration::from_millis(1));
+        for bad in ["", "abc", "5x", "-1s", "0s", "1e999s", "366d", "8761h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Not zero, yet zero once stored: a zero interval would panic the link's timer.
+        for tiny in ["0.0000000001s", "0.5ms", "0.0009s", "0.00001m"] {
+            let e = parse_duration(tiny).unwrap_err();
+            assert!(e.contains("at least 1ms"), "{tiny}: {e}");
+            let e = parse_duration_or_zero(tiny).unwrap_err();
+            assert!(e.contains("at least 1ms"), "{tiny}: {e}");
+        }
+        assert_eq!(parse_duration_or_zero("0").unwrap(), Duration::ZERO);
     }
 
     #[test]

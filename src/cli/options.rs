@@ -292,8 +292,12 @@ fn apply(o: &mut MountOptions, name: &str, value: Option<&str>) -> Result<(), Op
             }
         }
         "cache_timeout" => {
-            let secs: u64 = need()?.parse().map_err(|_| bad("use a number of seconds"))?;
-            o.cache_timeout = Some(Duration::from_secs(secs));
+            let secs: u64 = need()?.parse().map_err(|_| bad("use a number of seconds, at most a year's"))?;
+            let timeout = Duration::from_secs(secs);
+            if timeout > crate::deadline::LONGEST {
+                return Err(bad("use a number of seconds, at most a year's"));
+            }
+            o.cache_timeout = Some(timeout);
         }
         "max_conns" => {
             let n: u16 = need()?.parse().map_err(|_| bad("use a number from 1 to 32"))?;
@@ -406,6 +410,8 @@ mod tests {
             (&["umask=999"], "use octal"),
             (&["cache=maybe"], "use yes or no"),
             (&["max_conns=0"], "from 1 to 32"),
+            (&["cache_timeout=18446744073709551615"], "at most a year"),
+            (&["cache_timeout=0.5"], "number of seconds"),
             (&["uid"], "needs a value"),
             (&["Port"], "needs a value"),
             (&["allow_other,allow_root"], "cannot go together"),

@@ -94,12 +94,20 @@ impl Cancel {
 
 /// Takes the agent lock, held for the life of the process: one agent per user.
 fn take_lock() -> Result<Option<nix::fcntl::Flock<std::fs::File>>, MoorError> {
-    let path = paths::lock_path()?;
+    take_lock_at(&paths::lock_path()?)
+}
+
+fn take_lock_at(path: &Path) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, MoorError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Never through a symlink: whoever placed one would have the agent (perhaps root's)
+    // create or lock a file of their choosing.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
         .map_err(|e| MoorError::new(ErrorKind::Agent, format!("cannot open {}: {e}", path.display())))?;
     let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
     // An agent that is just leaving still holds the lock for a moment: wait for it a
@@ -360,9 +368,9 @@ impl Agent {
 
     async fn reconnect(&self, target: &str, asker: Option<Arc<dyn Asker>>) -> Result<(MountInfo, String), MoorError> {
         let m = self.find(target).await.ok_or_else(|| not_mounted(target))?;
-        let mut limit = m.request.link.reconnect_timeout + Duration::from_secs(5);
+        let mut limit = m.request.link.reconnect_timeout.saturating_add(Duration::from_secs(5));
         if asker.is_some() {
-            limit += PERSON_DEADLINE;
+            limit = limit.saturating_add(PERSON_DEADLINE);
         }
         match m.link().reconnect_now(limit, asker).await {
             Ok(outcome) => Ok((m.info(), outcome.to_string())),
@@ -403,6 +411,9 @@ impl Agent {
             ));
         }
         if let Some(n) = &req.name {
+            // The name becomes the log's file name: a client of another version may not
+            // have checked it.
+            super::names::check_name(n)?;
             if self.mounts.lock().await.values().any(|m| &m.name == n) {
                 return Err(MoorError::new(
                     ErrorKind::Usage,
@@ -487,7 +498,9 @@ impl Agent {
     fn open_log(&self, live: &LiveMount, verbose: u8) -> Option<(PathBuf, Arc<std::sync::Mutex<RotatingLog>>)> {
         let dir = registry::log_dir().ok()?;
         let path = dir.join(format!("{}.log", live.name));
-        let file = logging::rotating(&path, logging::MOUNT_LOG_LIMIT, logging::MOUNT_LOGS_KEPT).ok()?;
+        let file =
+            logging::rotating(&path, logging::MOUNT_LOG_LIMIT, logging::MOUNT_LOGS_KEPT, logging::Symlinks::Refuse)
+                .ok()?;
         let file = Arc::new(std::sync::Mutex::new(file));
         write_log(&file, &format!("mounted {} on {} (log detail {verbose})", live.remote, live.mountpoint.display()));
         Some((path, file))
@@ -543,7 +556,7 @@ impl Agent {
             }
         }
         let started = tokio::time::Instant::now();
-        let deadline = req.wait.map(|w| started + w);
+        let deadline = req.wait.map(|w| crate::deadline::later(started, w));
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
         let link = loop {
             let attempt = tokio::select! {
@@ -655,4 +668,23 @@ fn write_log(file: &std::sync::Mutex<RotatingLog>, line: &str) {
 
 fn error(kind: ErrorKind, message: String) -> Response {
     Response::Error { error: MoorError::new(kind, message) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlinked_lock_file_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("chosen-by-someone-else");
+        let lock = dir.path().join("agent.lock");
+        std::os::unix::fs::symlink(&target, &lock).unwrap();
+        let err = take_lock_at(&lock).unwrap_err();
+        assert!(err.message.contains("cannot open"), "{}", err.message);
+        assert!(!target.exists(), "the lock was made through the symlink");
+        // The real thing still works.
+        std::fs::remove_file(&lock).unwrap();
+        assert!(take_lock_at(&lock).unwrap().is_some());
+    }
 }

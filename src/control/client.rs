@@ -127,7 +127,8 @@ impl Client {
     /// Dropping the future hangs up, which makes the agent give the mount up.
     /// Questions of the login (passphrase, password, one-time code) go to `ask`.
     pub async fn mount(self, req: MountRequest, ask: Option<Ask>) -> Result<Mounted, MoorError> {
-        let deadline = req.dest.connect_timeout + req.wait.unwrap_or_default() + MOUNT_SLACK;
+        let deadline =
+            req.dest.connect_timeout.saturating_add(req.wait.unwrap_or_default()).saturating_add(MOUNT_SLACK);
         self.ask(Request::Mount(Box::new(req)), deadline, ask, |r| match r {
             Response::Mounted { mount, already } => Some(Mounted { mount, already }),
             _ => None,

@@ -507,10 +507,33 @@ struct DirectMount {
     shared: bool,
 }
 
+/// The mountpoint, held by a descriptor that names it without opening it: root checks
+/// and mounts on what this refers to, so the path cannot be swapped for a symlink to
+/// somewhere else in between. `mountpoint` is canonical, so a symlink anywhere in it now
+/// was put there since it was checked, and is refused (`ELOOP`, or a link that is not a
+/// directory). `O_PATH` without `O_DIRECTORY`: either an open or `O_DIRECTORY` would set
+/// off an automounter's trigger sitting there, as a stat does not.
+fn hold_mountpoint(mountpoint: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let how = OpenHow::new().flags(flags).resolve(ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let fd = match nix::fcntl::openat2(nix::fcntl::AT_FDCWD, mountpoint, how) {
+        // Before Linux 5.6: the last component at least is never followed.
+        Err(nix::errno::Errno::ENOSYS) => nix::fcntl::open(mountpoint, flags, nix::sys::stat::Mode::empty())?,
+        other => other?,
+    };
+    let st = nix::sys::stat::fstat(&fd)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOTDIR));
+    }
+    Ok(fd)
+}
+
 /// Root mounts as libfuse does, not as fuser does: fuser opens the mountpoint first,
 /// which sets off an automounter's trigger sitting there (systemd's
-/// `x-systemd.automount`, autofs) and then waits for the very mount being made. A stat
-/// does not set it off (Linux 4.14 and later), and mount(2) goes over the trigger.
+/// `x-systemd.automount`, autofs) and then waits for the very mount being made. The
+/// mountpoint is held by an `O_PATH` descriptor, which does not set it off (see
+/// `hold_mountpoint`), and mount(2) goes over the trigger through that descriptor.
 fn mount_as_root<FS: fuser::Filesystem + Send + 'static>(
     mountpoint: &Path,
     m: &DirectMount,
@@ -519,7 +542,9 @@ fn mount_as_root<FS: fuser::Filesystem + Send + 'static>(
 ) -> std::io::Result<fuser::BackgroundSession> {
     use nix::mount::MsFlags;
     let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
-    let st = nix::sys::stat::stat(mountpoint)?;
+    let held = hold_mountpoint(mountpoint)?;
+    let st = nix::sys::stat::fstat(&held)?;
+    let target = PathBuf::from(format!("/proc/self/fd/{}", held.as_raw_fd()));
     let mut data = format!(
         "fd={},rootmode={:o},user_id={},group_id={}",
         dev.as_raw_fd(),
@@ -540,7 +565,7 @@ fn mount_as_root<FS: fuser::Filesystem + Send + 'static>(
     if m.no_exec {
         flags |= MsFlags::MS_NOEXEC;
     }
-    nix::mount::mount(Some(m.source.as_str()), mountpoint, Some("fuse.moor"), flags, Some(data.as_str()))?;
+    nix::mount::mount(Some(m.source.as_str()), &target, Some("fuse.moor"), flags, Some(data.as_str()))?;
     let acl = cfg.acl;
     match fuser::Session::from_fd(fs, dev.into(), acl, cfg).and_then(fuser::Session::spawn) {
         Ok(session) => Ok(session),
@@ -710,6 +735,60 @@ mod tests {
         for (mounts, want, why) in cases {
             assert_eq!(taken(&mounts, Path::new("/m")), want, "{why}");
         }
+    }
+
+    #[test]
+    fn a_mountpoint_is_held_only_where_no_symlink_leads() {
+        let t = tempfile::tempdir().unwrap();
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, t.path().join("link")).unwrap();
+        std::fs::write(t.path().join("file"), "").unwrap();
+        assert!(hold_mountpoint(&real).is_ok());
+        let errno = |p: &Path| hold_mountpoint(p).unwrap_err().raw_os_error();
+        // The last component a symlink: held as the link itself, which is no directory.
+        assert_eq!(errno(&t.path().join("link")), Some(libc::ENOTDIR));
+        // A symlink further up the path.
+        std::fs::create_dir(real.join("sub")).unwrap();
+        assert_eq!(errno(&t.path().join("link/sub")), Some(libc::ELOOP));
+        assert_eq!(errno(&t.path().join("file")), Some(libc::ENOTDIR));
+        assert_eq!(errno(&t.path().join("missing")), Some(libc::ENOENT));
+    }
+
+    /// A filesystem that answers nothing: only whether the kernel mount is made counts.
+    struct Nothing;
+    impl fuser::Filesystem for Nothing {}
+
+    #[test]
+    fn root_never_mounts_through_a_symlink_swapped_in() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // Only root mounts this way.
+        }
+        let t = tempfile::tempdir().unwrap();
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        // The checked mountpoint, replaced by a symlink before the mount.
+        let mountpoint = t.path().join("mnt");
+        std::os::unix::fs::symlink(&elsewhere, &mountpoint).unwrap();
+        let direct = DirectMount {
+            source: "moor:test#symlink".into(),
+            read_only: true,
+            no_exec: true,
+            default_permissions: false,
+            shared: false,
+        };
+        let made = mount_as_root(&mountpoint, &direct, Nothing, fuser::Config::default());
+        let mounted_elsewhere = is_mountpoint(&elsewhere);
+        if mounted_elsewhere {
+            let _ = nix::mount::umount2(&elsewhere, nix::mount::MntFlags::MNT_DETACH);
+        }
+        drop(made);
+        assert!(!mounted_elsewhere, "root mounted where the symlink led");
+        // The directory itself is mounted on, through the descriptor that holds it.
+        let made = mount_as_root(&elsewhere, &direct, Nothing, fuser::Config::default());
+        let mounted = is_mountpoint(&elsewhere);
+        let _ = nix::mount::umount2(&elsewhere, nix::mount::MntFlags::MNT_DETACH);
+        assert!(made.is_ok() && mounted, "root did not mount on a plain directory: {:?}", made.err());
     }
 
     #[test]

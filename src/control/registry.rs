@@ -47,9 +47,28 @@ fn err(m: String) -> MoorError {
 
 /// Reads, changes and writes the registry under an exclusive lock.
 fn update<T>(f: impl FnOnce(&mut Registry) -> T) -> Result<T, MoorError> {
-    let dir = paths::state_dir()?;
+    update_in(&paths::state_dir()?, f)
+}
+
+/// Opens files of the state dir: never through a symlink, which moor never makes there
+/// (one would have root's agent read or write where someone else chose).
+fn own_file() -> fs::OpenOptions {
+    let mut o = fs::OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
+/// The whole of `path`, read without following a symlink.
+fn read_own(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    own_file().read(true).open(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn update_in<T>(dir: &Path, f: impl FnOnce(&mut Registry) -> T) -> Result<T, MoorError> {
     let lock_path = dir.join("mounts.lock");
-    let lock_file = fs::OpenOptions::new()
+    let lock_file = own_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -59,7 +78,7 @@ fn update<T>(f: impl FnOnce(&mut Registry) -> T) -> Result<T, MoorError> {
     let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| err(format!("cannot lock {}: {e}", lock_path.display())))?;
     let path = dir.join("mounts.json");
-    let mut reg: Registry = match fs::read(&path) {
+    let mut reg: Registry = match read_own(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::warn!(path = %path.display(), %e, "registry unreadable; starting a new one");
             Registry::default()
@@ -75,7 +94,7 @@ fn update<T>(f: impl FnOnce(&mut Registry) -> T) -> Result<T, MoorError> {
 /// Replaces `path` atomically with a file only the user can read.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), MoorError> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
+    let mut f = own_file()
         .create(true)
         .truncate(true)
         .write(true)
@@ -160,10 +179,33 @@ pub async fn clean_stale() -> Result<Vec<Notice>, MoorError> {
 }
 
 pub fn log_dir() -> Result<PathBuf, MoorError> {
-    let dir = paths::state_dir()?.join("logs");
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .create(&dir)
-        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
+    paths::private_subdir(&paths::state_dir()?, "logs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_files_are_never_opened_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("chosen-by-someone-else");
+        std::fs::write(&target, "theirs").unwrap();
+        let notices = |d: &Path| update_in(d, |r| r.notices.len());
+        // The lock file.
+        std::os::unix::fs::symlink(&target, dir.path().join("mounts.lock")).unwrap();
+        assert!(notices(dir.path()).is_err());
+        std::fs::remove_file(dir.path().join("mounts.lock")).unwrap();
+        // The registry itself.
+        std::os::unix::fs::symlink(&target, dir.path().join("mounts.json")).unwrap();
+        assert!(notices(dir.path()).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs");
+        std::fs::remove_file(dir.path().join("mounts.json")).unwrap();
+        // The file it is written through first.
+        std::os::unix::fs::symlink(&target, dir.path().join("mounts.tmp")).unwrap();
+        assert!(notices(dir.path()).is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "theirs");
+        std::fs::remove_file(dir.path().join("mounts.tmp")).unwrap();
+        assert_eq!(notices(dir.path()).unwrap(), 0);
+    }
 }

@@ -164,7 +164,7 @@ impl Ctx {
         &self,
         mut op: Pin<&mut impl Future<Output = Result<T, Errno>>>,
     ) -> Result<Result<T, Errno>, Errno> {
-        let mut deadline = tokio::time::Instant::now() + self.call_timeout;
+        let mut deadline = crate::deadline::after(self.call_timeout);
         loop {
             let look = (tokio::time::Instant::now() + RECHECK).min(deadline);
             match tokio::time::timeout_at(look, op.as_mut()).await {

@@ -235,6 +235,19 @@ fn parse_config(text: &str, home: &Path, path: &Path) -> Result<SshConfig, Confi
         .map_err(|e| ConfigError::Read { path: path.to_path_buf(), msg: e.to_string() })
 }
 
+/// How long a connection may take to come up when the config does not say.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The config's `ConnectTimeout`: 0 means none given, as for ssh (never "give up at
+/// once"), and a value past any sensible wait is taken as the longest moor honours.
+fn connect_timeout(configured: Option<Duration>) -> Duration {
+    match configured {
+        None => DEFAULT_CONNECT_TIMEOUT,
+        Some(t) if t.is_zero() => DEFAULT_CONNECT_TIMEOUT,
+        Some(t) => crate::deadline::clamp(t),
+    }
+}
+
 /// Resolves `[user@]host` into a destination: by `ssh -G` when OpenSSH's client is
 /// installed, else by moor's own reading of the config file.
 pub fn resolve(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
@@ -372,10 +385,10 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         known_hosts: Vec::new(),
         global_known_hosts: Vec::new(),
         host_key_policy: HostKeyPolicy::Strict,
-        connect_timeout: match one("connecttimeout") {
-            None | Some("none") => Duration::from_secs(15),
-            Some(t) => Duration::from_secs(t.parse().map_err(|_| bad("ConnectTimeout", t))?),
-        },
+        connect_timeout: connect_timeout(match one("connecttimeout") {
+            None | Some("none") => None,
+            Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| bad("ConnectTimeout", t))?)),
+        }),
         agent_socket: None,
         host_key_alias: one("hostkeyalias").filter(|a| *a != "none").map(str::to_string),
         address_family: match one("addressfamily") {
@@ -395,7 +408,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
     let interval: u64 = one("serveraliveinterval").and_then(|v| v.parse().ok()).unwrap_or(0);
     let count: u32 = one("serveralivecountmax").and_then(|v| v.parse().ok()).unwrap_or(3);
     if interval > 0 {
-        d.server_alive = Some((Duration::from_secs(interval), count.max(1)));
+        d.server_alive = Some((crate::deadline::clamp(Duration::from_secs(interval)), count.max(1)));
     }
     d.identity_files = all("identityfile").iter().map(|i| expand(i, &home, &d)).collect();
     // ssh expands `~` in these from the password database's home; moor means $HOME.
@@ -516,7 +529,7 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         known_hosts: Vec::new(),
         global_known_hosts: Vec::new(),
         host_key_policy: HostKeyPolicy::Strict,
-        connect_timeout: p.connect_timeout.unwrap_or(Duration::from_secs(15)),
+        connect_timeout: connect_timeout(p.connect_timeout),
         agent_socket: None,
         host_key_alias: extra("hostkeyalias"),
         address_family: AddressFamily::Any,
@@ -582,6 +595,20 @@ mod tests {
         std::fs::write(&cfg, text).unwrap();
         let ov = Overrides { config_file: Some(cfg), ..ov };
         resolve_builtin(host, &ov).unwrap()
+    }
+
+    #[test]
+    fn connect_timeouts_of_zero_or_beyond_reason() {
+        for (text, want) in [
+            ("ConnectTimeout 0\n", DEFAULT_CONNECT_TIMEOUT),
+            ("ConnectTimeout 18446744073709551615\n", crate::deadline::LONGEST),
+            ("ConnectTimeout 9\n", Duration::from_secs(9)),
+            ("", DEFAULT_CONNECT_TIMEOUT),
+        ] {
+            let d = with_config(&format!("Host box\n  {text}"), Overrides::default(), "box");
+            assert_eq!(d.connect_timeout, want, "{text:?}");
+        }
+        assert_eq!(connect_timeout(Some(Duration::MAX)), crate::deadline::LONGEST);
     }
 
     #[test]
@@ -758,6 +785,23 @@ mod tests {
             let e = resolve_by_ssh(&ssh, host, &ov).unwrap_err();
             assert!(e.to_string().starts_with(name), "{host}: {e}");
         }
+    }
+
+    #[test]
+    fn ssh_g_timeouts_of_zero_or_beyond_reason() {
+        let ssh = find_in_path("ssh").expect("the tests need OpenSSH's client (ssh)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host zero\n  ConnectTimeout 0\nHost huge\n  ConnectTimeout 2147483647\n  ServerAliveInterval 2147483647\n",
+        )
+        .unwrap();
+        let ov = Overrides { config_file: Some(cfg), ..Overrides::default() };
+        assert_eq!(resolve_by_ssh(&ssh, "zero", &ov).unwrap().connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        let huge = resolve_by_ssh(&ssh, "huge", &ov).unwrap();
+        assert_eq!(huge.connect_timeout, crate::deadline::LONGEST);
+        assert_eq!(huge.server_alive, Some((crate::deadline::LONGEST, 3)));
     }
 
     #[test]

@@ -426,7 +426,7 @@ impl Link {
                     self.publish(LinkState::Down {
                         since,
                         attempt,
-                        next_attempt_at: SystemTime::now() + delay,
+                        next_attempt_at: crate::deadline::wall_after(delay),
                         last_error: last_error.clone(),
                     });
                     tokio::select! {
@@ -550,7 +550,9 @@ impl Link {
         // The smallest heartbeat round trip since the last tick: the connection with the
         // least queued on it shows the link's own latency.
         let mut fastest: Option<Duration> = None;
-        let mut tick = tokio::time::interval(self.opts.heartbeat_interval);
+        // A zero interval panics the timer; the CLI refuses one, a request from a client of
+        // another version might not.
+        let mut tick = tokio::time::interval(self.opts.heartbeat_interval.max(crate::deadline::SHORTEST));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut check = tokio::time::interval(WATCHDOG_PERIOD.min(stall_limit / 4).max(Duration::from_millis(10)));
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -384,8 +384,8 @@ pub async fn connect(
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
 ) -> Result<SftpConn, LinkError> {
-    let deadline = tokio::time::Instant::now() + dest.connect_timeout;
-    let limit = deadline + if asker.is_some() { PERSON_DEADLINE } else { Duration::ZERO };
+    let deadline = crate::deadline::after(dest.connect_timeout);
+    let limit = crate::deadline::later(deadline, if asker.is_some() { PERSON_DEADLINE } else { Duration::ZERO });
     let timeout = || LinkError::ConnectTimeout {
         addr: format!("{}:{}", dest.host_name, dest.port),
         secs: dest.connect_timeout.as_secs(),
