@@ -137,12 +137,6 @@ impl MetaCache {
         self.generation += 1;
     }
 
-    /// A change the mount made earlier has now reached the server: answers asked in
-    /// the meantime may predate it and are not kept.
-    pub fn changed_on_server(&mut self) {
-        self.changed();
-    }
-
     /// The mount made or changed `path`; `attr` is what it is now.
     pub fn set(&mut self, path: &str, attr: Attr) {
         self.changed();

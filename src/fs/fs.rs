@@ -1,7 +1,7 @@
 //! The filesystem core: POSIX operations on inode numbers and handles, served by a
 //! [`Remote`]. It knows nothing of the kernel (see `fuse.rs`) or of SSH (see `remote`).
 //! `Fs` keeps the inode table, the metadata cache and the open handles, and coordinates
-//! the owners of each concern (write-behind, delete-behind, read-ahead, small files,
+//! the owners of each concern (write-behind, read-ahead, small files,
 //! listing ahead, retries), each of which holds its own state and background tasks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Semaphore;
 
 use super::cache::{Known, MetaCache};
-use super::delete_behind::DeleteBehind;
 use super::errno::{self, Errno, Op};
 use super::handles::{close_quietly, DirItem, FileState, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
@@ -117,7 +116,6 @@ pub struct Fs<R: Remote> {
     files: Handles<OpenFile>,
     dirs: Handles<OpenDir>,
     write_behind: WriteBehind<R>,
-    delete_behind: DeleteBehind<R>,
     read_ahead: ReadAhead<R>,
     small_files: SmallFiles<R>,
     list_ahead: ListAhead<R>,
@@ -157,7 +155,6 @@ impl<R: Remote> Fs<R> {
         let slots = Arc::new(Semaphore::new(BACKGROUND_FETCHES));
         Fs {
             write_behind: WriteBehind::new(remote.clone(), tasks.clone(), opts.dirty_limit, acks),
-            delete_behind: DeleteBehind::new(remote.clone(), tasks.clone(), cache.clone()),
             read_ahead: ReadAhead::new(remote.clone(), tasks.clone(), opts.read_ahead),
             small_files: SmallFiles::new(
                 remote.clone(),
@@ -188,11 +185,10 @@ impl<R: Remote> Fs<R> {
         }
     }
 
-    /// Waits up to `limit` for queued writes and removals to reach the server; returns
-    /// how many written bytes did not.
+    /// Waits up to `limit` for queued writes to reach the server; returns how many
+    /// written bytes did not.
     pub async fn drain_all(&self, limit: Duration) -> u64 {
-        let all = futures_util::future::join(self.write_behind.all_written(), self.delete_behind.all_done());
-        let _ = tokio::time::timeout(limit, all).await;
+        let _ = tokio::time::timeout(limit, self.write_behind.all_written()).await;
         self.write_behind.queued_bytes()
     }
 
@@ -297,7 +293,6 @@ impl<R: Remote> Fs<R> {
             Known::Absent => return Err(Errno::ENOENT),
             Known::Unknown => {}
         }
-        self.delete_behind.removed().await?;
         let asked = self.cache().snapshot();
         // Writes out now may land after the server answers, on another connection.
         let known = self.inodes().lookup_path(&path).map_or(0, |ino| self.write_behind.queued_end(ino));
@@ -526,7 +521,6 @@ impl<R: Remote> Fs<R> {
     pub async fn mkdir(&self, parent: Ino, name: &str, mode: u32) -> FsResult<Entry> {
         self.may_change()?;
         let path = self.child_of(parent, name)?;
-        self.delete_behind.removed().await?;
         let (res, attr) = split(self.remote.mkdir_stat(&path, mode & 0o7777).await);
         let attempt = Attempt::new(Op::Mkdir, &path);
         self.conclude(attempt, res).await?;
@@ -558,14 +552,6 @@ impl<R: Remote> Fs<R> {
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
         self.may_change()?;
         let path = self.child_of(parent, name)?;
-        let (dir, _) = parent_and_name(&path);
-        let cached = self.cache().lookup(dir, name);
-        let burst = self.delete_behind.in_burst(dir);
-        if let Known::Exists(known) = cached {
-            if burst && known.kind() != FileKind::Dir && self.remote.is_available() {
-                return self.unlink_behind(path, known).await;
-            }
-        }
         let res = self.remote.remove(&path).await;
         let attempt = Attempt::new(Op::Unlink, &path);
         let concluded = self.conclude(attempt, res).await;
@@ -580,24 +566,9 @@ impl<R: Remote> Fs<R> {
         Ok(())
     }
 
-    /// Removes a file the mount knows, in a burst of removals, answering once the
-    /// removal is on its way (see `delete_behind`).
-    async fn unlink_behind(&self, path: String, known: Attr) -> FsResult<()> {
-        let removal = self.delete_behind.start(&path).await;
-        self.forget_content(&path);
-        self.cache().remove(&path);
-        self.inodes().remove_path(&path);
-        self.delete_behind.send(removal, known);
-        Ok(())
-    }
-
     pub async fn rmdir(&self, parent: Ino, name: &str) -> FsResult<()> {
         self.may_change()?;
         let path = self.child_of(parent, name)?;
-        self.delete_behind.removed().await?;
-        if let Some(e) = self.delete_behind.take_refusal(&path) {
-            return Err(e);
-        }
         let res = self.remote.rmdir(&path).await;
         let attempt = Attempt::new(Op::Rmdir, &path);
         let concluded = self.conclude(attempt, res).await;
@@ -611,7 +582,6 @@ impl<R: Remote> Fs<R> {
     pub async fn symlink(&self, parent: Ino, name: &str, target: &str) -> FsResult<Entry> {
         self.may_change()?;
         let path = self.child_of(parent, name)?;
-        self.delete_behind.removed().await?;
         let (res, attr) = split(self.remote.symlink_stat(target, &path).await);
         let attempt = Attempt::new(Op::Symlink, &path).pointing_to(target);
         self.conclude(attempt, res).await?;
@@ -628,7 +598,6 @@ impl<R: Remote> Fs<R> {
             // SFTP has no way to swap two names atomically.
             return Err(Errno::EINVAL);
         }
-        self.delete_behind.removed().await?;
         if flags & libc::RENAME_NOREPLACE != 0 && self.remote.lstat(&to).await.is_ok() {
             return Err(Errno::EEXIST);
         }
@@ -694,7 +663,6 @@ impl<R: Remote> Fs<R> {
         if !self.remote.extensions().hardlink {
             return Err(Errno::EOPNOTSUPP);
         }
-        self.delete_behind.removed().await?;
         let res = self.remote.hardlink(&existing, &path).await;
         let attempt = Attempt::new(Op::Link, &path).of(&existing);
         self.conclude(attempt, res).await?;
@@ -757,8 +725,6 @@ impl<R: Remote> Fs<R> {
     pub async fn create(&self, parent: Ino, name: &str, mode: u32, flags: OpenFlags) -> FsResult<(Entry, u64)> {
         self.may_change()?;
         let path = self.child_of(parent, name)?;
-        // A removal of the same name still on its way would remove the new file.
-        self.delete_behind.removed().await?;
         let mut opts = OpenOptions {
             read: flags.read,
             write: true,
@@ -917,7 +883,6 @@ impl<R: Remote> Fs<R> {
             self.list_ahead.subdirs_of(path, &entries);
             return Ok(Listing::cached(entries));
         }
-        self.delete_behind.removed().await?;
         let asked = self.cache().snapshot();
         match self.remote.list(path).await {
             Ok(stream) => Ok(Listing::streaming(stream, asked)),

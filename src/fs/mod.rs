@@ -1,11 +1,10 @@
 //! The filesystem: a plain async core (`fs`) over the remote, and the kernel adapter
 //! (`fuse`) over the core. Each concern of the core has its own module, which owns its
-//! state and background tasks: write-behind, delete-behind, read-ahead, small files,
+//! state and background tasks: write-behind, read-ahead, small files,
 //! listing ahead, retries of lost answers; `fs` coordinates them.
 
 mod buffers;
 mod cache;
-mod delete_behind;
 mod errno;
 #[allow(clippy::module_inception)]
 mod fs;

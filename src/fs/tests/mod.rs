@@ -3,11 +3,11 @@
 
 mod attrs;
 mod cancel;
-mod delete_behind;
 mod list_ahead;
 mod read_only;
 mod retries;
 mod small_files;
+mod unlink;
 mod write_behind;
 
 use std::sync::atomic::Ordering;
