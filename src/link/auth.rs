@@ -441,6 +441,14 @@ impl Login<'_> {
     }
 }
 
+/// Where ssh keeps the public half of the key in `path`: `path.pub`, whatever `path`
+/// ends in (`id.work` has `id.work.pub`, never `id.pub`).
+fn public_half(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
 /// Logs in to `dest` on `ssh`, as OpenSSH orders methods: public keys, then
 /// keyboard-interactive, then password; a method accepted in part (two-factor) moves on
 /// to the next one the server names.
@@ -452,7 +460,7 @@ pub(super) async fn authenticate(
 ) -> Result<(), LinkError> {
     let rsa_hash = ssh.best_supported_rsa_hash().await.ok().flatten().flatten();
     let wanted: Vec<PublicKey> =
-        dest.identity_files.iter().filter_map(|p| russh::keys::load_public_key(p.with_extension("pub")).ok()).collect();
+        dest.identity_files.iter().filter_map(|p| russh::keys::load_public_key(public_half(p)).ok()).collect();
     let mut login = Login {
         ssh,
         dest,
@@ -522,6 +530,18 @@ mod tests {
         let s = Secret::new("hunter2".into());
         assert_eq!(format!("{s:?}"), "<secret>");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(<secret>)");
+    }
+
+    #[test]
+    fn the_public_half_is_the_key_file_with_pub_appended() {
+        for (key, public) in [
+            ("/h/.ssh/id_ed25519", "/h/.ssh/id_ed25519.pub"),
+            ("/h/.ssh/id.work", "/h/.ssh/id.work.pub"),
+            ("/h/.ssh/id.work.key", "/h/.ssh/id.work.key.pub"),
+            ("/h/.ssh.d/id", "/h/.ssh.d/id.pub"),
+        ] {
+            assert_eq!(public_half(Path::new(key)), PathBuf::from(public), "{key}");
+        }
     }
 
     #[test]
