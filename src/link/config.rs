@@ -123,6 +123,11 @@ pub enum ConfigError {
     Ssh(String),
     #[error("{0} (from your ssh config or -o) is not supported by moor yet: {1}")]
     Unsupported(&'static str, &'static str),
+    #[error(
+        "{what} '{name}' is not valid: ssh refuses empty names, whitespace, control characters, a leading '-' \
+         and the characters ' ` \" $ \\ ; & < > | ( ) {{ }} in it; check the name"
+    )]
+    BadName { what: &'static str, name: String },
 }
 
 /// What the command line says; it wins over the config file.
@@ -236,12 +241,55 @@ fn parse_config(text: &str, home: &Path, path: &Path) -> Result<SshConfig, Confi
 }
 
 /// Resolves `[user@]host` into a destination: by `ssh -G` when OpenSSH's client is
-/// installed, else by moor's own reading of the config file.
+/// installed, else by moor's own reading of the config file. The names given are checked
+/// first, and the names resolved again: they are spliced into commands run by `sh -c`
+/// (`ProxyCommand`'s `%h %n %r`, `Match exec`).
 pub fn resolve(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
-    match find_in_path("ssh") {
+    check_given_names(user_host, ov)?;
+    let d = match find_in_path("ssh") {
         Some(ssh) => resolve_by_ssh(&ssh, user_host, ov),
         None => resolve_builtin(user_host, ov),
+    }?;
+    check_user_name(&d.user)?;
+    check_host_name("host name", &d.host_name)?;
+    Ok(d)
+}
+
+/// The characters of the shell that OpenSSH refuses in host and user names (ssh.c,
+/// `valid_hostname`, `valid_ruser`).
+const SHELL_SPECIAL: &str = "'`\"$\\;&<>|(){}";
+
+/// Whether `name` is one ssh would take: not empty, no leading '-' (an option), no
+/// whitespace, control characters or characters special to the shell.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || SHELL_SPECIAL.contains(c))
+}
+
+fn check_host_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName { what, name: name.escape_debug().to_string() })
     }
+}
+
+fn check_user_name(name: &str) -> Result<(), ConfigError> {
+    check_host_name("user name", name)
+}
+
+/// The host and user as the command line gives them, before anything expands them.
+fn check_given_names(user_host: &str, ov: &Overrides) -> Result<(), ConfigError> {
+    let (user, host) = match user_host.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, user_host),
+    };
+    check_host_name("host", host)?;
+    for u in user.into_iter().chain(ov.user.as_deref()) {
+        check_user_name(u)?;
+    }
+    Ok(())
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -805,6 +853,63 @@ mod tests {
         let d = resolve_by_ssh(&ssh, "-oProxyCommand=touch /tmp/moor-pwned", &ov);
         assert!(!std::path::Path::new("/tmp/moor-pwned").exists());
         let _ = d;
+    }
+
+    #[test]
+    fn hostile_names_are_refused_before_anything_expands_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        let flag = dir.path().join("pwned");
+        // Were a name expanded unchecked, these would run `touch` (Match exec and
+        // ProxyCommand go through sh -c).
+        std::fs::write(
+            &cfg,
+            format!("Match exec \"test %h = x\"\n  Port 2222\nHost *\n  ProxyCommand nc %h %p # %r %n\n"),
+        )
+        .unwrap();
+        let touch = format!("touch {}", flag.display());
+        let hostile_hosts = [
+            format!("x;{touch}"),
+            format!("$({touch})"),
+            format!("`{touch}`"),
+            format!("x|{touch}"),
+            format!("x&&{touch}"),
+            format!("x {touch}"),
+            "-oProxyCommand=sh".to_string(),
+            "x\ny".to_string(),
+            "x\u{7}".to_string(),
+            "a'b".to_string(),
+            "a\"b".to_string(),
+            "a\\b".to_string(),
+            "a>b".to_string(),
+            "a<b".to_string(),
+            "a{b}".to_string(),
+            "a(b)".to_string(),
+            "a\tb".to_string(),
+            String::new(),
+        ];
+        for host in &hostile_hosts {
+            let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+            let e = resolve(host, &ov).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName { what: "host", .. }), "{host:?}: {e}");
+            assert_eq!(e.to_string().lines().count(), 1, "{e}");
+            let e = resolve(&format!("{host}@box"), &ov).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName { what: "user name", .. }), "{host:?}: {e}");
+            let ov = Overrides { user: Some(host.clone()), ..ov };
+            let e = resolve("box", &ov).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName { what: "user name", .. }), "{host:?}: {e}");
+        }
+        assert!(!flag.exists(), "a hostile name ran a command");
+        // What the config resolves to is checked too.
+        std::fs::write(&cfg, "Host box\n  User a;b\nHost other\n  HostName a$b\n").unwrap();
+        let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+        assert!(matches!(resolve("box", &ov), Err(ConfigError::BadName { what: "user name", .. })));
+        assert!(matches!(resolve("other", &ov), Err(ConfigError::BadName { what: "host name", .. })));
+        // Names as people have them pass.
+        for ok in ["build.example.com", "10.0.0.1", "fe80::1%eth0", "host_1", "a-b", "xn--bcher-kva.example"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        assert!(valid_name("first.last") && valid_name("svc-backup") && valid_name("alice@realm"));
     }
 
     #[test]
