@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use ssh2_config::{ParseRule, SshConfig};
 
+use super::algorithms;
+
 /// What to do with a host key that known_hosts does not have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -58,6 +60,52 @@ pub struct Destination {
     /// Which login methods the config allows, and whether anyone may be asked.
     #[serde(default)]
     pub login: LoginPrefs,
+    /// Which host keys may prove the server, beside known_hosts.
+    #[serde(default)]
+    pub host_keys: HostKeyPrefs,
+}
+
+/// What the config says about host keys beside known_hosts (`HostKeyAlgorithms`,
+/// `CASignatureAlgorithms`, `RevokedHostKeys`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostKeyPrefs {
+    /// Host key algorithms offered and accepted, plain and certificate ones, in order.
+    pub algorithms: Vec<String>,
+    /// What a CA may have signed a host certificate with.
+    pub ca_signature_algorithms: Vec<String>,
+    /// A file of public keys never to accept from any host.
+    pub revoked: Option<PathBuf>,
+}
+
+impl Default for HostKeyPrefs {
+    fn default() -> Self {
+        HostKeyPrefs {
+            algorithms: algorithms::default_host_key(),
+            ca_signature_algorithms: algorithms::default_ca_signature(),
+            revoked: None,
+        }
+    }
+}
+
+impl HostKeyPrefs {
+    /// The algorithms the options' values allow (`None`: unset), as OpenSSH assembles them.
+    fn from_options(host_key: Option<&str>, ca: Option<&str>, revoked: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let algorithms = algorithms::assemble(
+            "HostKeyAlgorithms",
+            host_key,
+            &algorithms::default_host_key(),
+            algorithms::ALL_HOST_KEY,
+        )
+        .map_err(ConfigError::BadValue)?;
+        let ca_signature_algorithms = algorithms::assemble(
+            "CASignatureAlgorithms",
+            ca,
+            &algorithms::default_ca_signature(),
+            algorithms::ALL_CA_SIGNATURE,
+        )
+        .map_err(ConfigError::BadValue)?;
+        Ok(HostKeyPrefs { algorithms, ca_signature_algorithms, revoked })
+    }
 }
 
 /// What the config says about logging in (`PubkeyAuthentication`,
@@ -231,7 +279,14 @@ fn expand(raw: &str, home: &Path, d: &Destination) -> PathBuf {
 }
 
 fn parse_config(text: &str, home: &Path, path: &Path) -> Result<SshConfig, ConfigError> {
+    // `+`, `-` and `^` lists apply to moor's defaults, which leave out SHA-1 RSA.
+    let defaults = ssh2_config::DefaultAlgorithms {
+        host_key_algorithms: algorithms::default_host_key(),
+        ca_signature_algorithms: algorithms::default_ca_signature(),
+        ..ssh2_config::DefaultAlgorithms::default()
+    };
     SshConfig::default()
+        .default_algorithms(defaults)
         .home_dir(home)
         .parse(
             &mut BufReader::new(text.as_bytes()),
@@ -434,6 +489,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         server_alive: None,
         proxy_command: None,
         login: LoginPrefs::default(),
+        host_keys: HostKeyPrefs::default(),
     };
     d.host_key_policy = match one("stricthostkeychecking") {
         None | Some("true") | Some("yes") | Some("ask") => HostKeyPolicy::Strict,
@@ -474,7 +530,34 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         password_prompts: one("numberofpasswordprompts").and_then(|n| n.parse().ok()).unwrap_or(3),
     };
     d.proxy_command = proxy_command(one("proxycommand"), one("proxyjump"), ssh, config_arg(ov).as_deref(), &d)?;
+    let revoked = one("revokedhostkeys").filter(|v| *v != "none").map(|v| rehome(expand(v, &home, &d)));
+    let (host_key, ca) = configured_algorithms(ssh, user_host, &one);
+    d.host_keys = HostKeyPrefs::from_options(host_key, ca, revoked)?;
     Ok(d)
+}
+
+/// `HostKeyAlgorithms` and `CASignatureAlgorithms` as `ssh -G` prints them, each `None`
+/// where it is only ssh's own default. An OpenSSH older than 8.8 offers SHA-1 RSA by
+/// default; moor, as newer ones, only when the config names it. So a list with it is
+/// compared with what ssh prints without any config (asked only then).
+fn configured_algorithms<'a>(
+    ssh: &Path,
+    user_host: &str,
+    one: &impl Fn(&str) -> Option<&'a str>,
+) -> (Option<&'a str>, Option<&'a str>) {
+    let keys = ["hostkeyalgorithms", "casignaturealgorithms"];
+    let sha1 = |v: &str| v.split(',').any(|n| n == "ssh-rsa" || n == "ssh-rsa-cert-v01@openssh.com");
+    if !keys.iter().any(|k| one(k).is_some_and(sha1)) {
+        return (one(keys[0]), one(keys[1]));
+    }
+    let bare = Overrides { config_file: Some(PathBuf::from("/dev/null")), ..Overrides::default() };
+    let defaults = ssh_g(ssh, user_host, &bare).unwrap_or_default();
+    let set = |key: &str| {
+        let v = one(key)?;
+        let default = defaults.iter().find(|(k, _)| k == key).map(|(_, d)| d.as_str());
+        (default != Some(v)).then_some(v)
+    };
+    (set(keys[0]), set(keys[1]))
 }
 
 /// The agent socket to use (`IdentityAgent`, else `$SSH_AUTH_SOCK`).
@@ -571,6 +654,7 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         server_alive: None,
         proxy_command: None,
         login: LoginPrefs::default(),
+        host_keys: HostKeyPrefs::default(),
     };
     if ov.jump.is_some()
         || extra("proxyjump").is_some_and(|v| v != "none")
@@ -617,6 +701,13 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
     );
 
     d.agent_socket = agent_socket(extra("identityagent").as_deref(), &home, &d);
+    let listed = |a: &ssh2_config::Algorithms| (!a.is_default()).then(|| a.algorithms().join(","));
+    let revoked = extra("revokedhostkeys").filter(|v| v != "none").map(|v| expand(&v, &home, &d));
+    d.host_keys = HostKeyPrefs::from_options(
+        listed(&p.host_key_algorithms).as_deref(),
+        listed(&p.ca_signature_algorithms).as_deref(),
+        revoked,
+    )?;
     Ok(d)
 }
 
@@ -910,6 +1001,46 @@ mod tests {
             assert!(valid_name(ok), "{ok}");
         }
         assert!(valid_name("first.last") && valid_name("svc-backup") && valid_name("alice@realm"));
+    }
+
+    #[test]
+    fn host_key_settings_reach_the_destination() {
+        let ssh = find_in_path("ssh").expect("the tests need OpenSSH's client (ssh)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host old\n  HostKeyAlgorithms +ssh-rsa\n  CASignatureAlgorithms ^ssh-rsa\n  \
+             RevokedHostKeys ~/.ssh/revoked_%h\n\
+             Host exact\n  HostKeyAlgorithms -ecdsa-sha2-nistp256,rsa-sha2-256\n\
+             Host patterns\n  HostKeyAlgorithms -ecdsa*,*-cert-v01@openssh.com\n\
+             Host *\n  RevokedHostKeys none\n",
+        )
+        .unwrap();
+        let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+        let home = home().unwrap();
+        let by_ssh = |host: &str| resolve_by_ssh(&ssh, host, &ov).unwrap().host_keys;
+        let builtin = |host: &str| resolve_builtin(host, &ov).unwrap().host_keys;
+        let without = |gone: &[&str]| {
+            let mut d = algorithms::default_host_key();
+            d.retain(|a| !gone.contains(&a.as_str()));
+            d
+        };
+        for (how, resolve) in [("ssh -G", &by_ssh as &dyn Fn(&str) -> HostKeyPrefs), ("builtin", &builtin)] {
+            let plain = resolve("plain");
+            assert_eq!(plain, HostKeyPrefs::default(), "{how}: unset, the defaults");
+            assert!(!plain.algorithms.iter().any(|a| a == "ssh-rsa"), "{how}");
+            let old = resolve("old");
+            assert_eq!(old.algorithms.last().map(String::as_str), Some("ssh-rsa"), "{how}: {:?}", old.algorithms);
+            assert_eq!(old.ca_signature_algorithms[0], "ssh-rsa", "{how}");
+            assert_eq!(old.revoked, Some(home.join(".ssh/revoked_old")), "{how}");
+            let exact = resolve("exact");
+            assert_eq!(exact.algorithms, without(&["ecdsa-sha2-nistp256", "rsa-sha2-256"]), "{how}");
+            assert_eq!(exact.revoked, None, "{how}");
+        }
+        // Patterns in a `-` list: as OpenSSH applies them (its own reading of the config
+        // file, without OpenSSH, matches names only).
+        assert_eq!(by_ssh("patterns").algorithms, ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]);
     }
 
     #[test]
