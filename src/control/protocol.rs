@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 pub use super::status::{MountStatus, StatusEvent, Timestamp};
 use crate::fs::IdMap;
@@ -45,8 +46,66 @@ pub enum Request {
     },
     /// The user's answer to the agent's last `Prompt` (`None`: they would not say).
     Answer {
-        answer: Option<String>,
+        answer: Option<Typed>,
     },
+}
+
+/// What the user typed in answer to a `Prompt`: a password, a passphrase, a code. Wiped
+/// from memory when dropped, and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Typed(Zeroizing<String>);
+
+impl Typed {
+    pub fn new(text: Zeroizing<String>) -> Typed {
+        Typed(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> Zeroizing<String> {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Typed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<typed>")
+    }
+}
+
+impl Serialize for Typed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Typed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Typed, D::Error> {
+        String::deserialize(d).map(|t| Typed(Zeroizing::new(t)))
+    }
+}
+
+/// An `Answer` line as the agent reads it: straight into its fields, as `Envelope`'s
+/// flattened, tagged body would be read through copies that are never wiped.
+#[derive(Deserialize)]
+pub struct AnswerLine {
+    pub version: u32,
+    pub request: String,
+    #[serde(default)]
+    pub answer: Option<Typed>,
+}
+
+impl AnswerLine {
+    /// The answer the line carries (`Some(None)`: the user would not say); `None` for a
+    /// line that is no answer of this protocol.
+    pub fn parse(line: &[u8]) -> Option<Option<Typed>> {
+        match serde_json::from_slice::<AnswerLine>(line) {
+            Ok(l) if l.version == PROTOCOL_VERSION && l.request == "answer" => Some(l.answer),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -661,7 +720,13 @@ pub(crate) mod tests {
             Request::Reconnect { target: "box-src".into(), interactive: true },
             r#"{"version":4,"request":"reconnect","target":"box-src","interactive":true}"#,
         );
-        pin(Request::Answer { answer: Some("123456".into()) }, r#"{"version":4,"request":"answer","answer":"123456"}"#);
+        let typed = Typed::new(Zeroizing::new("123456".into()));
+        pin(Request::Answer { answer: Some(typed.clone()) }, r#"{"version":4,"request":"answer","answer":"123456"}"#);
+        assert_eq!(AnswerLine::parse(br#"{"version":4,"request":"answer","answer":"123456"}"#), Some(Some(typed)));
+        assert_eq!(AnswerLine::parse(br#"{"version":4,"request":"answer","answer":null}"#), Some(None));
+        assert_eq!(AnswerLine::parse(br#"{"version":4,"request":"status"}"#), None);
+        assert_eq!(AnswerLine::parse(br#"{"version":3,"request":"answer","answer":"1"}"#), None);
+        assert_eq!(AnswerLine::parse(b"garbage"), None);
         pin(Request::Answer { answer: None }, r#"{"version":4,"request":"answer","answer":null}"#);
     }
 

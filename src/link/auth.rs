@@ -33,16 +33,21 @@ use crate::sync::lock;
 /// (a server asking again after a wrong answer counts, as ssh counts them).
 const ROUNDS: usize = 10;
 
-/// Something typed that must not be seen: wiped from memory when dropped.
+/// Something typed that must not be seen: wiped from memory when dropped. Made only from
+/// a `Zeroizing` string, so that it has been in wiped memory since it was read.
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(s: String) -> Secret {
-        Secret(s)
-    }
-
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// Takes the text without copying it: what the `Zeroizing` held moves here, wiped when
+/// this is dropped.
+impl From<zeroize::Zeroizing<String>> for Secret {
+    fn from(mut typed: zeroize::Zeroizing<String>) -> Secret {
+        Secret(std::mem::take(&mut *typed))
     }
 }
 
@@ -527,7 +532,7 @@ mod tests {
 
     #[test]
     fn a_secret_never_shows_in_debug() {
-        let s = Secret::new("hunter2".into());
+        let s = Secret::from(zeroize::Zeroizing::new("hunter2".to_string()));
         assert_eq!(format!("{s:?}"), "<secret>");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(<secret>)");
     }
@@ -545,9 +550,18 @@ mod tests {
     }
 
     #[test]
+    fn typed_text_moves_into_a_secret_without_a_copy() {
+        let mut typed = zeroize::Zeroizing::new(String::with_capacity(16));
+        typed.push_str("hunter2");
+        let at = typed.as_ptr();
+        let s = Secret::from(typed);
+        assert_eq!(s.expose().as_ptr(), at, "the same memory, now wiped when the secret goes");
+    }
+
+    #[test]
     fn a_wiped_keyring_holds_nothing() {
         let k = Keyring::default();
-        lock(&k.kept).password = Some(Secret::new("p".into()));
+        lock(&k.kept).password = Some(Secret::from(zeroize::Zeroizing::new("p".to_string())));
         lock(&k.kept).needs_person = true;
         k.wipe();
         assert!(k.password().is_none());
