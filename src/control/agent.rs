@@ -19,8 +19,7 @@ use super::mount::{self, LiveMount};
 use super::names::{absolute, derive_name, not_mounted};
 use super::paths;
 use super::protocol::{
-    AnswerLine, AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response,
-    PROTOCOL_VERSION,
+    AnswerLine, AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION,
 };
 use super::registry;
 use super::status::{MountStatus, StatusEvent, Timestamp};

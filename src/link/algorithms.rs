@@ -101,10 +101,7 @@ pub fn assemble(option: &str, spec: Option<&str>, default: &[String], all: &[&st
         _ => only_known(&patterns(spec)?, all),
     };
     if names.is_empty() {
-        return Err(format!(
-            "{option} {spec} leaves no algorithm moor can use; it can use {}",
-            all.join(",")
-        ));
+        return Err(format!("{option} {spec} leaves no algorithm moor can use; it can use {}", all.join(",")));
     }
     Ok(names)
 }

@@ -953,11 +953,8 @@ mod tests {
         let flag = dir.path().join("pwned");
         // Were a name expanded unchecked, these would run `touch` (Match exec and
         // ProxyCommand go through sh -c).
-        std::fs::write(
-            &cfg,
-            format!("Match exec \"test %h = x\"\n  Port 2222\nHost *\n  ProxyCommand nc %h %p # %r %n\n"),
-        )
-        .unwrap();
+        std::fs::write(&cfg, "Match exec \"test %h = x\"\n  Port 2222\nHost *\n  ProxyCommand nc %h %p # %r %n\n")
+            .unwrap();
         let touch = format!("touch {}", flag.display());
         let hostile_hosts = [
             format!("x;{touch}"),
@@ -1041,6 +1038,41 @@ mod tests {
         // Patterns in a `-` list: as OpenSSH applies them (its own reading of the config
         // file, without OpenSSH, matches names only).
         assert_eq!(by_ssh("patterns").algorithms, ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]);
+    }
+
+    /// An OpenSSH older than 8.8 prints `ssh-rsa` in its default lists: that is no
+    /// choice of the config's, and moor's default (without it) applies.
+    #[test]
+    fn an_old_ssh_default_with_sha1_rsa_counts_as_unset() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let old_ssh = dir.path().join("ssh");
+        std::fs::write(
+            &old_ssh,
+            "#!/bin/sh\necho hostkeyalgorithms ssh-ed25519,rsa-sha2-512,ssh-rsa\n\
+             echo casignaturealgorithms ssh-ed25519,ssh-rsa\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&old_ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let printed = |hk: &'static str, ca: &'static str| {
+            move |k: &str| match k {
+                "hostkeyalgorithms" => Some(hk),
+                "casignaturealgorithms" => Some(ca),
+                _ => None,
+            }
+        };
+        let defaults = printed("ssh-ed25519,rsa-sha2-512,ssh-rsa", "ssh-ed25519,ssh-rsa");
+        assert_eq!(configured_algorithms(&old_ssh, "box", &defaults), (None, None));
+        let added = printed("ssh-ed25519,rsa-sha2-512,ssh-rsa,ssh-rsa-cert-v01@openssh.com", "ssh-ed25519,ssh-rsa");
+        let (hk, ca) = configured_algorithms(&old_ssh, "box", &added);
+        assert_eq!((hk.is_some(), ca), (true, None));
+        // Without SHA-1 RSA in them, the lists are taken as printed, without asking again.
+        let gone = dir.path().join("no-such-ssh");
+        let modern = printed("ssh-ed25519,rsa-sha2-512", "ssh-ed25519");
+        assert_eq!(
+            configured_algorithms(&gone, "box", &modern),
+            (Some("ssh-ed25519,rsa-sha2-512"), Some("ssh-ed25519"))
+        );
     }
 
     #[test]

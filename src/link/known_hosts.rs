@@ -249,11 +249,8 @@ impl KnownHosts {
             |a: &Algorithm| lines.iter().any(|e| e.marker == Marker::Plain && same_key_type(&e.key.algorithm(), a));
         let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) = allowed.iter().cloned().partition(known);
         keys.extend(rest);
-        let certificates = if lines.iter().any(|e| e.marker == Marker::CertAuthority) {
-            certificates.to_vec()
-        } else {
-            Vec::new()
-        };
+        let certificates =
+            if lines.iter().any(|e| e.marker == Marker::CertAuthority) { certificates.to_vec() } else { Vec::new() };
         (keys, certificates)
     }
 }
