@@ -208,8 +208,7 @@ impl KnownHosts {
     }
 
     /// What known_hosts says of `presented` for the host looked up as `name`, whose
-    /// certificates must name `principal` and be signed with one of `ca_algorithms`, at
-    /// `now` (Unix seconds).
+    /// certificates must be as `cert_rules` say, at `now` (Unix seconds).
     fn judge(&self, name: &str, cert_rules: &CertRules, presented: &PublicKeyOrCertificate, now: u64) -> Verdict {
         let lines: Vec<&Entry> = self.for_host(name).collect();
         let certificate = presented.certificate();
@@ -377,6 +376,9 @@ pub fn preferences(dest: &Destination) -> (Vec<Algorithm>, Vec<Algorithm>) {
 /// allows a new one. A key the `RevokedHostKeys` file lists is refused first, as ssh
 /// refuses it.
 pub fn check(dest: &Destination, presented: &PublicKeyOrCertificate) -> Verdict {
+    if let Some(why) = type_not_allowed(dest, presented) {
+        return Verdict::Error(why);
+    }
     if let Some(file) = &dest.host_keys.revoked {
         if let Some(v) = revoked_by_file(file, presented) {
             return v;
@@ -400,6 +402,26 @@ pub fn check(dest: &Destination, presented: &PublicKeyOrCertificate) -> Verdict 
         },
         _ => Verdict::Unknown,
     }
+}
+
+/// Why `presented` may not prove the server, if its type is not among those
+/// `HostKeyAlgorithms` allows. What was negotiated already is; this holds whatever key a
+/// server sends all the same.
+fn type_not_allowed(dest: &Destination, presented: &PublicKeyOrCertificate) -> Option<String> {
+    let (plain, certificates) = algorithms::host_key_algorithms(&dest.host_keys.algorithms);
+    let (allowed, kind) = match presented {
+        PublicKeyOrCertificate::PublicKey { .. } => (plain, "key"),
+        PublicKeyOrCertificate::Certificate(_) => (certificates, "certificate"),
+    };
+    let algorithm = presented_key_data(presented).algorithm();
+    if allowed.iter().any(|a| same_key_type(&algorithm, a)) {
+        return None;
+    }
+    Some(format!(
+        "it proved itself with a {} {kind}, a type HostKeyAlgorithms does not allow ({})",
+        algorithm.as_str(),
+        dest.host_keys.algorithms.join(",")
+    ))
 }
 
 /// What a `RevokedHostKeys` file says of `presented`: `Revoked` when it lists the key, or
@@ -892,6 +914,22 @@ mod tests {
         let (keys, certs) = preferences(&d);
         assert_eq!(keys, vec![sha1, Algorithm::Ed25519], "named in the config: allowed, known type first");
         assert!(certs.is_empty(), "no certificate algorithm allowed");
+    }
+
+    #[test]
+    fn a_key_of_a_type_not_allowed_is_refused_whatever_was_negotiated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("box {}\nbox {RSA}\n", text(&ed(1)))).unwrap();
+        let mut d = dest("box", 22, None, vec![file], Vec::new());
+        d.host_keys.algorithms = vec!["rsa-sha2-512".into()];
+        match check(&d, &plain(&ed(1))) {
+            Verdict::Error(why) => assert!(why.contains("ssh-ed25519") && why.contains("HostKeyAlgorithms"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(check(&d, &plain(&parsed(RSA))), Verdict::Known, "an RSA key, allowed with SHA-2");
+        let c = cert(10, CertType::Host, &["box"], 0, u64::MAX);
+        assert!(matches!(check(&d, &c.into()), Verdict::Error(_)), "no certificate type allowed");
     }
 
     #[test]
