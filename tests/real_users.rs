@@ -398,3 +398,31 @@ print(json.dumps(sorted(n.hex() for n in os.listdir(m))))
     sh_ok(&format!("cd {} && rm -- na$'\\xef've && rmdir d$'\\xe8'r", e.m.s()));
     assert!(!server(b"na\xefve").exists() && !server(b"d\xe8r").exists());
 }
+
+/// A name of 100 bytes that are not UTF-8 (EUC-JP, made on the server) is within the
+/// 255-byte limit, though moor holds it escaped in four times as many: it opens, reads
+/// and lists.
+#[test]
+fn a_long_name_that_is_not_utf8_lists_and_opens() {
+    use std::os::unix::ffi::OsStrExt;
+    let e = env();
+    // "あ" in EUC-JP, 50 times.
+    let name: Vec<u8> = b"\xa4\xa2".iter().copied().cycle().take(100).collect();
+    let server = e.sshd.export.join(std::ffi::OsStr::from_bytes(&name));
+    fs::write(&server, "euc-jp").unwrap();
+    give(&server, REMOTE_USER);
+    let out = run_py(
+        &e.m.s(),
+        "
+m = os.fsencode(mnt)
+name = b'\\xa4\\xa2' * 50
+# Opened by name before any listing, so that the kernel looks it up.
+with open(m + b'/' + name, 'rb') as f:
+    assert f.read() == b'euc-jp'
+assert os.listdir(m) == [name], os.listdir(m)
+os.stat(m + b'/' + name)
+print('ok')
+",
+    );
+    assert_eq!(out, "ok");
+}

@@ -242,3 +242,80 @@ fn the_known_key_type_is_asked_for_first() {
     let m = c.mount(sshd.export.to_str().unwrap());
     assert!(fs::read_dir(&m.path).is_ok());
 }
+
+/// A key listed in the `RevokedHostKeys` file is refused as an `@revoked` one is, even
+/// with accept-new and the key in known_hosts; a KRL, which moor cannot read, is refused
+/// by name rather than ignored.
+#[test]
+fn a_host_key_in_revoked_host_keys_fails_the_mount() {
+    let sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let revoked = c.home.path().join(".ssh/revoked_host_keys");
+    fs::write(&revoked, format!("# retired keys\n{}\n", sshd.host_pub.trim())).unwrap();
+    c.write_config(&sshd, &format!("  RevokedHostKeys {}\n", revoked.display()));
+    let kh = fs::read_to_string(&c.known_hosts).unwrap();
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &["-o", "StrictHostKeyChecking=accept-new"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{err}");
+    assert!(err.contains("REVOKED") && err.contains("revoked_host_keys line 2"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "want one line: {err}");
+    assert_eq!(fs::read_to_string(&c.known_hosts).unwrap(), kh, "known_hosts untouched");
+    assert_clean(&c, &mnt);
+
+    let host_pub = sshd.dir.path().join("host_key.pub");
+    sh_root_ok(&format!("ssh-keygen -q -k -f {} {}", revoked.display(), host_pub.display()));
+    assert!(fs::read(&revoked).unwrap().starts_with(b"SSHKRL"));
+    c.give_home();
+    let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{err}");
+    assert!(err.contains("KRL") && err.contains("revoked_host_keys"), "{err}");
+    assert_clean(&c, &mnt);
+}
+
+/// An sshd that proves itself only with an RSA host key, signing with `algorithms`
+/// (its HostKeyAlgorithms), trusted by the client's known_hosts.
+fn rsa_only(algorithms: &str) -> (Sshd, Client) {
+    let mut rsa_pub = String::new();
+    let sshd = Sshd::start_with(|d| {
+        let key = d.join("host_key_rsa");
+        sh_root_ok(&format!("ssh-keygen -q -t rsa -b 2048 -N '' -f {}", key.display()));
+        rsa_pub = fs::read_to_string(key.with_extension("pub")).unwrap();
+        format!("HostKey {}\nHostKeyAlgorithms {algorithms}\n", key.display())
+    });
+    let c = Client::new(&sshd);
+    c.write_known_hosts(&format!("[127.0.0.1]:{} {}\n", c.port, rsa_pub.trim()));
+    (sshd, c)
+}
+
+/// As OpenSSH since 8.8: a server that signs only with SHA-1 RSA (`ssh-rsa`) is refused,
+/// saying how to allow it, until the config allows it.
+#[test]
+fn sha1_rsa_host_keys_are_refused_unless_the_config_allows_them() {
+    let (sshd, c) = rsa_only("ssh-rsa");
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{err}");
+    assert!(err.contains("HostKeyAlgorithms=+ssh-rsa") && err.contains("SHA-1"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "want one line: {err}");
+    assert_clean(&c, &mnt);
+    let m = c.mount_at(sshd.export.to_str().unwrap(), "allowed", &["-o", "HostKeyAlgorithms=+ssh-rsa"]);
+    assert!(fs::read_dir(&m.path).is_ok());
+}
+
+/// `HostKeyAlgorithms` restricts what may prove the server: an RSA-only server (SHA-2
+/// signatures, accepted by default) is refused when the config allows only Ed25519.
+#[test]
+fn host_key_algorithms_restrict_the_host_keys_accepted() {
+    let (sshd, c) = rsa_only("rsa-sha2-512,rsa-sha2-256");
+    let mnt = c.mountpoint("mnt");
+    let out = c.try_mount(sshd.export.to_str().unwrap(), &mnt, &["-o", "HostKeyAlgorithms=ssh-ed25519"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(HOST_KEY), "{err}");
+    assert!(err.contains("HostKeyAlgorithms") && err.contains("rsa-sha2-512"), "{err}");
+    assert_clean(&c, &mnt);
+    let m = c.mount_at(sshd.export.to_str().unwrap(), "default", &[]);
+    assert!(fs::read_dir(&m.path).is_ok());
+}

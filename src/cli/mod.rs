@@ -677,7 +677,7 @@ impl Asker for TerminalAsker {
     fn ask<'a>(&'a self, q: Question) -> Pin<Box<dyn Future<Output = Option<Secret>> + Send + 'a>> {
         Box::pin(async move {
             let answer = tokio::task::spawn_blocking(move || terminal::ask(&q.text, q.echo)).await.ok().flatten();
-            answer.map(Secret::new)
+            answer.map(Secret::from)
         })
     }
 }

@@ -4,11 +4,12 @@
 //! secret is read without echo, and the terminal is put back however the read ends.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::sync::Mutex;
 
 use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
+use zeroize::Zeroizing;
 
 /// The terminal's settings while echo is off, to put back on the way out.
 static SAVED: Mutex<Option<Termios>> = Mutex::new(None);
@@ -22,8 +23,9 @@ pub fn available() -> bool {
     open_tty().is_some()
 }
 
-/// Asks `text` on the terminal; `None` when there is none or the read fails.
-pub fn ask(text: &str, echo: bool) -> Option<String> {
+/// Asks `text` on the terminal; `None` when there is none or the read fails. The answer
+/// is a secret (a password, a code): it is only ever in wiped memory.
+pub fn ask(text: &str, echo: bool) -> Option<Zeroizing<String>> {
     let mut tty = open_tty()?;
     let _quiet = super::output::hold_progress();
     // Echo goes off before the question shows, so that an answer typed at once is
@@ -43,18 +45,39 @@ pub fn ask(text: &str, echo: bool) -> Option<String> {
         restore();
         return None;
     }
-    let mut line = String::new();
-    let read = BufReader::new(&tty).read_line(&mut line);
+    let answer = read_line(&tty);
     restore();
-    match read {
-        Ok(n) if n > 0 => {
-            while line.ends_with(['\n', '\r']) {
-                line.pop();
-            }
-            Some(line)
+    answer
+}
+
+/// The longest answer taken: a terminal's line is at most 4 095 bytes.
+const ANSWER_MAX: usize = 4096;
+
+/// One line, without its line end, read straight into wiped memory (a `BufReader` would
+/// keep a copy in its buffer, a growing `String` in the allocations it leaves); `None`
+/// at once at the end of input, or when the read fails or is no text.
+fn read_line(mut from: impl Read) -> Option<Zeroizing<String>> {
+    let mut buf = Zeroizing::new(vec![0u8; ANSWER_MAX]);
+    let mut len = 0;
+    while len < buf.len() && !buf[..len].contains(&b'\n') {
+        match from.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
         }
-        _ => None,
     }
+    if len == 0 {
+        return None;
+    }
+    let mut end = buf[..len].iter().position(|&b| b == b'\n').unwrap_or(len);
+    while end > 0 && buf[end - 1] == b'\r' {
+        end -= 1;
+    }
+    let text = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut answer = Zeroizing::new(String::with_capacity(text.len()));
+    answer.push_str(text);
+    Some(answer)
 }
 
 /// Puts the terminal back as it was before a question without echo: after the answer,
@@ -63,5 +86,22 @@ pub fn restore() {
     let Some(saved) = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
     if let Some(tty) = open_tty() {
         let _ = termios::tcsetattr(tty.as_fd(), SetArg::TCSANOW, &saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_read_without_its_end() {
+        let read = |input: &[u8]| read_line(input).map(|a| a.to_string());
+        assert_eq!(read(b"hunter2\n").as_deref(), Some("hunter2"));
+        assert_eq!(read(b"crlf\r\n").as_deref(), Some("crlf"));
+        assert_eq!(read(b"first\nsecond\n").as_deref(), Some("first"));
+        assert_eq!(read(b"no end").as_deref(), Some("no end"));
+        assert_eq!(read(b"\n").as_deref(), Some(""));
+        assert_eq!(read(b""), None, "end of input: no answer");
+        assert_eq!(read(b"\xff\n"), None, "not text");
     }
 }

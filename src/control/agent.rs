@@ -10,15 +10,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex, Notify};
 
+use super::lines::WipedLines;
 use super::mount::{self, LiveMount};
 use super::names::{absolute, derive_name, not_mounted};
 use super::paths;
 use super::protocol::{
-    AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION,
+    AnswerLine, AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, PROTOCOL_VERSION,
 };
 use super::registry;
 use super::status::{MountStatus, StatusEvent, Timestamp};
@@ -205,11 +206,8 @@ impl Asker for SocketAsker {
 
 /// The answer an `Answer` line carries (`None` inside: the user would not say); anything
 /// else from the client is taken as no answer.
-fn answer_in(line: &str) -> Option<Secret> {
-    match serde_json::from_str::<Envelope<Request>>(line).map(|e| e.body) {
-        Ok(Request::Answer { answer }) => answer.map(Secret::new),
-        _ => None,
-    }
+fn answer_in(line: &[u8]) -> Option<Secret> {
+    AnswerLine::parse(line).flatten().map(|typed| Secret::from(typed.into_inner()))
 }
 
 /// Refuses connections from anyone but the agent's own user.
@@ -244,11 +242,11 @@ impl Agent {
             return;
         }
         let (rd, mut wr) = stream.into_split();
-        let mut rd = BufReader::new(rd);
-        let mut line = String::new();
-        let read = tokio::time::timeout(READ_DEADLINE, rd.read_line(&mut line)).await;
+        // Answers come on this stream: what the user typed goes only through wiped memory.
+        let mut lines = WipedLines::new(rd);
+        let read = tokio::time::timeout(READ_DEADLINE, lines.next_line()).await;
         let req = match read {
-            Ok(Ok(n)) if n > 0 => match serde_json::from_str::<Envelope<Request>>(&line) {
+            Ok(Ok(Some(line))) => match serde_json::from_slice::<Envelope<Request>>(&line) {
                 Ok(env) if env.version == PROTOCOL_VERSION => env.body,
                 Ok(env) => {
                     let msg = format!(
@@ -276,7 +274,6 @@ impl Agent {
         let asker: Arc<dyn Asker> = Arc::new(SocketAsker { asks });
         let work = self.handle(req, cancel.clone(), progress, asker);
         tokio::pin!(work);
-        let mut lines = rd.lines();
         // The question the client is answering now (a login asks one at a time).
         let mut pending: Option<oneshot::Sender<Option<Secret>>> = None;
         let mut hung_up = false;

@@ -10,9 +10,12 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
+use zeroize::Zeroizing;
+
 use super::paths;
 use super::protocol::{
-    AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, StatusEvent, PROTOCOL_VERSION,
+    AtStake, Envelope, ErrorKind, MoorError, MountInfo, MountRequest, Request, Response, StatusEvent, Typed,
+    PROTOCOL_VERSION,
 };
 use super::systemd;
 
@@ -40,8 +43,9 @@ fn unexpected_answer() -> MoorError {
 }
 
 /// Asks the user a question the agent relays (text, whether the answer may show as
-/// typed); `None` when they cannot or will not answer. Runs on a blocking thread.
-pub type Ask = fn(&str, bool) -> Option<String>;
+/// typed); `None` when they cannot or will not answer. Runs on a blocking thread. The
+/// answer is a secret: it stays in wiped memory up to the socket.
+pub type Ask = fn(&str, bool) -> Option<Zeroizing<String>>;
 
 /// A mount made, or found already there.
 #[derive(Debug)]
@@ -203,7 +207,7 @@ impl Client {
                         Some(f) => tokio::task::spawn_blocking(move || f(&text, echo)).await.ok().flatten(),
                         None => None,
                     };
-                    send(&mut wr, Request::Answer { answer }).await?;
+                    send_answer(&mut wr, answer.map(Typed::new)).await?;
                 }
                 other => return expected(other).ok_or_else(unexpected_answer),
             }
@@ -256,6 +260,19 @@ async fn send(wr: &mut OwnedWriteHalf, req: Request) -> Result<(), MoorError> {
         .map_err(|e| agent_err(format!("cannot encode request: {e}")))?;
     text.push('\n');
     wr.write_all(text.as_bytes()).await.map_err(|e| agent_err(format!("cannot talk to the agent: {e}")))
+}
+
+/// Writes an `Answer` line, encoded into wiped memory that never grows (growing would
+/// copy the answer and free the old allocation unwiped): JSON escapes a byte into at
+/// most six.
+async fn send_answer(wr: &mut OwnedWriteHalf, answer: Option<Typed>) -> Result<(), MoorError> {
+    let room = 64 + answer.as_ref().map_or(0, |a| 6 * a.expose().len());
+    let mut line = Zeroizing::new(Vec::with_capacity(room));
+    let env = Envelope { version: PROTOCOL_VERSION, body: Request::Answer { answer } };
+    serde_json::to_writer(&mut *line, &env).map_err(|e| agent_err(format!("cannot encode the answer: {e}")))?;
+    line.push(b'\n');
+    debug_assert!(line.len() <= room, "the answer outgrew its buffer");
+    wr.write_all(&line).await.map_err(|e| agent_err(format!("cannot talk to the agent: {e}")))
 }
 
 /// Reads one response line; the agent's error becomes the error.
@@ -332,6 +349,22 @@ mod tests {
             }
         });
         Client { stream: ours }
+    }
+
+    #[tokio::test]
+    async fn an_answer_reaches_the_agent_as_typed() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (_, mut wr) = ours.into_split();
+        let mut lines = super::super::lines::WipedLines::new(theirs);
+        // Quotes, backslashes and control characters take the most room once escaped.
+        let typed = "p\"w\\\u{1}\u{1f}ü".repeat(50);
+        send_answer(&mut wr, Some(Typed::new(Zeroizing::new(typed.clone())))).await.unwrap();
+        send_answer(&mut wr, None).await.unwrap();
+        let line = lines.next_line().await.unwrap().unwrap();
+        let got = super::super::protocol::AnswerLine::parse(&line).unwrap().unwrap();
+        assert_eq!(got.expose(), typed);
+        let line = lines.next_line().await.unwrap().unwrap();
+        assert!(super::super::protocol::AnswerLine::parse(&line).unwrap().is_none(), "no answer");
     }
 
     #[tokio::test]

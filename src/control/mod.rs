@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod lines;
 pub mod mount;
 pub mod names;
 pub mod paths;

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 pub use super::status::{MountStatus, StatusEvent, Timestamp};
 use crate::fs::IdMap;
-use crate::link::config::{AddressFamily, HostKeyPolicy, LoginPrefs};
+use crate::link::config::{AddressFamily, HostKeyPolicy, HostKeyPrefs, LoginPrefs};
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
 
 /// Bumped whenever a request or response changes shape.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope<T> {
@@ -45,8 +46,66 @@ pub enum Request {
     },
     /// The user's answer to the agent's last `Prompt` (`None`: they would not say).
     Answer {
-        answer: Option<String>,
+        answer: Option<Typed>,
     },
+}
+
+/// What the user typed in answer to a `Prompt`: a password, a passphrase, a code. Wiped
+/// from memory when dropped, and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Typed(Zeroizing<String>);
+
+impl Typed {
+    pub fn new(text: Zeroizing<String>) -> Typed {
+        Typed(text)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> Zeroizing<String> {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for Typed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<typed>")
+    }
+}
+
+impl Serialize for Typed {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Typed {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Typed, D::Error> {
+        String::deserialize(d).map(|t| Typed(Zeroizing::new(t)))
+    }
+}
+
+/// An `Answer` line as the agent reads it: straight into its fields, as `Envelope`'s
+/// flattened, tagged body would be read through copies that are never wiped.
+#[derive(Deserialize)]
+pub struct AnswerLine {
+    pub version: u32,
+    pub request: String,
+    #[serde(default)]
+    pub answer: Option<Typed>,
+}
+
+impl AnswerLine {
+    /// The answer the line carries (`Some(None)`: the user would not say); `None` for a
+    /// line that is no answer of this protocol.
+    pub fn parse(line: &[u8]) -> Option<Option<Typed>> {
+        match serde_json::from_slice::<AnswerLine>(line) {
+            Ok(l) if l.version == PROTOCOL_VERSION && l.request == "answer" => Some(l.answer),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +248,22 @@ pub struct DestinationSpec {
     pub proxy_command: Option<String>,
     #[serde(default)]
     pub login: LoginSettings,
+    #[serde(default)]
+    pub host_keys: HostKeySettings,
+}
+
+/// Which host keys may prove the server (see `link::config::HostKeyPrefs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostKeySettings {
+    pub algorithms: Vec<String>,
+    pub ca_signature_algorithms: Vec<String>,
+    pub revoked: Option<PathBuf>,
+}
+
+impl Default for HostKeySettings {
+    fn default() -> Self {
+        HostKeyPrefs::default().into()
+    }
 }
 
 /// Which login methods the config allows (see `link::config::LoginPrefs`).
@@ -339,7 +414,10 @@ wire_twin!(Destination <=> DestinationSpec {
     server_alive,
     proxy_command,
     login,
+    host_keys,
 });
+
+wire_twin!(HostKeyPrefs <=> HostKeySettings { algorithms, ca_signature_algorithms, revoked });
 
 wire_twin!(LoginPrefs <=> LoginSettings { pubkey, keyboard_interactive, password, batch_mode, password_prompts });
 
@@ -510,6 +588,11 @@ pub(crate) mod tests {
                 server_alive: None,
                 proxy_command: None,
                 login: LoginSettings::default(),
+                host_keys: HostKeySettings {
+                    algorithms: vec!["ssh-ed25519".into()],
+                    ca_signature_algorithms: vec!["ssh-ed25519".into()],
+                    revoked: Some("/home/alice/.ssh/revoked_keys".into()),
+                },
             },
             remote_path: "src".into(),
             mountpoint: "/home/alice/src".into(),
@@ -602,14 +685,16 @@ pub(crate) mod tests {
         pin(
             Request::Mount(Box::new(sample_mount_request())),
             concat!(
-                r#"{"version":3,"request":"mount","#,
+                r#"{"version":4,"request":"mount","#,
                 r#""dest":{"alias":"box","host_name":"box.example","port":2222,"user":"alice","#,
                 r#""identity_files":["/home/alice/.ssh/id_ed25519"],"identities_only":true,"certificate_files":[],"#,
                 r#""known_hosts":["/home/alice/.ssh/known_hosts"],"global_known_hosts":["/etc/ssh/ssh_known_hosts"],"#,
                 r#""host_key_policy":"accept-new","connect_timeout":{"secs":10,"nanos":0},"#,
                 r#""agent_socket":"/run/user/1000/ssh-agent","host_key_alias":null,"address_family":"any","#,
                 r#""server_alive":null,"proxy_command":null,"login":{"pubkey":true,"keyboard_interactive":true,"#,
-                r#""password":true,"batch_mode":false,"password_prompts":3}},"#,
+                r#""password":true,"batch_mode":false,"password_prompts":3},"#,
+                r#""host_keys":{"algorithms":["ssh-ed25519"],"ca_signature_algorithms":["ssh-ed25519"],"#,
+                r#""revoked":"/home/alice/.ssh/revoked_keys"}},"#,
                 r#""remote_path":"src","mountpoint":"/home/alice/src","name":"box-src","#,
                 r#""link":{"heartbeat_interval":{"secs":1,"nanos":0},"max_heartbeat_failures":3,"#,
                 r#""request_timeout":{"secs":2,"nanos":0},"backoff_base":{"secs":0,"nanos":500000000},"#,
@@ -624,35 +709,41 @@ pub(crate) mod tests {
         );
         pin(
             Request::Unmount { target: "/home/alice/src".into(), lazy: true, force: false },
-            r#"{"version":3,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
+            r#"{"version":4,"request":"unmount","target":"/home/alice/src","lazy":true}"#,
         );
         pin(
             Request::Unmount { target: "/home/alice/src".into(), lazy: false, force: true },
-            r#"{"version":3,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
+            r#"{"version":4,"request":"unmount","target":"/home/alice/src","lazy":false,"force":true}"#,
         );
-        pin(Request::Status, r#"{"version":3,"request":"status"}"#);
-        pin(Request::Watch, r#"{"version":3,"request":"watch"}"#);
+        pin(Request::Status, r#"{"version":4,"request":"status"}"#);
+        pin(Request::Watch, r#"{"version":4,"request":"watch"}"#);
         pin(
             Request::Reconnect { target: "box-src".into(), interactive: false },
-            r#"{"version":3,"request":"reconnect","target":"box-src"}"#,
+            r#"{"version":4,"request":"reconnect","target":"box-src"}"#,
         );
         pin(
             Request::Reconnect { target: "box-src".into(), interactive: true },
-            r#"{"version":3,"request":"reconnect","target":"box-src","interactive":true}"#,
+            r#"{"version":4,"request":"reconnect","target":"box-src","interactive":true}"#,
         );
-        pin(Request::Answer { answer: Some("123456".into()) }, r#"{"version":3,"request":"answer","answer":"123456"}"#);
-        pin(Request::Answer { answer: None }, r#"{"version":3,"request":"answer","answer":null}"#);
+        let typed = Typed::new(Zeroizing::new("123456".into()));
+        pin(Request::Answer { answer: Some(typed.clone()) }, r#"{"version":4,"request":"answer","answer":"123456"}"#);
+        assert_eq!(AnswerLine::parse(br#"{"version":4,"request":"answer","answer":"123456"}"#), Some(Some(typed)));
+        assert_eq!(AnswerLine::parse(br#"{"version":4,"request":"answer","answer":null}"#), Some(None));
+        assert_eq!(AnswerLine::parse(br#"{"version":4,"request":"status"}"#), None);
+        assert_eq!(AnswerLine::parse(br#"{"version":3,"request":"answer","answer":"1"}"#), None);
+        assert_eq!(AnswerLine::parse(b"garbage"), None);
+        pin(Request::Answer { answer: None }, r#"{"version":4,"request":"answer","answer":null}"#);
     }
 
     #[test]
     fn responses_on_the_wire() {
         pin(
             Response::Mounted { mount: sample_mount_info(), already: false },
-            concat!(r#"{"version":3,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
+            concat!(r#"{"version":4,"response":"mounted","mount":"#, mount_info_wire!(), r#","already":false}"#),
         );
         pin(
             Response::Unmounted { mount: MountInfo { connections: Vec::new(), ..sample_mount_info() }, lost: None },
-            concat!(r#"{"version":3,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
+            concat!(r#"{"version":4,"response":"unmounted","mount":"#, mount_info_wire!("[]"), "}"),
         );
         let lost = AtStake { bytes: 4096, files: vec!["/srv/a".into()] };
         pin(
@@ -661,20 +752,20 @@ pub(crate) mod tests {
                 lost: Some(lost.clone()),
             },
             concat!(
-                r#"{"version":3,"response":"unmounted","mount":"#,
+                r#"{"version":4,"response":"unmounted","mount":"#,
                 mount_info_wire!("[]"),
                 r#","lost":{"bytes":4096,"files":["/srv/a"]}}"#
             ),
         );
         pin(
             Response::Draining { mount: "box-src".into(), at_stake: lost, moving: true },
-            r#"{"version":3,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
+            r#"{"version":4,"response":"draining","mount":"box-src","at_stake":{"bytes":4096,"files":["/srv/a"]},"moving":true}"#,
         );
         pin(
             Response::Status { mounts: vec![sample_mount_info()] },
-            concat!(r#"{"version":3,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
+            concat!(r#"{"version":4,"response":"status","mounts":["#, mount_info_wire!(), "]}"),
         );
-        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":3,"response":"watching","mounts":[]}"#);
+        pin(Response::Watching { mounts: Vec::new() }, r#"{"version":4,"response":"watching","mounts":[]}"#);
         let event = StatusEvent {
             mount: "box-src".into(),
             at: Timestamp(3_000),
@@ -689,7 +780,7 @@ pub(crate) mod tests {
         pin(
             Response::Event { event },
             concat!(
-                r#"{"version":3,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
+                r#"{"version":4,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
                 r#""old":{"state":"active"},"new":{"state":"reconnecting","attempt":1,"#,
                 r#""since":"1970-01-01T00:00:03.000Z","next_attempt_at":"1970-01-01T00:00:03.500Z","#,
                 r#""last_error":"2 heartbeats missed"}}}"#
@@ -698,7 +789,7 @@ pub(crate) mod tests {
         pin(
             Response::Reconnected { mount: sample_mount_info(), outcome: "reconnected".into() },
             concat!(
-                r#"{"version":3,"response":"reconnected","mount":"#,
+                r#"{"version":4,"response":"reconnected","mount":"#,
                 mount_info_wire!(),
                 r#","outcome":"reconnected"}"#
             ),
@@ -706,7 +797,7 @@ pub(crate) mod tests {
         let error = MoorError::new(ErrorKind::NotMounted, "'x' is not a moor mount");
         pin(
             Response::Error { error },
-            r#"{"version":3,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
+            r#"{"version":4,"response":"error","error":{"kind":"not_mounted","message":"'x' is not a moor mount"}}"#,
         );
     }
 

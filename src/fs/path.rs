@@ -2,6 +2,7 @@
 //! rules (joining, splitting, valid names) live here so that no operation open-codes them.
 
 use super::errno::Errno;
+use crate::remote::name;
 
 /// The longest name a directory entry may have.
 const NAME_MAX: usize = 255;
@@ -35,9 +36,10 @@ pub(super) fn strip_subtree<'a>(path: &'a str, from: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
-/// A name the kernel gave us, checked before it becomes part of a path.
+/// A name the kernel gave us, checked before it becomes part of a path. Its length is
+/// that of the bytes it stands for: a name that is not UTF-8 is held escaped, longer.
 pub(super) fn check_name(name: &str) -> Result<(), Errno> {
-    if name.len() > NAME_MAX {
+    if name::byte_len(name) > NAME_MAX {
         return Err(Errno::ENAMETOOLONG);
     }
     if name.is_empty() || name.contains('/') {
@@ -77,5 +79,10 @@ mod tests {
         assert_eq!(check_name(""), Err(Errno::EINVAL));
         assert_eq!(check_name("a/b"), Err(Errno::EINVAL));
         assert_eq!(check_name(&"x".repeat(256)), Err(Errno::ENAMETOOLONG));
+        // 200 bytes of EUC-JP, escaped to 800: a name the server may well have.
+        let euc_jp: Vec<u8> = b"\xa4\xa2".iter().copied().cycle().take(200).collect();
+        assert_eq!(check_name(&name::from_bytes(&euc_jp)), Ok(()));
+        let too_long: Vec<u8> = b"\xa4\xa2".iter().copied().cycle().take(256).collect();
+        assert_eq!(check_name(&name::from_bytes(&too_long)), Err(Errno::ENAMETOOLONG));
     }
 }

@@ -33,16 +33,21 @@ use crate::sync::lock;
 /// (a server asking again after a wrong answer counts, as ssh counts them).
 const ROUNDS: usize = 10;
 
-/// Something typed that must not be seen: wiped from memory when dropped.
+/// Something typed that must not be seen: wiped from memory when dropped. Made only from
+/// a `Zeroizing` string, so that it has been in wiped memory since it was read.
 pub struct Secret(String);
 
 impl Secret {
-    pub fn new(s: String) -> Secret {
-        Secret(s)
-    }
-
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// Takes the text without copying it: what the `Zeroizing` held moves here, wiped when
+/// this is dropped.
+impl From<zeroize::Zeroizing<String>> for Secret {
+    fn from(mut typed: zeroize::Zeroizing<String>) -> Secret {
+        Secret(std::mem::take(&mut *typed))
     }
 }
 
@@ -441,6 +446,14 @@ impl Login<'_> {
     }
 }
 
+/// Where ssh keeps the public half of the key in `path`: `path.pub`, whatever `path`
+/// ends in (`id.work` has `id.work.pub`, never `id.pub`).
+fn public_half(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
 /// Logs in to `dest` on `ssh`, as OpenSSH orders methods: public keys, then
 /// keyboard-interactive, then password; a method accepted in part (two-factor) moves on
 /// to the next one the server names.
@@ -452,7 +465,7 @@ pub(super) async fn authenticate(
 ) -> Result<(), LinkError> {
     let rsa_hash = ssh.best_supported_rsa_hash().await.ok().flatten().flatten();
     let wanted: Vec<PublicKey> =
-        dest.identity_files.iter().filter_map(|p| russh::keys::load_public_key(p.with_extension("pub")).ok()).collect();
+        dest.identity_files.iter().filter_map(|p| russh::keys::load_public_key(public_half(p)).ok()).collect();
     let mut login = Login {
         ssh,
         dest,
@@ -519,15 +532,36 @@ mod tests {
 
     #[test]
     fn a_secret_never_shows_in_debug() {
-        let s = Secret::new("hunter2".into());
+        let s = Secret::from(zeroize::Zeroizing::new("hunter2".to_string()));
         assert_eq!(format!("{s:?}"), "<secret>");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(<secret>)");
     }
 
     #[test]
+    fn the_public_half_is_the_key_file_with_pub_appended() {
+        for (key, public) in [
+            ("/h/.ssh/id_ed25519", "/h/.ssh/id_ed25519.pub"),
+            ("/h/.ssh/id.work", "/h/.ssh/id.work.pub"),
+            ("/h/.ssh/id.work.key", "/h/.ssh/id.work.key.pub"),
+            ("/h/.ssh.d/id", "/h/.ssh.d/id.pub"),
+        ] {
+            assert_eq!(public_half(Path::new(key)), PathBuf::from(public), "{key}");
+        }
+    }
+
+    #[test]
+    fn typed_text_moves_into_a_secret_without_a_copy() {
+        let mut typed = zeroize::Zeroizing::new(String::with_capacity(16));
+        typed.push_str("hunter2");
+        let at = typed.as_ptr();
+        let s = Secret::from(typed);
+        assert_eq!(s.expose().as_ptr(), at, "the same memory, now wiped when the secret goes");
+    }
+
+    #[test]
     fn a_wiped_keyring_holds_nothing() {
         let k = Keyring::default();
-        lock(&k.kept).password = Some(Secret::new("p".into()));
+        lock(&k.kept).password = Some(Secret::from(zeroize::Zeroizing::new("p".to_string())));
         lock(&k.kept).needs_person = true;
         k.wipe();
         assert!(k.password().is_none());

@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use ssh2_config::{ParseRule, SshConfig};
 
+use super::algorithms;
+
 /// What to do with a host key that known_hosts does not have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -58,6 +60,52 @@ pub struct Destination {
     /// Which login methods the config allows, and whether anyone may be asked.
     #[serde(default)]
     pub login: LoginPrefs,
+    /// Which host keys may prove the server, beside known_hosts.
+    #[serde(default)]
+    pub host_keys: HostKeyPrefs,
+}
+
+/// What the config says about host keys beside known_hosts (`HostKeyAlgorithms`,
+/// `CASignatureAlgorithms`, `RevokedHostKeys`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HostKeyPrefs {
+    /// Host key algorithms offered and accepted, plain and certificate ones, in order.
+    pub algorithms: Vec<String>,
+    /// What a CA may have signed a host certificate with.
+    pub ca_signature_algorithms: Vec<String>,
+    /// A file of public keys never to accept from any host.
+    pub revoked: Option<PathBuf>,
+}
+
+impl Default for HostKeyPrefs {
+    fn default() -> Self {
+        HostKeyPrefs {
+            algorithms: algorithms::default_host_key(),
+            ca_signature_algorithms: algorithms::default_ca_signature(),
+            revoked: None,
+        }
+    }
+}
+
+impl HostKeyPrefs {
+    /// The algorithms the options' values allow (`None`: unset), as OpenSSH assembles them.
+    fn from_options(host_key: Option<&str>, ca: Option<&str>, revoked: Option<PathBuf>) -> Result<Self, ConfigError> {
+        let algorithms = algorithms::assemble(
+            "HostKeyAlgorithms",
+            host_key,
+            &algorithms::default_host_key(),
+            algorithms::ALL_HOST_KEY,
+        )
+        .map_err(ConfigError::BadValue)?;
+        let ca_signature_algorithms = algorithms::assemble(
+            "CASignatureAlgorithms",
+            ca,
+            &algorithms::default_ca_signature(),
+            algorithms::ALL_CA_SIGNATURE,
+        )
+        .map_err(ConfigError::BadValue)?;
+        Ok(HostKeyPrefs { algorithms, ca_signature_algorithms, revoked })
+    }
 }
 
 /// What the config says about logging in (`PubkeyAuthentication`,
@@ -123,6 +171,11 @@ pub enum ConfigError {
     Ssh(String),
     #[error("{0} (from your ssh config or -o) is not supported by moor yet: {1}")]
     Unsupported(&'static str, &'static str),
+    #[error(
+        "{what} '{name}' is not valid: ssh refuses empty names, whitespace, control characters, a leading '-' \
+         and the characters ' ` \" $ \\ ; & < > | ( ) {{ }} in it; check the name"
+    )]
+    BadName { what: &'static str, name: String },
 }
 
 /// What the command line says; it wins over the config file.
@@ -226,7 +279,14 @@ fn expand(raw: &str, home: &Path, d: &Destination) -> PathBuf {
 }
 
 fn parse_config(text: &str, home: &Path, path: &Path) -> Result<SshConfig, ConfigError> {
+    // `+`, `-` and `^` lists apply to moor's defaults, which leave out SHA-1 RSA.
+    let defaults = ssh2_config::DefaultAlgorithms {
+        host_key_algorithms: algorithms::default_host_key(),
+        ca_signature_algorithms: algorithms::default_ca_signature(),
+        ..ssh2_config::DefaultAlgorithms::default()
+    };
     SshConfig::default()
+        .default_algorithms(defaults)
         .home_dir(home)
         .parse(
             &mut BufReader::new(text.as_bytes()),
@@ -249,12 +309,55 @@ fn connect_timeout(configured: Option<Duration>) -> Duration {
 }
 
 /// Resolves `[user@]host` into a destination: by `ssh -G` when OpenSSH's client is
-/// installed, else by moor's own reading of the config file.
+/// installed, else by moor's own reading of the config file. The names given are checked
+/// first, and the names resolved again: they are spliced into commands run by `sh -c`
+/// (`ProxyCommand`'s `%h %n %r`, `Match exec`).
 pub fn resolve(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
-    match find_in_path("ssh") {
+    check_given_names(user_host, ov)?;
+    let d = match find_in_path("ssh") {
         Some(ssh) => resolve_by_ssh(&ssh, user_host, ov),
         None => resolve_builtin(user_host, ov),
+    }?;
+    check_user_name(&d.user)?;
+    check_host_name("host name", &d.host_name)?;
+    Ok(d)
+}
+
+/// The characters of the shell that OpenSSH refuses in host and user names (ssh.c,
+/// `valid_hostname`, `valid_ruser`).
+const SHELL_SPECIAL: &str = "'`\"$\\;&<>|(){}";
+
+/// Whether `name` is one ssh would take: not empty, no leading '-' (an option), no
+/// whitespace, control characters or characters special to the shell.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('-')
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control() || SHELL_SPECIAL.contains(c))
+}
+
+fn check_host_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ConfigError::BadName { what, name: name.escape_debug().to_string() })
     }
+}
+
+fn check_user_name(name: &str) -> Result<(), ConfigError> {
+    check_host_name("user name", name)
+}
+
+/// The host and user as the command line gives them, before anything expands them.
+fn check_given_names(user_host: &str, ov: &Overrides) -> Result<(), ConfigError> {
+    let (user, host) = match user_host.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, user_host),
+    };
+    check_host_name("host", host)?;
+    for u in user.into_iter().chain(ov.user.as_deref()) {
+        check_user_name(u)?;
+    }
+    Ok(())
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -399,6 +502,7 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         server_alive: None,
         proxy_command: None,
         login: LoginPrefs::default(),
+        host_keys: HostKeyPrefs::default(),
     };
     d.host_key_policy = match one("stricthostkeychecking") {
         None | Some("true") | Some("yes") | Some("ask") => HostKeyPolicy::Strict,
@@ -439,7 +543,34 @@ fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Result<Destina
         password_prompts: one("numberofpasswordprompts").and_then(|n| n.parse().ok()).unwrap_or(3),
     };
     d.proxy_command = proxy_command(one("proxycommand"), one("proxyjump"), ssh, config_arg(ov).as_deref(), &d)?;
+    let revoked = one("revokedhostkeys").filter(|v| *v != "none").map(|v| rehome(expand(v, &home, &d)));
+    let (host_key, ca) = configured_algorithms(ssh, user_host, &one);
+    d.host_keys = HostKeyPrefs::from_options(host_key, ca, revoked)?;
     Ok(d)
+}
+
+/// `HostKeyAlgorithms` and `CASignatureAlgorithms` as `ssh -G` prints them, each `None`
+/// where it is only ssh's own default. An OpenSSH older than 8.8 offers SHA-1 RSA by
+/// default; moor, as newer ones, only when the config names it. So a list with it is
+/// compared with what ssh prints without any config (asked only then).
+fn configured_algorithms<'a>(
+    ssh: &Path,
+    user_host: &str,
+    one: &impl Fn(&str) -> Option<&'a str>,
+) -> (Option<&'a str>, Option<&'a str>) {
+    let keys = ["hostkeyalgorithms", "casignaturealgorithms"];
+    let sha1 = |v: &str| v.split(',').any(|n| n == "ssh-rsa" || n == "ssh-rsa-cert-v01@openssh.com");
+    if !keys.iter().any(|k| one(k).is_some_and(sha1)) {
+        return (one(keys[0]), one(keys[1]));
+    }
+    let bare = Overrides { config_file: Some(PathBuf::from("/dev/null")), ..Overrides::default() };
+    let defaults = ssh_g(ssh, user_host, &bare).unwrap_or_default();
+    let set = |key: &str| {
+        let v = one(key)?;
+        let default = defaults.iter().find(|(k, _)| k == key).map(|(_, d)| d.as_str());
+        (default != Some(v)).then_some(v)
+    };
+    (set(keys[0]), set(keys[1]))
 }
 
 /// The agent socket to use (`IdentityAgent`, else `$SSH_AUTH_SOCK`).
@@ -536,6 +667,7 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         server_alive: None,
         proxy_command: None,
         login: LoginPrefs::default(),
+        host_keys: HostKeyPrefs::default(),
     };
     if ov.jump.is_some()
         || extra("proxyjump").is_some_and(|v| v != "none")
@@ -582,6 +714,13 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
     );
 
     d.agent_socket = agent_socket(extra("identityagent").as_deref(), &home, &d);
+    let listed = |a: &ssh2_config::Algorithms| (!a.is_default()).then(|| a.algorithms().join(","));
+    let revoked = extra("revokedhostkeys").filter(|v| v != "none").map(|v| expand(&v, &home, &d));
+    d.host_keys = HostKeyPrefs::from_options(
+        listed(&p.host_key_algorithms).as_deref(),
+        listed(&p.ca_signature_algorithms).as_deref(),
+        revoked,
+    )?;
     Ok(d)
 }
 
@@ -849,6 +988,135 @@ mod tests {
         let d = resolve_by_ssh(&ssh, "-oProxyCommand=touch /tmp/moor-pwned", &ov);
         assert!(!std::path::Path::new("/tmp/moor-pwned").exists());
         let _ = d;
+    }
+
+    #[test]
+    fn hostile_names_are_refused_before_anything_expands_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        let flag = dir.path().join("pwned");
+        // Were a name expanded unchecked, these would run `touch` (Match exec and
+        // ProxyCommand go through sh -c).
+        std::fs::write(&cfg, "Match exec \"test %h = x\"\n  Port 2222\nHost *\n  ProxyCommand nc %h %p # %r %n\n")
+            .unwrap();
+        let touch = format!("touch {}", flag.display());
+        let hostile_hosts = [
+            format!("x;{touch}"),
+            format!("$({touch})"),
+            format!("`{touch}`"),
+            format!("x|{touch}"),
+            format!("x&&{touch}"),
+            format!("x {touch}"),
+            "-oProxyCommand=sh".to_string(),
+            "x\ny".to_string(),
+            "x\u{7}".to_string(),
+            "a'b".to_string(),
+            "a\"b".to_string(),
+            "a\\b".to_string(),
+            "a>b".to_string(),
+            "a<b".to_string(),
+            "a{b}".to_string(),
+            "a(b)".to_string(),
+            "a\tb".to_string(),
+            String::new(),
+        ];
+        for host in &hostile_hosts {
+            let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+            let e = resolve(host, &ov).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName { what: "host", .. }), "{host:?}: {e}");
+            assert_eq!(e.to_string().lines().count(), 1, "{e}");
+            let e = resolve(&format!("{host}@box"), &ov).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName { what: "user name", .. }), "{host:?}: {e}");
+            let ov = Overrides { user: Some(host.clone()), ..ov };
+            let e = resolve("box", &ov).unwrap_err();
+            assert!(matches!(e, ConfigError::BadName { what: "user name", .. }), "{host:?}: {e}");
+        }
+        assert!(!flag.exists(), "a hostile name ran a command");
+        // What the config resolves to is checked too.
+        std::fs::write(&cfg, "Host box\n  User a;b\nHost other\n  HostName a$b\n").unwrap();
+        let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+        assert!(matches!(resolve("box", &ov), Err(ConfigError::BadName { what: "user name", .. })));
+        assert!(matches!(resolve("other", &ov), Err(ConfigError::BadName { what: "host name", .. })));
+        // Names as people have them pass.
+        for ok in ["build.example.com", "10.0.0.1", "fe80::1%eth0", "host_1", "a-b", "xn--bcher-kva.example"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        assert!(valid_name("first.last") && valid_name("svc-backup") && valid_name("alice@realm"));
+    }
+
+    #[test]
+    fn host_key_settings_reach_the_destination() {
+        let ssh = find_in_path("ssh").expect("the tests need OpenSSH's client (ssh)");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host old\n  HostKeyAlgorithms +ssh-rsa\n  CASignatureAlgorithms ^ssh-rsa\n  \
+             RevokedHostKeys ~/.ssh/revoked_%h\n\
+             Host exact\n  HostKeyAlgorithms -ecdsa-sha2-nistp256,rsa-sha2-256\n\
+             Host patterns\n  HostKeyAlgorithms -ecdsa*,*-cert-v01@openssh.com\n\
+             Host *\n  RevokedHostKeys none\n",
+        )
+        .unwrap();
+        let ov = Overrides { config_file: Some(cfg.clone()), ..Overrides::default() };
+        let home = home().unwrap();
+        let by_ssh = |host: &str| resolve_by_ssh(&ssh, host, &ov).unwrap().host_keys;
+        let builtin = |host: &str| resolve_builtin(host, &ov).unwrap().host_keys;
+        let without = |gone: &[&str]| {
+            let mut d = algorithms::default_host_key();
+            d.retain(|a| !gone.contains(&a.as_str()));
+            d
+        };
+        for (how, resolve) in [("ssh -G", &by_ssh as &dyn Fn(&str) -> HostKeyPrefs), ("builtin", &builtin)] {
+            let plain = resolve("plain");
+            assert_eq!(plain, HostKeyPrefs::default(), "{how}: unset, the defaults");
+            assert!(!plain.algorithms.iter().any(|a| a == "ssh-rsa"), "{how}");
+            let old = resolve("old");
+            assert_eq!(old.algorithms.last().map(String::as_str), Some("ssh-rsa"), "{how}: {:?}", old.algorithms);
+            assert_eq!(old.ca_signature_algorithms[0], "ssh-rsa", "{how}");
+            assert_eq!(old.revoked, Some(home.join(".ssh/revoked_old")), "{how}");
+            let exact = resolve("exact");
+            assert_eq!(exact.algorithms, without(&["ecdsa-sha2-nistp256", "rsa-sha2-256"]), "{how}");
+            assert_eq!(exact.revoked, None, "{how}");
+        }
+        // Patterns in a `-` list: as OpenSSH applies them (its own reading of the config
+        // file, without OpenSSH, matches names only).
+        assert_eq!(by_ssh("patterns").algorithms, ["ssh-ed25519", "rsa-sha2-512", "rsa-sha2-256"]);
+    }
+
+    /// An OpenSSH older than 8.8 prints `ssh-rsa` in its default lists: that is no
+    /// choice of the config's, and moor's default (without it) applies.
+    #[test]
+    fn an_old_ssh_default_with_sha1_rsa_counts_as_unset() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let old_ssh = dir.path().join("ssh");
+        std::fs::write(
+            &old_ssh,
+            "#!/bin/sh\necho hostkeyalgorithms ssh-ed25519,rsa-sha2-512,ssh-rsa\n\
+             echo casignaturealgorithms ssh-ed25519,ssh-rsa\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&old_ssh, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let printed = |hk: &'static str, ca: &'static str| {
+            move |k: &str| match k {
+                "hostkeyalgorithms" => Some(hk),
+                "casignaturealgorithms" => Some(ca),
+                _ => None,
+            }
+        };
+        let defaults = printed("ssh-ed25519,rsa-sha2-512,ssh-rsa", "ssh-ed25519,ssh-rsa");
+        assert_eq!(configured_algorithms(&old_ssh, "box", &defaults), (None, None));
+        let added = printed("ssh-ed25519,rsa-sha2-512,ssh-rsa,ssh-rsa-cert-v01@openssh.com", "ssh-ed25519,ssh-rsa");
+        let (hk, ca) = configured_algorithms(&old_ssh, "box", &added);
+        assert_eq!((hk.is_some(), ca), (true, None));
+        // Without SHA-1 RSA in them, the lists are taken as printed, without asking again.
+        let gone = dir.path().join("no-such-ssh");
+        let modern = printed("ssh-ed25519,rsa-sha2-512", "ssh-ed25519");
+        assert_eq!(
+            configured_algorithms(&gone, "box", &modern),
+            (Some("ssh-ed25519,rsa-sha2-512"), Some("ssh-ed25519"))
+        );
     }
 
     #[test]

@@ -29,9 +29,9 @@ pub enum LinkError {
     )]
     HostKeyChanged { host: String, fingerprint: String, file: PathBuf, line: usize },
     #[error(
-        "HOST KEY FOR {host} IS REVOKED ({fingerprint} is marked @revoked in {file} line {line}): it must \
-         never be trusted; the server may be compromised, or its key was retired. Ask the host's \
-         administrator for its current key, and keep the @revoked line"
+        "HOST KEY FOR {host} IS REVOKED ({fingerprint} is revoked by {file} line {line}, an @revoked line \
+         of known_hosts or a RevokedHostKeys file): it must never be trusted; the server may be compromised, \
+         or its key was retired. Ask the host's administrator for its current key, and keep that line"
     )]
     HostKeyRevoked { host: String, fingerprint: String, file: PathBuf, line: usize },
     #[error(

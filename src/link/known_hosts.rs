@@ -16,6 +16,7 @@ use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{Algorithm, Certificate, HashAlg, PublicKey, PublicKeyOrCertificate};
 
+use super::algorithms;
 use super::config::{Destination, HostKeyPolicy};
 use super::error::LinkError;
 
@@ -121,7 +122,7 @@ fn pattern_list_matches(list: &str, name: &str) -> bool {
 }
 
 /// `*` matches any run of characters, `?` any one.
-fn wildcard_matches(pattern: &[u8], text: &[u8]) -> bool {
+pub(super) fn wildcard_matches(pattern: &[u8], text: &[u8]) -> bool {
     let (mut p, mut t) = (0, 0);
     // Where the last `*` was, and how much of the text it has taken so far.
     let mut star: Option<(usize, usize)> = None;
@@ -207,8 +208,8 @@ impl KnownHosts {
     }
 
     /// What known_hosts says of `presented` for the host looked up as `name`, whose
-    /// certificates must name `principal`, at `now` (Unix seconds).
-    fn judge(&self, name: &str, principal: &str, presented: &PublicKeyOrCertificate, now: u64) -> Verdict {
+    /// certificates must be as `cert_rules` say, at `now` (Unix seconds).
+    fn judge(&self, name: &str, cert_rules: &CertRules, presented: &PublicKeyOrCertificate, now: u64) -> Verdict {
         let lines: Vec<&Entry> = self.for_host(name).collect();
         let certificate = presented.certificate();
         let plain = match certificate {
@@ -224,7 +225,7 @@ impl KnownHosts {
             return r;
         }
         if let Some(cert) = certificate {
-            if let Some(v) = judge_certificate(&lines, cert, principal, now) {
+            if let Some(v) = judge_certificate(&lines, cert, cert_rules, now) {
                 return v;
             }
             // No CA of known_hosts signed it: as ssh, the key inside may still be known.
@@ -232,18 +233,23 @@ impl KnownHosts {
         judge_plain_key(&lines, plain)
     }
 
-    /// The host key algorithms to offer for the host looked up as `name`: those of
-    /// keys known for it first (so that the server proves the key we have, not another
-    /// we would call unknown), then the rest, in `default`'s order; and the
-    /// certificate algorithms, only when a CA is trusted for the host.
-    fn preferences(&self, name: &str, default: &[Algorithm]) -> (Vec<Algorithm>, Vec<Algorithm>) {
+    /// The host key algorithms to offer for the host looked up as `name`, of those
+    /// `allowed`: those of keys known for it first (so that the server proves the key we
+    /// have, not another we would call unknown), then the rest, in `allowed`'s order; and
+    /// of `certificates`, the certificate algorithms, only when a CA is trusted for the host.
+    fn preferences(
+        &self,
+        name: &str,
+        allowed: &[Algorithm],
+        certificates: &[Algorithm],
+    ) -> (Vec<Algorithm>, Vec<Algorithm>) {
         let lines: Vec<&Entry> = self.for_host(name).collect();
         let known =
             |a: &Algorithm| lines.iter().any(|e| e.marker == Marker::Plain && same_key_type(&e.key.algorithm(), a));
-        let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) = default.iter().cloned().partition(known);
+        let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) = allowed.iter().cloned().partition(known);
         keys.extend(rest);
         let certificates =
-            if lines.iter().any(|e| e.marker == Marker::CertAuthority) { keys.clone() } else { Vec::new() };
+            if lines.iter().any(|e| e.marker == Marker::CertAuthority) { certificates.to_vec() } else { Vec::new() };
         (keys, certificates)
     }
 }
@@ -264,24 +270,40 @@ fn same_key_type(key: &Algorithm, offered: &Algorithm) -> bool {
     }
 }
 
+/// What a host certificate must be for: the name it must list, and what its CA may
+/// have signed it with (`CASignatureAlgorithms`).
+struct CertRules<'a> {
+    principal: &'a str,
+    ca_algorithms: &'a [String],
+}
+
 /// The verdict on a certificate signed by a CA trusted for the host, or `None` when no
 /// such CA signed it.
-fn judge_certificate(lines: &[&Entry], cert: &Certificate, principal: &str, now: u64) -> Option<Verdict> {
+fn judge_certificate(lines: &[&Entry], cert: &Certificate, rules: &CertRules, now: u64) -> Option<Verdict> {
     let ca = lines.iter().find(|e| e.marker == Marker::CertAuthority && e.key == *cert.signature_key())?;
     tracing::debug!(file = %ca.file.display(), line = ca.line, "host certificate signed by a trusted CA");
-    Some(match certificate_fault(cert, principal, now) {
+    Some(match certificate_fault(cert, rules, now) {
         None => Verdict::Known,
         Some(why) => Verdict::BadCertificate(why),
     })
 }
 
-/// Why a certificate is not a valid host certificate for `principal` at `now`, as ssh
-/// judges it: a host certificate, within its validity period, signed by its CA, naming
-/// the host among its principals (a certificate naming none is refused, as current
-/// OpenSSH refuses it), with no critical options.
-fn certificate_fault(cert: &Certificate, principal: &str, now: u64) -> Option<String> {
+/// Why a certificate is not a valid host certificate for `rules` at `now`, as ssh
+/// judges it: a host certificate, within its validity period, signed by its CA with an
+/// algorithm `CASignatureAlgorithms` allows, naming the host among its principals (a
+/// certificate naming none is refused, as current OpenSSH refuses it), with no critical
+/// options.
+fn certificate_fault(cert: &Certificate, rules: &CertRules, now: u64) -> Option<String> {
+    let principal = rules.principal;
     if cert.cert_type() != CertType::Host {
         return Some("it is a user certificate, not a host certificate".into());
+    }
+    let signed_with = cert.signature().algorithm();
+    if !rules.ca_algorithms.iter().any(|a| a == signed_with.as_str()) {
+        return Some(format!(
+            "its CA signed it with {signed_with}, which CASignatureAlgorithms does not allow (it allows {})",
+            rules.ca_algorithms.join(",")
+        ));
     }
     if now < cert.valid_after() {
         return Some(format!("it is not valid before {} (Unix time; now {now})", cert.valid_after()));
@@ -343,17 +365,29 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The host key algorithms to offer for `dest` (see `KnownHosts::preferences`): plain
-/// ones, and certificate ones.
-pub fn preferences(dest: &Destination, default: &[Algorithm]) -> (Vec<Algorithm>, Vec<Algorithm>) {
-    KnownHosts::load(all_files(dest)).preferences(&lookup_name(dest), default)
+/// The host key algorithms to offer for `dest`, of those its config allows (see
+/// `KnownHosts::preferences`): plain ones, and certificate ones.
+pub fn preferences(dest: &Destination) -> (Vec<Algorithm>, Vec<Algorithm>) {
+    let (allowed, certificates) = algorithms::host_key_algorithms(&dest.host_keys.algorithms);
+    KnownHosts::load(all_files(dest)).preferences(&lookup_name(dest), &allowed, &certificates)
 }
 
 /// Checks what the server presented for `dest`, recording its key when the policy
-/// allows a new one.
+/// allows a new one. A key the `RevokedHostKeys` file lists is refused first, as ssh
+/// refuses it.
 pub fn check(dest: &Destination, presented: &PublicKeyOrCertificate) -> Verdict {
+    if let Some(why) = type_not_allowed(dest, presented) {
+        return Verdict::Error(why);
+    }
+    if let Some(file) = &dest.host_keys.revoked {
+        if let Some(v) = revoked_by_file(file, presented) {
+            return v;
+        }
+    }
     let name = lookup_name(dest);
-    let verdict = KnownHosts::load(all_files(dest)).judge(&name, &principal_name(dest), presented, now_secs());
+    let principal = principal_name(dest);
+    let rules = CertRules { principal: &principal, ca_algorithms: &dest.host_keys.ca_signature_algorithms };
+    let verdict = KnownHosts::load(all_files(dest)).judge(&name, &rules, presented, now_secs());
     if verdict != Verdict::Unknown {
         return verdict;
     }
@@ -368,6 +402,72 @@ pub fn check(dest: &Destination, presented: &PublicKeyOrCertificate) -> Verdict 
         },
         _ => Verdict::Unknown,
     }
+}
+
+/// Why `presented` may not prove the server, if its type is not among those
+/// `HostKeyAlgorithms` allows. What was negotiated already is; this holds whatever key a
+/// server sends all the same.
+fn type_not_allowed(dest: &Destination, presented: &PublicKeyOrCertificate) -> Option<String> {
+    let (plain, certificates) = algorithms::host_key_algorithms(&dest.host_keys.algorithms);
+    let (allowed, kind) = match presented {
+        PublicKeyOrCertificate::PublicKey { .. } => (plain, "key"),
+        PublicKeyOrCertificate::Certificate(_) => (certificates, "certificate"),
+    };
+    let algorithm = presented_key_data(presented).algorithm();
+    if allowed.iter().any(|a| same_key_type(&algorithm, a)) {
+        return None;
+    }
+    Some(format!(
+        "it proved itself with a {} {kind}, a type HostKeyAlgorithms does not allow ({})",
+        algorithm.as_str(),
+        dest.host_keys.algorithms.join(",")
+    ))
+}
+
+/// What a `RevokedHostKeys` file says of `presented`: `Revoked` when it lists the key, or
+/// for a certificate the key inside or its CA; `None` when it lists neither. As ssh, a
+/// file it cannot read, or a line it cannot, refuses every key (`Error`): a revocation
+/// list that is not understood must not let a revoked key through.
+fn revoked_by_file(file: &Path, presented: &PublicKeyOrCertificate) -> Option<Verdict> {
+    let refuse = |why: String| Some(Verdict::Error(why));
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(format!(
+                "cannot read the RevokedHostKeys file {}: {e}; ssh refuses every host key while it cannot be read",
+                file.display()
+            ))
+        }
+    };
+    if bytes.starts_with(b"SSHKRL") {
+        return refuse(format!(
+            "the RevokedHostKeys file {} is an OpenSSH key revocation list (KRL), which moor cannot read; \
+             list the revoked public keys in a text file instead, one per line",
+            file.display()
+        ));
+    }
+    let key = presented_key_data(presented);
+    let ca = presented.certificate().map(Certificate::signature_key);
+    for (i, line) in String::from_utf8_lossy(&bytes).lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let listed = match PublicKey::from_openssh(line) {
+            Ok(k) => k,
+            Err(e) => {
+                return refuse(format!(
+                    "line {} of the RevokedHostKeys file {} is not a public key ({e}); fix or remove it",
+                    i + 1,
+                    file.display()
+                ))
+            }
+        };
+        if listed.key_data() == key || Some(listed.key_data()) == ca {
+            return Some(Verdict::Revoked { file: file.to_path_buf(), line: i + 1 });
+        }
+    }
+    None
 }
 
 /// Appends `name key` to `file` as ssh does, making the file (0600) and its directory
@@ -473,6 +573,15 @@ mod tests {
         k
     }
 
+    /// The default CA signature algorithms, as a leaked slice the rules can borrow.
+    fn default_ca() -> &'static [String] {
+        Box::leak(algorithms::default_ca_signature().into_boxed_slice())
+    }
+
+    fn rules(principal: &str) -> CertRules<'_> {
+        CertRules { principal, ca_algorithms: default_ca() }
+    }
+
     fn changed(line: usize) -> Verdict {
         Verdict::Changed { file: "kh".into(), line }
     }
@@ -573,7 +682,7 @@ mod tests {
             ),
         ];
         for (what, file, name, key, want) in cases {
-            assert_eq!(known(&file).judge(name, name, &plain(&key), 1_000), want, "{what}:\n{file}");
+            assert_eq!(known(&file).judge(name, &rules(name), &plain(&key), 1_000), want, "{what}:\n{file}");
         }
     }
 
@@ -677,7 +786,7 @@ mod tests {
             ),
         ];
         for (what, file, c, want) in cases {
-            let v = known(&file).judge(web, web, &c.into(), NOW);
+            let v = known(&file).judge(web, &rules(web), &c.into(), NOW);
             match want {
                 Some(w) => assert_eq!(v, w, "{what}\n{file}"),
                 None => assert!(matches!(v, Verdict::BadCertificate(_)), "{what}: {v:?}\n{file}"),
@@ -704,6 +813,7 @@ mod tests {
             server_alive: None,
             proxy_command: None,
             login: Default::default(),
+            host_keys: Default::default(),
         }
     }
 
@@ -773,19 +883,98 @@ mod tests {
     #[test]
     fn known_key_types_are_offered_first() {
         let default = russh::Preferred::DEFAULT.key;
+        let certificates = [Algorithm::Ed25519];
         let k = known(&format!("box {ECDSA}\n@cert-authority other {}\n", text(&ed(1))));
-        let (keys, certs) = k.preferences("box", &default);
+        let (keys, certs) = k.preferences("box", &default, &certificates);
         assert_eq!(keys[0], parsed(ECDSA).algorithm(), "{keys:?}");
         assert_eq!(keys.len(), default.len());
         assert!(certs.is_empty(), "no CA for this host: plain keys only");
-        let (keys, certs) = k.preferences("other", &default);
+        let (keys, certs) = k.preferences("other", &default, &certificates);
         assert_eq!(keys, default.to_vec(), "nothing known: the default order");
-        assert_eq!(certs, keys, "a CA for this host: certificates too");
+        assert_eq!(certs, certificates, "a CA for this host: certificates too");
         // An RSA key signs with any RSA hash: all of them come first, in their order.
         let k = known(&format!("box {RSA}\n"));
-        let (keys, _) = k.preferences("box", &default);
+        let (keys, _) = k.preferences("box", &default, &certificates);
         let rsa: Vec<Algorithm> = default.iter().filter(|a| matches!(a, Algorithm::Rsa { .. })).cloned().collect();
         assert_eq!(keys[..rsa.len()], rsa[..], "{keys:?}");
         assert_eq!(keys.len(), default.len());
+    }
+
+    #[test]
+    fn only_the_allowed_algorithms_are_offered_and_never_sha1_rsa_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("box {RSA}\n@cert-authority box {}\n", text(&ed(10)))).unwrap();
+        let mut d = dest("box", 22, None, vec![file], Vec::new());
+        let (keys, certs) = preferences(&d);
+        let sha1 = Algorithm::Rsa { hash: None };
+        assert!(!keys.contains(&sha1) && !certs.contains(&sha1), "{keys:?} {certs:?}");
+        assert_eq!(keys[0], Algorithm::Rsa { hash: Some(HashAlg::Sha512) }, "the known type still first");
+        d.host_keys.algorithms = vec!["ssh-ed25519".into(), "ssh-rsa".into()];
+        let (keys, certs) = preferences(&d);
+        assert_eq!(keys, vec![sha1, Algorithm::Ed25519], "named in the config: allowed, known type first");
+        assert!(certs.is_empty(), "no certificate algorithm allowed");
+    }
+
+    #[test]
+    fn a_key_of_a_type_not_allowed_is_refused_whatever_was_negotiated() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("box {}\nbox {RSA}\n", text(&ed(1)))).unwrap();
+        let mut d = dest("box", 22, None, vec![file], Vec::new());
+        d.host_keys.algorithms = vec!["rsa-sha2-512".into()];
+        match check(&d, &plain(&ed(1))) {
+            Verdict::Error(why) => assert!(why.contains("ssh-ed25519") && why.contains("HostKeyAlgorithms"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        assert_eq!(check(&d, &plain(&parsed(RSA))), Verdict::Known, "an RSA key, allowed with SHA-2");
+        let c = cert(10, CertType::Host, &["box"], 0, u64::MAX);
+        assert!(matches!(check(&d, &c.into()), Verdict::Error(_)), "no certificate type allowed");
+    }
+
+    #[test]
+    fn a_certificate_signed_with_an_algorithm_not_allowed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("known_hosts");
+        std::fs::write(&file, format!("@cert-authority * {}\n", text(&ed(10)))).unwrap();
+        let mut d = dest("web", 22, None, vec![file], Vec::new());
+        let c = cert(10, CertType::Host, &["web"], 0, u64::MAX);
+        assert_eq!(check(&d, &c.clone().into()), Verdict::Known);
+        d.host_keys.ca_signature_algorithms = vec!["rsa-sha2-512".into()];
+        match check(&d, &c.into()) {
+            Verdict::BadCertificate(why) => assert!(why.contains("CASignatureAlgorithms"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_revoked_host_keys_file_refuses_what_it_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kh, revoked) = (dir.path().join("known_hosts"), dir.path().join("revoked"));
+        std::fs::write(&kh, format!("box {}\n@cert-authority * {}\n", text(&ed(1)), text(&ed(10)))).unwrap();
+        let mut d = dest("box", 22, None, vec![kh], Vec::new());
+        d.host_keys.revoked = Some(revoked.clone());
+        std::fs::write(&revoked, format!("# retired\n\n{} old box\n  {}\n", text(&ed(2)), text(&ed(1)))).unwrap();
+        assert_eq!(check(&d, &plain(&ed(1))), Verdict::Revoked { file: revoked.clone(), line: 4 });
+        let changed_in_kh = Verdict::Changed { file: d.known_hosts[0].clone(), line: 1 };
+        assert_eq!(check(&d, &plain(&ed(3))), changed_in_kh, "not listed: known_hosts decides");
+        // A certificate: its key, or its CA.
+        let c = cert(10, CertType::Host, &["box"], 0, u64::MAX);
+        assert_eq!(check(&d, &c.clone().into()), Verdict::Known);
+        std::fs::write(&revoked, format!("{}\n", text(&ed(11)))).unwrap();
+        assert_eq!(check(&d, &c.clone().into()), Verdict::Revoked { file: revoked.clone(), line: 1 });
+        std::fs::write(&revoked, format!("{}\n", text(&ed(10)))).unwrap();
+        assert_eq!(check(&d, &c.into()), Verdict::Revoked { file: revoked.clone(), line: 1 });
+        // What cannot be read refuses every key, named.
+        let error = |d: &Destination| match check(d, &plain(&ed(1))) {
+            Verdict::Error(why) => why,
+            v => panic!("{v:?}"),
+        };
+        std::fs::write(&revoked, b"SSHKRL\n\0\0\0\x01binary").unwrap();
+        assert!(error(&d).contains("KRL"), "{}", error(&d));
+        std::fs::write(&revoked, "ssh-ed25519 !!!\n").unwrap();
+        assert!(error(&d).contains("line 1"), "{}", error(&d));
+        d.host_keys.revoked = Some(dir.path().join("missing"));
+        assert!(error(&d).contains("cannot read"), "{}", error(&d));
     }
 }

@@ -3,6 +3,7 @@
 //! connection, a supervisor reconnects with backoff (`backoff`), and the connection is
 //! swapped underneath whoever uses the link.
 
+pub mod algorithms;
 pub mod auth;
 pub mod backoff;
 pub mod channel;

@@ -190,7 +190,7 @@ impl client::Handler for Client {
 }
 
 fn ssh_config(dest: &Destination) -> client::Config {
-    let (key, host_key_certificates) = known_hosts::preferences(dest, &russh::Preferred::DEFAULT.key);
+    let (key, host_key_certificates) = known_hosts::preferences(dest);
     client::Config {
         // AES-GCM is fastest where the CPU has AES instructions, which is nearly everywhere.
         preferred: russh::Preferred {
@@ -376,6 +376,21 @@ impl ProxyErrors {
     }
 }
 
+/// The server proves itself only with host key types the config does not allow
+/// (`HostKeyAlgorithms`, whose default leaves out SHA-1 RSA, as OpenSSH's since 8.8).
+fn no_allowed_host_key(dest: &Destination, offered: &[String]) -> LinkError {
+    let first = offered.first().map_or("TYPE", String::as_str);
+    let why = if first == "ssh-rsa" { " (RSA signed with SHA-1, which ssh no longer accepts by default)" } else { "" };
+    LinkError::HostKeyUnverifiable {
+        host: dest.host_name.clone(),
+        detail: format!(
+            "it offers host keys of types {}, none of which HostKeyAlgorithms allows{why}; if you trust such a key, \
+             allow its type for this host, e.g. -o HostKeyAlgorithms=+{first}",
+            offered.join(",")
+        ),
+    }
+}
+
 /// Connects, logs in and starts SFTP, all within the destination's connect timeout,
 /// plus, when there is someone to ask, the time a person may take to answer.
 pub async fn connect(
@@ -436,6 +451,9 @@ async fn connect_inner(
                 }
             }
             return Err(match e {
+                russh::Error::NoCommonAlgo { kind: russh::AlgorithmKind::Key, theirs, .. } => {
+                    no_allowed_host_key(dest, &theirs)
+                }
                 russh::Error::IO(io) => LinkError::Lost { host: dest.host_name.clone(), detail: io.to_string() },
                 russh::Error::Disconnect => {
                     LinkError::Lost { host: dest.host_name.clone(), detail: "the server closed the connection".into() }

@@ -47,9 +47,25 @@ pub fn to_bytes(name: &str) -> Vec<u8> {
     out
 }
 
+/// How many bytes the name stands for on the server: what the 255-byte limit of a name
+/// is about, not the length of its escaped form (an escaped byte takes four).
+pub fn byte_len(name: &str) -> usize {
+    name.chars().map(|c| if is_escape(c) { 1 } else { c.len_utf8() }).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_counts_as_the_bytes_it_stands_for() {
+        let euc_jp: Vec<u8> = b"\xa4\xa2".iter().copied().cycle().take(100).collect();
+        let n = from_bytes(&euc_jp);
+        assert!(n.len() > 255, "escaped, it is longer than the server's name");
+        assert_eq!(byte_len(&n), 100);
+        assert_eq!(byte_len("caf\u{e9}"), 5);
+        assert_eq!(byte_len(&from_bytes("\u{10ff41}".as_bytes())), 4);
+    }
 
     #[test]
     fn every_name_round_trips() {

@@ -43,6 +43,9 @@ const ATTR_EXTENDED: u32 = 0x8000_0000;
 /// A server's handle: opaque bytes.
 pub type ServerHandle = Bytes;
 
+/// The longest handle a server may send (SFTP v3, draft-ietf-secsh-filexfer-02, 3).
+const HANDLE_MAX: usize = 256;
+
 /// What follows a request's id.
 #[derive(Default)]
 pub struct Body(BytesMut);
@@ -132,7 +135,19 @@ pub async fn done(d: &DirectSftp, kind: u8, body: Body) -> Result<(), SftpError>
 /// A request answered by a HANDLE (OPEN, OPENDIR).
 pub async fn handle(d: &DirectSftp, kind: u8, body: Body) -> Result<ServerHandle, SftpError> {
     let mut b = expect(call(d, kind, body).await?, HANDLE)?;
-    take_bytes(&mut b)
+    take_handle(&mut b)
+}
+
+/// A handle from a HANDLE answer; one longer than the protocol allows is a broken or
+/// hostile server, and is not kept to be sent back with every request.
+fn take_handle(b: &mut Bytes) -> Result<ServerHandle, SftpError> {
+    let h = take_bytes(b)?;
+    if h.len() > HANDLE_MAX {
+        // Answered as any reply that breaks the protocol (EIO); the log says which.
+        tracing::warn!(bytes = h.len(), "the server sent a handle longer than SFTP's 256 bytes: refused");
+        return Err(SftpError::UnexpectedPacket);
+    }
+    Ok(h)
 }
 
 /// A request answered by ATTRS (STAT, LSTAT, FSTAT).
@@ -256,6 +271,20 @@ mod tests {
         f.put_u32(ATTR_SIZE);
         f.put_u32(1);
         assert!(take_attrs(&mut f.freeze()).is_err());
+    }
+
+    #[test]
+    fn a_handle_longer_than_the_protocol_allows_is_refused() {
+        let frame = |len: usize| {
+            let mut f = BytesMut::new();
+            f.put_u32(len as u32);
+            f.extend_from_slice(&vec![7u8; len]);
+            f.freeze()
+        };
+        assert_eq!(take_handle(&mut frame(256)).unwrap().len(), 256);
+        let e = take_handle(&mut frame(257)).unwrap_err();
+        assert!(matches!(e, SftpError::UnexpectedPacket), "{e}");
+        assert!(take_handle(&mut frame(4096)).is_err());
     }
 
     #[test]
