@@ -20,6 +20,8 @@ enum Body {
 
 #[derive(Debug, Clone)]
 struct Node {
+    /// The file itself, whatever its name: what an open handle holds on to, as an inode.
+    id: u64,
     body: Body,
     mode: u32,
     uid: u32,
@@ -28,9 +30,16 @@ struct Node {
     mtime: u32,
 }
 
+/// A node of its own, numbered.
+fn node(body: Body, mode: u32) -> Node {
+    static IDS: AtomicU64 = AtomicU64::new(1);
+    Node { id: IDS.fetch_add(1, Ordering::Relaxed), body, mode, uid: 0, gid: 0, atime: 0, mtime: 0 }
+}
+
+/// An open file: the node it was opened on, whatever its name becomes, even none.
 #[derive(Debug)]
 struct Open {
-    path: String,
+    node: u64,
     append: bool,
 }
 
@@ -78,6 +87,8 @@ impl Gate {
 pub struct FakeRemote {
     tree: Mutex<BTreeMap<String, Node>>,
     handles: Mutex<HashMap<u64, Open>>,
+    /// Files removed or replaced while open: still there for their handles.
+    orphans: Mutex<HashMap<u64, Node>>,
     next: AtomicU64,
     down: AtomicBool,
     failed: AtomicBool,
@@ -139,13 +150,11 @@ fn failure() -> RemoteError {
 impl FakeRemote {
     pub fn new() -> FakeRemote {
         let mut tree = BTreeMap::new();
-        tree.insert(
-            "/".to_string(),
-            Node { body: Body::Dir, mode: S_IFDIR | 0o755, uid: 0, gid: 0, atime: 0, mtime: 0 },
-        );
+        tree.insert("/".to_string(), node(Body::Dir, S_IFDIR | 0o755));
         FakeRemote {
             tree: Mutex::new(tree),
             handles: Mutex::new(HashMap::new()),
+            orphans: Mutex::new(HashMap::new()),
             next: AtomicU64::new(1),
             down: AtomicBool::new(false),
             failed: AtomicBool::new(false),
@@ -232,17 +241,11 @@ impl FakeRemote {
     }
 
     pub fn put_file(&self, path: &str, data: &[u8]) {
-        self.tree.lock().unwrap().insert(
-            path.into(),
-            Node { body: Body::File(data.to_vec()), mode: S_IFREG | 0o644, uid: 0, gid: 0, atime: 0, mtime: 0 },
-        );
+        self.tree.lock().unwrap().insert(path.into(), node(Body::File(data.to_vec()), S_IFREG | 0o644));
     }
 
     pub fn put_dir(&self, path: &str) {
-        self.tree
-            .lock()
-            .unwrap()
-            .insert(path.into(), Node { body: Body::Dir, mode: S_IFDIR | 0o755, uid: 0, gid: 0, atime: 0, mtime: 0 });
+        self.tree.lock().unwrap().insert(path.into(), node(Body::Dir, S_IFDIR | 0o755));
     }
 
     pub fn file(&self, path: &str) -> Option<Vec<u8>> {
@@ -282,8 +285,22 @@ impl FakeRemote {
             .collect()
     }
 
-    fn handle_path(&self, h: &Handle) -> Result<(String, bool)> {
-        self.handles.lock().unwrap().get(&h.0).map(|o| (o.path.clone(), o.append)).ok_or_else(failure)
+    /// Runs `f` on the file `h` was opened on, wherever it is now; with whether `h` appends.
+    fn with_open<T>(&self, h: &Handle, f: impl FnOnce(&mut Node, bool) -> T) -> Result<T> {
+        let (id, append) = self.handles.lock().unwrap().get(&h.0).map(|o| (o.node, o.append)).ok_or_else(failure)?;
+        let mut tree = self.tree.lock().unwrap();
+        if let Some(n) = tree.values_mut().find(|n| n.id == id) {
+            return Ok(f(n, append));
+        }
+        self.orphans.lock().unwrap().get_mut(&id).map(|n| f(n, append)).ok_or_else(failure)
+    }
+
+    /// `n` left the tree: kept while a handle holds it, as a server keeps an unlinked
+    /// open file.
+    fn unlinked(&self, n: Node) {
+        if self.handles.lock().unwrap().values().any(|o| o.node == n.id) {
+            self.orphans.lock().unwrap().insert(n.id, n);
+        }
     }
 
     fn apply(n: &mut Node, set: SetAttr) {
@@ -366,8 +383,8 @@ impl Remote for FakeRemote {
 
     async fn fstat(&self, handle: &Handle) -> Result<Attr> {
         self.step().await;
-        let (path, _) = self.handle_path(handle)?;
-        self.lstat(&path).await
+        self.up()?;
+        self.with_open(handle, |n, _| Self::attr(n))
     }
 
     /// Follows a symlink, as SFTP's SETSTAT does on a real server.
@@ -397,8 +414,8 @@ impl Remote for FakeRemote {
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
         self.step().await;
         self.fsetstats.fetch_add(1, Ordering::SeqCst);
-        let (path, _) = self.handle_path(handle)?;
-        self.setstat(&path, set).await
+        self.up()?;
+        self.with_open(handle, |n, _| Self::apply(n, set))
     }
 
     async fn list(&self, path: &str) -> Result<DirStream> {
@@ -448,25 +465,28 @@ impl Remote for FakeRemote {
         self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
-        match tree.get_mut(path) {
+        let id = match tree.get_mut(path) {
             Some(_) if o.create && o.exclusive => return Err(failure()),
             Some(Node { body: Body::Dir, .. }) if o.write => return Err(failure()),
-            Some(Node { body: Body::File(d), .. }) if o.truncate => d.clear(),
-            Some(_) => {}
+            Some(n) => {
+                if let (Body::File(d), true) = (&mut n.body, o.truncate) {
+                    d.clear();
+                }
+                n.id
+            }
             None if o.create => {
                 if !matches!(tree.get(parent(path)).map(|n| &n.body), Some(Body::Dir)) {
                     return Err(RemoteError::NotFound);
                 }
-                let mode = S_IFREG | o.mode.unwrap_or(0o644);
-                tree.insert(
-                    path.into(),
-                    Node { body: Body::File(Vec::new()), mode, uid: 0, gid: 0, atime: 0, mtime: 0 },
-                );
+                let made = node(Body::File(Vec::new()), S_IFREG | o.mode.unwrap_or(0o644));
+                let id = made.id;
+                tree.insert(path.into(), made);
+                id
             }
             None => return Err(RemoteError::NotFound),
-        }
+        };
         let h = self.next.fetch_add(1, Ordering::SeqCst);
-        self.handles.lock().unwrap().insert(h, Open { path: path.into(), append: o.append });
+        self.handles.lock().unwrap().insert(h, Open { node: id, append: o.append });
         drop(tree);
         self.answer()?;
         Ok(Handle(h))
@@ -475,23 +495,30 @@ impl Remote for FakeRemote {
     async fn close(&self, handle: &Handle) -> Result<()> {
         self.step().await;
         self.up()?;
-        self.handles.lock().unwrap().remove(&handle.0).map(|_| ()).ok_or_else(failure)
+        let mut handles = self.handles.lock().unwrap();
+        let open = handles.remove(&handle.0).ok_or_else(failure)?;
+        if !handles.values().any(|o| o.node == open.node) {
+            self.orphans.lock().unwrap().remove(&open.node);
+        }
+        Ok(())
     }
 
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         self.step().await;
         self.up()?;
-        let (path, _) = self.handle_path(handle)?;
-        let tree = self.tree.lock().unwrap();
-        let Some(Node { body: Body::File(d), .. }) = tree.get(&path) else { return Err(failure()) };
         let len = u64::from(len).min(self.max_read.load(Ordering::SeqCst));
-        let start = (offset as usize).min(d.len());
-        let end = (offset.saturating_add(len) as usize).min(d.len());
-        let mut data = d[start..end].to_vec();
-        if self.overlong_reads.load(Ordering::SeqCst) {
-            data.resize(len as usize + 1, 0xee);
-        }
-        Ok(Bytes::from(data))
+        let overlong = self.overlong_reads.load(Ordering::SeqCst);
+        let read = self.with_open(handle, |n, _| {
+            let Body::File(d) = &n.body else { return None };
+            let start = (offset as usize).min(d.len());
+            let end = (offset.saturating_add(len) as usize).min(d.len());
+            let mut data = d[start..end].to_vec();
+            if overlong {
+                data.resize(len as usize + 1, 0xee);
+            }
+            Some(data)
+        })?;
+        read.map(Bytes::from).ok_or_else(failure)
     }
 
     fn write_depth(&self, _handle: &Handle) -> usize {
@@ -505,21 +532,25 @@ impl Remote for FakeRemote {
         self.writes.pass().await;
         self.writes_waiting.fetch_sub(1, Ordering::SeqCst);
         self.up()?;
-        let (path, append) = self.handle_path(handle)?;
-        let mut tree = self.tree.lock().unwrap();
-        let Some(Node { body: Body::File(d), .. }) = tree.get_mut(&path) else { return Err(failure()) };
-        let at = if append { d.len() } else { offset as usize };
-        if d.len() < at + data.len() {
-            d.resize(at + data.len(), 0);
+        let written = self.with_open(handle, |n, append| {
+            let Body::File(d) = &mut n.body else { return false };
+            let at = if append { d.len() } else { offset as usize };
+            if d.len() < at + data.len() {
+                d.resize(at + data.len(), 0);
+            }
+            d[at..at + data.len()].copy_from_slice(&data);
+            true
+        })?;
+        if !written {
+            return Err(failure());
         }
-        d[at..at + data.len()].copy_from_slice(&data);
         Ok(())
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
         self.step().await;
         self.up()?;
-        self.handle_path(handle).map(|_| ())
+        self.with_open(handle, |_, _| ())
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
@@ -532,7 +563,7 @@ impl Remote for FakeRemote {
         if !matches!(tree.get(parent(path)).map(|n| &n.body), Some(Body::Dir)) {
             return Err(RemoteError::NotFound);
         }
-        tree.insert(path.into(), Node { body: Body::Dir, mode: S_IFDIR | mode, uid: 0, gid: 0, atime: 0, mtime: 0 });
+        tree.insert(path.into(), node(Body::Dir, S_IFDIR | mode));
         self.answer()
     }
 
@@ -563,7 +594,9 @@ impl Remote for FakeRemote {
             None => Err(RemoteError::NotFound),
             Some(Body::Dir) => Err(failure()),
             Some(_) => {
-                tree.remove(path);
+                if let Some(gone) = tree.remove(path) {
+                    self.unlinked(gone);
+                }
                 self.answer()
             }
         }
@@ -590,7 +623,9 @@ impl Remote for FakeRemote {
         }
         let moved: Vec<String> =
             tree.keys().filter(|k| *k == from || k.starts_with(&format!("{from}/"))).cloned().collect();
-        tree.remove(to);
+        if let Some(replaced) = tree.remove(to) {
+            self.unlinked(replaced);
+        }
         for old in moved {
             let n = tree.remove(&old).expect("listed above");
             tree.insert(format!("{to}{}", &old[from.len()..]), n);
@@ -605,10 +640,7 @@ impl Remote for FakeRemote {
         if tree.contains_key(link) {
             return Err(failure());
         }
-        tree.insert(
-            link.into(),
-            Node { body: Body::Symlink(target.into()), mode: S_IFLNK | 0o777, uid: 0, gid: 0, atime: 0, mtime: 0 },
-        );
+        tree.insert(link.into(), node(Body::Symlink(target.into()), S_IFLNK | 0o777));
         self.answer()
     }
 
