@@ -736,7 +736,12 @@ impl<R: Remote> Fs<R> {
         };
         let attempt = Attempt::new(Op::Create, &path);
         let (handle, attr) = match self.remote.open_stat(&path, opts).await {
-            Ok(opened) => opened,
+            Ok(opened) => {
+                // This create's own answer: an earlier one's lost answer no longer
+                // speaks for what is at the name.
+                self.retries.take_lost(&attempt);
+                opened
+            }
             Err(e) if e.outcome_unknown() && flags.exclusive => {
                 self.retries.note_lost(&attempt);
                 return Err(Errno::EAGAIN);
@@ -809,7 +814,7 @@ impl<R: Remote> Fs<R> {
         let file = self.file(fh)?;
         let queue = file.queue().ok_or(Errno::EBADF)?;
         let len = data.len();
-        self.write_behind.write(queue, offset, data).await?;
+        self.write_behind.write(file.ino, queue, offset, data).await?;
         self.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
         // Where the file is now: renamed since it was opened, the name it had may be
         // another file's.

@@ -81,13 +81,14 @@ impl<R: Remote> WriteBehind<R> {
     /// Queues a write of `data` at `offset`, split into requests without copying. When
     /// the dirty budget is full, waits for room while the link is up (writes push back);
     /// while it is down, the write is refused with EAGAIN: not accepted, so not lost.
-    pub(super) async fn write(&self, queue: &Arc<FileQueue>, offset: u64, data: Bytes) -> Result<(), Errno> {
+    pub(super) async fn write(&self, ino: Ino, queue: &Arc<FileQueue>, offset: u64, data: Bytes) -> Result<(), Errno> {
         if let Some(e) = queue.take_error() {
             return Err(e);
         }
         if queue.is_dead() {
             return Err(Errno::EIO);
         }
+        self.after_overlapping(ino, queue, offset, offset + data.len() as u64).await?;
         let budget = self.reserve(data.len()).await?;
         let io = self.remote.write_size().max(4096) as usize;
         let chunks = data.len().div_ceil(io);
@@ -102,6 +103,18 @@ impl<R: Remote> WriteBehind<R> {
             }
         }
         Ok(())
+    }
+
+    /// Waits, while the link is up, for writes to `start..end` queued through the file's
+    /// other descriptors: each queue drains on its own, so a later write through one could
+    /// otherwise land before an earlier one through another, and the earlier bytes win.
+    async fn after_overlapping(&self, ino: Ino, queue: &Arc<FileQueue>, start: u64, end: u64) -> Result<(), Errno> {
+        let earlier: Vec<_> =
+            self.queues_of(ino).into_iter().filter(|q| !Arc::ptr_eq(q, queue) && q.overlaps(start, end)).collect();
+        if earlier.is_empty() {
+            return Ok(());
+        }
+        self.while_up(futures_util::future::join_all(earlier.iter().map(|q| q.idle()))).await.map(|_| ())
     }
 
     async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, Errno> {
@@ -334,6 +347,11 @@ impl FileQueue {
 
     fn queued_bytes(&self) -> u64 {
         self.lock().queue.iter().map(|p| p.data.len() as u64).sum()
+    }
+
+    /// Whether a write queued here, not yet on the server, touches `start..end`.
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.lock().queue.iter().any(|p| p.set.is_none() && p.offset < end && start < p.offset + p.data.len() as u64)
     }
 
     /// The end of the furthest queued write: the file is at least this long.

@@ -54,6 +54,22 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     tokio::time::timeout(std::time::Duration::from_secs(5), polled).await.is_ok()
 }
 
+/// A held request's place in line; dropped before its turn, it gives the turn away.
+struct Waiting<'a> {
+    fake: &'a FakeRemote,
+    n: u64,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.fake.skipped.lock().unwrap().insert(self.n);
+            self.fake.held.opened.notify_waiters();
+        }
+    }
+}
+
 /// Where requests of one kind wait while a test holds them.
 #[derive(Debug, Default)]
 pub struct Gate {
@@ -128,6 +144,10 @@ pub struct FakeRemote {
     requests: AtomicU64,
     /// The request of this number waits at `held` (see `hold_request`).
     hold_at: AtomicU64,
+    /// The next held request to go on once released.
+    turn: AtomicU64,
+    /// Held requests given up before their turn.
+    skipped: Mutex<std::collections::BTreeSet<u64>>,
     pub held: Gate,
     pub ext: Extensions,
 }
@@ -177,6 +197,8 @@ impl FakeRemote {
             list_latency_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             hold_at: AtomicU64::new(u64::MAX),
+            turn: AtomicU64::new(0),
+            skipped: Mutex::default(),
             held: Gate::default(),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true, lsetstat: true },
         }
@@ -200,16 +222,81 @@ impl FakeRemote {
     /// The request numbered `n` (counting from the first one ever received, which is 1)
     /// waits at `held` until it is released: a call caught at one of its waiting points.
     pub fn hold_request(&self, n: u64) {
+        self.turn.store(n, Ordering::SeqCst);
         self.hold_at.store(n, Ordering::SeqCst);
         self.held.hold();
     }
 
-    /// Every request passes here first.
+    /// Another client renames `from` to `to` (files only), replacing `to`.
+    pub fn rename_on_server(&self, from: &str, to: &str) {
+        let mut tree = self.tree.lock().unwrap();
+        if let Some(n) = tree.remove(from) {
+            if let Some(replaced) = tree.insert(to.to_string(), n) {
+                self.unlinked(replaced);
+            }
+        }
+    }
+
+    /// Another client removes `path`.
+    pub fn remove_on_server(&self, path: &str) {
+        let gone = self.tree.lock().unwrap().remove(path);
+        if let Some(n) = gone {
+            self.unlinked(n);
+        }
+    }
+
+    /// Another client writes a new file over `path` (a new file, as an editor saves).
+    pub fn replace_on_server(&self, path: &str, data: &[u8]) {
+        let old = self.tree.lock().unwrap().insert(path.to_string(), node(Body::File(data.to_vec()), S_IFREG | 0o644));
+        if let Some(n) = old {
+            self.unlinked(n);
+        }
+    }
+
+    /// Every name on the server with its content (`None` for a directory or a link).
+    pub fn contents(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        let tree = self.tree.lock().unwrap();
+        tree.iter()
+            .map(|(p, n)| (p.clone(), if let Body::File(d) = &n.body { Some(d.clone()) } else { None }))
+            .collect()
+    }
+
+    /// No request is held any more, and one that waits goes on.
+    pub fn let_go(&self) {
+        self.held.release();
+    }
+
+    /// Every request passes here first. The held request, and every one after it, waits
+    /// for the release and then goes on in the order they came, as a server takes the
+    /// requests of a stalled connection once it moves again.
     async fn step(&self) {
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        if n == self.hold_at.load(Ordering::SeqCst) {
-            self.held.pass().await;
+        let from = self.hold_at.load(Ordering::SeqCst);
+        if n < from {
+            return;
         }
+        // A request given up while it waits gives its turn away.
+        let mut waiting = Waiting { fake: self, n, done: false };
+        loop {
+            let wake = self.held.opened.notified();
+            if !self.held.held.load(Ordering::SeqCst) && self.next_turn() == n {
+                waiting.done = true;
+                self.turn.store(n + 1, Ordering::SeqCst);
+                self.held.opened.notify_waiters();
+                return;
+            }
+            wake.await;
+        }
+    }
+
+    /// The next held request to go on, past those given up.
+    fn next_turn(&self) -> u64 {
+        let skipped = self.skipped.lock().unwrap();
+        let mut turn = self.turn.load(Ordering::SeqCst);
+        while skipped.contains(&turn) {
+            turn += 1;
+        }
+        turn
     }
 
     /// The link drops: requests fail as not sent until `come_back`.
@@ -485,16 +572,19 @@ impl Remote for FakeRemote {
             }
             None => return Err(RemoteError::NotFound),
         };
+        drop(tree);
+        // An answer is lost only with its connection, and the server's handles die with
+        // that: an open whose answer was lost leaves no handle behind.
+        self.answer()?;
         let h = self.next.fetch_add(1, Ordering::SeqCst);
         self.handles.lock().unwrap().insert(h, Open { node: id, append: o.append });
-        drop(tree);
-        self.answer()?;
         Ok(Handle(h))
     }
 
+    /// As the remote layer closes: the handle is gone either way; on a link that is
+    /// down it died with its connection.
     async fn close(&self, handle: &Handle) -> Result<()> {
         self.step().await;
-        self.up()?;
         let mut handles = self.handles.lock().unwrap();
         let open = handles.remove(&handle.0).ok_or_else(failure)?;
         if !handles.values().any(|o| o.node == open.node) {
@@ -609,6 +699,16 @@ impl Remote for FakeRemote {
         let src = tree.get(from).cloned().ok_or(RemoteError::NotFound)?;
         if self.refuse_renames_of.lock().unwrap().iter().any(|p| p == from) {
             return Err(RemoteError::PermissionDenied);
+        }
+        if from == to {
+            return self.answer();
+        }
+        // As rename(2) on the server: into a directory, and never into itself.
+        if !matches!(tree.get(parent(to)).map(|n| &n.body), Some(Body::Dir)) {
+            return Err(RemoteError::NotFound);
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(failure());
         }
         // Plain SFTP rename (without posix-rename@openssh.com) never replaces.
         if !self.ext.posix_rename && tree.contains_key(to) {

@@ -4,6 +4,7 @@
 mod attrs;
 mod cancel;
 mod list_ahead;
+mod model;
 mod read_only;
 mod retries;
 mod small_files;
