@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod links;
 pub mod mount;
 pub mod names;
 pub mod paths;
