@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
@@ -365,6 +365,60 @@ fn failed_mount_names_its_log() {
     let content = fs::read_to_string(&log).unwrap();
     assert!(content.contains("mounted") && content.contains("failed"), "{content}");
     assert_eq!(fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+/// The state of the mount named `name`, "" when there is none.
+fn state_of(c: &Client, name: &str) -> String {
+    let doc = status_json(c);
+    let mounts = doc["mounts"].as_array().cloned().unwrap_or_default();
+    let mine = mounts.iter().find(|m| m["name"] == name);
+    mine.and_then(|m| m["status"]["state"].as_str()).unwrap_or("").to_string()
+}
+
+/// Issue 20, point 4: each mount holds the link it uses. Mount A's link fails for good
+/// (host key changed); once known_hosts is fixed, mount B of the same destination gets a
+/// new link. Unmounting A closes A's link, never B's: B goes on reading and writing.
+#[test]
+fn unmounting_a_failed_mount_leaves_the_new_link_of_another_alone() {
+    let mut sshd = Sshd::start();
+    let c = Client::new(&sshd);
+    let export = sshd.export.to_str().unwrap().to_string();
+    let a = c.mount_at(&export, "a", &["--name", "a"]);
+    sshd.restart(true);
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let _ = fs::metadata(a.p("poke"));
+            state_of(&c, "a") == "failed"
+        }),
+        "{}",
+        status_json(&c)
+    );
+    // Not `c.trust`: that hands the whole home over again, failed mount included.
+    fs::write(&c.known_hosts, format!("[127.0.0.1]:{} {}\n", sshd.port, sshd.host_pub.trim())).unwrap();
+    give(&c.known_hosts, LOCAL_USER);
+    let b = c.mount_at(&export, "b", &["--name", "b"]);
+    assert_eq!(state_of(&c, "b"), "active");
+    let out = c.run(&["unmount", &a.s()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A's link goes with A: its supervisor ends (and says so) once A is unmounted.
+    let agent_log = c.home.path().join("state/moor/agent.log");
+    let closed = || fs::read_to_string(&agent_log).unwrap_or_default().matches("link closed").count();
+    assert!(wait_until(Duration::from_secs(10), || closed() >= 1), "A's link was never closed");
+
+    let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    let mut f = fs::File::create(b.p("big")).unwrap();
+    f.write_all(&data).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(fs::read(b.p("big")).unwrap() == data, "B read back other data than it wrote");
+    assert!(fs::read(sshd.export.join("big")).unwrap() == data, "the server has other data than B wrote");
+    let doc = status_json(&c);
+    assert_eq!(doc["mounts"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert_eq!(state_of(&c, "b"), "active", "{doc}");
+    assert_eq!(closed(), 1, "only A's link is closed");
+    let out = c.run(&["unmount", &b.s()]);
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// The agent runs from "/", so that it never keeps the directory it was started from

@@ -15,6 +15,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex, Notify};
 
 use super::lines::WipedLines;
+use super::links::Links;
 use super::mount::{self, LiveMount};
 use super::names::{absolute, derive_name, not_mounted};
 use super::paths;
@@ -42,8 +43,8 @@ const FORCE_DRAIN: Duration = Duration::from_secs(1);
 
 struct Agent {
     mounts: Mutex<HashMap<PathBuf, Arc<LiveMount>>>,
-    /// One managed link per destination, shared by its mounts, with how many use it.
-    links: Mutex<HashMap<Destination, (Arc<Link>, usize)>>,
+    /// The links mounts hold, each counted by its mounts.
+    links: Mutex<Links<Destination, Link>>,
     /// Requests being served; the agent stays while any is in flight.
     in_flight: AtomicUsize,
     served_any: AtomicBool,
@@ -425,7 +426,7 @@ impl Agent {
         let mut live = match mount::start(&req, name, link.clone()).await {
             Ok(m) => m,
             Err(e) => {
-                self.release_link(&req.destination()).await;
+                self.release_link(&link).await;
                 return Err(e);
             }
         };
@@ -435,7 +436,7 @@ impl Agent {
         if cancel.is_cancelled() {
             // Asked for and abandoned: leave nothing behind.
             let _ = mount::stop(&live, true).await;
-            self.release_link(&req.destination()).await;
+            self.release_link(&link).await;
             return Err(MoorError::new(ErrorKind::Cancelled, "cancelled"));
         }
         let info = live.info();
@@ -463,7 +464,6 @@ impl Agent {
         let log = log.map(|(_, f)| f);
         self.forward_events(&live, log.clone(), req.verbose);
         let agent = self.clone();
-        let dest = req.destination();
         tokio::spawn(async move {
             let mut ended = live.ended();
             let _ = ended.wait_for(|e| *e).await;
@@ -479,7 +479,7 @@ impl Agent {
                 old: last,
                 new: MountStatus::Unmounted,
             });
-            agent.release_link(&dest).await;
+            agent.release_link(&live.link()).await;
             // Written here, before the agent may leave with its last mount, so that it
             // is never lost to the exit.
             if let Some(f) = &log {
@@ -534,7 +534,8 @@ impl Agent {
         });
     }
 
-    /// The destination's link, connecting it if no mount uses one yet. With `--wait`,
+    /// A working link to the destination, connecting one if no mount holds one (or only
+    /// one that failed for good); the caller holds it until `release_link`. With `--wait`,
     /// a host that refuses or does not answer is tried again until the deadline.
     async fn link_for(
         &self,
@@ -543,14 +544,9 @@ impl Agent {
         asker: Option<Arc<dyn Asker>>,
     ) -> Result<Arc<Link>, MoorError> {
         let dest = req.destination();
-        {
-            let mut links = self.links.lock().await;
-            if let Some((link, users)) = links.get_mut(&dest) {
-                if !matches!(link.state(), LinkState::Failed { .. } | LinkState::Closed) {
-                    *users += 1;
-                    return Ok(link.clone());
-                }
-            }
+        let usable = |l: &Link| !matches!(l.state(), LinkState::Failed { .. } | LinkState::Closed);
+        if let Some(link) = self.links.lock().await.share(&dest, usable) {
+            return Ok(link);
         }
         let started = tokio::time::Instant::now();
         let deadline = req.wait.map(|w| crate::deadline::later(started, w));
@@ -579,35 +575,15 @@ impl Agent {
                 Err(e) => return Err(e.into()),
             }
         };
-        let mut links = self.links.lock().await;
-        let entry = links.entry(dest).or_insert_with(|| (link.clone(), 0));
-        if !Arc::ptr_eq(&entry.0, &link) {
-            // Replaces a link that had failed for good.
-            *entry = (link.clone(), 0);
-        }
-        entry.1 += 1;
+        self.links.lock().await.add(dest, link.clone());
         Ok(link)
     }
 
-    /// One mount fewer uses the destination's link; the last one closes it.
-    async fn release_link(&self, dest: &Destination) {
-        let closing = {
-            let mut links = self.links.lock().await;
-            match links.get_mut(dest) {
-                Some((link, users)) => {
-                    *users = users.saturating_sub(1);
-                    if *users == 0 {
-                        let link = link.clone();
-                        links.remove(dest);
-                        Some(link)
-                    } else {
-                        None
-                    }
-                }
-                None => None,
-            }
-        };
-        if let Some(link) = closing {
+    /// One mount fewer holds `link`; the last one closes it (ending its supervisor and
+    /// wiping what its logins learned).
+    async fn release_link(&self, link: &Arc<Link>) {
+        let last = self.links.lock().await.release(link);
+        if last {
             link.close().await;
         }
     }

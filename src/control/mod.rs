@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod client;
 pub mod lines;
+pub mod links;
 pub mod mount;
 pub mod names;
 pub mod paths;

@@ -388,9 +388,19 @@ impl Link {
         *write(&self.current) = pool;
     }
 
-    /// Keeps the link up until it is closed: watch it while up, restore it while down,
-    /// as the policy decides.
+    /// Keeps the link up until it is closed, then lets go of what a reconnect attempt
+    /// under way at the close may have left: its connections and what its login learned.
     async fn supervise(self: Arc<Self>) {
+        self.keep_up().await;
+        retire(std::mem::take(&mut *write(&self.current)));
+        self.keyring.wipe();
+        lock(&self.asker).take();
+        tracing::info!(host = %self.dest.host_name, "link closed");
+    }
+
+    /// Watches the link while up and restores it while down, as the policy decides,
+    /// until it is closed.
+    async fn keep_up(&self) {
         let mut policy =
             Policy::new(self.opts.backoff_base, self.opts.backoff_cap, self.opts.stable_after, self.opts.reconnect);
         let mut up_since = Instant::now();
