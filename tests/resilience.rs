@@ -190,25 +190,8 @@ print(json.dumps({{'sha': hashlib.sha256(first + rest).hexdigest()}}))
         m = e.m.s(),
         n = data.len()
     );
-    let file = script_file(&script);
-    let mut child = as_local_user(&mut Command::new("python3"))
-        .arg(file.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "ready");
     // Kill the connection under the open files, and make the next one wait.
-    e.proxy.black_hole();
-    e.proxy.reset_all();
-    assert!(wait_until(Duration::from_secs(10), || state(&e.c) == "reconnecting"));
-    e.proxy.restore();
-    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
-    let result = lines.next().expect("probe finished").unwrap();
-    assert!(child.wait().unwrap().success());
-    let got: serde_json::Value = serde_json::from_str(&result).unwrap();
+    let got = across_an_outage(&e, &script, "");
     let want = sh_root_ok(&format!("sha256sum < {}", e.sshd.export.join("big").display()));
     assert_eq!(got["sha"].as_str().unwrap(), want.split_whitespace().next().unwrap());
     let out = fs::read(e.sshd.export.join("out")).unwrap();
