@@ -700,6 +700,8 @@ impl Run {
             }
         }
         self.checkpoint().await?;
+        // The closes run in the mount's tasks: wait for them, with a deadline, on the
+        // paused clock (a busy wait would keep that clock, and so the deadline, still).
         for _ in 0..1000 {
             if self.remote.open_handles() == 0 && self.fs.open_handles() == 0 {
                 return Ok(());
