@@ -279,14 +279,37 @@ fn in_fuse_call(pid: u32) -> bool {
         .is_ok_and(|w| w.contains("request_wait_answer") || w.contains("fuse"))
 }
 
+/// Whether `pid` has ended (a zombie until it is waited for).
+fn ended(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+}
+
+/// What the kernel says `pid` is doing: where it sleeps and what signals it has pending,
+/// for a test that finds it stuck.
+fn kernel_view(pid: u32) -> String {
+    let read = |f: &str| fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_else(|e| format!("({e})"));
+    let wanted = ["State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"];
+    let status = read("status");
+    let signals: Vec<&str> = status.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).collect();
+    format!("wchan {}; {}; kernel stack:\n{}", read("wchan"), signals.join(", "), read("stack"))
+}
+
 /// Presses Ctrl-C on `child` once it waits in a FUSE call; returns its output and how
 /// long it took to end after the signal.
 fn ctrl_c_while_waiting(child: std::process::Child, what: &str) -> (std::process::Output, Duration) {
-    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(child.id())), "{what} never waited on the mount");
+    let pid = child.id();
+    assert!(wait_until(Duration::from_secs(10), || in_fuse_call(pid)), "{what} never waited on the mount");
+    let before = kernel_view(pid);
     let signalled = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
-    let out = run_with_deadline_child(child, Duration::from_secs(10));
-    (out, signalled.elapsed())
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    if !wait_until(Duration::from_secs(10), || ended(pid)) {
+        let stuck = kernel_view(pid);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        panic!("{what} had not ended 10 s after SIGINT.\nBefore the signal: {before}\nNow: {stuck}");
+    }
+    let took = signalled.elapsed();
+    (run_with_deadline_child(child, Duration::from_secs(10)), took)
 }
 
 /// Ctrl-C ends a call that waits on a stalled link: the program gets EINTR (or dies of

@@ -265,6 +265,14 @@ impl<R: Remote> Fs<R> {
         Entry { ino, attr }
     }
 
+    /// The entry for what an operation just made at `path`, which was free on the server:
+    /// a number the mount still had there (a rename whose answer was lost, another
+    /// client's removal) belongs to another file, and so do its queued writes.
+    fn new_entry(&self, path: &str, attr: Attr) -> Entry {
+        self.inodes().remove_path(path);
+        self.entry(path, attr)
+    }
+
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         self.files.get(fh).ok_or(Errno::EBADF)
     }
@@ -536,7 +544,7 @@ impl<R: Remote> Fs<R> {
     /// The entry for what an operation just made, from its stat if that came back.
     async fn made(&self, path: &str, attr: Option<Attr>, op: Op) -> FsResult<Entry> {
         match attr {
-            Some(a) => Ok(self.entry(path, a)),
+            Some(a) => Ok(self.new_entry(path, a)),
             None => self.created(path, op).await,
         }
     }
@@ -544,7 +552,7 @@ impl<R: Remote> Fs<R> {
     /// Looks up what an operation just made.
     async fn created(&self, path: &str, op: Op) -> FsResult<Entry> {
         match self.remote.lstat(path).await {
-            Ok(attr) => Ok(self.entry(path, attr)),
+            Ok(attr) => Ok(self.new_entry(path, attr)),
             Err(e) => Err(self.fail(op, e, path, None).await),
         }
     }
@@ -735,6 +743,10 @@ impl<R: Remote> Fs<R> {
             mode: Some(mode & 0o7777),
         };
         let attempt = Attempt::new(Op::Create, &path);
+        // Whether this create proves it made the file now: only an exclusive one does
+        // (without O_EXCL it may have opened the one the mount knows; one whose earlier
+        // answer was lost made it then, and the mount may have found it since).
+        let mut made_now = flags.exclusive;
         let (handle, attr) = match self.remote.open_stat(&path, opts).await {
             Ok(opened) => {
                 // This create's own answer: an earlier one's lost answer no longer
@@ -753,16 +765,18 @@ impl<R: Remote> Fs<R> {
                 }
                 // Our own earlier exclusive create took effect: open what it made.
                 opts.exclusive = false;
+                made_now = false;
                 match self.remote.open_stat(&path, opts).await {
                     Ok(opened) => opened,
                     Err(e) => return Err(self.fail(Op::Create, e, &path, None).await),
                 }
             }
         };
+        let entry_for = |a| if made_now { self.new_entry(&path, a) } else { self.entry(&path, a) };
         let entry = match attr {
-            Some(a) => self.entry(&path, a),
+            Some(a) => entry_for(a),
             None => match self.remote.lstat(&path).await {
-                Ok(a) => self.entry(&path, a),
+                Ok(a) => entry_for(a),
                 Err(e) => {
                     let _ = self.remote.close(&handle).await;
                     return Err(self.fail(Op::Create, e, &path, None).await);

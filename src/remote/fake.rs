@@ -54,19 +54,17 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     tokio::time::timeout(std::time::Duration::from_secs(5), polled).await.is_ok()
 }
 
-/// A held request's place in line; dropped before its turn, it gives the turn away.
+/// A request's place in line while it waits; it leaves the line however its wait ends
+/// (its turn came, or its call gave it up).
 struct Waiting<'a> {
     fake: &'a FakeRemote,
     n: u64,
-    done: bool,
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        if !self.done {
-            self.fake.skipped.lock().unwrap().insert(self.n);
-            self.fake.held.opened.notify_waiters();
-        }
+        self.fake.waiting.lock().unwrap().remove(&self.n);
+        self.fake.held.opened.notify_waiters();
     }
 }
 
@@ -144,10 +142,8 @@ pub struct FakeRemote {
     requests: AtomicU64,
     /// The request of this number waits at `held` (see `hold_request`).
     hold_at: AtomicU64,
-    /// The next held request to go on once released.
-    turn: AtomicU64,
-    /// Held requests given up before their turn.
-    skipped: Mutex<std::collections::BTreeSet<u64>>,
+    /// Requests waiting in line, by number (see `step`).
+    waiting: Mutex<std::collections::BTreeSet<u64>>,
     pub held: Gate,
     pub ext: Extensions,
 }
@@ -197,8 +193,7 @@ impl FakeRemote {
             list_latency_us: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             hold_at: AtomicU64::new(u64::MAX),
-            turn: AtomicU64::new(0),
-            skipped: Mutex::default(),
+            waiting: Mutex::default(),
             held: Gate::default(),
             ext: Extensions { posix_rename: true, hardlink: true, statvfs: true, fsync: true, lsetstat: true },
         }
@@ -222,7 +217,6 @@ impl FakeRemote {
     /// The request numbered `n` (counting from the first one ever received, which is 1)
     /// waits at `held` until it is released: a call caught at one of its waiting points.
     pub fn hold_request(&self, n: u64) {
-        self.turn.store(n, Ordering::SeqCst);
         self.hold_at.store(n, Ordering::SeqCst);
         self.held.hold();
     }
@@ -267,36 +261,27 @@ impl FakeRemote {
     }
 
     /// Every request passes here first. The held request, and every one after it, waits
-    /// for the release and then goes on in the order they came, as a server takes the
-    /// requests of a stalled connection once it moves again.
+    /// for the release; requests that wait go on in the order they came, as a server
+    /// takes the requests of a stalled connection once it moves again. A hold set while
+    /// earlier requests still wait leaves them their turn.
     async fn step(&self) {
         let n = self.requests.fetch_add(1, Ordering::SeqCst) + 1;
-        let from = self.hold_at.load(Ordering::SeqCst);
-        if n < from {
-            return;
+        let held = || self.held.held.load(Ordering::SeqCst) && n >= self.hold_at.load(Ordering::SeqCst);
+        {
+            let mut waiting = self.waiting.lock().unwrap();
+            if !held() && waiting.is_empty() {
+                return;
+            }
+            waiting.insert(n);
         }
-        // A request given up while it waits gives its turn away.
-        let mut waiting = Waiting { fake: self, n, done: false };
+        let _in_line = Waiting { fake: self, n };
         loop {
             let wake = self.held.opened.notified();
-            if !self.held.held.load(Ordering::SeqCst) && self.next_turn() == n {
-                waiting.done = true;
-                self.turn.store(n + 1, Ordering::SeqCst);
-                self.held.opened.notify_waiters();
+            if !held() && self.waiting.lock().unwrap().first() == Some(&n) {
                 return;
             }
             wake.await;
         }
-    }
-
-    /// The next held request to go on, past those given up.
-    fn next_turn(&self) -> u64 {
-        let skipped = self.skipped.lock().unwrap();
-        let mut turn = self.turn.load(Ordering::SeqCst);
-        while skipped.contains(&turn) {
-            turn += 1;
-        }
-        turn
     }
 
     /// The link drops: requests fail as not sent until `come_back`.

@@ -49,6 +49,15 @@ impl Known {
         }
     }
 
+    /// A rename onto `to` may have landed (its answer was lost): a file at or under `to`
+    /// may have lost its name to the one moved there, which nothing can tell from it
+    /// by attributes alone.
+    pub fn maybe_renamed_onto(&mut self, to: &str) {
+        if self.path.as_deref().is_some_and(|p| under(p, to).is_some()) {
+            self.path = None;
+        }
+    }
+
     /// `path` was removed through the mount.
     pub fn removed(&mut self, path: &str) {
         if self.path.as_deref() == Some(path) {
@@ -150,6 +159,21 @@ mod tests {
         assert_eq!(k.path(), None, "removed");
         k.renamed("/a/f", "/a/g");
         assert_eq!(k.path(), None, "a lost name stays lost");
+    }
+
+    #[test]
+    fn a_rename_that_may_have_landed_takes_the_target_name_away() {
+        let cases = [
+            ("/a/f", "/a/f", None, "at the target"),
+            ("/a/d/f", "/a/d", None, "under the target"),
+            ("/a/g", "/a/f", Some("/a/g"), "elsewhere: the source keeps its name, which a new file there takes away"),
+            ("/a/ff", "/a/f", Some("/a/ff"), "a name that only starts the same"),
+        ];
+        for (start, to, want, why) in cases {
+            let mut k = Known::new(start, None);
+            k.maybe_renamed_onto(to);
+            assert_eq!(k.path(), want, "{why}");
+        }
     }
 
     #[test]

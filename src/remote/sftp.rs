@@ -172,6 +172,12 @@ impl SftpRemote {
         }
     }
 
+    /// Something was just made at `path`, so no file was there: an open file the mount
+    /// still placed there (after a rename whose answer was lost) is elsewhere or gone.
+    fn name_was_free(&self, path: &str) {
+        self.names_changed(|k| k.removed(path));
+    }
+
     /// What is known of the file just opened at `path` as `attr`: shared with the
     /// handles already open on it, if it is the same file.
     fn known_for(&self, path: &str, attr: Option<Attr>) -> Arc<Mutex<Known>> {
@@ -226,6 +232,9 @@ impl SftpRemote {
         handle: ServerHandle,
         attr: Option<Attr>,
     ) -> Handle {
+        if opts.create && opts.exclusive {
+            self.name_was_free(path);
+        }
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let live = Some(Live { lane: conn.lane, generation: conn.generation, handle, _slot: slot });
         let file = OpenFile {
@@ -556,7 +565,9 @@ impl Remote for SftpRemote {
         let c = self.conn()?;
         let set = SetAttr { mode: Some(mode), ..SetAttr::default() };
         let r = wire::done(&c.direct, wire::MKDIR, path_body(path).attrs(&set, None)).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        self.name_was_free(path);
+        Ok(())
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
@@ -581,15 +592,23 @@ impl Remote for SftpRemote {
             // Plain SFTP rename refuses to replace an existing target; the fs moves it aside.
             wire::done(&c.direct, wire::RENAME, path_body(from).name(to)).await
         };
-        self.check(&c, r)?;
-        self.names_changed(|k| k.renamed(from, to));
+        match self.check(&c, r) {
+            Ok(()) => self.names_changed(|k| k.renamed(from, to)),
+            Err(e) if e.outcome_unknown() => {
+                self.names_changed(|k| k.maybe_renamed_onto(to));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
         Ok(())
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
         let c = self.conn()?;
         let r = wire::done(&c.direct, wire::SYMLINK, symlink_body(target, link)).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        self.name_was_free(link);
+        Ok(())
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
@@ -606,7 +625,9 @@ impl Remote for SftpRemote {
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
         let c = self.conn()?;
         let r = wire::done(&c.direct, wire::EXTENDED, extended("hardlink@openssh.com").name(existing).name(new)).await;
-        self.check(&c, r)
+        self.check(&c, r)?;
+        self.name_was_free(new);
+        Ok(())
     }
 
     async fn statfs(&self, path: &str) -> Result<StatFs> {
@@ -659,6 +680,7 @@ impl Remote for SftpRemote {
             wire::attrs(&c.direct, wire::LSTAT, path_body(path))
         );
         self.check(&c, made)?;
+        self.name_was_free(path);
         Ok(self.check(&c, stat).ok())
     }
 
@@ -669,6 +691,7 @@ impl Remote for SftpRemote {
             wire::attrs(&c.direct, wire::LSTAT, path_body(link))
         );
         self.check(&c, made)?;
+        self.name_was_free(link);
         Ok(self.check(&c, stat).ok())
     }
 
