@@ -155,9 +155,15 @@ fn killed_agent_leaves_no_dead_mount_behind() {
     Command::new("kill").args(["-9", &pids[0].to_string()]).status().unwrap();
     // The kernel now has a dead mount there.
     // (Opening the directory always reaches the server side; a stat may be cached.)
-    assert!(wait_until(Duration::from_secs(5), || {
+    let dead = wait_until(Duration::from_secs(5), || {
         fs::read_dir(&m.path).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
-    }));
+    });
+    assert!(
+        dead,
+        "the mount is not dead 5 s after the agent's SIGKILL: {:?}\n{}",
+        fs::read_dir(&m.path).err(),
+        kernel_view(pids[0] as u32)
+    );
     let out = c.run(&["mount", "status"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("died"), "the cleanup is reported: {}", stderr(&out));

@@ -285,16 +285,6 @@ fn ended(pid: u32) -> bool {
         .map_or(true, |s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
 }
 
-/// What the kernel says `pid` is doing: where it sleeps and what signals it has pending,
-/// for a test that finds it stuck.
-fn kernel_view(pid: u32) -> String {
-    let read = |f: &str| fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_else(|e| format!("({e})"));
-    let wanted = ["State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"];
-    let status = read("status");
-    let signals: Vec<&str> = status.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).collect();
-    format!("wchan {}; {}; kernel stack:\n{}", read("wchan"), signals.join(", "), read("stack"))
-}
-
 /// Presses Ctrl-C on `child` once it waits in a FUSE call; returns its output and how
 /// long it took to end after the signal.
 fn ctrl_c_while_waiting(child: std::process::Child, what: &str) -> (std::process::Output, Duration) {

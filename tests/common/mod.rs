@@ -83,6 +83,36 @@ pub fn give(path: &Path, user: &str) {
 }
 
 /// Polls `cond` until it holds or `deadline` passes; returns whether it held.
+/// What the kernel shows of process `pid` and its threads (state, where each sleeps, its
+/// kernel stack) and which processes hold `/dev/fuse` open: for a test that finds a
+/// process stuck, to say where.
+pub fn kernel_view(pid: u32) -> String {
+    let read = |p: String| fs::read_to_string(&p).unwrap_or_else(|e| format!("({e})"));
+    let mut view = String::new();
+    let status = read(format!("/proc/{pid}/status"));
+    let wanted = ["State", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt"];
+    let fields: Vec<&str> = status.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))).collect();
+    view.push_str(&format!("pid {pid}: {}\n", fields.join(", ")));
+    for t in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let tid = t.file_name().to_string_lossy().to_string();
+        let wchan = read(format!("/proc/{pid}/task/{tid}/wchan"));
+        let stack = read(format!("/proc/{pid}/task/{tid}/stack"));
+        view.push_str(&format!("  thread {tid} wchan {wchan}\n{stack}"));
+    }
+    for p in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let holds = fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| fs::read_link(fd.path()).is_ok_and(|t| t == Path::new("/dev/fuse")));
+        if holds {
+            let cmd = read(format!("{}/cmdline", p.path().display())).replace('\0', " ");
+            view.push_str(&format!("holds /dev/fuse: {} {cmd}\n", p.file_name().to_string_lossy()));
+        }
+    }
+    view
+}
+
 pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     loop {
