@@ -655,6 +655,21 @@ sys.exit(os.waitstatus_to_exitcode(status))
 pub fn as_local_user(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     let (uid, gid) = ids_of(LOCAL_USER);
+    // A program started from a terminal has Ctrl-C and Ctrl-\ at their defaults. The test
+    // process may not: started in the background by a shell without job control, it
+    // ignores SIGINT and SIGQUIT, and its children inherit that (Python then installs no
+    // KeyboardInterrupt handler at all).
+    // SAFETY: `signal` is async-signal-safe, and nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
     cmd.uid(uid).gid(gid).env("HOME", format!("/home/{LOCAL_USER}")).env("USER", LOCAL_USER).env("LOGNAME", LOCAL_USER)
 }
 
