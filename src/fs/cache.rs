@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 use super::path::{join, parent_and_name, strip_subtree};
 use crate::remote::{Attr, DirEntry};
 
+/// The time now, in the seconds SFTP carries (32 bits).
+pub(super) fn sftp_now() -> u32 {
+    u32::try_from(crate::timestamp::unix_secs()).unwrap_or(u32::MAX)
+}
+
 /// Where things stood when a question went to the server. Its answer may be cached only
 /// if the mount changed nothing (`generation`) and no write landed (`acks`) meanwhile:
 /// on another connection of the pool, a write in flight can land after the answer was
@@ -165,7 +170,7 @@ impl MetaCache {
     /// parent's listing shows the time of the change.
     fn entries_changed(&mut self, dir: &str) {
         self.attrs.remove(dir);
-        let now = super::fs::now_secs();
+        let now = sftp_now();
         let (parent, name) = parent_and_name(dir);
         if let Some(e) = self.dirs.get_mut(parent).and_then(|l| l.entries.iter_mut().find(|e| e.name == name)) {
             e.attr.mtime = now;

@@ -13,6 +13,15 @@ use crate::remote::{FileKind, Remote, RemoteError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Errno(pub i32);
 
+impl From<path::BadName> for Errno {
+    fn from(bad: path::BadName) -> Errno {
+        match bad {
+            path::BadName::TooLong => Errno::ENAMETOOLONG,
+            path::BadName::NotAName => Errno::EINVAL,
+        }
+    }
+}
+
 impl Errno {
     pub const ENOENT: Errno = Errno(libc::ENOENT);
     pub const EIO: Errno = Errno(libc::EIO);

@@ -6,13 +6,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
 use super::cache::{Known, MetaCache};
 use super::errno::{self, Errno, Op};
-use super::handles::{close_quietly, DirItem, FileState, Handles, OpenDir, OpenFile};
+use super::handles::{DirItem, FileState, Handles, OpenDir, OpenFile};
 use super::inode::{Ino, Inodes, ROOT};
 use super::list_ahead::ListAhead;
 use super::listing::Listing;
@@ -22,7 +22,9 @@ use super::retries::{Attempt, Retries};
 use super::small_files::SmallFiles;
 use super::tasks::Tasks;
 use super::write_behind::WriteBehind;
-use crate::remote::{Attr, Bytes, DirEntry, FileKind, Handle, OpenOptions, Remote, RemoteError, SetAttr, StatFs};
+use crate::remote::{
+    close_quietly, Attr, Bytes, DirEntry, FileKind, Handle, OpenOptions, Remote, RemoteError, SetAttr, StatFs,
+};
 use crate::sync::lock;
 
 pub type FsResult<T> = Result<T, Errno>;
@@ -140,11 +142,6 @@ fn aside_name(path: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let (dir, name) = parent_and_name(path);
     join(dir, &format!(".{name}.moor-aside-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
-}
-
-/// The time now, in the seconds SFTP carries.
-pub(super) fn now_secs() -> u32 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0)
 }
 
 impl<R: Remote> Fs<R> {
@@ -462,7 +459,7 @@ impl<R: Remote> Fs<R> {
             None => self.remote.lstat(path).await.map_err(|e| errno::direct(Op::Setattr, &e).unwrap_or(Errno::EIO))?,
         };
         let pick = |t: Option<TimeSet>, keep: u32| match t {
-            Some(TimeSet::Now) => now_secs(),
+            Some(TimeSet::Now) => super::cache::sftp_now(),
             Some(TimeSet::At(s)) => s,
             None => keep,
         };

@@ -11,7 +11,7 @@ use super::inode::Ino;
 use super::listing::Listing;
 use super::read_ahead::Window;
 use super::write_behind::FileQueue;
-use crate::remote::{Attr, Bytes, FileKind, Handle, Remote};
+use crate::remote::{Attr, Bytes, FileKind, Handle};
 use crate::sync::lock;
 
 /// An open file.
@@ -52,16 +52,6 @@ impl OpenFile {
         match &self.state {
             FileState::Writing { queue, .. } => Some(queue),
             _ => None,
-        }
-    }
-}
-
-/// Closes a remote file without anyone waiting on the answer: nothing a program could
-/// learn from it is still to come (its data is on the server by then).
-pub(super) async fn close_quietly<R: Remote>(remote: Arc<R>, handle: Handle, path: String) {
-    if let Err(e) = remote.close(&handle).await {
-        if !e.is_link() {
-            tracing::debug!(path, %e, "close failed");
         }
     }
 }

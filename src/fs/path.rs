@@ -1,7 +1,6 @@
 //! Remote path arithmetic. The fs core addresses the server by absolute path; these few
 //! rules (joining, splitting, valid names) live here so that no operation open-codes them.
 
-use super::errno::Errno;
 use crate::remote::name;
 
 /// The longest name a directory entry may have.
@@ -38,14 +37,23 @@ pub(super) fn strip_subtree<'a>(path: &'a str, from: &str) -> Option<&'a str> {
 
 /// A name the kernel gave us, checked before it becomes part of a path. Its length is
 /// that of the bytes it stands for: a name that is not UTF-8 is held escaped, longer.
-pub(super) fn check_name(name: &str) -> Result<(), Errno> {
+pub(super) fn check_name(name: &str) -> Result<(), BadName> {
     if name::byte_len(name) > NAME_MAX {
-        return Err(Errno::ENAMETOOLONG);
+        return Err(BadName::TooLong);
     }
     if name.is_empty() || name.contains('/') {
-        return Err(Errno::EINVAL);
+        return Err(BadName::NotAName);
     }
     Ok(())
+}
+
+/// Why a name cannot be part of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BadName {
+    /// Over `NAME_MAX` bytes.
+    TooLong,
+    /// Empty, or holding a slash.
+    NotAName,
 }
 
 #[cfg(test)]
@@ -76,13 +84,13 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert_eq!(check_name("a"), Ok(()));
-        assert_eq!(check_name(""), Err(Errno::EINVAL));
-        assert_eq!(check_name("a/b"), Err(Errno::EINVAL));
-        assert_eq!(check_name(&"x".repeat(256)), Err(Errno::ENAMETOOLONG));
+        assert_eq!(check_name(""), Err(BadName::NotAName));
+        assert_eq!(check_name("a/b"), Err(BadName::NotAName));
+        assert_eq!(check_name(&"x".repeat(256)), Err(BadName::TooLong));
         // 200 bytes of EUC-JP, escaped to 800: a name the server may well have.
         let euc_jp: Vec<u8> = b"\xa4\xa2".iter().copied().cycle().take(200).collect();
         assert_eq!(check_name(&name::from_bytes(&euc_jp)), Ok(()));
         let too_long: Vec<u8> = b"\xa4\xa2".iter().copied().cycle().take(256).collect();
-        assert_eq!(check_name(&name::from_bytes(&too_long)), Err(Errno::ENAMETOOLONG));
+        assert_eq!(check_name(&name::from_bytes(&too_long)), Err(BadName::TooLong));
     }
 }

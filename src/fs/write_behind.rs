@@ -17,10 +17,9 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::errno::{self, Errno, Op};
-use super::handles::close_quietly;
 use super::inode::Ino;
 use super::tasks::Tasks;
-use crate::remote::{Handle, Remote, RemoteError, SetAttr};
+use crate::remote::{close_quietly, Handle, Remote, RemoteError, SetAttr};
 use crate::sync::lock;
 
 pub(super) struct WriteBehind<R: Remote> {

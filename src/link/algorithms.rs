@@ -7,7 +7,7 @@
 
 use russh::keys::Algorithm;
 
-use super::known_hosts::wildcard_matches;
+use super::patterns::wildcard_matches;
 
 const CERT_SUFFIX: &str = "-cert-v01@openssh.com";
 

@@ -9,8 +9,10 @@ pub mod backoff;
 pub mod channel;
 pub mod config;
 pub mod error;
+mod handler;
 pub mod known_hosts;
 pub mod pacing;
+mod patterns;
 pub mod policy;
 pub mod ssh;
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use russh::client;
-use russh::keys::{PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 use russh_sftp::client::RawSftpSession;
 
@@ -22,7 +21,8 @@ use tokio::net::TcpStream;
 use super::auth::{self, Asker, Keyring};
 use super::config::Destination;
 use super::error::LinkError;
-use super::known_hosts::{self, Verdict};
+use super::handler::Client;
+use super::known_hosts;
 use crate::timestamp::Timestamp;
 
 /// A live SSH connection with its SFTP session.
@@ -167,26 +167,6 @@ enum Carrier {
     /// A proxy command (`ProxyCommand`, or `ProxyJump` run as `ssh -W`), whose stdin and
     /// stdout are the connection; killed when the session goes.
     Command(Mutex<Option<tokio::process::Child>>),
-}
-
-pub(super) struct Client {
-    dest: Arc<Destination>,
-    /// What the host key check decided, read back when the handshake fails.
-    verdict: Arc<Mutex<Option<(PublicKey, Verdict)>>>,
-}
-
-impl client::Handler for Client {
-    type Error = russh::Error;
-
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
-        let verdict = known_hosts::check(&self.dest, key);
-        let key = key.public_key();
-        let ok = matches!(verdict, Verdict::Known | Verdict::Learned);
-        if let Ok(mut v) = self.verdict.lock() {
-            *v = Some((key, verdict));
-        }
-        Ok(ok)
-    }
 }
 
 fn ssh_config(dest: &Destination) -> client::Config {
@@ -418,8 +398,8 @@ async fn connect_inner(
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
 ) -> Result<SftpConn, LinkError> {
-    let verdict = Arc::new(Mutex::new(None));
-    let handler = Client { dest: Arc::new(dest.clone()), verdict: verdict.clone() };
+    let handler = Client::new(Arc::new(dest.clone()));
+    let verdict = handler.verdict();
     let (handshake, carrier, proxy) = match &dest.proxy_command {
         None => {
             let tcp = dial(dest, deadline).await?;

@@ -348,3 +348,13 @@ pub trait Remote: Send + Sync + 'static {
         }
     }
 }
+
+/// Closes a remote file without anyone waiting on the answer: nothing a program could
+/// learn from it is still to come (its data is on the server by then).
+pub async fn close_quietly<R: Remote>(remote: std::sync::Arc<R>, handle: Handle, path: String) {
+    if let Err(e) = remote.close(&handle).await {
+        if !e.is_link() {
+            tracing::debug!(path, %e, "close failed");
+        }
+    }
+}
