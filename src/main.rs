@@ -1,8 +1,9 @@
 //! moor: mount a remote directory over SSH/SFTP and keep it mounted through bad networks.
 //!
-//! Layers, each using only the one below it: `cli` → `control` (agent, socket protocol)
-//! → `fs` (FUSE adapter over a plain async core) → `remote` (SFTP operations) → `link`
-//! (SSH transport).
+//! Layers, top to bottom: `cli` → `control` (agent, socket protocol) → `fs` (FUSE adapter
+//! over a plain async core) → `remote` (SFTP operations) → `link` (SSH transport). A layer
+//! uses only layers below it, never one above; the modules beside them here are below
+//! every layer. `scripts/layers` checks this, and that no module circle exists.
 
 mod cli;
 mod control;

@@ -323,6 +323,7 @@ fn spawn_agent(verbose: u8) -> Result<(), MoorError> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log_file);
     // A session of its own: the agent must outlive the shell that started it and not
     // get the terminal's signals.
+    // SAFETY: setsid is async-signal-safe, and nothing else runs between fork and exec.
     unsafe {
         use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
