@@ -17,8 +17,8 @@ use fuser::{
 };
 
 use super::buffers::BufferPool;
+use super::coordinator::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
 use super::errno::Errno;
-use super::fs::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
 use super::interrupt;
 use super::owners::Owners;
 use crate::remote::{name, Attr, FileKind, Remote};

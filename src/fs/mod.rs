@@ -1,13 +1,12 @@
-//! The filesystem: a plain async core (`fs`) over the remote, and the kernel adapter
-//! (`fuse`) over the core. Each concern of the core has its own module, which owns its
-//! state and background tasks: write-behind, read-ahead, small files,
-//! listing ahead, retries of lost answers; `fs` coordinates them.
+//! The filesystem: a plain async core (`coordinator`) over the remote, and the kernel
+//! adapter (`fuse`) over the core. Each concern of the core has its own module, which
+//! owns its state and background tasks: write-behind, read-ahead, small files, listing
+//! ahead, retries of lost answers; `coordinator` coordinates them.
 
 mod buffers;
 mod cache;
+mod coordinator;
 mod errno;
-#[allow(clippy::module_inception)]
-mod fs;
 mod fuse;
 mod handles;
 mod inode;
@@ -25,6 +24,6 @@ mod write_behind;
 #[cfg(test)]
 mod tests;
 
-pub use fs::{Fs, FsOptions};
+pub use coordinator::{Fs, FsOptions};
 pub use fuse::{AdapterOptions, FuseAdapter, KernelTimeouts};
 pub use owners::{IdMap, Owners};

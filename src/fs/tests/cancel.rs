@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 
-use super::super::fs::Entry;
+use super::super::coordinator::Entry;
 use super::super::fuse::{close_unheard, forget_unheard, release_unheard, Ctx};
 use super::*;
 

@@ -14,8 +14,8 @@ mod write_behind;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::coordinator::{AttrChange, Fs, FsOptions, OpenFlags, TimeSet};
 use super::errno::Errno;
-use super::fs::{AttrChange, Fs, FsOptions, OpenFlags, TimeSet};
 use super::inode::{Ino, ROOT};
 use crate::remote::fake::{eventually, FakeRemote};
 use crate::remote::{FileKind, Remote};

@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use super::super::fs::Entry;
+use super::super::coordinator::Entry;
 use super::super::fuse::{release_unheard, Ctx};
 use super::*;
 
