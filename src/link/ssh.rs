@@ -398,103 +398,16 @@ async fn connect_inner(
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
 ) -> Result<SftpConn, LinkError> {
-    let handler = Client::new(Arc::new(dest.clone()));
-    let verdict = handler.verdict();
-    let (handshake, carrier, proxy) = match &dest.proxy_command {
-        None => {
-            let tcp = dial(dest, deadline).await?;
-            let socket = tcp.as_fd().try_clone_to_owned().map_err(|e| LinkError::Lost {
-                host: dest.host_name.clone(),
-                detail: format!("cannot keep the socket: {e}"),
-            })?;
-            (client::connect_stream(Arc::new(ssh_config(dest)), tcp, handler).await, Carrier::Tcp(socket), None)
-        }
-        Some(command) => {
-            let (stream, carrier, said) = spawn_proxy(command)?;
-            let r = client::connect_stream(Arc::new(ssh_config(dest)), stream, handler).await;
-            (r, carrier, Some((said, command.clone())))
-        }
-    };
-    let protocol = |e: russh::Error| LinkError::Protocol { host: dest.host_name.clone(), detail: e.to_string() };
-    let mut ssh = match handshake {
-        Ok(h) => h,
-        Err(e) => {
-            let seen = verdict.lock().ok().and_then(|v| v.clone());
-            if let Some((key, v)) = seen {
-                if let Some(refusal) = known_hosts::refusal(dest, &key, &v) {
-                    return Err(refusal);
-                }
-            }
-            if let Some((said, command)) = proxy {
-                if let Some(why) = said.explain(dest, &command).await {
-                    return Err(why);
-                }
-            }
-            return Err(match e {
-                russh::Error::NoCommonAlgo { kind: russh::AlgorithmKind::Key, theirs, .. } => {
-                    no_allowed_host_key(dest, &theirs)
-                }
-                russh::Error::IO(io) => LinkError::Lost { host: dest.host_name.clone(), detail: io.to_string() },
-                russh::Error::Disconnect => {
-                    LinkError::Lost { host: dest.host_name.clone(), detail: "the server closed the connection".into() }
-                }
-                other => protocol(other),
-            });
-        }
-    };
-    let login = auth::authenticate(&mut ssh, dest, keyring, asker);
-    match asker {
-        // A person's answers take what they take; the network's part still has its limit.
-        Some(_) => login.await?,
-        None => tokio::time::timeout_at(deadline, login).await.map_err(|_| LinkError::ConnectTimeout {
-            addr: format!("{}:{}", dest.host_name, dest.port),
-            secs: dest.connect_timeout.as_secs(),
-        })??,
-    }
-    let channel = ssh.channel_open_session().await.map_err(protocol)?;
-    channel.request_subsystem(true, "sftp").await.map_err(protocol)?;
-    let mut channel = channel;
-    loop {
-        match channel.wait().await {
-            Some(ChannelMsg::Success) => break,
-            Some(ChannelMsg::Failure) => return Err(LinkError::NoSftp { detail: "subsystem request refused".into() }),
-            None => return Err(LinkError::NoSftp { detail: "channel closed".into() }),
-            Some(_) => {}
-        }
-    }
+    let (mut ssh, carrier) = handshake(dest, deadline).await?;
+    log_in(&mut ssh, dest, deadline, keyring, asker).await?;
+    let channel = open_sftp_channel(&ssh, dest).await?;
     let cfg = russh_sftp::client::Config { request_timeout_secs: REQUEST_BACKSTOP.as_secs(), ..Default::default() };
     let (read_half, write_half) = channel.split();
     let progress = Arc::new(Progress::default());
     let (direct, library) = super::channel::start(read_half, write_half, REQUEST_BACKSTOP, progress.clone());
     let mut sftp = RawSftpSession::new_with_config(library, cfg);
     let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
-    // Reads: 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers,
-    // and is what the library accepts for an answer. Writes: 64 KiB. OpenSSH's SFTP
-    // server gathers each message from a 64 KiB pipe into a buffer that, for larger
-    // messages plus the start of the next, passes glibc's 128 KiB mmap threshold. One
-    // connection serves each open file (see `remote::sftp`), so the server's two
-    // processes for it are the limit on a fast link: 512 MiB written with 64 KiB writes
-    // took 0.83 s and 0.69 CPU-s of sshd, with 120 KiB writes 0.91 s and 0.76 CPU-s
-    // (medians of 10, loopback, 2 cores).
-    let (mut read_size, mut write_size): (u32, u32) = (255 * 1024, 64 * 1024);
-    // The limits request is the first with nothing before it: its round trip is the
-    // path's latency (`SftpConn::least_rtt`).
-    let mut rtt = None;
-    if version.extensions.get("limits@openssh.com").is_some_and(|v| v == "1") {
-        let asked = Instant::now();
-        let limits = sftp.limits().await;
-        rtt = Some(asked.elapsed());
-        if let Ok(l) = limits {
-            let within =
-                |size: u32, lim: u64| if lim > 0 { size.min(lim.min(u64::from(u32::MAX)) as u32) } else { size };
-            read_size = within(read_size, l.max_read_len);
-            write_size = within(write_size, l.max_write_len);
-            sftp.set_limits(l.into());
-        }
-    } else {
-        // Without limits, stay where every server is known to be fine.
-        (read_size, write_size) = (32 * 1024, 32 * 1024);
-    }
+    let (read_size, write_size, rtt) = agree_sizes(&mut sftp, &version.extensions).await;
     let now = SystemTime::now();
     let conn = SftpConn {
         sftp,
@@ -517,6 +430,127 @@ async fn connect_inner(
         conn.note_rtt(rtt);
     }
     Ok(conn)
+}
+
+/// The SSH handshake over TCP or the proxy command, with the host key checked. A refused
+/// handshake says why as precisely as can be known: the host key's verdict, what the
+/// proxy command said, or the transport's failure.
+async fn handshake(
+    dest: &Destination,
+    deadline: tokio::time::Instant,
+) -> Result<(client::Handle<Client>, Carrier), LinkError> {
+    let handler = Client::new(Arc::new(dest.clone()));
+    let verdict = handler.verdict();
+    let (handshake, carrier, proxy) = match &dest.proxy_command {
+        None => {
+            let tcp = dial(dest, deadline).await?;
+            let socket = tcp.as_fd().try_clone_to_owned().map_err(|e| LinkError::Lost {
+                host: dest.host_name.clone(),
+                detail: format!("cannot keep the socket: {e}"),
+            })?;
+            (client::connect_stream(Arc::new(ssh_config(dest)), tcp, handler).await, Carrier::Tcp(socket), None)
+        }
+        Some(command) => {
+            let (stream, carrier, said) = spawn_proxy(command)?;
+            let r = client::connect_stream(Arc::new(ssh_config(dest)), stream, handler).await;
+            (r, carrier, Some((said, command.clone())))
+        }
+    };
+    let e = match handshake {
+        Ok(h) => return Ok((h, carrier)),
+        Err(e) => e,
+    };
+    let seen = verdict.lock().ok().and_then(|v| v.clone());
+    if let Some((key, v)) = seen {
+        if let Some(refusal) = known_hosts::refusal(dest, &key, &v) {
+            return Err(refusal);
+        }
+    }
+    if let Some((said, command)) = proxy {
+        if let Some(why) = said.explain(dest, &command).await {
+            return Err(why);
+        }
+    }
+    Err(match e {
+        russh::Error::NoCommonAlgo { kind: russh::AlgorithmKind::Key, theirs, .. } => {
+            no_allowed_host_key(dest, &theirs)
+        }
+        russh::Error::IO(io) => LinkError::Lost { host: dest.host_name.clone(), detail: io.to_string() },
+        russh::Error::Disconnect => {
+            LinkError::Lost { host: dest.host_name.clone(), detail: "the server closed the connection".into() }
+        }
+        other => protocol_error(dest, other),
+    })
+}
+
+fn protocol_error(dest: &Destination, e: russh::Error) -> LinkError {
+    LinkError::Protocol { host: dest.host_name.clone(), detail: e.to_string() }
+}
+
+/// Logs in, by the deadline unless a person is asked (their answers take what they take).
+async fn log_in(
+    ssh: &mut client::Handle<Client>,
+    dest: &Destination,
+    deadline: tokio::time::Instant,
+    keyring: &Keyring,
+    asker: Option<&dyn Asker>,
+) -> Result<(), LinkError> {
+    let login = auth::authenticate(ssh, dest, keyring, asker);
+    match asker {
+        Some(_) => login.await,
+        None => tokio::time::timeout_at(deadline, login).await.map_err(|_| LinkError::ConnectTimeout {
+            addr: format!("{}:{}", dest.host_name, dest.port),
+            secs: dest.connect_timeout.as_secs(),
+        })?,
+    }
+}
+
+/// A session channel with the SFTP subsystem started.
+async fn open_sftp_channel(
+    ssh: &client::Handle<Client>,
+    dest: &Destination,
+) -> Result<russh::Channel<client::Msg>, LinkError> {
+    let protocol = |e| protocol_error(dest, e);
+    let mut channel = ssh.channel_open_session().await.map_err(protocol)?;
+    channel.request_subsystem(true, "sftp").await.map_err(protocol)?;
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::Success) => return Ok(channel),
+            Some(ChannelMsg::Failure) => return Err(LinkError::NoSftp { detail: "subsystem request refused".into() }),
+            None => return Err(LinkError::NoSftp { detail: "channel closed".into() }),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The read and write sizes to use with this server, and the round trip of the limits
+/// request when it was made.
+async fn agree_sizes(sftp: &mut RawSftpSession, extensions: &HashMap<String, String>) -> (u32, u32, Option<Duration>) {
+    // Reads: 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers,
+    // and is what the library accepts for an answer. Writes: 64 KiB. OpenSSH's SFTP
+    // server gathers each message from a 64 KiB pipe into a buffer that, for larger
+    // messages plus the start of the next, passes glibc's 128 KiB mmap threshold. One
+    // connection serves each open file (see `remote::sftp`), so the server's two
+    // processes for it are the limit on a fast link: 512 MiB written with 64 KiB writes
+    // took 0.83 s and 0.69 CPU-s of sshd, with 120 KiB writes 0.91 s and 0.76 CPU-s
+    // (medians of 10, loopback, 2 cores).
+    let (mut read_size, mut write_size): (u32, u32) = (255 * 1024, 64 * 1024);
+    if extensions.get("limits@openssh.com").is_none_or(|v| v != "1") {
+        // Without limits, stay where every server is known to be fine.
+        return (32 * 1024, 32 * 1024, None);
+    }
+    // The limits request is the first with nothing before it: its round trip is the
+    // path's latency (`SftpConn::least_rtt`).
+    let asked = Instant::now();
+    let limits = sftp.limits().await;
+    let rtt = Some(asked.elapsed());
+    if let Ok(l) = limits {
+        let within = |size: u32, lim: u64| if lim > 0 { size.min(lim.min(u64::from(u32::MAX)) as u32) } else { size };
+        read_size = within(read_size, l.max_read_len);
+        write_size = within(write_size, l.max_write_len);
+        sftp.set_limits(l.into());
+    }
+    (read_size, write_size, rtt)
 }
 
 #[cfg(test)]
