@@ -124,6 +124,11 @@ pub fn is_orphan_mount(path: &Path) -> bool {
     kernel_mounts().iter().any(|m| m.path == path && m.is_orphan())
 }
 
+/// The kernel asks a FUSE filesystem for at most 128 KiB ahead of a reader; moor reads
+/// much further ahead itself, so larger kernel requests mean fewer round trips through
+/// the kernel. Only root may change it; others keep the default.
+const KERNEL_READAHEAD_KB: u32 = 1024;
+
 pub(super) fn raise_readahead(mountpoint: &Path) {
     // The device number comes from the mount table: a stat of the mountpoint would be a
     // request to this very process.

@@ -179,6 +179,32 @@ fn refusal(mountpoint: &Path, stake: &AtStake) -> MoorError {
 /// link and closes it if no other mount uses it).
 pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<LiveMount, MoorError> {
     let mountpoint = checked_mountpoint(&req.mountpoint).await?;
+    let (fs, adapter, root) = core_for(req, &link).await?;
+    let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
+    let (cfg, direct) = session_config(req, &root)?;
+    let ended = mount_session(&mountpoint, adapter, cfg, direct).await?;
+    raise_readahead(&mountpoint);
+    let monitor = Monitor::start(name.clone(), &link);
+    Ok(LiveMount {
+        name,
+        mountpoint,
+        remote: remote_label,
+        request: req.clone(),
+        log: None,
+        link,
+        fs,
+        monitor,
+        ended,
+        finished: tokio::sync::OnceCell::new(),
+    })
+}
+
+/// The filesystem core for `req` on `link`, and its kernel adapter; with the remote
+/// root it serves, resolved.
+async fn core_for(
+    req: &MountRequest,
+    link: &Arc<Link>,
+) -> Result<(Arc<Fs<SftpRemote>>, FuseAdapter<SftpRemote>, String), MoorError> {
     let remote = Arc::new(SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);
@@ -199,13 +225,17 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         tokio::runtime::Handle::current(),
         AdapterOptions { call_timeout: req.call_timeout, kernel, owners, umask: req.umask.unwrap_or(0) },
     );
-    let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
+    Ok((fs, adapter, root))
+}
+
+/// The kernel session's options for `req` serving `root`, and what a root mount needs.
+fn session_config(req: &MountRequest, root: &str) -> Result<(fuser::Config, DirectMount), MoorError> {
     let source = format!(
         "moor:{}#{}@{}:{}",
         std::process::id(),
         option_safe(&req.dest.user),
         option_safe(&req.dest.alias),
-        option_safe(&root)
+        option_safe(root)
     );
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -224,7 +254,6 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         may_share("--allow-root")?;
         cfg.acl = fuser::SessionACL::RootAndOwner;
     }
-    let mp = mountpoint.clone();
     let direct = DirectMount {
         source,
         read_only: req.read_only,
@@ -232,6 +261,18 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
         default_permissions: req.default_permissions,
         shared: req.allow_other || req.allow_root,
     };
+    Ok((cfg, direct))
+}
+
+/// Mounts `adapter` on `mountpoint` (as root by a held descriptor, else through
+/// fusermount3); what it returns turns true once the kernel session is gone.
+async fn mount_session(
+    mountpoint: &Path,
+    adapter: FuseAdapter<SftpRemote>,
+    cfg: fuser::Config,
+    direct: DirectMount,
+) -> Result<watch::Receiver<bool>, MoorError> {
+    let mp = mountpoint.to_path_buf();
     let mount = move || {
         if nix::unistd::geteuid().is_root() {
             mount_as_root(&mp, &direct, adapter, cfg)
@@ -255,28 +296,9 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
             let _ = tx.send(true);
         })
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
-    raise_readahead(&mountpoint);
-    let monitor = Monitor::start(name.clone(), &link);
-    Ok(LiveMount {
-        name,
-        mountpoint,
-        remote: remote_label,
-        request: req.clone(),
-        log: None,
-        link,
-        fs,
-        monitor,
-        ended,
-        finished: tokio::sync::OnceCell::new(),
-    })
+    Ok(ended)
 }
 
-/// The kernel asks a FUSE filesystem for at most 128 KiB ahead of a reader; moor reads
-/// much further ahead itself, so larger kernel requests mean fewer round trips through
-/// the kernel. Only root may change it; others keep the default.
-const KERNEL_READAHEAD_KB: u32 = 1024;
-
-/// The absolute remote directory to mount, checked to exist and be a directory.
 /// The remote login user's `(uid, gid)`: the owner of the directory the login starts
 /// in, as sshfs takes it.
 async fn login_ids<R: Remote>(remote: &R) -> Option<(u32, u32)> {
@@ -302,6 +324,7 @@ fn owners_for(req: &MountRequest, login: Option<(u32, u32)>) -> Owners {
     }
 }
 
+/// The absolute remote directory to mount, checked to exist and be a directory.
 pub async fn resolve_root<R: Remote>(remote: &R, path: &str, host: &str) -> Result<String, MoorError> {
     let want = if path.is_empty() { "." } else { path };
     let missing = || {
