@@ -4,69 +4,15 @@
 use super::super::*;
 
 pub(in crate::cli) async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<(), MoorError> {
-    let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
-        return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
-    };
-    if let Some(name) = &args.name {
-        names::check_name(name)?;
-    }
-    let o = options::parse(&args.options).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
-    let sharing = args.sharing.with(&o)?;
-    let connections = o.connections.unwrap_or(args.cache.connections);
     // Listen for Ctrl-C from the start, so that it always cancels cleanly.
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
-    let (user_host, remote_path) = parse_remote(&spec)?;
-    let ov = Overrides {
-        user: args.user,
-        port: args.port,
-        // The agent runs from "/": a relative key path means the one here.
-        identity_files: args.identity.iter().map(|p| names::absolute(p)).collect(),
-        config_file: args.ssh_config,
-        options: o.ssh,
-        jump: args.jump,
-    };
-    let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
-    // A moor mount there may be this very mount asked for again: the agent decides.
-    let mountpoint = match mount::check_mountpoint(&mountpoint) {
-        Ok(p) => p,
-        Err(e) if mount::is_moor_mount(&names::absolute(&mountpoint)) => {
-            let _ = e;
-            names::absolute(&mountpoint)
-        }
-        Err(e) => return Err(e),
-    };
-    let what = match args.wait {
-        Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
-        None => format!("connecting to {}", dest.display()),
-    };
-    let link = args.resilience.link_options(connections, dest.server_alive).into();
-    let req = MountRequest {
-        dest: dest.into(),
-        remote_path,
-        mountpoint: mountpoint.clone(),
-        name: args.name,
-        link,
-        call_timeout: args.resilience.call_timeout,
-        wait: args.wait,
-        verbose,
-        cache_timeout: o.cache_timeout.unwrap_or(args.cache.cache_timeout),
-        read_ahead: args.cache.read_ahead,
-        allow_other: sharing.allow_other,
-        idmap: sharing.idmap,
-        uid: sharing.uid,
-        gid: sharing.gid,
-        interactive: terminal::available(),
-        read_only: sharing.read_only,
-        allow_root: sharing.allow_root,
-        default_permissions: sharing.default_permissions,
-        follow_symlinks: sharing.follow_symlinks,
-        umask: sharing.umask,
-        no_exec: o.no_exec,
-    };
-    if args.foreground {
+    let foreground_mount = args.foreground;
+    let (req, what) = mount_request(args, verbose)?;
+    if foreground_mount {
         return foreground(req).await;
     }
+    let mountpoint = req.mountpoint.clone();
     let progress =
         if req.wait.is_some() { output::Progress::start_or_say(what) } else { output::Progress::start(what) };
     let agent = Client::connect_or_start(verbose).await?;
@@ -93,6 +39,71 @@ pub(in crate::cli) async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<()
     }
     output::mounted(&mount);
     Ok(())
+}
+
+/// The request for the agent that the command line describes, with the destination
+/// resolved as ssh would; and what to say while it is carried out.
+fn mount_request(args: MountArgs, verbose: u8) -> Result<(MountRequest, String), MoorError> {
+    let (Some(spec), Some(mountpoint)) = (args.remote, args.mountpoint) else {
+        return Err(MoorError::new(ErrorKind::Usage, "moor mount needs [USER@]HOST[:PATH] and MOUNTPOINT"));
+    };
+    if let Some(name) = &args.name {
+        names::check_name(name)?;
+    }
+    let o = options::parse(&args.options).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
+    let sharing = args.sharing.with(&o)?;
+    let connections = o.connections.unwrap_or(args.cache.connections);
+    let (user_host, remote_path) = parse_remote(&spec)?;
+    let ov = Overrides {
+        user: args.user,
+        port: args.port,
+        // The agent runs from "/": a relative key path means the one here.
+        identity_files: args.identity.iter().map(|p| names::absolute(p)).collect(),
+        config_file: args.ssh_config,
+        options: o.ssh,
+        jump: args.jump,
+    };
+    let dest = config::resolve(&user_host, &ov).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
+    let mountpoint = mountpoint_for(&mountpoint)?;
+    let what = match args.wait {
+        Some(w) => format!("waiting for host {} (up to {:.0}s)", dest.alias, w.as_secs_f64()),
+        None => format!("connecting to {}", dest.display()),
+    };
+    let link = args.resilience.link_options(connections, dest.server_alive).into();
+    let req = MountRequest {
+        dest: dest.into(),
+        remote_path,
+        mountpoint,
+        name: args.name,
+        link,
+        call_timeout: args.resilience.call_timeout,
+        wait: args.wait,
+        verbose,
+        cache_timeout: o.cache_timeout.unwrap_or(args.cache.cache_timeout),
+        read_ahead: args.cache.read_ahead,
+        allow_other: sharing.allow_other,
+        idmap: sharing.idmap,
+        uid: sharing.uid,
+        gid: sharing.gid,
+        interactive: terminal::available(),
+        read_only: sharing.read_only,
+        allow_root: sharing.allow_root,
+        default_permissions: sharing.default_permissions,
+        follow_symlinks: sharing.follow_symlinks,
+        umask: sharing.umask,
+        no_exec: o.no_exec,
+    };
+    Ok((req, what))
+}
+
+/// The mountpoint, checked; a moor mount there may be this very mount asked for again,
+/// which the agent decides.
+fn mountpoint_for(given: &std::path::Path) -> Result<PathBuf, MoorError> {
+    match mount::check_mountpoint(given) {
+        Ok(p) => Ok(p),
+        Err(_) if mount::is_moor_mount(&names::absolute(given)) => Ok(names::absolute(given)),
+        Err(e) => Err(e),
+    }
 }
 
 /// How long a new mount may take to answer its first `stat`.

@@ -20,6 +20,40 @@ pub(super) fn parse_config(text: &str, home: &Path, path: &Path) -> Result<SshCo
         .map_err(|e| ConfigError::Read { path: path.to_path_buf(), msg: e.to_string() })
 }
 
+/// The config file (`-F`, or `~/.ssh/config` if there is one) with the `-o` options
+/// before it, so that, as with ssh, they win over the file.
+fn read_config(ov: &Overrides, home: &Path) -> Result<SshConfig, ConfigError> {
+    let file = ov.config_file.clone().unwrap_or_else(|| home.join(".ssh/config"));
+    let file_text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        Err(e) if ov.config_file.is_none() && e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(ConfigError::Read { path: file, msg: e.to_string() }),
+    };
+    let text = format!("{}\n{}", option_lines(&ov.options)?, file_text);
+    parse_config(&text, home, &file)
+}
+
+/// `StrictHostKeyChecking` as the file says it, in any case; `ask` counts as strict.
+fn host_key_policy(value: Option<String>) -> Result<HostKeyPolicy, ConfigError> {
+    match value.map(|v| v.to_ascii_lowercase()).as_deref() {
+        None | Some("yes") | Some("ask") | Some("true") => Ok(HostKeyPolicy::Strict),
+        Some("accept-new") | Some("no") | Some("off") | Some("false") => Ok(HostKeyPolicy::AcceptNew),
+        Some(other) => {
+            Err(ConfigError::BadValue(format!("StrictHostKeyChecking {other}: use yes, ask, accept-new or no")))
+        }
+    }
+}
+
+/// The keys to offer: those given (`-i`) and configured, or ssh's default ones.
+fn identity_files(ov: &Overrides, configured: &[PathBuf], home: &Path, d: &Destination) -> Vec<PathBuf> {
+    let given = ov.identity_files.iter().chain(configured);
+    let files: Vec<PathBuf> = given.map(|i| expand(&i.to_string_lossy(), home, d)).collect();
+    if !files.is_empty() {
+        return files;
+    }
+    ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| home.join(".ssh").join(n)).collect()
+}
+
 /// Resolves `[user@]host` with moor's own reading of the config file (no OpenSSH
 /// client installed): `Match` blocks are not understood.
 pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, ConfigError> {
@@ -28,16 +62,7 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
         Some((u, h)) => (Some(u.to_string()), h.to_string()),
         None => (None, user_host.to_string()),
     };
-    let default_file = home.join(".ssh/config");
-    let file = ov.config_file.clone().unwrap_or(default_file.clone());
-    let file_text = match std::fs::read_to_string(&file) {
-        Ok(t) => t,
-        Err(e) if ov.config_file.is_none() && e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(ConfigError::Read { path: file, msg: e.to_string() }),
-    };
-    // -o options come first so that, as with ssh, they win over the file.
-    let text = format!("{}\n{}", option_lines(&ov.options)?, file_text);
-    let cfg = parse_config(&text, &home, &file)?;
+    let cfg = read_config(ov, &home)?;
     let p = cfg.query(&alias);
     let extra = |key: &str| {
         p.unsupported_fields.get(key).or_else(|| p.ignored_fields.get(key)).and_then(|v| v.first()).cloned()
@@ -75,20 +100,9 @@ pub fn resolve_builtin(user_host: &str, ov: &Overrides) -> Result<Destination, C
     }
     d.host_name = expand(&d.host_name.replace("%h", &alias), &home, &d).to_string_lossy().to_string();
 
-    d.host_key_policy = match extra("stricthostkeychecking").map(|v| v.to_ascii_lowercase()).as_deref() {
-        None | Some("yes") | Some("ask") | Some("true") => HostKeyPolicy::Strict,
-        Some("accept-new") | Some("no") | Some("off") | Some("false") => HostKeyPolicy::AcceptNew,
-        Some(other) => {
-            return Err(ConfigError::BadValue(format!("StrictHostKeyChecking {other}: use yes, ask, accept-new or no")))
-        }
-    };
+    d.host_key_policy = host_key_policy(extra("stricthostkeychecking"))?;
 
-    let mut ids: Vec<PathBuf> = ov.identity_files.clone();
-    ids.extend(p.identity_file.clone().unwrap_or_default());
-    d.identity_files = ids.iter().map(|i| expand(&i.to_string_lossy(), &home, &d)).collect();
-    if d.identity_files.is_empty() {
-        d.identity_files = ["id_ed25519", "id_ecdsa", "id_rsa"].iter().map(|n| home.join(".ssh").join(n)).collect();
-    }
+    d.identity_files = identity_files(ov, p.identity_file.as_deref().unwrap_or_default(), &home, &d);
 
     let files = |key: &str, default: &[PathBuf], d: &Destination| -> Vec<PathBuf> {
         match p.unsupported_fields.get(key).or_else(|| p.ignored_fields.get(key)) {

@@ -147,11 +147,7 @@ pub(super) fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Res
         login: LoginPrefs::default(),
         host_keys: HostKeyPrefs::default(),
     };
-    d.host_key_policy = match one("stricthostkeychecking") {
-        None | Some("true") | Some("yes") | Some("ask") => HostKeyPolicy::Strict,
-        Some("accept-new") | Some("false") | Some("no") | Some("off") => HostKeyPolicy::AcceptNew,
-        Some(other) => return Err(bad("StrictHostKeyChecking", other)),
-    };
+    d.host_key_policy = host_key_policy(one("stricthostkeychecking"))?;
     let interval: u64 = one("serveraliveinterval").and_then(|v| v.parse().ok()).unwrap_or(0);
     let count: u32 = one("serveralivecountmax").and_then(|v| v.parse().ok()).unwrap_or(3);
     if interval > 0 {
@@ -177,19 +173,34 @@ pub(super) fn resolve_by_ssh(ssh: &Path, user_host: &str, ov: &Overrides) -> Res
     d.agent_socket = agent_socket(one("identityagent"), &home, &d);
     d.certificate_files = all("certificatefile").iter().map(|c| rehome(expand(c, &home, &d))).collect();
     refuse_unsupported(&one)?;
-    let yes = |key: &str, default: bool| one(key).map_or(default, |v| matches!(v, "yes" | "true"));
-    d.login = LoginPrefs {
-        pubkey: yes("pubkeyauthentication", true),
-        keyboard_interactive: yes("kbdinteractiveauthentication", true),
-        password: yes("passwordauthentication", true),
-        batch_mode: yes("batchmode", false),
-        password_prompts: one("numberofpasswordprompts").and_then(|n| n.parse().ok()).unwrap_or(3),
-    };
+    d.login = login_prefs(&one);
     d.proxy_command = proxy_command(one("proxycommand"), one("proxyjump"), ssh, config_arg(ov).as_deref(), &d)?;
     let revoked = one("revokedhostkeys").filter(|v| *v != "none").map(|v| rehome(expand(v, &home, &d)));
     let (host_key, ca) = configured_algorithms(ssh, user_host, &one);
     d.host_keys = HostKeyPrefs::from_options(host_key, ca, revoked)?;
     Ok(d)
+}
+
+/// `StrictHostKeyChecking` as `ssh -G` prints it; `ask` counts as strict: an unknown
+/// key is refused, never learned.
+fn host_key_policy(value: Option<&str>) -> Result<HostKeyPolicy, ConfigError> {
+    match value {
+        None | Some("true") | Some("yes") | Some("ask") => Ok(HostKeyPolicy::Strict),
+        Some("accept-new") | Some("false") | Some("no") | Some("off") => Ok(HostKeyPolicy::AcceptNew),
+        Some(other) => Err(ConfigError::BadValue(format!("StrictHostKeyChecking {other}"))),
+    }
+}
+
+/// The login methods `ssh -G` says are allowed.
+fn login_prefs<'a>(one: &impl Fn(&str) -> Option<&'a str>) -> LoginPrefs {
+    let yes = |key: &str, default: bool| one(key).map_or(default, |v| matches!(v, "yes" | "true"));
+    LoginPrefs {
+        pubkey: yes("pubkeyauthentication", true),
+        keyboard_interactive: yes("kbdinteractiveauthentication", true),
+        password: yes("passwordauthentication", true),
+        batch_mode: yes("batchmode", false),
+        password_prompts: one("numberofpasswordprompts").and_then(|n| n.parse().ok()).unwrap_or(3),
+    }
 }
 
 /// `HostKeyAlgorithms` and `CASignatureAlgorithms` as `ssh -G` prints them, each `None`
