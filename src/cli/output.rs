@@ -204,18 +204,18 @@ impl Drop for HeldProgress {
     }
 }
 
-pub struct Progress {
+pub struct ProgressLine {
     stop: Option<std::sync::mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// What the spinner says; `say` changes it.
     what: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
-impl Progress {
-    pub fn start(what: String) -> Progress {
+impl ProgressLine {
+    pub fn start(what: String) -> ProgressLine {
         let what = std::sync::Arc::new(std::sync::Mutex::new(what));
         if !std::io::stderr().is_terminal() {
-            return Progress { stop: None, thread: None, what };
+            return ProgressLine { stop: None, thread: None, what };
         }
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let shown = what.clone();
@@ -239,7 +239,7 @@ impl Progress {
                 }
             }
         });
-        Progress { stop: Some(tx), thread: Some(thread), what }
+        ProgressLine { stop: Some(tx), thread: Some(thread), what }
     }
 
     /// Changes what the spinner says (on a terminal; nothing otherwise).
@@ -250,12 +250,12 @@ impl Progress {
     }
 
     /// Like `start`, but says it in one plain line when stderr is not a terminal.
-    pub fn start_or_say(what: String) -> Progress {
+    pub fn start_or_say(what: String) -> ProgressLine {
         if !std::io::stderr().is_terminal() {
             eprintln!("moor: {what}...");
-            return Progress { stop: None, thread: None, what: Default::default() };
+            return ProgressLine { stop: None, thread: None, what: Default::default() };
         }
-        Progress::start(what)
+        ProgressLine::start(what)
     }
 
     pub fn finish(mut self) {
@@ -272,7 +272,7 @@ impl Progress {
     }
 }
 
-impl Drop for Progress {
+impl Drop for ProgressLine {
     fn drop(&mut self) {
         self.end();
     }

@@ -15,7 +15,7 @@ use super::protocol::{ErrorKind, MoorError, MountRequest};
 use crate::timestamp::Timestamp;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Record {
     pub name: String,
     pub mountpoint: PathBuf,
     pub remote: String,
@@ -37,7 +37,7 @@ pub struct Notice {
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Registry {
-    mounts: Vec<Entry>,
+    mounts: Vec<Record>,
     notices: Vec<Notice>,
 }
 
@@ -106,7 +106,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), MoorError> {
     fs::rename(&tmp, path).map_err(|e| err(format!("cannot replace {}: {e}", path.display())))
 }
 
-pub fn record(entry: Entry) -> Result<(), MoorError> {
+pub fn record(entry: Record) -> Result<(), MoorError> {
     update(|r| {
         r.mounts.retain(|m| m.mountpoint != entry.mountpoint);
         r.mounts.push(entry);
@@ -139,7 +139,7 @@ fn agent_alive(pid: u32) -> Option<bool> {
 pub async fn clean_stale() -> Result<Vec<Notice>, MoorError> {
     let uid = nix::unistd::getuid().as_raw();
     let entries = update(|r| r.mounts.clone())?;
-    let mut gone: Vec<(Entry, String)> = Vec::new();
+    let mut gone: Vec<(Record, String)> = Vec::new();
     for e in entries.into_iter().filter(|e| e.uid == uid) {
         match agent_alive(e.agent_pid) {
             Some(true) => {}

@@ -156,14 +156,9 @@ impl Monitor {
         self.current.borrow().clone()
     }
 
-    #[allow(dead_code)] // for `moor mount status --watch` (issue 5)
+    /// Every change of state from now on, as events.
     pub fn subscribe(&self) -> broadcast::Receiver<StatusEvent> {
         self.events.subscribe()
-    }
-
-    #[allow(dead_code)] // for `moor mount status --watch` (issue 5)
-    pub fn watch(&self) -> watch::Receiver<(MountStatus, Timestamp)> {
-        self.current.subscribe()
     }
 }
 

@@ -35,7 +35,7 @@ pub enum Known {
 }
 
 #[derive(Debug)]
-struct Listing {
+struct CachedListing {
     entries: Vec<DirEntry>,
     at: Instant,
 }
@@ -44,7 +44,7 @@ struct Listing {
 pub(super) struct MetaCache {
     timeout: Duration,
     attrs: HashMap<String, (Attr, Instant)>,
-    dirs: HashMap<String, Listing>,
+    dirs: HashMap<String, CachedListing>,
     /// Bumped by every change the mount makes; an answer fetched across a change is
     /// not cached, since it may predate it.
     generation: u64,
@@ -135,7 +135,7 @@ impl MetaCache {
         for e in entries {
             self.attrs.insert(join(dir, &e.name), (e.attr, now));
         }
-        self.dirs.insert(dir.to_string(), Listing { entries: entries.to_vec(), at: now });
+        self.dirs.insert(dir.to_string(), CachedListing { entries: entries.to_vec(), at: now });
     }
 
     fn changed(&mut self) {
@@ -181,7 +181,7 @@ impl MetaCache {
     pub fn new_dir(&mut self, path: &str, attr: Attr) {
         self.added(path, attr);
         if self.enabled() {
-            self.dirs.insert(path.to_string(), Listing { entries: Vec::new(), at: Instant::now() });
+            self.dirs.insert(path.to_string(), CachedListing { entries: Vec::new(), at: Instant::now() });
         }
     }
 

@@ -32,7 +32,7 @@ pub(super) struct ReadAhead<R: Remote> {
     /// The largest window per open file, in bytes (zero: no read-ahead).
     max_window: u64,
     /// What all windows may hold at once.
-    budget: Budget,
+    budget: ReadBudget,
     /// How often each file was written through this mount: what was fetched ahead of
     /// it is stale once this changes.
     writes: Mutex<HashMap<Ino, u64>>,
@@ -41,7 +41,7 @@ pub(super) struct ReadAhead<R: Remote> {
 impl<R: Remote> ReadAhead<R> {
     pub(super) fn new(remote: Arc<R>, tasks: Tasks, max_window: u64) -> Self {
         // Room for a few files read at full speed together.
-        let budget = Budget::new((4 * max_window).max(MAX_WINDOW));
+        let budget = ReadBudget::new((4 * max_window).max(MAX_WINDOW));
         ReadAhead { remote, tasks, max_window, budget, writes: Mutex::default() }
     }
 
@@ -172,7 +172,7 @@ pub(super) async fn read_fully<R: Remote>(
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct WindowState {
     /// Where a sequential reader reads next.
     next: u64,
     streak: u32,
@@ -187,11 +187,11 @@ struct State {
 /// Read-ahead memory of a whole mount, in KiB: every file's chunks fetched ahead of its
 /// reader share it, so many files read at once cannot hold many windows' worth each.
 #[derive(Debug, Clone)]
-pub(super) struct Budget(Arc<Semaphore>);
+pub(super) struct ReadBudget(Arc<Semaphore>);
 
-impl Budget {
-    pub(super) fn new(bytes: u64) -> Budget {
-        Budget(Arc::new(Semaphore::new((bytes / 1024).clamp(1, Semaphore::MAX_PERMITS as u64) as usize)))
+impl ReadBudget {
+    pub(super) fn new(bytes: u64) -> ReadBudget {
+        ReadBudget(Arc::new(Semaphore::new((bytes / 1024).clamp(1, Semaphore::MAX_PERMITS as u64) as usize)))
     }
 
     fn take(&self, bytes: u32) -> Option<OwnedSemaphorePermit> {
@@ -207,24 +207,24 @@ impl Budget {
 /// Read-ahead for one open file.
 #[derive(Debug)]
 pub(super) struct Window {
-    state: Mutex<State>,
+    state: Mutex<WindowState>,
     max_window: u64,
-    budget: Budget,
+    budget: ReadBudget,
 }
 
 impl Default for Window {
     fn default() -> Self {
-        Window::new(MAX_WINDOW, Budget::new(4 * MAX_WINDOW))
+        Window::new(MAX_WINDOW, ReadBudget::new(4 * MAX_WINDOW))
     }
 }
 
 impl Window {
     /// A window that grows up to `max_window` bytes, within the mount's `budget`.
-    pub fn new(max_window: u64, budget: Budget) -> Window {
+    pub fn new(max_window: u64, budget: ReadBudget) -> Window {
         Window { state: Mutex::default(), max_window: max_window.max(1), budget }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, WindowState> {
         lock(&self.state)
     }
 
@@ -360,7 +360,7 @@ mod tests {
     fn the_window_stops_growing_at_its_limit() {
         let cs: u32 = 64 * 1024;
         let limit = 256 * 1024;
-        let ra = Window::new(limit, Budget::new(4 * MAX_WINDOW));
+        let ra = Window::new(limit, ReadBudget::new(4 * MAX_WINDOW));
         let n = Arc::new(AtomicUsize::new(0));
         let mut at = 0u64;
         for _ in 0..20 {
@@ -376,7 +376,7 @@ mod tests {
     #[test]
     fn windows_share_the_mounts_read_ahead_memory() {
         let cs: u32 = 64 * 1024;
-        let budget = Budget::new(512 * 1024);
+        let budget = ReadBudget::new(512 * 1024);
         let (a, b) = (Window::new(MAX_WINDOW, budget.clone()), Window::new(MAX_WINDOW, budget.clone()));
         let n = Arc::new(AtomicUsize::new(0));
         for w in [&a, &b] {

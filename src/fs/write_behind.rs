@@ -254,7 +254,7 @@ struct Pending {
 }
 
 #[derive(Debug, Default)]
-struct State {
+struct QueueState {
     /// Writes not yet acknowledged by the server, oldest first.
     queue: VecDeque<Pending>,
     /// The first failure not yet reported to the program.
@@ -275,7 +275,7 @@ pub(super) struct FileQueue {
     /// Where the file is (following renames through the mount): facts about a refused
     /// write are asked there.
     path: Mutex<String>,
-    state: Mutex<State>,
+    state: Mutex<QueueState>,
     changed: Notify,
     /// Something was queued: the flusher sends it without waiting for an answer first.
     pushed: Notify,
@@ -298,7 +298,7 @@ impl FileQueue {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
         lock(&self.state)
     }
 

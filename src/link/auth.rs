@@ -151,7 +151,7 @@ pub fn reusable(q: &Question) -> bool {
 
 /// How one login attempt went so far.
 struct Login<'a> {
-    ssh: &'a mut client::Handle<super::handler::Client>,
+    ssh: &'a mut client::Handle<super::handler::Handler>,
     dest: &'a Destination,
     keyring: &'a Keyring,
     asker: Option<&'a dyn Asker>,
@@ -458,7 +458,7 @@ fn public_half(path: &Path) -> PathBuf {
 /// keyboard-interactive, then password; a method accepted in part (two-factor) moves on
 /// to the next one the server names.
 pub(super) async fn authenticate(
-    ssh: &mut client::Handle<super::handler::Client>,
+    ssh: &mut client::Handle<super::handler::Handler>,
     dest: &Destination,
     keyring: &Keyring,
     asker: Option<&dyn Asker>,

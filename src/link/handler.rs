@@ -12,15 +12,15 @@ use super::known_hosts::{self, Verdict};
 /// What the host key check decided: the key the server showed and the verdict on it.
 pub(super) type Decided = Arc<Mutex<Option<(PublicKey, Verdict)>>>;
 
-pub(super) struct Client {
+pub(super) struct Handler {
     dest: Arc<Destination>,
     /// What the host key check decided, read back when the handshake fails.
     verdict: Decided,
 }
 
-impl Client {
-    pub(super) fn new(dest: Arc<Destination>) -> Client {
-        Client { dest, verdict: Arc::default() }
+impl Handler {
+    pub(super) fn new(dest: Arc<Destination>) -> Handler {
+        Handler { dest, verdict: Arc::default() }
     }
 
     /// Where the host key check's verdict will be, once the handshake has asked.
@@ -29,7 +29,7 @@ impl Client {
     }
 }
 
-impl client::Handler for Client {
+impl client::Handler for Handler {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {

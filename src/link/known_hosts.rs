@@ -66,7 +66,7 @@ enum Hosts {
 
 /// One line of a known_hosts file that names a key.
 #[derive(Debug, Clone)]
-struct Entry {
+struct HostLine {
     marker: Marker,
     hosts: Hosts,
     key: KeyData,
@@ -146,7 +146,7 @@ fn parse_line(text: &str) -> Result<Option<(Marker, Hosts, KeyData)>, String> {
 /// Every key line of some known_hosts files, in the order ssh reads them.
 #[derive(Debug, Default)]
 struct KnownHosts {
-    entries: Vec<Entry>,
+    entries: Vec<HostLine>,
 }
 
 impl KnownHosts {
@@ -168,7 +168,7 @@ impl KnownHosts {
         for (i, line) in text.lines().enumerate() {
             match parse_line(line) {
                 Ok(Some((marker, hosts, key))) => {
-                    self.entries.push(Entry { marker, hosts, key, file: file.to_path_buf(), line: i + 1 })
+                    self.entries.push(HostLine { marker, hosts, key, file: file.to_path_buf(), line: i + 1 })
                 }
                 Ok(None) => {}
                 Err(why) => tracing::debug!(file = %file.display(), line = i + 1, %why, "known_hosts line skipped"),
@@ -176,14 +176,14 @@ impl KnownHosts {
         }
     }
 
-    fn for_host<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Entry> + 'a {
+    fn for_host<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a HostLine> + 'a {
         self.entries.iter().filter(move |e| e.hosts.matches(name))
     }
 
     /// What known_hosts says of `presented` for the host looked up as `name`, whose
     /// certificates must be as `cert_rules` say, at `now` (Unix seconds).
     fn judge(&self, name: &str, cert_rules: &CertRules, presented: &PublicKeyOrCertificate, now: u64) -> Verdict {
-        let lines: Vec<&Entry> = self.for_host(name).collect();
+        let lines: Vec<&HostLine> = self.for_host(name).collect();
         let certificate = presented.certificate();
         let plain = match certificate {
             Some(c) => c.public_key(),
@@ -216,7 +216,7 @@ impl KnownHosts {
         allowed: &[Algorithm],
         certificates: &[Algorithm],
     ) -> (Vec<Algorithm>, Vec<Algorithm>) {
-        let lines: Vec<&Entry> = self.for_host(name).collect();
+        let lines: Vec<&HostLine> = self.for_host(name).collect();
         let known =
             |a: &Algorithm| lines.iter().any(|e| e.marker == Marker::Plain && same_key_type(&e.key.algorithm(), a));
         let (mut keys, rest): (Vec<Algorithm>, Vec<Algorithm>) = allowed.iter().cloned().partition(known);
@@ -252,7 +252,7 @@ struct CertRules<'a> {
 
 /// The verdict on a certificate signed by a CA trusted for the host, or `None` when no
 /// such CA signed it.
-fn judge_certificate(lines: &[&Entry], cert: &Certificate, rules: &CertRules, now: u64) -> Option<Verdict> {
+fn judge_certificate(lines: &[&HostLine], cert: &Certificate, rules: &CertRules, now: u64) -> Option<Verdict> {
     let ca = lines.iter().find(|e| e.marker == Marker::CertAuthority && e.key == *cert.signature_key())?;
     tracing::debug!(file = %ca.file.display(), line = ca.line, "host certificate signed by a trusted CA");
     Some(match certificate_fault(cert, rules, now) {
@@ -304,7 +304,7 @@ fn certificate_fault(cert: &Certificate, rules: &CertRules, now: u64) -> Option<
 
 /// A plain key is known if any line for the host has it; changed if none has it and a
 /// line has a key of the same type; else unknown.
-fn judge_plain_key(lines: &[&Entry], key: &KeyData) -> Verdict {
+fn judge_plain_key(lines: &[&HostLine], key: &KeyData) -> Verdict {
     let plain = || lines.iter().filter(|e| e.marker == Marker::Plain);
     if plain().any(|e| e.key == *key) {
         return Verdict::Known;

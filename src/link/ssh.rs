@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use super::auth::{self, Asker, Keyring};
 use super::config::Destination;
 use super::error::LinkError;
-use super::handler::Client;
+use super::handler::Handler;
 use super::known_hosts;
 use crate::timestamp::Timestamp;
 
@@ -56,7 +56,7 @@ pub struct SftpConn {
     least_rtt_us: AtomicU64,
     /// What carries the session, kept to abort the connection.
     carrier: Carrier,
-    ssh: client::Handle<Client>,
+    ssh: client::Handle<Handler>,
 }
 
 /// How long one request may go unanswered in any case. Whether a connection is alive is
@@ -438,8 +438,8 @@ async fn connect_inner(
 async fn handshake(
     dest: &Destination,
     deadline: tokio::time::Instant,
-) -> Result<(client::Handle<Client>, Carrier), LinkError> {
-    let handler = Client::new(Arc::new(dest.clone()));
+) -> Result<(client::Handle<Handler>, Carrier), LinkError> {
+    let handler = Handler::new(Arc::new(dest.clone()));
     let verdict = handler.verdict();
     let (handshake, carrier, proxy) = match &dest.proxy_command {
         None => {
@@ -489,7 +489,7 @@ fn protocol_error(dest: &Destination, e: russh::Error) -> LinkError {
 
 /// Logs in, by the deadline unless a person is asked (their answers take what they take).
 async fn log_in(
-    ssh: &mut client::Handle<Client>,
+    ssh: &mut client::Handle<Handler>,
     dest: &Destination,
     deadline: tokio::time::Instant,
     keyring: &Keyring,
@@ -507,7 +507,7 @@ async fn log_in(
 
 /// A session channel with the SFTP subsystem started.
 async fn open_sftp_channel(
-    ssh: &client::Handle<Client>,
+    ssh: &client::Handle<Handler>,
     dest: &Destination,
 ) -> Result<russh::Channel<client::Msg>, LinkError> {
     let protocol = |e| protocol_error(dest, e);

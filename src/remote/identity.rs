@@ -10,7 +10,7 @@
 use super::{Attr, SetAttr, S_IFMT};
 
 #[derive(Debug, Clone)]
-pub(super) struct Known {
+pub(super) struct KnownFile {
     /// The file's name now; `None` once a removal or a replacement through the mount
     /// took the name away from it.
     path: Option<String>,
@@ -26,9 +26,9 @@ pub(super) struct Known {
     sent_end: u64,
 }
 
-impl Known {
-    pub fn new(path: &str, attr: Option<Attr>) -> Known {
-        Known { path: Some(path.to_string()), attr, changed: false, sent_end: attr.map_or(0, |a| a.size) }
+impl KnownFile {
+    pub fn new(path: &str, attr: Option<Attr>) -> KnownFile {
+        KnownFile { path: Some(path.to_string()), attr, changed: false, sent_end: attr.map_or(0, |a| a.size) }
     }
 
     pub fn path(&self) -> Option<&str> {
@@ -146,13 +146,13 @@ mod tests {
             ("/ab", &[("/a", "/x")], Some("/ab"), "a sibling that only starts the same"),
         ];
         for (start, renames, want, why) in cases {
-            let mut k = Known::new(start, None);
+            let mut k = KnownFile::new(start, None);
             for (from, to) in renames {
                 k.renamed(from, to);
             }
             assert_eq!(k.path(), want, "{why}");
         }
-        let mut k = Known::new("/a/f", None);
+        let mut k = KnownFile::new("/a/f", None);
         k.removed("/a/g");
         assert_eq!(k.path(), Some("/a/f"), "another file removed");
         k.removed("/a/f");
@@ -170,7 +170,7 @@ mod tests {
             ("/a/ff", "/a/f", Some("/a/ff"), "a name that only starts the same"),
         ];
         for (start, to, want, why) in cases {
-            let mut k = Known::new(start, None);
+            let mut k = KnownFile::new(start, None);
             k.maybe_renamed_onto(to);
             assert_eq!(k.path(), want, "{why}");
         }
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn the_file_is_recognised_only_by_matching_attributes() {
-        let k = Known::new("/f", Some(file(10, 100)));
+        let k = KnownFile::new("/f", Some(file(10, 100)));
         let mut written = k.clone();
         written.sending(30);
         written.written(20);
@@ -216,6 +216,6 @@ mod tests {
         for (known, now, want, why) in cases {
             assert_eq!(known.same_file(&now), want, "{why}");
         }
-        assert!(!Known::new("/f", None).same_file(&file(10, 100)), "nothing known: never the same");
+        assert!(!KnownFile::new("/f", None).same_file(&file(10, 100)), "nothing known: never the same");
     }
 }

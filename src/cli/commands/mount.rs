@@ -14,7 +14,7 @@ pub(in crate::cli) async fn mount_cmd(args: MountArgs, verbose: u8) -> Result<()
     }
     let mountpoint = req.mountpoint.clone();
     let progress =
-        if req.wait.is_some() { output::Progress::start_or_say(what) } else { output::Progress::start(what) };
+        if req.wait.is_some() { output::ProgressLine::start_or_say(what) } else { output::ProgressLine::start(what) };
     let agent = Client::connect_or_start(verbose).await?;
     // Ctrl-C hangs up on the agent, which then gives up the mount and leaves nothing.
     let res = tokio::select! {

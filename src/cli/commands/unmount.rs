@@ -8,7 +8,7 @@ pub(in crate::cli) async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), Moo
     };
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot watch signals: {e}")))?;
-    let progress = output::Progress::start(format!("reconnecting {}", args.target));
+    let progress = output::ProgressLine::start(format!("reconnecting {}", args.target));
     let ask = terminal::available().then_some(terminal::ask as client::Ask);
     let res = tokio::select! {
         r = agent.reconnect(&args.target, ask) => r,
@@ -50,7 +50,7 @@ pub(in crate::cli) async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorErr
 }
 
 pub(in crate::cli) async fn unmount_one(target: &str, lazy: bool, force: bool) -> Result<(), MoorError> {
-    let progress = output::Progress::start(format!("unmounting {target}"));
+    let progress = output::ProgressLine::start(format!("unmounting {target}"));
     let mut told = false;
     let draining = |stake: &AtStake, moving: bool| {
         let what = format!(

@@ -86,7 +86,7 @@ impl Agent {
         let info = live.info();
         self.mounts.lock().await.insert(live.mountpoint.clone(), live.clone());
         tracing::info!(name = %info.name, mountpoint = %info.mountpoint.display(), remote = %info.remote, "mounted");
-        let entry = registry::Entry {
+        let entry = registry::Record {
             name: info.name.clone(),
             mountpoint: info.mountpoint.clone(),
             remote: info.remote.clone(),

@@ -11,7 +11,7 @@ use russh_sftp::protocol::StatusCode;
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
-use super::identity::Known;
+use super::identity::KnownFile;
 use super::wire::{self, Body, ServerHandle};
 use super::{
     Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr,
@@ -42,7 +42,7 @@ const NEAR: Duration = Duration::from_millis(2);
 
 pub struct SftpRemote {
     link: Arc<Link>,
-    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    files: Mutex<HashMap<u64, Arc<RemoteFile>>>,
     next_handle: AtomicU64,
     /// Turns taken by opens over the connections.
     next_open: AtomicUsize,
@@ -53,7 +53,7 @@ pub struct SftpRemote {
 }
 
 /// What is needed to open a file again on a new connection.
-struct OpenFile {
+struct RemoteFile {
     opts: OpenOptions,
     /// The data lane the file was opened on (counted among the link's data lanes): where
     /// all its requests go.
@@ -61,7 +61,7 @@ struct OpenFile {
     /// Its name now and what is known of it: the only way back to it after a reconnect.
     /// Shared by every handle of the same file, so that each learns what the others
     /// changed.
-    known: Arc<Mutex<Known>>,
+    known: Arc<Mutex<KnownFile>>,
     /// Why the file cannot be reached any more, once that is so: for good.
     lost: Mutex<Option<String>>,
     /// The server's handle on that lane's connection, while that connection lives.
@@ -106,7 +106,7 @@ impl SftpRemote {
         r.map_err(|e| report(&self.link, conn, e))
     }
 
-    fn file(&self, h: &Handle) -> Result<Arc<OpenFile>> {
+    fn file(&self, h: &Handle) -> Result<Arc<RemoteFile>> {
         lock(&self.files).get(&h.0).cloned().ok_or_else(|| RemoteError::ServerFailure("unknown handle".into()))
     }
 
@@ -124,7 +124,7 @@ impl SftpRemote {
     /// connection it was opened on was replaced after a reconnect: the old handle died
     /// with it, and the name is all that is left. The file is opened again only where
     /// the name provably still leads to it (see `identity`); otherwise it is lost.
-    async fn live_handle(&self, conn: &SftpConn, file: &OpenFile) -> Result<ServerHandle> {
+    async fn live_handle(&self, conn: &SftpConn, file: &RemoteFile) -> Result<ServerHandle> {
         let mut live = file.live.lock().await;
         if let Some(l) = live.as_ref().filter(|l| l.lane == conn.lane && l.generation == conn.generation) {
             return Ok(l.handle.clone());
@@ -161,7 +161,7 @@ impl SftpRemote {
 
     /// The file behind `h`, with the connection and server handle for its requests (on
     /// its own connection).
-    async fn handle_on(&self, h: &Handle) -> Result<(Arc<OpenFile>, Arc<SftpConn>, ServerHandle)> {
+    async fn handle_on(&self, h: &Handle) -> Result<(Arc<RemoteFile>, Arc<SftpConn>, ServerHandle)> {
         let file = self.file(h)?;
         let home = self.link.data_conn(file.home).map_err(RemoteError::from)?;
         let handle = self.live_handle(&home, &file).await?;
@@ -170,7 +170,7 @@ impl SftpRemote {
 
     /// Tells every open file that `change` happened to the names through the mount
     /// (once each, however many handles it has).
-    fn names_changed(&self, change: impl Fn(&mut Known)) {
+    fn names_changed(&self, change: impl Fn(&mut KnownFile)) {
         let mut seen = std::collections::HashSet::new();
         for file in lock(&self.files).values() {
             if seen.insert(Arc::as_ptr(&file.known)) {
@@ -187,7 +187,7 @@ impl SftpRemote {
 
     /// What is known of the file just opened at `path` as `attr`: shared with the
     /// handles already open on it, if it is the same file.
-    fn known_for(&self, path: &str, attr: Option<Attr>) -> Arc<Mutex<Known>> {
+    fn known_for(&self, path: &str, attr: Option<Attr>) -> Arc<Mutex<KnownFile>> {
         let files = lock(&self.files);
         let same = files.values().find(|f| {
             let k = lock(&f.known);
@@ -195,7 +195,7 @@ impl SftpRemote {
         });
         match same {
             Some(f) => f.known.clone(),
-            None => Arc::new(Mutex::new(Known::new(path, attr))),
+            None => Arc::new(Mutex::new(KnownFile::new(path, attr))),
         }
     }
 
@@ -241,7 +241,7 @@ impl SftpRemote {
         }
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let live = Some(Live { lane: conn.lane, generation: conn.generation, handle, _slot: slot });
-        let file = OpenFile {
+        let file = RemoteFile {
             opts,
             home,
             known: self.known_for(path, attr),
@@ -263,7 +263,7 @@ impl SftpRemote {
 }
 
 /// Marks `file` lost for good, saying why once; what its requests get from now on.
-fn lose(file: &OpenFile, path: &str, why: &str) -> RemoteError {
+fn lose(file: &RemoteFile, path: &str, why: &str) -> RemoteError {
     let why = format!("{path}: cannot reach the open file again after a reconnect: {why}");
     tracing::error!("{why}; its descriptors fail with EIO and nothing queued for it is written elsewhere");
     *lock(&file.lost) = Some(why.clone());
