@@ -1,0 +1,479 @@
+//! The offline cache: what was read through a mount, kept on local disk so that it stays
+//! readable while the link is down (`--offline-cache SIZE`). It owns its directory: the
+//! block files (`blocks`) and the index (`index.redb`), which maps a file's version and
+//! block number to its block, keeps the blocks in order of last use, and counts what the
+//! directory holds.
+//!
+//! Content is kept per version of a file (its size and mtime on the server): a version
+//! the server no longer has is never asked for again, and ages out. The bound is kept on
+//! every insert, by evicting the least recently used blocks first, never by polling; a
+//! block larger than the whole cache is not kept. Opening takes constant time, whatever
+//! the cache holds.
+//!
+//! One writer thread makes every change to the index, a batch of them per durable commit,
+//! so that a program reading through the mount never waits for the disk's flush, and
+//! what the cache fills with is dropped rather than queued without bound when the disk is
+//! slower than the link.
+//!
+//! Crash safety: a block file is written whole in `tmp/`, its index entry committed
+//! (fsync), and only then the file renamed into place; the file of a block evicted or
+//! replaced is removed before the commit that drops its entry. So no block file is ever
+//! left that no entry names, and an entry whose file is gone is a miss. A checksum in the
+//! index is checked on every read: a block torn by a power loss is never served.
+
+mod blocks;
+
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use blocks::{checksum, private_dir, BlockFiles};
+
+/// A version of a file as the server describes it; content is kept per version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub size: u64,
+    pub mtime: u64,
+}
+
+/// What the cache holds and how it has served, for `moor mount status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes the directory holds: blocks as the filesystem stores them, and the index.
+    pub bytes: u64,
+    pub limit: u64,
+    /// Files whose first block is held.
+    pub files: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A block's key: (path, size, mtime, block number).
+type Key<'a> = (&'a str, u64, u64, u64);
+/// A block's entry: (block file, length, checksum, last use).
+type Entry = (u64, u64, u32, u64);
+
+/// Key → entry.
+const BLOCKS: TableDefinition<Key<'static>, Entry> = TableDefinition::new("blocks");
+/// (last use, block file) → the block's key: the blocks in order of last use.
+const RECENCY: TableDefinition<(u64, u64), Key<'static>> = TableDefinition::new("recency");
+/// Counters: `BYTES`, `FILES`, `NEXT_ID`, `TICK`.
+const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const BYTES: &str = "bytes";
+const FILES: &str = "files";
+const NEXT_ID: &str = "next_id";
+const TICK: &str = "tick";
+
+/// Changes waiting for the writer; more are dropped (a cache may forget).
+const QUEUED: usize = 256;
+/// Changes made in one commit at most.
+const BATCH: usize = 64;
+/// What a file costs on disk: whole filesystem blocks.
+const DISK_BLOCK: u64 = 4096;
+
+fn on_disk(len: u64) -> u64 {
+    len.div_ceil(DISK_BLOCK) * DISK_BLOCK
+}
+
+/// A key that can travel to the writer.
+type OwnedKey = (String, u64, u64, u64);
+
+fn key(path: &str, v: Version, index: u64) -> Key<'_> {
+    (path, v.size, v.mtime, index)
+}
+
+fn borrowed(k: &OwnedKey) -> Key<'_> {
+    (&k.0, k.1, k.2, k.3)
+}
+
+type Doomed = Box<dyn Fn(Key<'_>) -> bool + Send>;
+
+/// A change for the writer.
+enum Change {
+    /// Block file `id` (in `tmp/`) holds `len` bytes summing to `crc` for `key`.
+    Put { key: OwnedKey, id: u64, len: u64, crc: u32 },
+    /// The block at `key`, file `id`, was read.
+    Touch { key: OwnedKey, id: u64 },
+    /// Entries to drop.
+    Remove(Doomed),
+    /// Answered once what came before is committed.
+    Flush(SyncSender<()>),
+}
+
+/// What the reader side and the writer share.
+struct Shared {
+    db: Database,
+    db_path: PathBuf,
+    files: BlockFiles,
+    limit: u64,
+    next_id: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+pub struct OfflineCache {
+    shared: Arc<Shared>,
+    changes: Option<SyncSender<Change>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The directory of the cache of `root` on `destination` under `base`: one per
+/// destination and remote path, named so a person can tell which.
+pub fn dir_for(base: &Path, destination: &str, root: &str) -> PathBuf {
+    let mut name = String::new();
+    for c in format!("{destination}:{root}").chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' | '@' | ':' => name.push(c),
+            '/' => name.push('+'),
+            c => name.push_str(&format!("%{:02x}", c as u32)),
+        }
+    }
+    // A name too long for the filesystem keeps its start and a checksum of the whole
+    // (all ASCII by now, so any byte is a character's end).
+    if name.len() > 200 {
+        let sum = checksum(name.as_bytes());
+        name = format!("{}~{sum:08x}", &name[..190]);
+    }
+    base.join(name)
+}
+
+fn counter(t: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, redb::Error> {
+    Ok(t.get(name)?.map_or(0, |v| v.value()))
+}
+
+fn other(e: redb::Error) -> io::Error {
+    io::Error::other(format!("offline cache index: {e}"))
+}
+
+impl OfflineCache {
+    /// Opens (or makes) the cache in `dir`, holding at most `limit` bytes. Constant
+    /// work, whatever the cache holds.
+    pub fn open(dir: &Path, limit: u64) -> io::Result<OfflineCache> {
+        private_dir(dir)?;
+        let db_path = dir.join("index.redb");
+        // Made private before redb sees it: an empty file becomes a new index.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&db_path)?;
+        let db = Database::create(&db_path).map_err(|e| other(e.into()))?;
+        let files = BlockFiles::open(dir)?;
+        // Blocks written but never committed by an earlier run.
+        files.clear_temp()?;
+        let (next_id, tick) = first_numbers(&db).map_err(other)?;
+        let shared = Arc::new(Shared {
+            db,
+            db_path,
+            files,
+            limit,
+            next_id: AtomicU64::new(next_id),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        });
+        let (changes, queue) = sync_channel(QUEUED);
+        let writer = {
+            let shared = shared.clone();
+            std::thread::Builder::new().name("moor-cache".into()).spawn(move || write_changes(&shared, &queue, tick))?
+        };
+        Ok(OfflineCache { shared, changes: Some(changes), writer: Some(writer) })
+    }
+
+    fn send(&self, change: Change) -> bool {
+        match self.changes.as_ref().map(|c| c.try_send(change)) {
+            Some(Ok(())) => true,
+            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
+        }
+    }
+
+    /// Keeps block `index` of `path` at `version` (evicting the least recently used
+    /// blocks to stay within the limit, when the writer commits it). False when it is
+    /// not kept: larger than the whole cache, or the writer is behind.
+    pub fn put(&self, path: &str, version: Version, index: u64, data: &[u8]) -> io::Result<bool> {
+        let s = &self.shared;
+        if on_disk(data.len() as u64) > s.block_budget() {
+            return Ok(false);
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        s.files.write_temp(id, data)?;
+        let k = key(path, version, index);
+        let put =
+            Change::Put { key: (k.0.to_string(), k.1, k.2, k.3), id, len: data.len() as u64, crc: checksum(data) };
+        if !self.send(put) {
+            s.files.remove(id);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Block `index` of `path` at `version`, if held and intact.
+    pub fn get(&self, path: &str, version: Version, index: u64) -> Option<Vec<u8>> {
+        let s = &self.shared;
+        let k = key(path, version, index);
+        let found = s.entry(k).ok().flatten();
+        let data = found.and_then(|(id, len, crc)| s.files.read(id, len, crc));
+        let owned = (k.0.to_string(), k.1, k.2, k.3);
+        match (found, data) {
+            (Some((id, _, _)), Some(data)) => {
+                s.hits.fetch_add(1, Ordering::Relaxed);
+                self.send(Change::Touch { key: owned, id });
+                Some(data)
+            }
+            (found, _) => {
+                s.misses.fetch_add(1, Ordering::Relaxed);
+                if found.is_some() {
+                    // Gone or torn: the entry goes, and the bytes it counted.
+                    self.send(Change::Remove(Box::new(move |e| e == borrowed(&owned))));
+                }
+                None
+            }
+        }
+    }
+
+    /// Waits until every change sent so far is committed.
+    pub fn flush(&self) {
+        let (done, wait) = sync_channel(1);
+        if let Some(c) = &self.changes {
+            if c.send(Change::Flush(done)).is_ok() {
+                let _ = wait.recv();
+            }
+        }
+    }
+
+    /// Drops every block of `path`, of any version.
+    pub fn forget(&self, path: &str) {
+        let path = path.to_string();
+        if let Some(c) = &self.changes {
+            let _ = c.send(Change::Remove(Box::new(move |k| k.0 == path)));
+        }
+    }
+
+    /// Empties the cache; returns once it is empty.
+    pub fn clear(&self) {
+        if let Some(c) = &self.changes {
+            let _ = c.send(Change::Remove(Box::new(|_| true)));
+        }
+        self.flush();
+    }
+
+    /// What the cache holds and how it has served.
+    pub fn usage(&self) -> Usage {
+        let s = &self.shared;
+        let counted = || -> Result<(u64, u64), redb::Error> {
+            let txn = s.db.begin_read()?;
+            let t = txn.open_table(COUNTERS)?;
+            Ok((counter(&t, BYTES)?, counter(&t, FILES)?))
+        };
+        let (bytes, files) = counted().unwrap_or_default();
+        Usage {
+            bytes: bytes + s.index_size(),
+            limit: s.limit,
+            files,
+            hits: s.hits.load(Ordering::Relaxed),
+            misses: s.misses.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for OfflineCache {
+    /// Commits what is queued, then lets the writer end.
+    fn drop(&mut self) {
+        self.changes = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The next block number and use from the index as last committed.
+fn first_numbers(db: &Database) -> Result<(u64, u64), redb::Error> {
+    let txn = db.begin_write()?;
+    let numbers = {
+        let t = txn.open_table(COUNTERS)?;
+        (counter(&t, NEXT_ID)?, counter(&t, TICK)?)
+    };
+    txn.open_table(BLOCKS)?;
+    txn.open_table(RECENCY)?;
+    txn.commit()?;
+    Ok(numbers)
+}
+
+impl Shared {
+    fn index_size(&self) -> u64 {
+        std::fs::metadata(&self.db_path).map_or(0, |m| m.len())
+    }
+
+    /// Room for blocks: the limit less twice the index's size, since its file grows
+    /// by doubling.
+    fn block_budget(&self) -> u64 {
+        self.limit.saturating_sub(2 * self.index_size())
+    }
+
+    fn entry(&self, k: Key<'_>) -> Result<Option<(u64, u64, u32)>, redb::Error> {
+        let txn = self.db.begin_read()?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let found = blocks.get(k)?.map(|v| v.value());
+        Ok(found.map(|(id, len, crc, _)| (id, len, crc)))
+    }
+}
+
+/// The writer: commits the changes that come, a batch at a time, until the cache is
+/// dropped.
+fn write_changes(s: &Shared, queue: &Receiver<Change>, mut tick: u64) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        batch.extend(queue.try_iter().take(BATCH - 1));
+        let mut flushed = Vec::new();
+        let mut published = Vec::new();
+        match commit(s, batch, &mut tick, &mut flushed, &mut published) {
+            Ok(()) => {
+                for id in published {
+                    if let Err(e) = s.files.publish(id) {
+                        tracing::debug!(error = %e, "cannot publish an offline cache block");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the offline cache could not record what it read");
+                for id in published {
+                    s.files.remove(id);
+                }
+            }
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Applies `batch` in one durable commit. Files of dropped entries go before the commit;
+/// the blocks put are published after it (`published`).
+fn commit(
+    s: &Shared,
+    batch: Vec<Change>,
+    tick: &mut u64,
+    flushed: &mut Vec<SyncSender<()>>,
+    published: &mut Vec<u64>,
+) -> Result<(), redb::Error> {
+    let txn = s.db.begin_write()?;
+    {
+        let mut t = Tables {
+            blocks: txn.open_table(BLOCKS)?,
+            recency: txn.open_table(RECENCY)?,
+            counters: txn.open_table(COUNTERS)?,
+            bytes: 0,
+            files: 0,
+            gone: Vec::new(),
+        };
+        t.bytes = counter(&t.counters, BYTES)?;
+        t.files = counter(&t.counters, FILES)?;
+        let mut next_id = counter(&t.counters, NEXT_ID)?;
+        for change in batch {
+            match change {
+                Change::Put { key, id, len, crc } => {
+                    *tick += 1;
+                    next_id = next_id.max(id + 1);
+                    published.push(id);
+                    t.put(borrowed(&key), (id, len, crc, *tick), s.block_budget())?;
+                }
+                Change::Touch { key, id } => {
+                    *tick += 1;
+                    t.touch(borrowed(&key), id, *tick)?;
+                }
+                Change::Remove(doomed) => t.remove(doomed)?,
+                Change::Flush(done) => flushed.push(done),
+            }
+        }
+        for id in &t.gone {
+            s.files.remove(*id);
+        }
+        t.counters.insert(BYTES, t.bytes)?;
+        t.counters.insert(FILES, t.files)?;
+        t.counters.insert(NEXT_ID, next_id)?;
+        t.counters.insert(TICK, *tick)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The index's tables in one commit, with its running counts and the block files whose
+/// entries it dropped.
+struct Tables<'t> {
+    blocks: redb::Table<'t, Key<'static>, Entry>,
+    recency: redb::Table<'t, (u64, u64), Key<'static>>,
+    counters: redb::Table<'t, &'static str, u64>,
+    bytes: u64,
+    files: u64,
+    gone: Vec<u64>,
+}
+
+impl Tables<'_> {
+    /// Drops the entry at `k`, if any, counting it.
+    fn drop_block(&mut self, k: Key<'_>) -> Result<(), redb::Error> {
+        let old = self.blocks.remove(k)?.map(|v| v.value());
+        if let Some((id, len, _, tick)) = old {
+            self.recency.remove((tick, id))?;
+            self.bytes = self.bytes.saturating_sub(on_disk(len));
+            self.files = self.files.saturating_sub(u64::from(k.3 == 0));
+            self.gone.push(id);
+        }
+        Ok(())
+    }
+
+    /// Enters block `k` as `entry`, evicting the least recently used first to stay
+    /// within `budget`.
+    fn put(&mut self, k: Key<'_>, entry: Entry, budget: u64) -> Result<(), redb::Error> {
+        let (id, len, _, tick) = entry;
+        self.drop_block(k)?;
+        while self.bytes + on_disk(len) > budget {
+            let oldest = self.recency.first()?.map(|(_, v)| {
+                let (p, s, m, i) = v.value();
+                (p.to_string(), s, m, i)
+            });
+            let Some(oldest) = oldest else { break };
+            self.drop_block(borrowed(&oldest))?;
+        }
+        self.blocks.insert(k, entry)?;
+        self.recency.insert((tick, id), k)?;
+        self.bytes += on_disk(len);
+        self.files += u64::from(k.3 == 0);
+        Ok(())
+    }
+
+    /// Marks block `k`, file `id`, used at `tick`, if it is still that block.
+    fn touch(&mut self, k: Key<'_>, id: u64, tick: u64) -> Result<(), redb::Error> {
+        let Some((now_id, len, crc, was)) = self.blocks.get(k)?.map(|v| v.value()) else { return Ok(()) };
+        if now_id != id {
+            return Ok(());
+        }
+        self.blocks.insert(k, (id, len, crc, tick))?;
+        self.recency.remove((was, id))?;
+        self.recency.insert((tick, id), k)?;
+        Ok(())
+    }
+
+    /// Drops the entries `doomed` picks.
+    fn remove(&mut self, doomed: Doomed) -> Result<(), redb::Error> {
+        let mut picked = Vec::new();
+        for e in self.blocks.iter()? {
+            let (k, _) = e?;
+            let (p, s, m, i) = k.value();
+            if doomed((p, s, m, i)) {
+                picked.push((p.to_string(), s, m, i));
+            }
+        }
+        for k in picked {
+            self.drop_block(borrowed(&k))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

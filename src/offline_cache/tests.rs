@@ -1,0 +1,221 @@
+use super::*;
+
+const V1: Version = Version { size: 10, mtime: 100 };
+const V2: Version = Version { size: 10, mtime: 101 };
+
+/// Puts a block and waits for it to be committed, as a test must before it looks.
+fn put(cache: &OfflineCache, path: &str, v: Version, index: u64, data: &[u8]) -> bool {
+    let kept = cache.put(path, v, index, data).unwrap();
+    cache.flush();
+    kept
+}
+
+/// Reads a block, and waits for what that changes (its use, or its removal).
+fn get(cache: &OfflineCache, path: &str, v: Version, index: u64) -> Option<Vec<u8>> {
+    let got = cache.get(path, v, index);
+    cache.flush();
+    got
+}
+
+fn block(byte: u8, len: usize) -> Vec<u8> {
+    vec![byte; len]
+}
+
+/// A cache in a fresh directory whose blocks may take `room` bytes besides the index.
+fn cache_with_room(room: u64) -> (tempfile::TempDir, OfflineCache) {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = OfflineCache::open(dir.path(), u64::MAX).unwrap();
+    let index = 2 * probe.shared.index_size();
+    drop(probe);
+    let cache = OfflineCache::open(dir.path(), index + room).unwrap();
+    (dir, cache)
+}
+
+/// Block files on disk, by number.
+fn files_on_disk(dir: &Path) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(dir.join("blocks"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Block files the index names, and the bytes it counts for blocks.
+fn indexed(cache: &OfflineCache) -> (Vec<u64>, u64) {
+    let txn = cache.shared.db.begin_read().unwrap();
+    let blocks = txn.open_table(BLOCKS).unwrap();
+    let mut ids = Vec::new();
+    let mut bytes = 0;
+    for e in blocks.iter().unwrap() {
+        let (id, len, _, _) = e.unwrap().1.value();
+        ids.push(id);
+        bytes += on_disk(len);
+    }
+    ids.sort();
+    (ids, bytes)
+}
+
+/// The index and the directory agree: every file has its entry and the other way round,
+/// and the counted bytes are the entries' bytes.
+fn assert_consistent(dir: &Path, cache: &OfflineCache) {
+    let (ids, bytes) = indexed(cache);
+    assert_eq!(files_on_disk(dir), ids, "block files and index entries");
+    assert_eq!(cache.usage().bytes - cache.shared.index_size(), bytes, "counted bytes");
+}
+
+#[test]
+fn a_block_reads_back_for_its_version_only() {
+    let (dir, cache) = cache_with_room(1 << 20);
+    assert!(put(&cache, "/r/f", V1, 0, &block(b'a', 5000)));
+    assert_eq!(get(&cache, "/r/f", V1, 0), Some(block(b'a', 5000)));
+    assert_eq!(get(&cache, "/r/f", V2, 0), None, "another version of the file");
+    assert_eq!(get(&cache, "/r/f", V1, 1), None, "another block");
+    assert_eq!(get(&cache, "/r/g", V1, 0), None, "another file");
+    let u = cache.usage();
+    assert_eq!((u.hits, u.misses, u.files), (1, 3, 1));
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn every_insert_keeps_the_bound_evicting_the_least_recently_used() {
+    // Room for three 4 KiB blocks.
+    let (dir, cache) = cache_with_room(3 * 4096);
+    for i in 0..3 {
+        assert!(put(&cache, "/r/f", V1, i, &block(b'a' + i as u8, 4096)));
+    }
+    // Block 0 used last: block 1 is now the least recently used.
+    assert!(get(&cache, "/r/f", V1, 0).is_some());
+    assert!(put(&cache, "/r/f", V1, 3, &block(b'd', 4096)));
+    assert!(cache.usage().bytes <= cache.shared.limit, "over the bound: {:?}", cache.usage());
+    assert_eq!(get(&cache, "/r/f", V1, 1), None, "the least recently used went");
+    for i in [0, 2, 3] {
+        assert!(get(&cache, "/r/f", V1, i).is_some(), "block {i} stays");
+    }
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn a_block_larger_than_the_cache_is_not_kept_and_evicts_nothing() {
+    let (dir, cache) = cache_with_room(2 * 4096);
+    assert!(put(&cache, "/r/small", V1, 0, &block(b's', 100)));
+    assert!(!put(&cache, "/r/big", V1, 0, &block(b'b', 3 * 4096)));
+    assert!(get(&cache, "/r/small", V1, 0).is_some());
+    assert!(cache.usage().bytes <= cache.shared.limit);
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn a_file_twice_the_cache_streams_through_within_the_bound() {
+    let (dir, cache) = cache_with_room(8 * 4096);
+    for i in 0..16 {
+        assert!(put(&cache, "/r/big", V1, i, &block(i as u8, 4096)));
+        assert!(cache.usage().bytes <= cache.shared.limit, "over the bound after block {i}");
+    }
+    assert!(get(&cache, "/r/big", V1, 15).is_some(), "the last blocks stay");
+    assert_eq!(get(&cache, "/r/big", V1, 0), None, "the first ones went");
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn a_torn_or_changed_block_is_never_served() {
+    let (dir, cache) = cache_with_room(1 << 20);
+    put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
+    put(&cache, "/r/g", V1, 0, &block(b'b', 5000));
+    let (ids, _) = indexed(&cache);
+    let file = |id: u64| dir.path().join("blocks").join(format!("{:02x}", id % 256)).join(id.to_string());
+    // Cut short, as a power loss may leave it; and changed in place, same length.
+    std::fs::write(file(ids[0]), block(b'a', 100)).unwrap();
+    std::fs::write(file(ids[1]), block(b'x', 5000)).unwrap();
+    assert_eq!(get(&cache, "/r/f", V1, 0), None);
+    assert_eq!(get(&cache, "/r/g", V1, 0), None);
+    assert_eq!(indexed(&cache).0, Vec::<u64>::new(), "the entries went with them");
+    assert_eq!(cache.usage().files, 0);
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn a_replaced_block_leaves_no_file_behind() {
+    let (dir, cache) = cache_with_room(1 << 20);
+    put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
+    put(&cache, "/r/f", V1, 0, &block(b'b', 6000));
+    assert_eq!(get(&cache, "/r/f", V1, 0), Some(block(b'b', 6000)));
+    assert_eq!(cache.usage().files, 1);
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn forget_and_clear_remove_blocks_and_their_files() {
+    let (dir, cache) = cache_with_room(1 << 20);
+    put(&cache, "/r/f", V1, 0, &block(b'a', 10));
+    put(&cache, "/r/f", V2, 0, &block(b'b', 10));
+    put(&cache, "/r/g", V1, 0, &block(b'c', 10));
+    cache.forget("/r/f");
+    cache.flush();
+    assert_eq!(get(&cache, "/r/f", V1, 0), None);
+    assert_eq!(get(&cache, "/r/f", V2, 0), None);
+    assert!(get(&cache, "/r/g", V1, 0).is_some());
+    assert_consistent(dir.path(), &cache);
+    cache.clear();
+    assert_eq!(files_on_disk(dir.path()), Vec::<u64>::new());
+    assert_eq!(cache.usage().files, 0);
+}
+
+#[test]
+fn reopening_keeps_what_was_committed_and_clears_what_a_crash_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = OfflineCache::open(dir.path(), 1 << 20).unwrap();
+    put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
+    let next = cache.shared.next_id.load(Ordering::Relaxed);
+    drop(cache);
+    // What a crash leaves: a block written but never committed.
+    BlockFiles::open(dir.path()).unwrap().write_temp(next, b"never committed").unwrap();
+    let cache = OfflineCache::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(get(&cache, "/r/f", V1, 0), Some(block(b'a', 5000)));
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "tmp/ is emptied");
+    assert_consistent(dir.path(), &cache);
+    assert!(cache.shared.next_id.load(Ordering::Relaxed) >= next, "numbers are never handed out twice");
+}
+
+#[test]
+fn a_block_whose_file_is_gone_is_a_miss_and_its_entry_goes() {
+    let (dir, cache) = cache_with_room(1 << 20);
+    put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
+    let (ids, _) = indexed(&cache);
+    std::fs::remove_file(dir.path().join("blocks").join(format!("{:02x}", ids[0] % 256)).join(ids[0].to_string()))
+        .unwrap();
+    assert_eq!(get(&cache, "/r/f", V1, 0), None);
+    assert_consistent(dir.path(), &cache);
+}
+
+#[test]
+fn files_and_directories_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, cache) = cache_with_room(1 << 20);
+    put(&cache, "/r/f", V1, 0, b"secret");
+    let (ids, _) = indexed(&cache);
+    let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir.path().join("index.redb")), 0o600);
+    assert_eq!(mode(dir.path().join("blocks")), 0o700);
+    assert_eq!(mode(dir.path().join("tmp")), 0o700);
+    let f = dir.path().join("blocks").join(format!("{:02x}", ids[0] % 256)).join(ids[0].to_string());
+    assert_eq!(mode(f.parent().unwrap().to_path_buf()), 0o700);
+    assert_eq!(mode(f), 0o600);
+}
+
+#[test]
+fn each_destination_and_path_has_its_own_directory() {
+    let base = Path::new("/c");
+    let cases = [
+        ("alice@build:22", "/srv/src", "/c/alice@build:22:+srv+src"),
+        ("alice@build:22", "/srv/s c", "/c/alice@build:22:+srv+s%20c"),
+        ("alice@build:22", "/../x", "/c/alice@build:22:+..+x"),
+    ];
+    for (dest, root, want) in cases {
+        assert_eq!(dir_for(base, dest, root), PathBuf::from(want));
+    }
+    let long = dir_for(base, "h", &"/x".repeat(300));
+    assert!(long.file_name().unwrap().len() <= 200);
+    assert_ne!(long, dir_for(base, "h", &format!("{}y", "/x".repeat(300))), "a checksum tells long names apart");
+}
