@@ -80,3 +80,21 @@ async fn without_posix_rename_a_failed_rename_keeps_its_target() {
     let names = list_all(&fs, ROOT).await;
     assert!(!names.iter().any(|n| n.contains("aside")), "a moved-aside target was left: {names:?}");
 }
+
+#[tokio::test]
+async fn setattr_size_mode_times() {
+    let (remote, fs) = setup();
+    remote.put_file("/srv/f", b"hello world");
+    let f = fs.lookup(ROOT, "f").await.unwrap().ino;
+    let a = fs.setattr(f, None, AttrChange { size: Some(5), ..AttrChange::default() }).await.unwrap();
+    assert_eq!(a.size, 5);
+    assert_eq!(remote.file("/srv/f").unwrap(), b"hello");
+    let a = fs.setattr(f, None, AttrChange { mode: Some(0o100600), ..AttrChange::default() }).await.unwrap();
+    assert_eq!(a.mode, S_IFREG_TEST | 0o600);
+    let a = fs.setattr(f, None, AttrChange { mtime: Some(TimeSet::At(1234)), ..AttrChange::default() }).await.unwrap();
+    assert_eq!((a.atime, a.mtime), (0, 1234));
+    // A size change through an open handle goes to that handle.
+    let fh = fs.open(f, rw()).await.unwrap();
+    let a = fs.setattr(f, Some(fh), AttrChange { size: Some(2), ..AttrChange::default() }).await.unwrap();
+    assert_eq!(a.size, 2);
+}
