@@ -82,9 +82,7 @@ impl<R: Remote> ReadAhead<R> {
             let fetch = move |off: u64, len: u32| -> BoxFuture<'static, ChunkResult> {
                 let remote = remote.clone();
                 // Started now, not when first awaited: that is the point of reading ahead.
-                // Chunks take turns over the pool's connections.
-                let lane = (off / u64::from(len.max(1))) as usize;
-                let task = tasks.spawn(async move { read_fully(&*remote, &handle, lane, off, len).await });
+                let task = tasks.spawn(async move { read_fully(&*remote, &handle, off, len).await });
                 async move {
                     match task.await {
                         Ok(Some(r)) => r,
@@ -115,7 +113,7 @@ impl<R: Remote> ReadAhead<R> {
         let chunks = (0..size.div_ceil(io)).map(|i| {
             let off = offset + u64::from(i * io);
             let len = io.min(size - i * io);
-            read_fully(&*self.remote, &handle, 0, off, len)
+            read_fully(&*self.remote, &handle, off, len)
         });
         let parts = try_join_all(chunks).await?;
         if let [only] = &parts[..] {
@@ -145,16 +143,10 @@ fn checked(data: Bytes, asked: u32) -> ChunkResult {
     Ok(data)
 }
 
-/// Reads `len` bytes at `offset` on connection `lane` of the pool (0: the file's own),
-/// asking again after a short answer, stopping at end of file.
-pub(super) async fn read_fully<R: Remote>(
-    remote: &R,
-    handle: &Handle,
-    lane: usize,
-    offset: u64,
-    len: u32,
-) -> ChunkResult {
-    let first = checked(remote.read_lane(handle, lane, offset, len).await?, len)?;
+/// Reads `len` bytes at `offset`, asking again after a short answer, stopping at end of
+/// file.
+pub(super) async fn read_fully<R: Remote>(remote: &R, handle: &Handle, offset: u64, len: u32) -> ChunkResult {
+    let first = checked(remote.read(handle, offset, len).await?, len)?;
     if first.len() as u32 >= len || first.is_empty() {
         return Ok(first);
     }
@@ -162,7 +154,7 @@ pub(super) async fn read_fully<R: Remote>(
     buf.extend_from_slice(&first);
     while (buf.len() as u32) < len {
         let want = len - buf.len() as u32;
-        let got = checked(remote.read_lane(handle, lane, offset + buf.len() as u64, want).await?, want)?;
+        let got = checked(remote.read(handle, offset + buf.len() as u64, want).await?, want)?;
         if got.is_empty() {
             break;
         }

@@ -103,7 +103,7 @@ impl<R: Remote> SmallFiles<R> {
                 let asked = lock(&cache).snapshot();
                 let opts = OpenOptions { read: true, ..OpenOptions::default() };
                 let Ok(h) = remote.open(&path, opts).await else { return };
-                let data = read_fully(&*remote, &h, 0, 0, e.attr.size.max(1) as u32).await;
+                let data = read_fully(&*remote, &h, 0, e.attr.size.max(1) as u32).await;
                 let _ = remote.close(&h).await;
                 if let Ok(data) = data {
                     // Kept only if the mount changed nothing meanwhile.

@@ -393,36 +393,26 @@ impl FileQueue {
     async fn flush<R: Remote>(self: Arc<Self>, remote: Arc<R>) {
         let handle = self.handle;
         let mut in_flight = FuturesOrdered::new();
-        // What is out, oldest first, matching `in_flight`: lane and byte range.
-        let mut ranges: VecDeque<(usize, u64, u64)> = VecDeque::new();
-        let io = u64::from(remote.write_size().max(1));
+        // How many of the queue's oldest entries are out (`in_flight` holds their
+        // answers, oldest first). They all go to the file's one connection, which the
+        // server answers in order: overlapping writes land in the order they were queued.
+        let mut out = 0;
         let mut depth = remote.write_depth(&handle);
         loop {
             {
                 let mut s = self.lock();
-                while in_flight.len() < depth && ranges.len() < s.queue.len() {
-                    let p = &s.queue[ranges.len()];
-                    // Writes take turns over the pool's lanes, from the file's own; an
-                    // attribute change goes on the file's lane and covers everything.
-                    let (lane, start, end) = match p.set {
-                        Some(_) => (0, 0, u64::MAX),
-                        None => ((p.offset / io) as usize, p.offset, p.offset + p.data.len() as u64),
-                    };
-                    // One connection answers in order, but lanes may land in any order:
-                    // what overlaps something out on another lane waits for it.
-                    if ranges.iter().any(|r| r.0 != lane && r.1 < end && start < r.2) {
-                        break;
-                    }
+                while in_flight.len() < depth && out < s.queue.len() {
+                    let p = &s.queue[out];
                     let (off, data, set, remote) = (p.offset, p.data.clone(), p.set, remote.clone());
                     in_flight.push_back(async move {
                         match set {
                             Some(set) => remote.fsetstat(&handle, set).await,
-                            None => remote.write_lane(&handle, lane, off, data).await,
+                            None => remote.write(&handle, off, data).await,
                         }
                     });
-                    ranges.push_back((lane, start, end));
+                    out += 1;
                 }
-                s.wants_more = ranges.len() == s.queue.len() && in_flight.len() < depth;
+                s.wants_more = out == s.queue.len() && in_flight.len() < depth;
                 if in_flight.is_empty() {
                     s.flushing = false;
                     s.wants_more = false;
@@ -445,7 +435,7 @@ impl FileQueue {
                 Err(e) if e.is_link() || matches!(e, RemoteError::LinkFailed(_)) => {
                     // Drop what is still out; all of it is sent again, in order.
                     in_flight = FuturesOrdered::new();
-                    ranges.clear();
+                    out = 0;
                     self.changed.notify_waiters();
                     if let Err(e) = remote.wait_available().await {
                         self.give_up(e);
@@ -464,7 +454,7 @@ impl FileQueue {
                     self.done_front(Some(errno));
                 }
             }
-            ranges.pop_front();
+            out -= 1;
             self.changed.notify_waiters();
         }
     }

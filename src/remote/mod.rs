@@ -278,32 +278,6 @@ pub trait Remote: Send + Sync + 'static {
         DEEP_WRITES
     }
 
-    /// Like `read`, on connection `lane` of a pool (counted from the file's own
-    /// connection, which lane 0 is), so that one file's reads can run over several
-    /// connections at once.
-    fn read_lane(
-        &self,
-        handle: &Handle,
-        _lane: usize,
-        offset: u64,
-        len: u32,
-    ) -> impl Future<Output = Result<Bytes>> + Send {
-        self.read(handle, offset, len)
-    }
-
-    /// Like `write`, on connection `lane` of a pool (as for `read_lane`). Writes that
-    /// overlap must not be out on different lanes at once: their order would be lost.
-    /// Requests on lane 0 are ordered with the file's other requests (`fsetstat`).
-    fn write_lane(
-        &self,
-        handle: &Handle,
-        _lane: usize,
-        offset: u64,
-        data: Bytes,
-    ) -> impl Future<Output = Result<()>> + Send {
-        self.write(handle, offset, data)
-    }
-
     // Operations followed by a stat of what they made or changed. The SFTP remote sends
     // both requests at once (the server answers them in order), saving a round trip.
     // `Ok(None)`: the operation succeeded but the stat did not.

@@ -195,8 +195,7 @@ impl Remote for SftpRemote {
         depth_for(self.file_conn(handle).ok().and_then(|c| c.least_rtt()))
     }
 
-    // `read_lane` and `write_lane` are the trait's: every lane of a file is its own
-    // connection here (see `file_conn`).
+    // A file's reads and writes go to the connection it was opened on (`handle_on`).
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         let (_, c, h) = self.handle_on(handle).await?;
         match c.direct.read(&h, offset, len).await {
