@@ -185,6 +185,14 @@ impl<R: Remote> Fs<R> {
         self.files.get(fh).ok_or(Errno::EBADF)
     }
 
+    /// What the server answered `op` on `path`: its value, or the errno its failure means.
+    async fn answered<T>(&self, op: Op, path: &str, answer: crate::remote::Result<T>) -> FsResult<T> {
+        match answer {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.fail(op, e, path, None).await),
+        }
+    }
+
     /// The errno for a failure of `op` on `target` (see `errno::errno_for`).
     async fn fail(&self, op: Op, err: RemoteError, target: &str, source: Option<&str>) -> Errno {
         errno::errno_for(&*self.remote, op, err, target, source).await
@@ -240,10 +248,7 @@ impl<R: Remote> Fs<R> {
 
     pub async fn readlink(&self, ino: Ino) -> FsResult<String> {
         let path = self.path_of(ino)?;
-        match self.remote.readlink(&path).await {
-            Ok(t) => Ok(t),
-            Err(e) => Err(self.fail(Op::Readlink, e, &path, None).await),
-        }
+        self.answered(Op::Readlink, &path, self.remote.readlink(&path).await).await
     }
 
     /// Numbers a file just opened on the server as `handle`.
@@ -431,10 +436,7 @@ impl<R: Remote> Fs<R> {
             // to disk from here.
             return Ok(());
         }
-        match self.remote.fsync(&handle).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(Op::Fsync, e, &file.path, None).await),
-        }
+        self.answered(Op::Fsync, &file.path, self.remote.fsync(&handle).await).await
     }
 
     /// The last close. Queued writes still reach the server, after which the remote file
@@ -469,10 +471,8 @@ impl<R: Remote> Fs<R> {
             return Ok(Listing::cached(entries));
         }
         let asked = self.cache().snapshot();
-        match self.remote.list(path).await {
-            Ok(stream) => Ok(Listing::streaming(stream, asked)),
-            Err(e) => Err(self.fail(Op::Readdir, e, path, None).await),
-        }
+        let stream = self.answered(Op::Readdir, path, self.remote.list(path).await).await?;
+        Ok(Listing::streaming(stream, asked))
     }
 
     /// Entries from `offset` on; each comes with the offset of the one after it. The
@@ -537,10 +537,7 @@ impl<R: Remote> Fs<R> {
             return Ok(StatFs::unknown());
         }
         let root = self.path_of(ROOT)?;
-        match self.remote.statfs(&root).await {
-            Ok(s) => Ok(s),
-            Err(e) => Err(self.fail(Op::Statfs, e, &root, None).await),
-        }
+        self.answered(Op::Statfs, &root, self.remote.statfs(&root).await).await
     }
 }
 

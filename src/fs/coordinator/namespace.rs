@@ -47,10 +47,8 @@ impl<R: Remote> Fs<R> {
 
     /// Looks up what an operation just made.
     async fn created(&self, path: &str, op: Op) -> FsResult<Entry> {
-        match self.remote.lstat(path).await {
-            Ok(attr) => Ok(self.new_entry(path, attr)),
-            Err(e) => Err(self.fail(op, e, path, None).await),
-        }
+        let attr = self.answered(op, path, self.remote.lstat(path).await).await?;
+        Ok(self.new_entry(path, attr))
     }
 
     pub async fn unlink(&self, parent: Ino, name: &str) -> FsResult<()> {
