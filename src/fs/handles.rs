@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::inode::Ino;
 use super::listing::Listing;
+use super::meta::Ino;
 use super::read_ahead::Window;
 use super::write_behind::FileQueue;
 use crate::remote::{Attr, Bytes, FileKind, Handle};

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 
-use super::cache::MetaCache;
 use super::listing;
+use super::meta::Meta;
 use super::path::join;
 use super::tasks::Tasks;
 use crate::remote::{DirEntry, FileKind, Remote};
@@ -34,7 +34,7 @@ enum Ahead {
 pub(super) struct ListAhead<R: Remote> {
     remote: Arc<R>,
     tasks: Tasks,
-    cache: Arc<Mutex<MetaCache>>,
+    meta: Arc<Meta>,
     /// Background fetches out at once, shared with small-file fetching.
     slots: Arc<Semaphore>,
     enabled: bool,
@@ -52,12 +52,12 @@ impl<R: Remote> ListAhead<R> {
     pub(super) fn new(
         remote: Arc<R>,
         tasks: Tasks,
-        cache: Arc<Mutex<MetaCache>>,
+        meta: Arc<Meta>,
         slots: Arc<Semaphore>,
         enabled: bool,
         timeout: Duration,
     ) -> Self {
-        ListAhead { remote, tasks, cache, slots, enabled, waiting: Arc::default(), underway: Arc::default(), timeout }
+        ListAhead { remote, tasks, meta, slots, enabled, waiting: Arc::default(), underway: Arc::default(), timeout }
     }
 
     /// Waits for `dir` if it is being listed ahead right now; the caller then looks in
@@ -92,17 +92,21 @@ impl<R: Remote> ListAhead<R> {
     /// Lists, in the background, the subdirectories in `list` (the listing of `dir`)
     /// that the cache does not hold, within the budget.
     pub(super) fn subdirs_of(&self, dir: &str, list: &[DirEntry]) {
-        if !self.enabled || !lock(&self.cache).enabled() || self.waiting_entries() >= AHEAD_ENTRIES {
+        if !self.enabled || !self.meta.enabled() || self.waiting_entries() >= AHEAD_ENTRIES {
             return;
         }
+        let unlisted: Vec<String> = list
+            .iter()
+            .filter(|e| e.attr.kind() == FileKind::Dir)
+            .map(|e| join(dir, &e.name))
+            .filter(|p| !self.meta.has_listing(p))
+            .collect();
         let subdirs: Vec<String> = {
-            let cache = lock(&self.cache);
             let waiting = lock(&self.waiting);
             let mut underway = lock(&self.underway);
             let mut subdirs = Vec::new();
-            for e in list.iter().filter(|e| e.attr.kind() == FileKind::Dir) {
-                let p = join(dir, &e.name);
-                if !cache.has_listing(&p) && !waiting.contains_key(&p) && !underway.contains_key(&p) {
+            for p in unlisted {
+                if !waiting.contains_key(&p) && !underway.contains_key(&p) {
                     underway.insert(p.clone(), Ahead::Queued);
                     subdirs.push(p);
                 }
@@ -110,9 +114,9 @@ impl<R: Remote> ListAhead<R> {
             subdirs
         };
         for sub in subdirs {
-            let (remote, cache, slots, waiting, underway) = (
+            let (remote, meta, slots, waiting, underway) = (
                 self.remote.clone(),
-                self.cache.clone(),
+                self.meta.clone(),
                 self.slots.clone(),
                 self.waiting.clone(),
                 self.underway.clone(),
@@ -121,9 +125,9 @@ impl<R: Remote> ListAhead<R> {
                 let Ok(_slot) = slots.acquire_owned().await else { return };
                 let (_done, rx) = watch::channel(());
                 {
-                    // The cache's lock is never taken while holding the listing's: that
-                    // order, reversed in `subdirs_of`, would deadlock.
-                    let listed = lock(&cache).has_listing(&sub);
+                    // Asked before taking `underway`: the metadata owner's locks are never
+                    // taken while holding it.
+                    let listed = meta.has_listing(&sub);
                     let mut underway = lock(&underway);
                     match underway.get(&sub) {
                         Some(Ahead::Queued) if !listed => {
@@ -137,9 +141,9 @@ impl<R: Remote> ListAhead<R> {
                         _ => return,
                     }
                 }
-                let asked = lock(&cache).snapshot();
+                let asked = meta.snapshot();
                 if let Ok(Some(l)) = listing::whole(&*remote, &sub, AHEAD_PER_DIR).await {
-                    lock(&cache).put_listing(&sub, &l, asked);
+                    meta.remember_listing(&sub, &l, asked);
                     lock(&waiting).insert(sub.clone(), (l.len(), Instant::now()));
                 }
                 lock(&underway).remove(&sub);

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::cache::Snapshot;
+use super::meta::Snapshot;
 use crate::remote::{DirEntry, DirStream, Remote, RemoteError};
 
 /// Entries in a listing that is still cached whole once complete.
@@ -29,7 +29,7 @@ pub(super) struct Listing {
     source: Source,
     /// Every entry so far, while few enough to cache; `None` once there were more.
     collected: Option<Vec<DirEntry>>,
-    /// Where things stood when the listing was asked for (see `cache::Snapshot`).
+    /// Where things stood when the listing was asked for (see `meta::Snapshot`).
     asked: Option<Snapshot>,
 }
 
@@ -203,7 +203,7 @@ mod tests {
     }
 
     fn snapshot() -> Snapshot {
-        Snapshot { generation: 0, acks: 0 }
+        super::super::meta::Meta::new("/", std::time::Duration::ZERO).snapshot()
     }
 
     #[tokio::test]

@@ -4,15 +4,14 @@
 //! ahead, retries of lost answers; `coordinator` coordinates them.
 
 mod buffers;
-mod cache;
 mod coordinator;
 mod errno;
 mod fuse;
 mod handles;
-mod inode;
 mod interrupt;
 mod list_ahead;
 mod listing;
+mod meta;
 mod owners;
 mod path;
 mod read_ahead;

@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use futures_util::future::{try_join_all, BoxFuture, FutureExt, Shared};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::inode::Ino;
+use super::meta::Ino;
 use super::tasks::Tasks;
 use crate::remote::{Bytes, Handle, Remote, RemoteError};
 use crate::sync::lock;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use super::cache::MetaCache;
+use super::meta::Meta;
 use super::path::{join, parent_and_name};
 use super::read_ahead::read_fully;
 use super::tasks::Tasks;
@@ -31,21 +31,15 @@ const MAX_FILES_PER_DIR: usize = 512;
 pub(super) struct SmallFiles<R: Remote> {
     remote: Arc<R>,
     tasks: Tasks,
-    cache: Arc<Mutex<MetaCache>>,
+    meta: Arc<Meta>,
     /// Background fetches out at once, shared with listing ahead.
     slots: Arc<Semaphore>,
     contents: Arc<Mutex<Contents>>,
 }
 
 impl<R: Remote> SmallFiles<R> {
-    pub(super) fn new(
-        remote: Arc<R>,
-        tasks: Tasks,
-        cache: Arc<Mutex<MetaCache>>,
-        slots: Arc<Semaphore>,
-        timeout: Duration,
-    ) -> Self {
-        SmallFiles { remote, tasks, cache, slots, contents: Arc::new(Mutex::new(Contents::new(timeout))) }
+    pub(super) fn new(remote: Arc<R>, tasks: Tasks, meta: Arc<Meta>, slots: Arc<Semaphore>, timeout: Duration) -> Self {
+        SmallFiles { remote, tasks, meta, slots, contents: Arc::new(Mutex::new(Contents::new(timeout))) }
     }
 
     /// The mount changed `path`: what was fetched of it is no longer true.
@@ -62,7 +56,7 @@ impl<R: Remote> SmallFiles<R> {
     /// Counts the open, and fetches the directory's other small files once a program
     /// is seen going through them.
     pub(super) fn open(&self, path: &str) -> Option<Bytes> {
-        let attr = lock(&self.cache).attr(path)?;
+        let attr = self.meta.attr(path)?;
         if attr.kind() != FileKind::File || attr.size > SMALL {
             return None;
         }
@@ -80,7 +74,7 @@ impl<R: Remote> SmallFiles<R> {
     /// Fetches the small files of `dir` (as the cached listing has them, after `from`)
     /// a few at a time in the background.
     fn fetch_dir(&self, dir: &str, from: &str) {
-        let Some(listing) = lock(&self.cache).listing(dir) else { return };
+        let Some(listing) = self.meta.listing(dir) else { return };
         let (_, from_name) = parent_and_name(from);
         let mut names: Vec<_> = listing
             .into_iter()
@@ -96,18 +90,18 @@ impl<R: Remote> SmallFiles<R> {
             if lock(&self.contents).contains(&path) {
                 continue;
             }
-            let (remote, contents, cache, slots) =
-                (self.remote.clone(), self.contents.clone(), self.cache.clone(), self.slots.clone());
+            let (remote, contents, meta, slots) =
+                (self.remote.clone(), self.contents.clone(), self.meta.clone(), self.slots.clone());
             self.tasks.spawn(async move {
                 let Ok(_slot) = slots.acquire_owned().await else { return };
-                let asked = lock(&cache).snapshot();
+                let asked = meta.snapshot();
                 let opts = OpenOptions { read: true, ..OpenOptions::default() };
                 let Ok(h) = remote.open(&path, opts).await else { return };
                 let data = read_fully(&*remote, &h, 0, e.attr.size.max(1) as u32).await;
                 let _ = remote.close(&h).await;
                 if let Ok(data) = data {
                     // Kept only if the mount changed nothing meanwhile.
-                    if lock(&cache).unchanged_since(asked) {
+                    if meta.unchanged_since(asked) {
                         lock(&contents).put(&path, e.attr, data);
                     }
                 }

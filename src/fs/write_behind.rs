@@ -9,7 +9,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -17,7 +16,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::errno::{self, Errno, Op};
-use super::inode::Ino;
+use super::meta::{Ino, Landings};
 use super::tasks::Tasks;
 use crate::remote::{close_quietly, Handle, Remote, RemoteError, SetAttr};
 use crate::sync::lock;
@@ -30,8 +29,8 @@ pub(super) struct WriteBehind<R: Remote> {
     /// Permits of one KiB of dirty (queued, unacknowledged) data, for the whole mount.
     dirty: Arc<Semaphore>,
     /// Counts every write the server acknowledged, mount-wide: what the server said of
-    /// a file while a write to it was landing may predate it (see `cache::Snapshot`).
-    acks: Arc<AtomicU64>,
+    /// a file while a write to it was landing may predate it (see `meta::Snapshot`).
+    landings: Landings,
     /// Written data given up for good, by file: for the mount's status.
     lost: Lost,
 }
@@ -44,13 +43,13 @@ fn kib(n: usize) -> u32 {
 }
 
 impl<R: Remote> WriteBehind<R> {
-    pub(super) fn new(remote: Arc<R>, tasks: Tasks, dirty_limit: usize, acks: Arc<AtomicU64>) -> Self {
+    pub(super) fn new(remote: Arc<R>, tasks: Tasks, dirty_limit: usize, landings: Landings) -> Self {
         WriteBehind {
             remote,
             tasks,
             queues: Arc::default(),
             dirty: Arc::new(Semaphore::new(kib(dirty_limit) as usize)),
-            acks,
+            landings,
             lost: Lost::default(),
         }
     }
@@ -72,7 +71,8 @@ impl<R: Remote> WriteBehind<R> {
 
     /// The queue of a file just opened for writing on the server as `handle`.
     pub(super) fn open(&self, ino: Ino, handle: Handle, path: &str) -> Arc<FileQueue> {
-        let queue = Arc::new(FileQueue { lost: self.lost.clone(), ..FileQueue::new(self.acks.clone(), handle, path) });
+        let queue =
+            Arc::new(FileQueue { lost: self.lost.clone(), ..FileQueue::new(self.landings.clone(), handle, path) });
         lock(&self.queues).entry(ino).or_default().push(queue.clone());
         queue
     }
@@ -280,13 +280,13 @@ pub(super) struct FileQueue {
     /// Something was queued: the flusher sends it without waiting for an answer first.
     pushed: Notify,
     /// The mount's count of acknowledged writes.
-    acks: Arc<AtomicU64>,
+    landings: Landings,
     /// Where data given up for good is recorded.
     lost: Lost,
 }
 
 impl FileQueue {
-    fn new(acks: Arc<AtomicU64>, handle: Handle, path: &str) -> FileQueue {
+    fn new(landings: Landings, handle: Handle, path: &str) -> FileQueue {
         FileQueue {
             lost: Lost::default(),
             handle,
@@ -294,7 +294,7 @@ impl FileQueue {
             state: Mutex::default(),
             changed: Notify::new(),
             pushed: Notify::new(),
-            acks,
+            landings,
         }
     }
 
@@ -463,7 +463,7 @@ impl FileQueue {
     fn done_front(&self, error: Option<Errno>) {
         let mut s = self.lock();
         s.queue.pop_front();
-        self.acks.fetch_add(1, Ordering::SeqCst);
+        self.landings.landed();
         if let Some(e) = error {
             s.error.get_or_insert(e);
         }
@@ -504,7 +504,7 @@ mod tests {
     async fn writes_land_in_order_and_drain() {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
-        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
+        let wb = Arc::new(FileQueue::new(Landings::default(), h, "/f"));
         for i in 0..100u64 {
             let start = wb.push(i * 10, Bytes::from(vec![i as u8; 10]), None);
             if start {
@@ -529,7 +529,7 @@ mod tests {
     async fn what_is_queued_while_a_write_is_out_goes_out_at_once() {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
-        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
+        let wb = Arc::new(FileQueue::new(Landings::default(), h, "/f"));
         remote.writes.hold();
         assert!(wb.push(0, Bytes::from_static(b"data"), None));
         tokio::spawn(wb.clone().flush(remote.clone()));
@@ -549,7 +549,7 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         remote.go_down();
-        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
+        let wb = Arc::new(FileQueue::new(Landings::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"kept".to_vec()), None));
         tokio::spawn(wb.clone().flush(remote.clone()));
         // Nothing can land while down, and nothing is dropped.
@@ -566,7 +566,7 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         remote.close(&h).await.unwrap(); // the server no longer knows the handle
-        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
+        let wb = Arc::new(FileQueue::new(Landings::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
         tokio::spawn(wb.clone().flush(remote.clone()));
         let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();
@@ -579,7 +579,7 @@ mod tests {
         let remote = Arc::new(FakeRemote::new());
         let h = open(&remote).await;
         remote.fail_for_good();
-        let wb = Arc::new(FileQueue::new(Arc::default(), h, "/f"));
+        let wb = Arc::new(FileQueue::new(Landings::default(), h, "/f"));
         assert!(wb.push(0, Bytes::from(b"x".to_vec()), None));
         tokio::spawn(wb.clone().flush(remote.clone()));
         let r = tokio::time::timeout(Duration::from_secs(5), wb.drained()).await.unwrap();

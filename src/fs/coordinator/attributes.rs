@@ -7,14 +7,14 @@ use super::*;
 impl<R: Remote> Fs<R> {
     pub async fn getattr(&self, ino: Ino) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
-        let cached = self.cache().attr(&path);
+        let cached = self.meta.attr(&path);
         let mut attr = match cached {
             Some(a) => a,
             None => {
-                let asked = self.cache().snapshot();
+                let asked = self.meta.snapshot();
                 let a =
                     self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
-                self.cache().put_attr(&path, a, asked);
+                self.meta.remember_attr(&path, a, asked);
                 a
             }
         };
@@ -38,7 +38,7 @@ impl<R: Remote> Fs<R> {
     pub async fn setattr(&self, ino: Ino, fh: Option<u64>, change: AttrChange) -> FsResult<Attr> {
         self.may_change()?;
         let path = self.path_of(ino)?;
-        if self.inodes().kind(ino) == Some(FileKind::Symlink) {
+        if self.meta.kind(ino) == Some(FileKind::Symlink) {
             return self.setattr_link(&path, change).await;
         }
         if change.size.is_some() {
@@ -78,15 +78,15 @@ impl<R: Remote> Fs<R> {
                     // Writes out on other connections may land after the stat.
                     attr.size = attr.size.max(known).max(self.write_behind.queued_end(ino));
                 }
-                self.cache().set(&path, attr);
+                self.meta.changed(&path, attr);
                 Ok(attr)
             }
             Ok(None) => {
-                self.cache().forget(&path);
+                self.meta.unsure(&path);
                 self.getattr(ino).await
             }
             Err(e) => {
-                self.cache().forget(&path);
+                self.meta.unsure(&path);
                 Err(self.fail(op, e, &path, None).await)
             }
         }
@@ -114,13 +114,13 @@ impl<R: Remote> Fs<R> {
             set.times = Some(self.times_for(path, change).await?);
         }
         let op = if set.uid.is_some() || set.gid.is_some() { Op::Chown } else { Op::Setattr };
-        self.cache().forget(path);
+        self.meta.unsure(path);
         if let Err(e) = self.remote.lsetstat(path, set).await {
             return Err(self.fail(op, e, path, None).await);
         }
         match self.remote.lstat(path).await {
             Ok(attr) => {
-                self.cache().set(path, attr);
+                self.meta.changed(path, attr);
                 Ok(attr)
             }
             Err(e) => Err(self.fail(Op::Getattr, e, path, None).await),
@@ -130,14 +130,14 @@ impl<R: Remote> Fs<R> {
     /// SFTP sets both times at once: the one not being changed is kept (known, or asked
     /// for only when needed).
     async fn times_for(&self, path: &str, change: AttrChange) -> FsResult<(u32, u32)> {
-        let cached = self.cache().attr(path);
+        let cached = self.meta.attr(path);
         let cur = match cached {
             Some(a) => a,
             None if change.atime.is_some() && change.mtime.is_some() => Attr::default(),
             None => self.remote.lstat(path).await.map_err(|e| errno::direct(Op::Setattr, &e).unwrap_or(Errno::EIO))?,
         };
         let pick = |t: Option<TimeSet>, keep: u32| match t {
-            Some(TimeSet::Now) => super::super::cache::sftp_now(),
+            Some(TimeSet::Now) => super::super::meta::sftp_now(),
             Some(TimeSet::At(s)) => s,
             None => keep,
         };
@@ -170,7 +170,7 @@ impl<R: Remote> Fs<R> {
             }
         };
         let queue = file.queue()?;
-        let mut attr = self.cache().attr(path)?;
+        let mut attr = self.meta.attr(path)?;
         let owner_change = set.uid.is_some() || set.gid.is_some();
         if login != 0 && (owner_change || attr.uid != login) {
             return None;
@@ -189,7 +189,7 @@ impl<R: Remote> Fs<R> {
             SetAttr { uid: set.uid.or(set.gid.map(|_| attr.uid)), gid: set.gid.or(set.uid.map(|_| attr.gid)), ..set };
         self.write_behind.queue_setattr(queue, set);
         attr.size = attr.size.max(self.write_behind.queued_end(ino));
-        self.cache().set(path, attr);
+        self.meta.changed(path, attr);
         Some(attr)
     }
 }

@@ -1,21 +1,20 @@
 //! The filesystem core: POSIX operations on inode numbers and handles, served by a
 //! [`Remote`]. It knows nothing of the kernel (see `fuse.rs`) or of SSH (see `remote`).
-//! `Fs` keeps the inode table, the metadata cache and the open handles, and coordinates
-//! the owners of each concern (write-behind, read-ahead, small files,
-//! listing ahead, retries), each of which holds its own state and background tasks.
+//! `Fs` keeps the open handles and coordinates the owners of each concern (metadata,
+//! write-behind, read-ahead, small files, listing ahead, retries), each of which holds
+//! its own state and background tasks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::cache::{Known, MetaCache};
 use super::errno::{self, Errno, Op};
 use super::handles::{DirItem, FileState, Handles, OpenDir, OpenFile};
-use super::inode::{Ino, Inodes, ROOT};
 use super::list_ahead::ListAhead;
 use super::listing::Listing;
+use super::meta::{Ino, Known, Meta, ROOT};
 use super::path::{check_name, join, parent, parent_and_name};
 use super::read_ahead::ReadAhead;
 use super::retries::{Attempt, Retries};
@@ -25,7 +24,6 @@ use super::write_behind::WriteBehind;
 use crate::remote::{
     close_quietly, Attr, Bytes, DirEntry, FileKind, Handle, OpenOptions, Remote, RemoteError, SetAttr, StatFs,
 };
-use crate::sync::lock;
 
 mod attributes;
 mod namespace;
@@ -39,8 +37,7 @@ const BACKGROUND_FETCHES: usize = 8;
 pub struct Fs<R: Remote> {
     remote: Arc<R>,
     tasks: Tasks,
-    inodes: Mutex<Inodes>,
-    cache: Arc<Mutex<MetaCache>>,
+    meta: Arc<Meta>,
     files: Handles<OpenFile>,
     dirs: Handles<OpenDir>,
     write_behind: WriteBehind<R>,
@@ -58,36 +55,34 @@ pub struct Fs<R: Remote> {
 impl<R: Remote> Fs<R> {
     pub fn new(remote: Arc<R>, root: &str, opts: FsOptions) -> Fs<R> {
         let tasks = Tasks::default();
-        let acks = Arc::new(AtomicU64::new(0));
-        let cache = Arc::new(Mutex::new(MetaCache::new(opts.cache_timeout, acks.clone())));
+        let meta = Arc::new(Meta::new(root, opts.cache_timeout));
         let slots = Arc::new(Semaphore::new(BACKGROUND_FETCHES));
         Fs {
-            write_behind: WriteBehind::new(remote.clone(), tasks.clone(), opts.dirty_limit, acks),
+            write_behind: WriteBehind::new(remote.clone(), tasks.clone(), opts.dirty_limit, meta.landings()),
             read_ahead: ReadAhead::new(remote.clone(), tasks.clone(), opts.read_ahead),
             small_files: SmallFiles::new(
                 remote.clone(),
                 tasks.clone(),
-                cache.clone(),
+                meta.clone(),
                 slots.clone(),
                 opts.cache_timeout,
             ),
             list_ahead: ListAhead::new(
                 remote.clone(),
                 tasks.clone(),
-                cache.clone(),
+                meta.clone(),
                 slots,
                 opts.list_ahead,
                 opts.cache_timeout,
             ),
             retries: Retries::default(),
-            inodes: Mutex::new(Inodes::new(root)),
             files: Handles::default(),
             dirs: Handles::default(),
             bytes_read: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             login_uid: opts.login_uid,
             read_only: opts.read_only,
-            cache,
+            meta,
             tasks,
             remote,
         }
@@ -142,14 +137,6 @@ impl<R: Remote> Fs<R> {
         self.files.len() + self.dirs.len()
     }
 
-    fn inodes(&self) -> MutexGuard<'_, Inodes> {
-        lock(&self.inodes)
-    }
-
-    fn cache(&self) -> MutexGuard<'_, MetaCache> {
-        lock(&self.cache)
-    }
-
     /// Refuses a change on a read-only mount, before anything reaches the server. The
     /// kernel refuses most itself (the mount is `ro`); this holds whatever gets through.
     fn may_change(&self) -> FsResult<()> {
@@ -160,25 +147,23 @@ impl<R: Remote> Fs<R> {
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {
-        self.inodes().path(ino).map(str::to_string).ok_or(Errno::ENOENT)
+        self.meta.path(ino).ok_or(Errno::ENOENT)
     }
 
     fn child_of(&self, parent: Ino, name: &str) -> FsResult<String> {
         check_name(name)?;
-        self.inodes().child_path(parent, name).ok_or(Errno::ENOENT)
+        self.meta.child(parent, name).ok_or(Errno::ENOENT)
     }
 
     fn entry(&self, path: &str, attr: Attr) -> Entry {
-        let ino = self.inodes().intern(path, attr.kind(), true);
-        Entry { ino, attr }
+        Entry { ino: self.meta.held(path, attr.kind()), attr }
     }
 
     /// The entry for what an operation just made at `path`, which was free on the server:
     /// a number the mount still had there (a rename whose answer was lost, another
     /// client's removal) belongs to another file, and so do its queued writes.
     fn new_entry(&self, path: &str, attr: Attr) -> Entry {
-        self.inodes().remove_path(path);
-        self.entry(path, attr)
+        Entry { ino: self.meta.held_new(path, attr.kind()), attr }
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -212,17 +197,17 @@ impl<R: Remote> Fs<R> {
     pub async fn lookup(&self, parent: Ino, name: &str) -> FsResult<Entry> {
         let path = self.child_of(parent, name)?;
         let (dir, _) = parent_and_name(&path);
-        match self.cache().lookup(dir, name) {
+        match self.meta.lookup(dir, name) {
             Known::Exists(attr) => return Ok(self.entry(&path, attr)),
             Known::Absent => return Err(Errno::ENOENT),
             Known::Unknown => {}
         }
-        let asked = self.cache().snapshot();
+        let asked = self.meta.snapshot();
         // Writes out now may land after the server answers, on another connection.
-        let known = self.inodes().lookup_path(&path).map_or(0, |ino| self.write_behind.queued_end(ino));
+        let known = self.meta.ino_of(&path).map_or(0, |ino| self.write_behind.queued_end(ino));
         match self.remote.lstat(&path).await {
             Ok(attr) => {
-                self.cache().put_attr(&path, attr, asked);
+                self.meta.remember_attr(&path, attr, asked);
                 let mut e = self.entry(&path, attr);
                 // Writes still on their way make the file longer than the server says.
                 e.attr.size = e.attr.size.max(known).max(self.write_behind.queued_end(e.ino));
@@ -235,8 +220,7 @@ impl<R: Remote> Fs<R> {
     /// The kernel dropped `n` references to `ino`: once it holds none, the number goes,
     /// unless writes to it are still on their way.
     pub fn forget(&self, ino: Ino, n: u64) {
-        self.inodes().forget(ino, n, |ino| self.in_use(ino));
-        if self.inodes().path(ino).is_none() {
+        if self.meta.forget(ino, n, |ino| self.in_use(ino)) {
             self.read_ahead.forget(ino);
         }
     }
@@ -256,7 +240,7 @@ impl<R: Remote> Fs<R> {
         let state = if writable {
             FileState::Writing { handle, queue: self.write_behind.open(ino, handle, &path) }
         } else {
-            let size_hint = self.cache().attr(&path).map_or(u64::MAX, |a| a.size);
+            let size_hint = self.meta.attr(&path).map_or(u64::MAX, |a| a.size);
             FileState::Reading { handle, window: self.read_ahead.window(), size_hint }
         };
         self.files.insert(OpenFile { ino, path, state })
@@ -278,7 +262,7 @@ impl<R: Remote> Fs<R> {
             ..OpenOptions::default()
         };
         if flags.truncate || flags.write {
-            self.cache().forget(&path);
+            self.meta.unsure(&path);
             self.forget_content(&path);
         }
         if !flags.write {
@@ -293,7 +277,7 @@ impl<R: Remote> Fs<R> {
                 // client removed it). ESTALE makes the kernel look the name up once more,
                 // which now asks the server: `open(O_CREAT)` then creates the file instead
                 // of failing.
-                self.cache().forget_name(&path);
+                self.meta.unsure_of_name(&path);
                 self.forget_content(&path);
                 Err(Errno::ESTALE)
             }
@@ -354,7 +338,7 @@ impl<R: Remote> Fs<R> {
                 }
             },
         };
-        self.cache().added(&path, entry.attr);
+        self.meta.created(&path, entry.attr);
         let fh = self.register(entry.ino, handle, path, true);
         Ok((entry, fh))
     }
@@ -403,8 +387,7 @@ impl<R: Remote> Fs<R> {
         self.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
         // Where the file is now: renamed since it was opened, the name it had may be
         // another file's.
-        if let Some(path) = self.inodes().path(file.ino).map(str::to_string) {
-            self.cache().grew(&path, offset + len as u64);
+        if let Some(path) = self.meta.grew(file.ino, offset + len as u64) {
             self.forget_content(&path);
         }
         self.read_ahead.note_write(file.ino);
@@ -457,7 +440,7 @@ impl<R: Remote> Fs<R> {
     pub async fn opendir(&self, ino: Ino) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let listing = self.start_listing(&path).await?;
-        let parent = if ino == ROOT { ROOT } else { self.inodes().intern(parent(&path), FileKind::Dir, false) };
+        let parent = if ino == ROOT { ROOT } else { self.meta.numbered(parent(&path), FileKind::Dir) };
         self.list_ahead.entered(&path);
         Ok(self.dirs.insert(OpenDir { ino, parent, path, listing: tokio::sync::Mutex::new(listing) }))
     }
@@ -465,12 +448,12 @@ impl<R: Remote> Fs<R> {
     /// The listing of `path`, from the cache or streaming from the server.
     async fn start_listing(&self, path: &str) -> FsResult<Listing> {
         self.list_ahead.joined(path).await;
-        let cached = self.cache().listing(path);
+        let cached = self.meta.listing(path);
         if let Some(entries) = cached {
             self.list_ahead.subdirs_of(path, &entries);
             return Ok(Listing::cached(entries));
         }
-        let asked = self.cache().snapshot();
+        let asked = self.meta.snapshot();
         let stream = self.answered(Op::Readdir, path, self.remote.list(path).await).await?;
         Ok(Listing::streaming(stream, asked))
     }
@@ -494,7 +477,7 @@ impl<R: Remote> Fs<R> {
         let asked = listing.asked();
         let complete = |all: Vec<DirEntry>| {
             if let Some(asked) = asked {
-                self.cache().put_listing(&dir.path, &all, asked);
+                self.meta.remember_listing(&dir.path, &all, asked);
                 self.list_ahead.subdirs_of(&dir.path, &all);
             }
         };
@@ -502,13 +485,10 @@ impl<R: Remote> Fs<R> {
             Ok(entries) => entries,
             Err(e) => return Err(self.fail(Op::Readdir, e, &dir.path, None).await),
         };
-        let mut inodes = self.inodes();
-        if inodes.crowded() {
-            inodes.sweep(|ino| self.in_use(ino));
-        }
-        for (pos, e) in entries {
+        let names = entries.iter().map(|(_, e)| (e.name.as_str(), e.attr.kind()));
+        let numbers = self.meta.numbered_entries(&dir.path, names, |ino| self.in_use(ino));
+        for ((pos, e), child) in entries.into_iter().zip(numbers) {
             let kind = e.attr.kind();
-            let child = inodes.intern(&join(&dir.path, &e.name), kind, false);
             let mut attr = e.attr;
             attr.size = attr.size.max(self.write_behind.queued_end(child));
             out.push((pos as u64 + 1, DirItem { ino: child, kind, name: e.name, attr: Some(attr) }));
@@ -519,10 +499,7 @@ impl<R: Remote> Fs<R> {
     /// The kernel keeps an entry from readdirplus as a lookup reference.
     pub fn count_lookup(&self, item: &DirItem) {
         if item.attr.is_some() {
-            let mut inodes = self.inodes();
-            if let Some(p) = inodes.path(item.ino).map(str::to_string) {
-                inodes.intern(&p, item.kind, true);
-            }
+            self.meta.count_lookup(item.ino, item.kind);
         }
     }
 
@@ -545,7 +522,7 @@ impl<R: Remote> Fs<R> {
 #[cfg(test)]
 impl<R: Remote> Fs<R> {
     pub(super) fn has_listing(&self, dir: &str) -> bool {
-        self.cache().has_listing(dir)
+        self.meta.has_listing(dir)
     }
 
     pub(super) fn background_tasks(&self) -> usize {

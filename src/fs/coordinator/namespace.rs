@@ -31,8 +31,8 @@ impl<R: Remote> Fs<R> {
         let e = self.made(&path, attr, Op::Mkdir).await?;
         match attr {
             // Made just now by us: known to be empty.
-            Some(a) => self.cache().new_dir(&path, a),
-            None => self.cache().added(&path, e.attr),
+            Some(a) => self.meta.made_dir(&path, a),
+            None => self.meta.created(&path, e.attr),
         }
         Ok(e)
     }
@@ -60,11 +60,10 @@ impl<R: Remote> Fs<R> {
         self.forget_content(&path);
         if concluded.is_err() {
             // Refused, or unknown: the file may well still be there.
-            self.cache().forget(&path);
+            self.meta.unsure(&path);
             return concluded;
         }
-        self.cache().remove(&path);
-        self.inodes().remove_path(&path);
+        self.meta.removed(&path);
         Ok(())
     }
 
@@ -74,10 +73,9 @@ impl<R: Remote> Fs<R> {
         let res = self.remote.rmdir(&path).await;
         let attempt = Attempt::new(Op::Rmdir, &path);
         let concluded = self.conclude(attempt, res).await;
-        self.cache().forget(&path);
+        self.meta.unsure(&path);
         concluded?;
-        self.cache().remove(&path);
-        self.inodes().remove_path(&path);
+        self.meta.removed(&path);
         Ok(())
     }
 
@@ -88,7 +86,7 @@ impl<R: Remote> Fs<R> {
         let attempt = Attempt::new(Op::Symlink, &path).pointing_to(target);
         self.conclude(attempt, res).await?;
         let e = self.made(&path, attr, Op::Symlink).await?;
-        self.cache().added(&path, e.attr);
+        self.meta.created(&path, e.attr);
         Ok(e)
     }
 
@@ -112,12 +110,11 @@ impl<R: Remote> Fs<R> {
         let concluded = self.conclude(attempt, res).await;
         if concluded.is_err() {
             // Whatever happened, what the cache knew of both names may be wrong now.
-            self.cache().forget(&from);
-            self.cache().forget(&to);
+            self.meta.unsure(&from);
+            self.meta.unsure(&to);
             return concluded;
         }
-        self.cache().rename(&from, &to);
-        self.inodes().rename(&from, &to);
+        self.meta.renamed(&from, &to);
         self.write_behind.renamed(&from, &to);
         Ok(())
     }
@@ -169,8 +166,8 @@ impl<R: Remote> Fs<R> {
         let attempt = Attempt::new(Op::Link, &path).of(&existing);
         self.conclude(attempt, res).await?;
         let e = self.created(&path, Op::Link).await?;
-        self.cache().added(&path, e.attr);
-        self.cache().forget(&existing);
+        self.meta.created(&path, e.attr);
+        self.meta.unsure(&existing);
         Ok(e)
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::super::errno::Errno;
-use super::super::inode::Ino;
+use super::super::meta::Ino;
 use super::super::read_ahead::MAX_WINDOW;
 use crate::remote::Attr;
 

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::path::{join, strip_subtree};
+use super::super::path::{join, strip_subtree};
 use crate::remote::FileKind;
 
 pub type Ino = u64;

@@ -1,29 +1,17 @@
-//! What the mount knows about remote metadata: attributes and complete directory
-//! listings, each trusted for `--cache-timeout` and kept true through the mount's own
-//! changes. A fresh listing also answers "no such file" without asking the server.
-//! An answer is kept only if nothing changed while it was on its way (`Snapshot`).
+//! Attributes and complete directory listings, each trusted for `--cache-timeout` and
+//! kept true through the mount's own changes. A fresh listing also answers "no such
+//! file" without asking the server. Whether an answer may be kept at all is `Meta`'s
+//! call (its `Snapshot`); `generation` counts the changes it needs for that.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::path::{join, parent_and_name, strip_subtree};
+use super::super::path::{join, parent_and_name, strip_subtree};
 use crate::remote::{Attr, DirEntry};
 
 /// The time now, in the seconds SFTP carries (32 bits).
-pub(super) fn sftp_now() -> u32 {
+pub(in crate::fs) fn sftp_now() -> u32 {
     u32::try_from(crate::timestamp::unix_secs()).unwrap_or(u32::MAX)
-}
-
-/// Where things stood when a question went to the server. Its answer may be cached only
-/// if the mount changed nothing (`generation`) and no write landed (`acks`) meanwhile:
-/// on another connection of the pool, a write in flight can land after the answer was
-/// made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Snapshot {
-    pub generation: u64,
-    pub acks: u64,
 }
 
 /// What the cache can say about a name.
@@ -48,30 +36,22 @@ pub(super) struct MetaCache {
     /// Bumped by every change the mount makes; an answer fetched across a change is
     /// not cached, since it may predate it.
     generation: u64,
-    /// Writes the server acknowledged, mount-wide (counted by write-behind).
-    acks: Arc<AtomicU64>,
     max_entries: usize,
 }
 
 impl MetaCache {
-    /// A cache trusting what it holds for `timeout` (zero: nothing is kept), whose
-    /// answers are checked against the write acknowledgements counted in `acks`.
-    pub fn new(timeout: Duration, acks: Arc<AtomicU64>) -> MetaCache {
-        MetaCache { timeout, attrs: HashMap::new(), dirs: HashMap::new(), generation: 0, acks, max_entries: 200_000 }
+    /// A cache trusting what it holds for `timeout` (zero: nothing is kept).
+    pub fn new(timeout: Duration) -> MetaCache {
+        MetaCache { timeout, attrs: HashMap::new(), dirs: HashMap::new(), generation: 0, max_entries: 200_000 }
     }
 
     pub fn enabled(&self) -> bool {
         !self.timeout.is_zero()
     }
 
-    /// Where things stand now, for a question about to go to the server.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot { generation: self.generation, acks: self.acks.load(Ordering::SeqCst) }
-    }
-
-    /// Whether an answer asked at `asked` is still true enough to keep.
-    pub fn unchanged_since(&self, asked: Snapshot) -> bool {
-        self.snapshot() == asked
+    /// How many changes the mount has made.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     fn fresh(&self, at: Instant) -> bool {
@@ -117,17 +97,17 @@ impl MetaCache {
         }
     }
 
-    /// Records what the server said, if nothing changed since it was `asked`.
-    pub fn put_attr(&mut self, path: &str, attr: Attr, asked: Snapshot) {
-        if !self.enabled() || !self.unchanged_since(asked) {
+    /// Records what the server said (`Meta` checked that nothing changed meanwhile).
+    pub fn put_attr(&mut self, path: &str, attr: Attr) {
+        if !self.enabled() {
             return;
         }
         self.make_room();
         self.attrs.insert(path.to_string(), (attr, Instant::now()));
     }
 
-    pub fn put_listing(&mut self, dir: &str, entries: &[DirEntry], asked: Snapshot) {
-        if !self.enabled() || !self.unchanged_since(asked) {
+    pub fn put_listing(&mut self, dir: &str, entries: &[DirEntry]) {
+        if !self.enabled() {
             return;
         }
         self.make_room();
@@ -258,15 +238,15 @@ mod tests {
     }
 
     fn cache() -> MetaCache {
-        MetaCache::new(Duration::from_secs(60), Arc::default())
+        MetaCache::new(Duration::from_secs(60))
     }
 
     #[test]
     fn a_directory_whose_names_change_is_asked_again() {
-        let mut c = MetaCache::new(Duration::from_secs(5), Arc::new(AtomicU64::new(0)));
+        let mut c = MetaCache::new(Duration::from_secs(5));
         let dir = Attr { mode: crate::remote::S_IFDIR | 0o755, mtime: 1000, ..Attr::default() };
-        c.put_listing("/", &[DirEntry { name: "d".into(), attr: dir }], c.snapshot());
-        c.put_listing("/d", &[], c.snapshot());
+        c.put_listing("/", &[DirEntry { name: "d".into(), attr: dir }]);
+        c.put_listing("/d", &[]);
         assert_eq!(c.attr("/d").map(|a| a.mtime), Some(1000));
         c.added("/d/f", file(1));
         assert_eq!(c.attr("/d"), None, "a create left the directory's old times cached");
@@ -285,8 +265,7 @@ mod tests {
     #[test]
     fn listing_answers_lookups_and_absence() {
         let mut c = cache();
-        let g = c.snapshot();
-        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }], g);
+        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }]);
         assert_eq!(c.lookup("/d", "a"), Known::Exists(file(3)));
         assert_eq!(c.lookup("/d", "b"), Known::Absent);
         assert_eq!(c.lookup("/e", "a"), Known::Unknown);
@@ -295,8 +274,7 @@ mod tests {
     #[test]
     fn own_changes_keep_the_cache_true() {
         let mut c = cache();
-        let g = c.snapshot();
-        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }], g);
+        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(3) }]);
         c.set("/d/b", file(0));
         assert_eq!(c.lookup("/d", "b"), Known::Exists(file(0)));
         c.remove("/d/a");
@@ -312,31 +290,9 @@ mod tests {
     }
 
     #[test]
-    fn answers_from_before_a_change_are_not_cached() {
-        let mut c = cache();
-        let asked = c.snapshot();
-        c.remove("/d/a");
-        c.put_attr("/d/a", file(1), asked);
-        assert_eq!(c.attr("/d/a"), None);
-        c.put_listing("/d", &[DirEntry { name: "a".into(), attr: file(1) }], asked);
-        assert!(!c.has_listing("/d"));
-    }
-
-    #[test]
-    fn answers_from_before_a_write_landed_are_not_cached() {
-        let acks = Arc::new(AtomicU64::new(0));
-        let mut c = MetaCache::new(Duration::from_secs(60), acks.clone());
-        let asked = c.snapshot();
-        acks.fetch_add(1, Ordering::SeqCst);
-        c.put_attr("/a", file(1), asked);
-        assert_eq!(c.attr("/a"), None);
-    }
-
-    #[test]
     fn entries_expire() {
-        let mut c = MetaCache::new(Duration::from_millis(1), Arc::default());
-        let g = c.snapshot();
-        c.put_attr("/a", file(1), g);
+        let mut c = MetaCache::new(Duration::from_millis(1));
+        c.put_attr("/a", file(1));
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(5) {
             std::hint::spin_loop();
@@ -347,9 +303,8 @@ mod tests {
 
     #[test]
     fn disabled_cache_keeps_nothing() {
-        let mut c = MetaCache::new(Duration::ZERO, Arc::default());
-        let g = c.snapshot();
-        c.put_attr("/a", file(1), g);
+        let mut c = MetaCache::new(Duration::ZERO);
+        c.put_attr("/a", file(1));
         c.set("/b", file(1));
         assert_eq!(c.attr("/a"), None);
         assert_eq!(c.attr("/b"), None);
@@ -358,8 +313,7 @@ mod tests {
     #[test]
     fn rename_of_a_directory_drops_what_was_below() {
         let mut c = cache();
-        let g = c.snapshot();
-        c.put_listing("/d", &[DirEntry { name: "x".into(), attr: file(1) }], g);
+        c.put_listing("/d", &[DirEntry { name: "x".into(), attr: file(1) }]);
         c.set("/d", Attr { mode: S_IFDIR | 0o755, ..Attr::default() });
         c.rename("/d", "/e");
         assert_eq!(c.attr("/d/x"), None);
