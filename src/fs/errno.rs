@@ -72,6 +72,30 @@ pub enum Op {
 }
 
 impl Op {
+    /// Its name, as a log line says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Lookup => "lookup",
+            Op::Getattr => "getattr",
+            Op::Setattr => "setattr",
+            Op::Chown => "chown",
+            Op::Readdir => "readdir",
+            Op::Open => "open",
+            Op::Create => "create",
+            Op::Read => "read",
+            Op::Write => "write",
+            Op::Fsync => "fsync",
+            Op::Mkdir => "mkdir",
+            Op::Rmdir => "rmdir",
+            Op::Unlink => "unlink",
+            Op::Rename => "rename",
+            Op::Symlink => "symlink",
+            Op::Readlink => "readlink",
+            Op::Link => "link",
+            Op::Statfs => "statfs",
+        }
+    }
+
     /// Whether the operation changes the remote filesystem (and so may meet EROFS/ENOSPC).
     fn modifies(self) -> bool {
         matches!(
@@ -131,11 +155,11 @@ pub(super) fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
 pub(super) async fn errno_for<R: Remote>(
     remote: &R,
     op: Op,
-    err: RemoteError,
+    err: &RemoteError,
     target: &str,
     source: Option<&str>,
 ) -> Errno {
-    if let Some(e) = direct(op, &err) {
+    if let Some(e) = direct(op, err) {
         return e;
     }
     tracing::debug!(?op, target, %err, "explaining generic failure");

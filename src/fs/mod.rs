@@ -6,6 +6,7 @@
 mod buffers;
 mod coordinator;
 mod errno;
+mod error;
 mod fuse;
 mod handles;
 mod interrupt;

@@ -93,7 +93,7 @@ impl Retries {
                 Err(Errno::EAGAIN)
             }
             Err(e) => {
-                let errno = errno::errno_for(remote, attempt.op, e, attempt.target, attempt.source).await;
+                let errno = errno::errno_for(remote, attempt.op, &e, attempt.target, attempt.source).await;
                 if errno == attempt.already_done()
                     && self.take_lost(&attempt)
                     && took_effect(remote, attempt.op, attempt.target).await

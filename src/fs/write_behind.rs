@@ -449,7 +449,7 @@ impl FileQueue {
                     return;
                 }
                 Err(e) => {
-                    let errno = errno::errno_for(&*remote, Op::Write, e, &self.path(), None).await;
+                    let errno = errno::errno_for(&*remote, Op::Write, &e, &self.path(), None).await;
                     tracing::warn!(error = %errno, "the server refused a write; reporting it at the next write, fsync or close");
                     self.done_front(Some(errno));
                 }

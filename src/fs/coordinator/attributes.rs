@@ -12,8 +12,7 @@ impl<R: Remote> Fs<R> {
             Some(a) => a,
             None => {
                 let asked = self.meta.snapshot();
-                let a =
-                    self.remote.lstat(&path).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
+                let a = self.remote.lstat(&path).await.map_err(|e| self.fail_now(Op::Getattr, e, &path))?;
                 self.meta.remember_attr(&path, a, asked);
                 a
             }
@@ -27,10 +26,9 @@ impl<R: Remote> Fs<R> {
     /// A file unlinked while open has no path left; its handle still reaches it.
     pub async fn getattr_open(&self, ino: Ino, fh: Option<u64>) -> FsResult<Attr> {
         let Err(gone) = self.path_of(ino) else { return self.getattr(ino).await };
-        let file = fh.and_then(|fh| self.files.get(fh)).filter(|f| f.ino == ino).ok_or(gone)?;
+        let file = fh.and_then(|fh| self.files.get(fh)).filter(|f| f.ino == ino).ok_or(gone.clone())?;
         let handle = file.remote_handle().ok_or(gone)?;
-        let mut attr =
-            self.remote.fstat(&handle).await.map_err(|e| errno::direct(Op::Getattr, &e).unwrap_or(Errno::EIO))?;
+        let mut attr = self.remote.fstat(&handle).await.map_err(|e| self.fail_now(Op::Getattr, e, &file.path))?;
         attr.size = attr.size.max(self.write_behind.queued_end(ino));
         Ok(attr)
     }
@@ -98,10 +96,10 @@ impl<R: Remote> Fs<R> {
     /// change is refused.
     async fn setattr_link(&self, path: &str, change: AttrChange) -> FsResult<Attr> {
         if change.size.is_some() {
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if !self.remote.extensions().lsetstat {
-            return Err(Errno::EOPNOTSUPP);
+            return Err(Errno::EOPNOTSUPP.into());
         }
         let mut set = SetAttr {
             size: None,
@@ -134,7 +132,7 @@ impl<R: Remote> Fs<R> {
         let cur = match cached {
             Some(a) => a,
             None if change.atime.is_some() && change.mtime.is_some() => Attr::default(),
-            None => self.remote.lstat(path).await.map_err(|e| errno::direct(Op::Setattr, &e).unwrap_or(Errno::EIO))?,
+            None => self.remote.lstat(path).await.map_err(|e| self.fail_now(Op::Setattr, e, path))?,
         };
         let pick = |t: Option<TimeSet>, keep: u32| match t {
             Some(TimeSet::Now) => super::super::meta::sftp_now(),

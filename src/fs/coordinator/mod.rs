@@ -29,7 +29,8 @@ mod attributes;
 mod namespace;
 mod values;
 
-pub use values::{AttrChange, Entry, FsOptions, FsResult, OpenFlags, TimeSet};
+pub use super::error::{FsError, FsResult};
+pub use values::{AttrChange, Entry, FsOptions, OpenFlags, TimeSet};
 
 /// Listings and small files fetched ahead at once.
 const BACKGROUND_FETCHES: usize = 8;
@@ -141,18 +142,18 @@ impl<R: Remote> Fs<R> {
     /// kernel refuses most itself (the mount is `ro`); this holds whatever gets through.
     fn may_change(&self) -> FsResult<()> {
         if self.read_only {
-            return Err(Errno::EROFS);
+            return Err(Errno::EROFS.into());
         }
         Ok(())
     }
 
     fn path_of(&self, ino: Ino) -> FsResult<String> {
-        self.meta.path(ino).ok_or(Errno::ENOENT)
+        self.meta.path(ino).ok_or(Errno::ENOENT.into())
     }
 
     fn child_of(&self, parent: Ino, name: &str) -> FsResult<String> {
         check_name(name)?;
-        self.meta.child(parent, name).ok_or(Errno::ENOENT)
+        self.meta.child(parent, name).ok_or(Errno::ENOENT.into())
     }
 
     fn entry(&self, path: &str, attr: Attr) -> Entry {
@@ -167,7 +168,7 @@ impl<R: Remote> Fs<R> {
     }
 
     fn file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
-        self.files.get(fh).ok_or(Errno::EBADF)
+        self.files.get(fh).ok_or(Errno::EBADF.into())
     }
 
     /// What the server answered `op` on `path`: its value, or the errno its failure means.
@@ -178,15 +179,24 @@ impl<R: Remote> Fs<R> {
         }
     }
 
-    /// The errno for a failure of `op` on `target` (see `errno::errno_for`).
-    async fn fail(&self, op: Op, err: RemoteError, target: &str, source: Option<&str>) -> Errno {
-        errno::errno_for(&*self.remote, op, err, target, source).await
+    /// The failure of `op` on `target` (moving or linking `source`), with the errno the
+    /// server's failure `err` means (see `errno::errno_for`).
+    async fn fail(&self, op: Op, err: RemoteError, target: &str, source: Option<&str>) -> FsError {
+        let errno = errno::errno_for(&*self.remote, op, &err, target, source).await;
+        FsError::remote(errno, op, target, err)
+    }
+
+    /// The failure of `op` on `path`, read without asking the server why: a generic one
+    /// is EIO.
+    fn fail_now(&self, op: Op, err: RemoteError, path: &str) -> FsError {
+        let errno = errno::direct(op, &err).unwrap_or(Errno::EIO);
+        FsError::remote(errno, op, path, err)
     }
 
     /// The outcome of a non-idempotent operation, given the server's answer (see
     /// `retries`).
     async fn conclude(&self, attempt: Attempt<'_>, answer: crate::remote::Result<()>) -> FsResult<()> {
-        self.retries.conclude(&*self.remote, attempt, answer).await
+        Ok(self.retries.conclude(&*self.remote, attempt, answer).await?)
     }
 
     /// The mount changed `path`: what it fetched of it is no longer true.
@@ -199,7 +209,7 @@ impl<R: Remote> Fs<R> {
         let (dir, _) = parent_and_name(&path);
         match self.meta.lookup(dir, name) {
             Known::Exists(attr) => return Ok(self.entry(&path, attr)),
-            Known::Absent => return Err(Errno::ENOENT),
+            Known::Absent => return Err(Errno::ENOENT.into()),
             Known::Unknown => {}
         }
         let asked = self.meta.snapshot();
@@ -279,7 +289,7 @@ impl<R: Remote> Fs<R> {
                 // of failing.
                 self.meta.unsure_of_name(&path);
                 self.forget_content(&path);
-                Err(Errno::ESTALE)
+                Err(Errno::ESTALE.into())
             }
             Err(e) => Err(self.fail(Op::Open, e, &path, None).await),
         }
@@ -311,12 +321,12 @@ impl<R: Remote> Fs<R> {
             }
             Err(e) if e.outcome_unknown() && flags.exclusive => {
                 self.retries.note_lost(&attempt);
-                return Err(Errno::EAGAIN);
+                return Err(Errno::EAGAIN.into());
             }
             Err(e) => {
-                let errno = self.fail(Op::Create, e, &path, None).await;
-                if !(errno == Errno::EEXIST && flags.exclusive && self.retries.take_lost(&attempt)) {
-                    return Err(errno);
+                let failure = self.fail(Op::Create, e, &path, None).await;
+                if !(failure == Errno::EEXIST && flags.exclusive && self.retries.take_lost(&attempt)) {
+                    return Err(failure);
                 }
                 // Our own earlier exclusive create took effect: open what it made.
                 opts.exclusive = false;
@@ -399,7 +409,7 @@ impl<R: Remote> Fs<R> {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let file = self.file(fh)?;
         match file.queue() {
-            Some(queue) => self.write_behind.file_written(queue).await,
+            Some(queue) => Ok(self.write_behind.file_written(queue).await?),
             None => Ok(()),
         }
     }
@@ -426,7 +436,7 @@ impl<R: Remote> Fs<R> {
     /// is closed; neither waits here: the data is already on the server (flush saw to
     /// that), so nothing the program could learn depends on the answer.
     pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let Some(file) = self.files.remove(fh) else { return Err(Errno::EBADF) };
+        let Some(file) = self.files.remove(fh) else { return Err(Errno::EBADF.into()) };
         match &file.state {
             FileState::Memory(_) => {}
             FileState::Reading { handle, .. } => {

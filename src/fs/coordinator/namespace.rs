@@ -96,10 +96,10 @@ impl<R: Remote> Fs<R> {
         let to = self.child_of(new_parent, new_name)?;
         if flags & libc::RENAME_EXCHANGE != 0 {
             // SFTP has no way to swap two names atomically.
-            return Err(Errno::EINVAL);
+            return Err(Errno::EINVAL.into());
         }
         if flags & libc::RENAME_NOREPLACE != 0 && self.remote.lstat(&to).await.is_ok() {
-            return Err(Errno::EEXIST);
+            return Err(Errno::EEXIST.into());
         }
         let res = self.rename_replacing(&from, &to).await;
         self.forget_content(&from);
@@ -160,7 +160,7 @@ impl<R: Remote> Fs<R> {
         let existing = self.path_of(ino)?;
         let path = self.child_of(new_parent, new_name)?;
         if !self.remote.extensions().hardlink {
-            return Err(Errno::EOPNOTSUPP);
+            return Err(Errno::EOPNOTSUPP.into());
         }
         let res = self.remote.hardlink(&existing, &path).await;
         let attempt = Attempt::new(Op::Link, &path).of(&existing);

@@ -3,12 +3,9 @@
 
 use std::time::Duration;
 
-use super::super::errno::Errno;
 use super::super::meta::Ino;
 use super::super::read_ahead::MAX_WINDOW;
 use crate::remote::Attr;
-
-pub type FsResult<T> = Result<T, Errno>;
 
 /// A file the kernel now knows by number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -78,29 +78,34 @@ impl Ctx {
     /// (a rename landed, a name moved aside put back), and `undo` takes back what its
     /// success would have handed the kernel, which never heard of it (an open handle, a
     /// reference to an inode).
+    ///
+    /// A failure is logged here, once (`FsError::log`); the kernel gets its errno.
     pub(in crate::fs) async fn call<T, U: Future<Output = ()>>(
         &self,
-        op: impl Future<Output = Result<T, Errno>>,
+        op: impl Future<Output = FsResult<T>>,
         reply: impl FnOnce(Result<T, Errno>),
         undo: impl FnOnce(T) -> U,
     ) {
         let mut op = std::pin::pin!(op);
         let early = match self.within(op.as_mut()).await {
-            Ok(outcome) => return reply(outcome),
+            Ok(outcome) => {
+                return reply(outcome.map_err(|e| {
+                    e.log(false);
+                    e.errno()
+                }))
+            }
             Err(early) => early,
         };
         reply(Err(early));
-        if let Ok(unheard) = op.await {
-            undo(unheard).await;
+        match op.await {
+            Ok(unheard) => undo(unheard).await,
+            Err(e) => e.log(true),
         }
     }
 
     /// Waits for `op` under the call deadline: its outcome, or the errno the call must
     /// return with before `op` ends.
-    async fn within<T>(
-        &self,
-        mut op: Pin<&mut impl Future<Output = Result<T, Errno>>>,
-    ) -> Result<Result<T, Errno>, Errno> {
+    async fn within<T>(&self, mut op: Pin<&mut impl Future<Output = FsResult<T>>>) -> Result<FsResult<T>, Errno> {
         let mut deadline = crate::deadline::after(self.call_timeout);
         loop {
             let look = (tokio::time::Instant::now() + RECHECK).min(deadline);

@@ -19,6 +19,7 @@ use fuser::{
 use super::buffers::BufferPool;
 use super::coordinator::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
 use super::errno::Errno;
+use super::error::FsResult;
 use super::interrupt;
 use super::owners::Owners;
 use crate::remote::{name, Attr, FileKind, Remote};

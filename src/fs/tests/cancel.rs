@@ -34,7 +34,7 @@ async fn stopped_at_request<T, U: Future<Output = ()>>(
     remote: &FakeRemote,
     fs: &Fs<FakeRemote>,
     k: u64,
-    op: impl Future<Output = Result<T, Errno>>,
+    op: impl Future<Output = FsResult<T>>,
     undo: impl FnOnce(T) -> U + Copy,
 ) -> Result<(), Errno> {
     remote.hold_request(remote.requests() + k);

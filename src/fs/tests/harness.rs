@@ -6,6 +6,7 @@ pub(super) use std::sync::Arc;
 
 pub(super) use super::super::coordinator::{AttrChange, Fs, FsOptions, OpenFlags, TimeSet};
 pub(super) use super::super::errno::Errno;
+pub(super) use super::super::error::FsResult;
 pub(super) use super::super::meta::{Ino, ROOT};
 pub(super) use crate::remote::fake::{eventually, FakeRemote};
 pub(super) use crate::remote::{FileKind, Remote};

@@ -268,10 +268,10 @@ impl Run {
 async fn call<T, U: std::future::Future<Output = ()>>(
     remote: &FakeRemote,
     interrupt: Option<u64>,
-    op: impl std::future::Future<Output = Result<T, Errno>>,
+    op: impl std::future::Future<Output = FsResult<T>>,
     undo: impl FnOnce(T) -> U,
 ) -> Result<T, Errno> {
-    let Some(k) = interrupt else { return op.await };
+    let Some(k) = interrupt else { return op.await.map_err(Errno::from) };
     remote.hold_request(remote.requests() + k);
     let cx = Ctx::stopped_by(Arc::new(AtomicBool::new(true)));
     let answered = tokio::sync::Notify::new();
@@ -484,7 +484,7 @@ impl Run {
                 match fs.write(fh, at, &data).await {
                     Ok(n) if n as usize == len => self.model.write(id, at, &data),
                     Ok(n) => return self.fail(format!("a write of {len} bytes wrote {n}")),
-                    Err(e) => self.must_be_excused("write", e)?,
+                    Err(e) => self.must_be_excused("write", e.into())?,
                 }
             }
             Op::Read { slot, at, len } => {
@@ -645,7 +645,7 @@ impl Run {
             }
         };
         self.fs.releasedir(fh);
-        listed.map(|()| names)
+        listed.map(|()| names).map_err(Errno::from)
     }
 
     /// With the link up: once written data has drained, the server holds exactly the

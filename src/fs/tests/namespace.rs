@@ -5,7 +5,7 @@ use super::*;
 #[tokio::test]
 async fn lookup_missing_is_enoent() {
     let (_, fs) = setup();
-    assert_eq!(fs.lookup(ROOT, "nope").await, Err(Errno::ENOENT));
+    assert_eq!(fs.lookup(ROOT, "nope").await.map_err(Errno::from), Err(Errno::ENOENT));
 }
 
 #[tokio::test]
@@ -127,6 +127,6 @@ async fn open_of_a_name_removed_elsewhere_is_estale_and_the_next_lookup_asks() {
     // Another client removes it; the mount still has it cached.
     remote.remove("/srv/d/gone").await.unwrap();
     let write = OpenFlags { write: true, ..OpenFlags::default() };
-    assert_eq!(fs.open(ino, write).await, Err(Errno::ESTALE), "the kernel is told to look again");
-    assert_eq!(fs.lookup(d, "gone").await, Err(Errno::ENOENT), "and the look goes to the server");
+    assert_eq!(fs.open(ino, write).await.map_err(Errno::from), Err(Errno::ESTALE), "the kernel is told to look again");
+    assert_eq!(fs.lookup(d, "gone").await.map_err(Errno::from), Err(Errno::ENOENT), "and the look goes to the server");
 }
