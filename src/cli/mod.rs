@@ -26,7 +26,8 @@ use crate::deadline;
 use crate::fs::IdMap;
 use crate::link::auth::{Asker, Question, Secret};
 use crate::link::config::{self, Overrides};
-use crate::link::{Link, LinkOptions};
+use crate::link::LinkOptions;
+use crate::remote::sftp::SftpLink;
 use commands::*;
 use setup::*;
 

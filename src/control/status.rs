@@ -6,7 +6,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 
-use crate::link::{Link, LinkState};
+use crate::link::LinkState;
+use crate::remote::sftp::SftpLink;
 pub use crate::timestamp::Timestamp;
 
 /// The state of one mount, the same in code, CLI output and JSON.
@@ -118,7 +119,7 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn start(name: String, link: &Link) -> Arc<Monitor> {
+    pub fn start(name: String, link: &SftpLink) -> Arc<Monitor> {
         let initial = MountStatus::from(&link.state());
         let (current, _) = watch::channel((initial, Timestamp::now()));
         let (events, _) = broadcast::channel(256);

@@ -5,8 +5,8 @@ use super::*;
 
 /// Ends connections that are no longer used, without waiting on a dead network. Each is
 /// aborted first: nothing it was given may reach the server after this (see
-/// `SftpConn::abort`), since what it did not confirm is sent again on a new connection.
-pub(super) fn retire(pool: Vec<Arc<SftpConn>>) {
+/// `Conn::abort`), since what it did not confirm is sent again on a new connection.
+pub(super) fn retire<S: Session>(pool: Vec<Arc<Conn<S>>>) {
     for conn in pool {
         conn.abort();
         tokio::spawn(async move {
@@ -15,17 +15,17 @@ pub(super) fn retire(pool: Vec<Arc<SftpConn>>) {
     }
 }
 
-pub(super) async fn dial_one(
+pub(super) async fn dial_one<S: Session>(
     dest: &Destination,
     generation: u64,
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
-    lane: usize,
-) -> Result<SftpConn, LinkError> {
+    index: usize,
+) -> Result<Conn<S>, LinkError> {
     // A dial that may wait for a person does not hold back other mounts' dials.
     let _permit = if asker.is_none() { Some(DIALS.acquire().await) } else { None };
     let mut c = ssh::connect(dest, generation, keyring, asker).await?;
-    c.lane = lane;
+    c.index = index;
     Ok(c)
 }
 
@@ -33,29 +33,29 @@ pub(super) async fn dial_one(
 /// Only the first connection may ask a person; the others log in with what it learned
 /// (they wait for it if they needed to ask), and when every login needs a one-time code
 /// the pool is that one connection.
-pub(super) async fn dial_pool(
+pub(super) async fn dial_pool<S: Session>(
     dest: &Destination,
     opts: &LinkOptions,
     generation: u64,
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
-) -> Result<Vec<Arc<SftpConn>>, LinkError> {
-    let dial = |lane, asker| dial_one(dest, generation, keyring, asker, lane);
+) -> Result<Vec<Arc<Conn<S>>>, LinkError> {
+    let dial = |index, asker| dial_one(dest, generation, keyring, asker, index);
     let (first, others) = futures_util::future::join(
         dial(0, asker),
-        futures_util::future::join_all((1..opts.connections.max(1)).map(|lane| dial(lane, None))),
+        futures_util::future::join_all((1..opts.connections.max(1)).map(|index| dial(index, None))),
     )
     .await;
     let first_ok = first.is_ok();
     let mut results = vec![first];
-    for (lane, r) in (1..).zip(others) {
+    for (index, r) in (1..).zip(others) {
         match r {
             // It needed what the first connection asked a person for: now kept.
             Err(LinkError::NeedsLogin { .. }) if first_ok && !keyring.needs_person() => {
-                results.push(dial(lane, None).await)
+                results.push(dial(index, None).await)
             }
             Err(LinkError::NeedsLogin { .. }) if first_ok => {
-                tracing::info!(lane, "every login needs a one-time code: this mount keeps one connection")
+                tracing::info!(connection = index, "every login needs a one-time code: this mount keeps one connection")
             }
             r => results.push(r),
         }

@@ -1,20 +1,23 @@
-//! The SSH side: where to connect (`config`), how (`ssh`, `known_hosts`), and the managed
-//! link that keeps a connection alive for the remote layer: heartbeats detect a dead
-//! connection, a supervisor reconnects with backoff (`backoff`), and the connection is
-//! swapped underneath whoever uses the link.
+//! The SSH side: where to connect (`config`), how (`ssh`, `known_hosts`, `auth`), and
+//! the managed link that keeps a pool of connections alive for the remote layer:
+//! heartbeats detect a dead connection, a supervisor reconnects with backoff
+//! (`backoff`), and the pool is swapped underneath whoever uses the link.
+//!
+//! The link carries bytes and watches health; it does not speak SFTP. What each
+//! connection carries is a [`Session`] (`session`), which the remote layer implements
+//! and starts on the channel the link opens for it.
 
 pub mod algorithms;
 pub mod auth;
 pub mod backoff;
-pub mod channel;
 pub mod config;
 mod dial;
 pub mod error;
 mod handler;
 pub mod known_hosts;
-pub mod pacing;
 mod patterns;
 pub mod policy;
+mod session;
 pub mod ssh;
 mod supervisor;
 mod watchdog;
@@ -30,7 +33,8 @@ use tokio::time::Instant;
 
 pub use config::Destination;
 pub use error::LinkError;
-pub use ssh::{ConnStats, SftpConn};
+pub use session::Session;
+pub use ssh::{Conn, ConnStats};
 
 use auth::{Asker, Keyring};
 use policy::{Next, Policy};
@@ -132,13 +136,14 @@ enum AttemptError {
     Unusable(String),
 }
 
-/// The managed link to one destination. The remote layer asks it for the current
-/// connection on every request, so the connection can be replaced underneath.
-pub struct Link {
+/// The managed link to one destination, its connections carrying sessions `S`. The
+/// remote layer asks it for the current connection on every request, so the connection
+/// can be replaced underneath.
+pub struct Link<S: Session> {
     dest: Destination,
     opts: LinkOptions,
     /// The pool: every connection of the current generation (empty while down).
-    current: RwLock<Vec<Arc<SftpConn>>>,
+    current: RwLock<Vec<Arc<Conn<S>>>>,
     /// Spreads requests over the pool.
     next_conn: AtomicUsize,
     generation: AtomicU64,
@@ -164,7 +169,7 @@ pub struct Link {
     asker: Mutex<Option<Arc<dyn Asker>>>,
 }
 
-impl Link {
+impl<S: Session> Link<S> {
     /// Connects to `dest`, failing with the reason if it cannot, then keeps the
     /// connection alive in the background until `close`.
     /// The command the link's connections go through (`ProxyCommand`/`ProxyJump`), if any.
@@ -176,7 +181,7 @@ impl Link {
         dest: Destination,
         opts: LinkOptions,
         asker: Option<Arc<dyn Asker>>,
-    ) -> Result<Arc<Link>, LinkError> {
+    ) -> Result<Arc<Link<S>>, LinkError> {
         let keyring = Keyring::default();
         let pool = dial_pool(&dest, &opts, 1, &keyring, asker.as_deref()).await?;
         let (state, _) = watch::channel(LinkState::Up { since: SystemTime::now() });
@@ -238,7 +243,7 @@ impl Link {
     /// none. It goes where the least file data is out, taking turns among equals: a
     /// `stat` during a big copy is not queued behind it. Asking while the link is down
     /// brings the next reconnect attempt forward.
-    pub fn conn(&self) -> Result<Arc<SftpConn>, Unavailable> {
+    pub fn conn(&self) -> Result<Arc<Conn<S>>, Unavailable> {
         let turn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         {
             let pool = read(&self.current);
@@ -253,15 +258,15 @@ impl Link {
     }
 
     /// Connections in the pool.
-    pub fn lanes(&self) -> usize {
+    pub fn pool_len(&self) -> usize {
         read(&self.current).len()
     }
 
     /// Connections that carry file data: all but the first when there are several, so
     /// that the first stays quick for small requests and its heartbeat shows the
     /// link's own round-trip time.
-    pub fn data_lanes(&self) -> usize {
-        let n = self.lanes();
+    pub fn data_pool_len(&self) -> usize {
+        let n = self.pool_len();
         if n >= 2 {
             n - 1
         } else {
@@ -269,20 +274,20 @@ impl Link {
         }
     }
 
-    /// Data lane `k` (modulo their number), as `conn_at` numbers the whole pool.
-    pub fn data_conn(&self, k: usize) -> Result<Arc<SftpConn>, Unavailable> {
-        let n = self.lanes();
-        let lane = if n >= 2 { 1 + k % (n - 1) } else { k };
-        self.conn_at(lane)
+    /// Data connection `k` (modulo their number), as `conn_at` numbers the whole pool.
+    pub fn data_conn(&self, k: usize) -> Result<Arc<Conn<S>>, Unavailable> {
+        let n = self.pool_len();
+        let index = if n >= 2 { 1 + k % (n - 1) } else { k };
+        self.conn_at(index)
     }
 
-    /// The pool's connection number `lane` (modulo its size): requests that must stay
-    /// together (a file's handle) ask for the same lane.
-    pub fn conn_at(&self, lane: usize) -> Result<Arc<SftpConn>, Unavailable> {
+    /// The pool's connection number `index` (modulo its size): requests that must stay
+    /// together (a file's handle) ask for the same index.
+    pub fn conn_at(&self, index: usize) -> Result<Arc<Conn<S>>, Unavailable> {
         {
             let pool = read(&self.current);
             if !pool.is_empty() {
-                let c = &pool[lane % pool.len()];
+                let c = &pool[index % pool.len()];
                 if !c.is_closed() {
                     return Ok(c.clone());
                 }
@@ -291,7 +296,7 @@ impl Link {
         self.unavailable()
     }
 
-    fn unavailable(&self) -> Result<Arc<SftpConn>, Unavailable> {
+    fn unavailable(&self) -> Result<Arc<Conn<S>>, Unavailable> {
         match &*self.state.borrow() {
             LinkState::Failed { reason } => Err(Unavailable::Failed(reason.clone())),
             LinkState::Closed => Err(Unavailable::Failed("unmounted".into())),
@@ -390,7 +395,7 @@ impl Link {
         self.state.send_replace(s);
     }
 
-    fn install(&self, pool: Vec<Arc<SftpConn>>) {
+    fn install(&self, pool: Vec<Arc<Conn<S>>>) {
         *write(&self.current) = pool;
     }
 }

@@ -1,21 +1,17 @@
-//! One SSH connection carrying one SFTP session: dial, check the host key, authenticate,
-//! start the sftp subsystem.
+//! One SSH connection carrying one session (`Session`, the remote layer's SFTP): dial,
+//! check the host key, authenticate, open the session's subsystem and start it there.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use russh::client;
 use russh::{ChannelMsg, Disconnect};
-use russh_sftp::client::RawSftpSession;
-
-use super::channel::{DirectSftp, Progress};
 use tokio::net::TcpStream;
 
 use super::auth::{self, Asker, Keyring};
@@ -23,34 +19,22 @@ use super::config::Destination;
 use super::error::LinkError;
 use super::handler::Handler;
 use super::known_hosts;
+use super::session::Session;
 use crate::timestamp::Timestamp;
 
-/// A live SSH connection with its SFTP session.
-pub struct SftpConn {
-    pub sftp: RawSftpSession,
-    /// File data goes this way, beside the library (see `channel`).
-    pub direct: DirectSftp,
-    /// Extensions the server announced in its SFTP version reply.
-    pub extensions: HashMap<String, String>,
+/// A live SSH connection with its session.
+pub struct Conn<S> {
+    /// What the connection carries: the session the remote layer speaks.
+    pub session: S,
     /// Which connection of its link this is: handles opened on an older one must be
     /// opened again.
     pub generation: u64,
     /// Its place in the link's pool.
-    pub lane: usize,
-    /// Largest read to ask for, within what the server allows.
-    pub read_size: u32,
-    /// Largest write to send, within what the server allows.
-    pub write_size: u32,
+    pub index: usize,
     pub connected_at: SystemTime,
-    /// Server handles this connection may hold at once. Handles travel as opaque bytes
-    /// (`remote::wire`); the bound keeps within the file descriptors OpenSSH's server
-    /// process has (1 024 by default), with room for directory listings.
-    pub handle_slots: Arc<tokio::sync::Semaphore>,
     /// Unix milliseconds of the last request answered on this connection.
     last_activity_ms: AtomicU64,
     ops: AtomicU64,
-    /// Requests out and bytes in, to tell a slow connection from a dead one.
-    progress: Arc<Progress>,
     /// The quickest round trip of a small request seen on this connection, in
     /// microseconds (`u64::MAX`: none yet): the path's latency with nothing queued.
     least_rtt_us: AtomicU64,
@@ -59,16 +43,9 @@ pub struct SftpConn {
     ssh: client::Handle<Handler>,
 }
 
-/// How long one request may go unanswered in any case. Whether a connection is alive is
-/// judged by what it moves (`SftpConn::stalled_for`), not by this: it only makes sure no
-/// request waits for ever on a connection that keeps answering others.
-const REQUEST_BACKSTOP: Duration = Duration::from_secs(300);
 /// How long a person may take over the questions of one login (passphrase, password,
 /// one-time code), on top of the connect timeout.
 pub const PERSON_DEADLINE: Duration = Duration::from_secs(300);
-
-/// See `SftpConn::handle_slots`.
-pub const MAX_HANDLES_PER_CONNECTION: usize = 500;
 
 /// What one pooled connection has been doing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,7 +56,7 @@ pub struct ConnStats {
     pub idle_secs: f64,
 }
 
-impl SftpConn {
+impl<S: Session> Conn<S> {
     pub fn is_closed(&self) -> bool {
         self.ssh.is_closed()
     }
@@ -102,12 +79,12 @@ impl SftpConn {
 
     /// How long this connection has had requests out without receiving anything.
     pub fn stalled_for(&self) -> Option<Duration> {
-        self.progress.stalled_for()
+        self.session.stalled_for()
     }
 
     /// Bytes of file data out on this connection.
     pub fn bulk_out(&self) -> usize {
-        self.direct.bulk_out()
+        self.session.bulk_out()
     }
 
     /// A small request took `rtt` to be answered.
@@ -124,7 +101,7 @@ impl SftpConn {
     }
 
     pub async fn close(&self) {
-        let _ = self.sftp.close_session();
+        self.session.close();
         let _ = self.ssh.disconnect(Disconnect::ByApplication, "unmounted", "en").await;
     }
 
@@ -156,7 +133,7 @@ impl SftpConn {
         }
         // Whatever russh makes of the dead socket, and whenever: the requests still out
         // fail now, so that what they carried is sent again on the new connection.
-        self.direct.stop();
+        self.session.stop();
     }
 }
 
@@ -371,14 +348,14 @@ fn no_allowed_host_key(dest: &Destination, offered: &[String]) -> LinkError {
     }
 }
 
-/// Connects, logs in and starts SFTP, all within the destination's connect timeout,
+/// Connects, logs in and starts the session, all within the destination's connect timeout,
 /// plus, when there is someone to ask, the time a person may take to answer.
-pub async fn connect(
+pub async fn connect<S: Session>(
     dest: &Destination,
     generation: u64,
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
-) -> Result<SftpConn, LinkError> {
+) -> Result<Conn<S>, LinkError> {
     let deadline = crate::deadline::after(dest.connect_timeout);
     let limit = crate::deadline::later(deadline, if asker.is_some() { PERSON_DEADLINE } else { Duration::ZERO });
     let timeout = || LinkError::ConnectTimeout {
@@ -391,37 +368,25 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(
+async fn connect_inner<S: Session>(
     dest: &Destination,
     deadline: tokio::time::Instant,
     generation: u64,
     keyring: &Keyring,
     asker: Option<&dyn Asker>,
-) -> Result<SftpConn, LinkError> {
+) -> Result<Conn<S>, LinkError> {
     let (mut ssh, carrier) = handshake(dest, deadline).await?;
     log_in(&mut ssh, dest, deadline, keyring, asker).await?;
-    let channel = open_sftp_channel(&ssh, dest).await?;
-    let cfg = russh_sftp::client::Config { request_timeout_secs: REQUEST_BACKSTOP.as_secs(), ..Default::default() };
-    let (read_half, write_half) = channel.split();
-    let progress = Arc::new(Progress::default());
-    let (direct, library) = super::channel::start(read_half, write_half, REQUEST_BACKSTOP, progress.clone());
-    let mut sftp = RawSftpSession::new_with_config(library, cfg);
-    let version = sftp.init().await.map_err(|e| LinkError::NoSftp { detail: e.to_string() })?;
-    let (read_size, write_size, rtt) = agree_sizes(&mut sftp, &version.extensions).await;
+    let channel = open_subsystem(&ssh, dest, S::SUBSYSTEM).await?;
+    let (session, rtt) = S::start(channel).await?;
     let now = SystemTime::now();
-    let conn = SftpConn {
-        sftp,
-        direct,
-        extensions: version.extensions,
+    let conn = Conn {
+        session,
         generation,
-        lane: 0,
-        read_size,
-        write_size,
+        index: 0,
         connected_at: now,
-        handle_slots: Arc::new(tokio::sync::Semaphore::new(MAX_HANDLES_PER_CONNECTION)),
         last_activity_ms: AtomicU64::new(Timestamp::from(now).0),
         ops: AtomicU64::new(0),
-        progress,
         least_rtt_us: AtomicU64::new(u64::MAX),
         carrier,
         ssh,
@@ -505,14 +470,15 @@ async fn log_in(
     }
 }
 
-/// A session channel with the SFTP subsystem started.
-async fn open_sftp_channel(
+/// A session channel with `subsystem` started.
+async fn open_subsystem(
     ssh: &client::Handle<Handler>,
     dest: &Destination,
+    subsystem: &str,
 ) -> Result<russh::Channel<client::Msg>, LinkError> {
     let protocol = |e| protocol_error(dest, e);
     let mut channel = ssh.channel_open_session().await.map_err(protocol)?;
-    channel.request_subsystem(true, "sftp").await.map_err(protocol)?;
+    channel.request_subsystem(true, subsystem).await.map_err(protocol)?;
     loop {
         match channel.wait().await {
             Some(ChannelMsg::Success) => return Ok(channel),
@@ -521,36 +487,6 @@ async fn open_sftp_channel(
             Some(_) => {}
         }
     }
-}
-
-/// The read and write sizes to use with this server, and the round trip of the limits
-/// request when it was made.
-async fn agree_sizes(sftp: &mut RawSftpSession, extensions: &HashMap<String, String>) -> (u32, u32, Option<Duration>) {
-    // Reads: 255 KiB fits OpenSSH's 256 KiB message limit with room for the headers,
-    // and is what the library accepts for an answer. Writes: 64 KiB. OpenSSH's SFTP
-    // server gathers each message from a 64 KiB pipe into a buffer that, for larger
-    // messages plus the start of the next, passes glibc's 128 KiB mmap threshold. One
-    // connection serves each open file (see `remote::sftp`), so the server's two
-    // processes for it are the limit on a fast link: 512 MiB written with 64 KiB writes
-    // took 0.83 s and 0.69 CPU-s of sshd, with 120 KiB writes 0.91 s and 0.76 CPU-s
-    // (medians of 10, loopback, 2 cores).
-    let (mut read_size, mut write_size): (u32, u32) = (255 * 1024, 64 * 1024);
-    if extensions.get("limits@openssh.com").is_none_or(|v| v != "1") {
-        // Without limits, stay where every server is known to be fine.
-        return (32 * 1024, 32 * 1024, None);
-    }
-    // The limits request is the first with nothing before it: its round trip is the
-    // path's latency (`SftpConn::least_rtt`).
-    let asked = Instant::now();
-    let limits = sftp.limits().await;
-    let rtt = Some(asked.elapsed());
-    if let Ok(l) = limits {
-        let within = |size: u32, lim: u64| if lim > 0 { size.min(lim.min(u64::from(u32::MAX)) as u32) } else { size };
-        read_size = within(read_size, l.max_read_len);
-        write_size = within(write_size, l.max_write_len);
-        sftp.set_limits(l.into());
-    }
-    (read_size, write_size, rtt)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Link {
+impl<S: Session> Link<S> {
     /// Keeps the link up until it is closed, then lets go of what a reconnect attempt
     /// under way at the close may have left: its connections and what its login learned.
     pub(super) async fn supervise(self: Arc<Self>) {

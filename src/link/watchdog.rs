@@ -3,7 +3,7 @@
 
 use super::*;
 
-impl Link {
+impl<S: Session> Link<S> {
     /// Returns why the pool was declared dead, or `None` once the link is closed.
     ///
     /// A connection is dead when it has had requests out and received nothing for
@@ -50,7 +50,7 @@ impl Link {
                             let c = c.clone();
                             beats.push(async move {
                                 let started = Instant::now();
-                                let ok = c.sftp.stat(".").await.is_ok();
+                                let ok = c.session.heartbeat().await;
                                 let rtt = started.elapsed();
                                 if ok {
                                     c.note_rtt(rtt);
@@ -98,13 +98,11 @@ impl Link {
         read(&self.current).first().is_some_and(|c| c.generation == generation)
     }
 
-    pub(super) async fn check_required_paths(&self, conn: &SftpConn) -> Result<(), String> {
+    pub(super) async fn check_required_paths(&self, conn: &Conn<S>) -> Result<(), String> {
         let paths = lock(&self.required_paths).clone();
         for p in paths {
-            if let Err(russh_sftp::client::error::Error::Status(s)) = conn.sftp.stat(p.as_str()).await {
-                if s.status_code == russh_sftp::protocol::StatusCode::NoSuchFile {
-                    return Err(format!("remote path {p} is gone"));
-                }
+            if conn.session.path_gone(&p).await {
+                return Err(format!("remote path {p} is gone"));
             }
         }
         Ok(())

@@ -6,7 +6,6 @@ mod identity;
 pub use identity::moved;
 pub mod name;
 pub mod sftp;
-mod wire;
 
 #[cfg(test)]
 pub mod fake;

@@ -137,7 +137,7 @@ impl Asker for TerminalAsker {
 pub(in crate::cli) async fn foreground(req: MountRequest) -> Result<(), MoorError> {
     let name = req.name.clone().unwrap_or_else(|| names::derive_name(&req.dest.alias, &req.remote_path));
     let asker = req.interactive.then(|| Arc::new(TerminalAsker) as Arc<dyn Asker>);
-    let link = Link::connect(req.destination(), req.link_options(), asker).await?;
+    let link = SftpLink::connect(req.destination(), req.link_options(), asker).await?;
     let live = match mount::start(&req, name, link.clone()).await {
         Ok(m) => m,
         Err(e) => {

@@ -27,8 +27,9 @@ use super::status::{MountStatus, StatusEvent, Timestamp};
 use crate::link::auth::{Asker, Question, Secret};
 use crate::link::backoff::Backoff;
 use crate::link::ssh::PERSON_DEADLINE;
-use crate::link::{Destination, Link, LinkState};
+use crate::link::{Destination, LinkState};
 use crate::logging::{self, RotatingLog};
+use crate::remote::sftp::SftpLink;
 
 mod asker;
 mod mounting;
@@ -49,7 +50,7 @@ const FORCE_DRAIN: Duration = Duration::from_secs(1);
 struct Agent {
     mounts: Mutex<HashMap<PathBuf, Arc<LiveMount>>>,
     /// The links mounts hold, each counted by its mounts.
-    links: Mutex<Links<Destination, Link>>,
+    links: Mutex<Links<Destination, SftpLink>>,
     /// Requests being served; the agent stays while any is in flight.
     in_flight: AtomicUsize,
     served_any: AtomicBool,

@@ -202,9 +202,9 @@ impl Agent {
         req: &MountRequest,
         cancel: &Cancel,
         asker: Option<Arc<dyn Asker>>,
-    ) -> Result<Arc<Link>, MoorError> {
+    ) -> Result<Arc<SftpLink>, MoorError> {
         let dest = req.destination();
-        let usable = |l: &Link| !matches!(l.state(), LinkState::Failed { .. } | LinkState::Closed);
+        let usable = |l: &SftpLink| !matches!(l.state(), LinkState::Failed { .. } | LinkState::Closed);
         if let Some(link) = self.links.lock().await.share(&dest, usable) {
             return Ok(link);
         }
@@ -213,7 +213,7 @@ impl Agent {
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
         let link = loop {
             let attempt = tokio::select! {
-                r = Link::connect(dest.clone(), req.link_options(), asker.clone()) => r,
+                r = SftpLink::connect(dest.clone(), req.link_options(), asker.clone()) => r,
                 _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
             };
             match attempt {
@@ -241,7 +241,7 @@ impl Agent {
 
     /// One mount fewer holds `link`; the last one closes it (ending its supervisor and
     /// wiping what its logins learned).
-    pub(super) async fn release_link(&self, link: &Arc<Link>) {
+    pub(super) async fn release_link(&self, link: &Arc<SftpLink>) {
         let last = self.links.lock().await.release(link);
         if last {
             link.close().await;

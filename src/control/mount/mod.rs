@@ -11,8 +11,7 @@ use tokio::sync::watch;
 use super::protocol::{AtStake, ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest};
 use super::status::{Monitor, MountStatus, Timestamp};
 use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, IdMap, KernelTimeouts, Owners};
-use crate::link::Link;
-use crate::remote::sftp::SftpRemote;
+use crate::remote::sftp::{SftpLink, SftpRemote};
 use crate::remote::{FileKind, Remote, RemoteError};
 
 mod checks;
@@ -29,7 +28,7 @@ pub struct LiveMount {
     /// What the user asked for, to recognise the same mount asked for again.
     pub request: MountRequest,
     pub log: Option<PathBuf>,
-    link: Arc<Link>,
+    link: Arc<SftpLink>,
     fs: Arc<Fs<SftpRemote>>,
     monitor: Arc<Monitor>,
     /// Becomes true when the kernel session has ended, whoever unmounted it.
@@ -81,7 +80,7 @@ impl LiveMount {
         self.ended.clone()
     }
 
-    pub fn link(&self) -> Arc<Link> {
+    pub fn link(&self) -> Arc<SftpLink> {
         self.link.clone()
     }
 
@@ -177,7 +176,7 @@ fn refusal(mountpoint: &Path, stake: &AtStake) -> MoorError {
 
 /// Mounts over `link`, leaving nothing behind if any step fails (the caller owns the
 /// link and closes it if no other mount uses it).
-pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<LiveMount, MoorError> {
+pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Result<LiveMount, MoorError> {
     let mountpoint = checked_mountpoint(&req.mountpoint).await?;
     let (fs, adapter, root) = core_for(req, &link).await?;
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
@@ -203,7 +202,7 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<Link>) -> Result<
 /// root it serves, resolved.
 async fn core_for(
     req: &MountRequest,
-    link: &Arc<Link>,
+    link: &Arc<SftpLink>,
 ) -> Result<(Arc<Fs<SftpRemote>>, FuseAdapter<SftpRemote>, String), MoorError> {
     let remote = Arc::new(SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;

@@ -12,7 +12,7 @@ impl From<Unavailable> for RemoteError {
 }
 
 /// Maps an error, telling `link` when the connection itself failed.
-pub(super) fn report(link: &Link, conn: &SftpConn, e: SftpError) -> RemoteError {
+pub(super) fn report(link: &SftpLink, conn: &SftpConn, e: SftpError) -> RemoteError {
     let e = map_err(e);
     if e.outcome_unknown() {
         link.report_failure(conn.generation, &e.to_string());

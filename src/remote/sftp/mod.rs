@@ -1,5 +1,11 @@
-//! [`Remote`] over SFTP: each operation is one or a few SFTP requests on a session taken
-//! from the link, with the SFTP status turned into a [`RemoteError`].
+//! [`Remote`] over SFTP: each operation is one or a few SFTP requests on a connection
+//! taken from the link, with the SFTP status turned into a [`RemoteError`].
+//!
+//! Everything SFTP lives in this module tree: a connection's session and what was
+//! agreed at its start (`session`, the link's `Session`), the framing on its SSH
+//! channel (`channel`) with its budget for file data (`pacing`), the encoding of
+//! requests and answers (`wire`), and the operations (`ops`). The link below carries
+//! the channel's bytes and watches its health through `Session`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,17 +18,28 @@ use russh_sftp::protocol::StatusCode;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use super::identity::KnownFile;
-use super::wire::{self, Body, ServerHandle};
 use super::{
     Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result, SetAttr,
     StatFs, DEEP_WRITES, SHALLOW_WRITES,
 };
-use crate::link::{Link, SftpConn, Unavailable};
+use crate::link::{Conn, Link, Unavailable};
 use crate::sync::lock;
+use wire::{Body, ServerHandle};
 
 mod bodies;
+mod channel;
 mod errors;
 mod ops;
+mod pacing;
+mod session;
+mod wire;
+
+pub use session::SftpSession;
+
+/// The link to one destination, its connections carrying SFTP sessions.
+pub type SftpLink = Link<SftpSession>;
+/// One of its connections.
+pub type SftpConn = Conn<SftpSession>;
 
 use bodies::*;
 use errors::*;
@@ -41,7 +58,7 @@ const LIST_BATCHES_AHEAD: usize = 16;
 const NEAR: Duration = Duration::from_millis(2);
 
 pub struct SftpRemote {
-    link: Arc<Link>,
+    link: Arc<SftpLink>,
     files: Mutex<HashMap<u64, Arc<RemoteFile>>>,
     next_handle: AtomicU64,
     /// Turns taken by opens over the connections.
@@ -55,8 +72,8 @@ pub struct SftpRemote {
 /// What is needed to open a file again on a new connection.
 struct RemoteFile {
     opts: OpenOptions,
-    /// The data lane the file was opened on (counted among the link's data lanes): where
-    /// all its requests go.
+    /// The data connection the file was opened on (counted among the link's data
+    /// connections, `Link::data_conn`): where all its requests go.
     home: usize,
     /// Its name now and what is known of it: the only way back to it after a reconnect.
     /// Shared by every handle of the same file, so that each learns what the others
@@ -64,21 +81,22 @@ struct RemoteFile {
     known: Arc<Mutex<KnownFile>>,
     /// Why the file cannot be reached any more, once that is so: for good.
     lost: Mutex<Option<String>>,
-    /// The server's handle on that lane's connection, while that connection lives.
+    /// The server's handle on that connection, while it lives.
     live: tokio::sync::Mutex<Option<Live>>,
 }
 
 /// A server handle, with the connection it belongs to and the slot it takes there.
 struct Live {
-    lane: usize,
+    /// The connection's place in the pool.
+    index: usize,
     generation: u64,
     handle: ServerHandle,
     _slot: OwnedSemaphorePermit,
 }
 
 impl SftpRemote {
-    pub fn new(link: Arc<Link>) -> SftpRemote {
-        let known = link.conn().map(|c| extensions_from(&c.extensions)).unwrap_or_default();
+    pub fn new(link: Arc<SftpLink>) -> SftpRemote {
+        let known = link.conn().map(|c| extensions_from(&c.session.extensions)).unwrap_or_default();
         SftpRemote {
             link,
             files: Mutex::new(HashMap::new()),
@@ -126,7 +144,7 @@ impl SftpRemote {
     /// the name provably still leads to it (see `identity`); otherwise it is lost.
     async fn live_handle(&self, conn: &SftpConn, file: &RemoteFile) -> Result<ServerHandle> {
         let mut live = file.live.lock().await;
-        if let Some(l) = live.as_ref().filter(|l| l.lane == conn.lane && l.generation == conn.generation) {
+        if let Some(l) = live.as_ref().filter(|l| l.index == conn.index && l.generation == conn.generation) {
             return Ok(l.handle.clone());
         }
         // A handle of an older connection died with it, and so did its slot.
@@ -137,25 +155,27 @@ impl SftpRemote {
         let Some(path) = lock(&file.known).path().map(str::to_string) else {
             return Err(lose(file, "(removed)", "its name was removed or replaced through the mount"));
         };
-        let Ok(slot) = conn.handle_slots.clone().try_acquire_owned() else { return Err(RemoteError::TooManyOpen) };
+        let Ok(slot) = conn.session.handle_slots.clone().try_acquire_owned() else {
+            return Err(RemoteError::TooManyOpen);
+        };
         // Reopening must not create, truncate or fail on existence again.
         let opts = OpenOptions { create: false, truncate: false, exclusive: false, ..file.opts };
-        let handle = match wire::handle(&conn.direct, wire::OPEN, open_body(&path, opts, None)).await {
+        let handle = match wire::handle(&conn.session.direct, wire::OPEN, open_body(&path, opts, None)).await {
             Err(SftpError::Status(s)) if s.status_code == StatusCode::NoSuchFile => {
                 conn.touch();
                 return Err(lose(file, &path, "it is gone from the server"));
             }
             r => self.check(conn, r)?,
         };
-        let now = wire::attrs(&conn.direct, wire::FSTAT, handle_body(&handle)).await;
+        let now = wire::attrs(&conn.session.direct, wire::FSTAT, handle_body(&handle)).await;
         let now = self.check(conn, now)?;
         if !lock(&file.known).same_file(&now) {
-            let closed = wire::done(&conn.direct, wire::CLOSE, handle_body(&handle)).await;
+            let closed = wire::done(&conn.session.direct, wire::CLOSE, handle_body(&handle)).await;
             let _ = self.check(conn, closed);
             return Err(lose(file, &path, "another file has its name now, or it was changed on the server"));
         }
-        tracing::debug!(path = %path, lane = conn.lane, "opened the file again on a new connection");
-        *live = Some(Live { lane: conn.lane, generation: conn.generation, handle: handle.clone(), _slot: slot });
+        tracing::debug!(path = %path, connection = conn.index, "opened the file again on a new connection");
+        *live = Some(Live { index: conn.index, generation: conn.generation, handle: handle.clone(), _slot: slot });
         Ok(handle)
     }
 
@@ -208,19 +228,19 @@ impl SftpRemote {
         });
     }
 
-    /// A connection to open a file on (`data`: one of the data lanes, where the file's
-    /// reads and writes will go; else the least busy), with a handle slot taken on it;
-    /// returns its data lane too. The next in turn, or any with a slot free.
+    /// A connection to open a file on (`data`: one of the data connections, where the
+    /// file's reads and writes will go; else the least busy), with a handle slot taken
+    /// on it; returns its number among the data connections too. The next in turn, or any with a slot free.
     fn conn_for_open(&self, data: bool) -> Result<(usize, Arc<SftpConn>, OwnedSemaphorePermit)> {
         let turn = self.next_open.fetch_add(1, Ordering::Relaxed);
         let first = if data { self.link.data_conn(turn)? } else { self.conn()? };
-        if let Ok(slot) = first.handle_slots.clone().try_acquire_owned() {
+        if let Ok(slot) = first.session.handle_slots.clone().try_acquire_owned() {
             return Ok((turn, first, slot));
         }
-        let lanes = if data { self.link.data_lanes() } else { self.link.lanes() };
-        for k in (0..lanes).map(|i| turn.wrapping_add(i) % lanes) {
+        let n = if data { self.link.data_pool_len() } else { self.link.pool_len() };
+        for k in (0..n).map(|i| turn.wrapping_add(i) % n) {
             let c = if data { self.link.data_conn(k)? } else { self.link.conn_at(k)? };
-            if let Ok(slot) = c.handle_slots.clone().try_acquire_owned() {
+            if let Ok(slot) = c.session.handle_slots.clone().try_acquire_owned() {
                 return Ok((k, c, slot));
             }
         }
@@ -240,7 +260,7 @@ impl SftpRemote {
             self.name_was_free(path);
         }
         let id = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let live = Some(Live { lane: conn.lane, generation: conn.generation, handle, _slot: slot });
+        let live = Some(Live { index: conn.index, generation: conn.generation, handle, _slot: slot });
         let file = RemoteFile {
             opts,
             home,
@@ -257,7 +277,7 @@ impl SftpRemote {
         if set.uid.is_some() == set.gid.is_some() {
             return None;
         }
-        let r = wire::attrs(&c.direct, kind, about()).await;
+        let r = wire::attrs(&c.session.direct, kind, about()).await;
         self.check(c, r).ok().map(|a| (a.uid, a.gid))
     }
 }

@@ -12,7 +12,7 @@ pub(super) async fn follow_links(c: &SftpConn, dir: &str, entries: &mut [DirEntr
             return None;
         }
         let path = format!("{}/{}", dir.trim_end_matches('/'), e.name);
-        wire::attrs(&c.direct, wire::STAT, path_body(&path)).await.ok()
+        wire::attrs(&c.session.direct, wire::STAT, path_body(&path)).await.ok()
     });
     let targets = futures_util::future::join_all(stats).await;
     for (e, target) in entries.iter_mut().zip(targets) {
@@ -26,7 +26,7 @@ impl Remote for SftpRemote {
     fn extensions(&self) -> Extensions {
         match self.link.conn() {
             Ok(c) => {
-                let ext = extensions_from(&c.extensions);
+                let ext = extensions_from(&c.session.extensions);
                 *lock(&self.known_extensions) = ext;
                 ext
             }
@@ -52,7 +52,7 @@ impl Remote for SftpRemote {
 
     async fn realpath(&self, path: &str) -> Result<String> {
         let c = self.conn()?;
-        let r = wire::names(&c.direct, wire::REALPATH, path_body(path)).await;
+        let r = wire::names(&c.session.direct, wire::REALPATH, path_body(path)).await;
         let names = self.check(&c, r)?;
         names
             .into_iter()
@@ -63,7 +63,7 @@ impl Remote for SftpRemote {
 
     async fn stat(&self, path: &str) -> Result<Attr> {
         let c = self.conn()?;
-        let r = wire::attrs(&c.direct, wire::STAT, path_body(path)).await;
+        let r = wire::attrs(&c.session.direct, wire::STAT, path_body(path)).await;
         self.check(&c, r)
     }
 
@@ -76,20 +76,20 @@ impl Remote for SftpRemote {
             }
         }
         let c = self.conn()?;
-        let r = wire::attrs(&c.direct, wire::LSTAT, path_body(path)).await;
+        let r = wire::attrs(&c.session.direct, wire::LSTAT, path_body(path)).await;
         self.check(&c, r)
     }
 
     async fn fstat(&self, handle: &Handle) -> Result<Attr> {
         let (_, c, h) = self.handle_on(handle).await?;
-        let r = wire::attrs(&c.direct, wire::FSTAT, handle_body(&h)).await;
+        let r = wire::attrs(&c.session.direct, wire::FSTAT, handle_body(&h)).await;
         self.check(&c, r)
     }
 
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
         let c = self.conn()?;
         let owner = self.owner_for(&c, &set, || path_body(path), wire::LSTAT).await;
-        let r = wire::done(&c.direct, wire::SETSTAT, path_body(path).attrs(&set, owner)).await;
+        let r = wire::done(&c.session.direct, wire::SETSTAT, path_body(path).attrs(&set, owner)).await;
         self.check(&c, r)?;
         self.attrs_changed(path, &set);
         Ok(())
@@ -98,7 +98,7 @@ impl Remote for SftpRemote {
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
         let (file, c, h) = self.handle_on(handle).await?;
         let owner = self.owner_for(&c, &set, || handle_body(&h), wire::FSTAT).await;
-        let r = wire::done(&c.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, owner)).await;
+        let r = wire::done(&c.session.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, owner)).await;
         self.check(&c, r)?;
         lock(&file.known).set(&set);
         Ok(())
@@ -108,13 +108,13 @@ impl Remote for SftpRemote {
         let c = self.conn()?;
         let owner = self.owner_for(&c, &set, || path_body(path), wire::LSTAT).await;
         let body = extended("lsetstat@openssh.com").name(path).attrs(&set, owner);
-        let r = wire::done(&c.direct, wire::EXTENDED, body).await;
+        let r = wire::done(&c.session.direct, wire::EXTENDED, body).await;
         self.check(&c, r)
     }
 
     async fn list(&self, path: &str) -> Result<DirStream> {
         let (_, c, slot) = self.conn_for_open(false)?;
-        let r = wire::handle(&c.direct, wire::OPENDIR, path_body(path)).await;
+        let r = wire::handle(&c.session.direct, wire::OPENDIR, path_body(path)).await;
         let h = self.check(&c, r)?;
         let (tx, rx) = tokio::sync::mpsc::channel(LIST_BATCHES_AHEAD);
         let link = self.link.clone();
@@ -130,7 +130,7 @@ impl Remote for SftpRemote {
                 // After the first batch, the second READDIR out is likely the end.
                 let wanted = if batches == 1 { 1 } else { in_flight };
                 while out.len() < wanted {
-                    out.push_back(wire::names(&c.direct, wire::READDIR, handle_body(&h)));
+                    out.push_back(wire::names(&c.session.direct, wire::READDIR, handle_body(&h)));
                 }
                 let batch = match out.next().await {
                     Some(Ok(names)) => {
@@ -159,7 +159,7 @@ impl Remote for SftpRemote {
             // The end is told before the handle is closed: that takes a round trip.
             drop(tx);
             drop(out);
-            let _ = wire::done(&c.direct, wire::CLOSE, handle_body(&h)).await;
+            let _ = wire::done(&c.session.direct, wire::CLOSE, handle_body(&h)).await;
             drop(slot);
         });
         Ok(DirStream::new(rx))
@@ -170,8 +170,8 @@ impl Remote for SftpRemote {
         // What the file is as it opens: how it is recognised after a reconnect. STAT,
         // not LSTAT: OPEN follows a symlink too.
         let (opened, stat) = futures_util::join!(
-            wire::handle(&c.direct, wire::OPEN, open_body(path, o, o.mode)),
-            wire::attrs(&c.direct, wire::STAT, path_body(path))
+            wire::handle(&c.session.direct, wire::OPEN, open_body(path, o, o.mode)),
+            wire::attrs(&c.session.direct, wire::STAT, path_body(path))
         );
         let h = self.check(&c, opened)?;
         let attr = self.check(&c, stat).ok();
@@ -182,9 +182,9 @@ impl Remote for SftpRemote {
         let Some(file) = lock(&self.files).remove(&handle.0) else { return Ok(()) };
         let Some(live) = file.live.lock().await.take() else { return Ok(()) };
         // A handle of a connection that is gone died with it.
-        match self.link.conn_at(live.lane) {
+        match self.link.conn_at(live.index) {
             Ok(c) if c.generation == live.generation => {
-                let r = wire::done(&c.direct, wire::CLOSE, handle_body(&live.handle)).await;
+                let r = wire::done(&c.session.direct, wire::CLOSE, handle_body(&live.handle)).await;
                 self.check(&c, r)
             }
             _ => Ok(()),
@@ -198,7 +198,7 @@ impl Remote for SftpRemote {
     // A file's reads and writes go to the connection it was opened on (`handle_on`).
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         let (_, c, h) = self.handle_on(handle).await?;
-        match c.direct.read(&h, offset, len).await {
+        match c.session.direct.read(&h, offset, len).await {
             Err(SftpError::Status(s)) if s.status_code == StatusCode::Eof => {
                 c.touch();
                 Ok(Bytes::new())
@@ -211,7 +211,7 @@ impl Remote for SftpRemote {
         let (file, c, h) = self.handle_on(handle).await?;
         let end = offset + data.len() as u64;
         lock(&file.known).sending(end);
-        let r = c.direct.write(&h, offset, data).await;
+        let r = c.session.direct.write(&h, offset, data).await;
         self.check(&c, r)?;
         lock(&file.known).written(end);
         Ok(())
@@ -219,14 +219,14 @@ impl Remote for SftpRemote {
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
         let (_, c, h) = self.handle_on(handle).await?;
-        let r = wire::done(&c.direct, wire::EXTENDED, extended("fsync@openssh.com").bytes(&h)).await;
+        let r = wire::done(&c.session.direct, wire::EXTENDED, extended("fsync@openssh.com").bytes(&h)).await;
         self.check(&c, r)
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
         let c = self.conn()?;
         let set = SetAttr { mode: Some(mode), ..SetAttr::default() };
-        let r = wire::done(&c.direct, wire::MKDIR, path_body(path).attrs(&set, None)).await;
+        let r = wire::done(&c.session.direct, wire::MKDIR, path_body(path).attrs(&set, None)).await;
         self.check(&c, r)?;
         self.name_was_free(path);
         Ok(())
@@ -234,13 +234,13 @@ impl Remote for SftpRemote {
 
     async fn rmdir(&self, path: &str) -> Result<()> {
         let c = self.conn()?;
-        let r = wire::done(&c.direct, wire::RMDIR, path_body(path)).await;
+        let r = wire::done(&c.session.direct, wire::RMDIR, path_body(path)).await;
         self.check(&c, r)
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
         let c = self.conn()?;
-        let r = wire::done(&c.direct, wire::REMOVE, path_body(path)).await;
+        let r = wire::done(&c.session.direct, wire::REMOVE, path_body(path)).await;
         self.check(&c, r)?;
         self.names_changed(|k| k.removed(path));
         Ok(())
@@ -248,11 +248,12 @@ impl Remote for SftpRemote {
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let c = self.conn()?;
-        let r = if extensions_from(&c.extensions).posix_rename {
-            wire::done(&c.direct, wire::EXTENDED, extended("posix-rename@openssh.com").name(from).name(to)).await
+        let r = if extensions_from(&c.session.extensions).posix_rename {
+            wire::done(&c.session.direct, wire::EXTENDED, extended("posix-rename@openssh.com").name(from).name(to))
+                .await
         } else {
             // Plain SFTP rename refuses to replace an existing target; the fs moves it aside.
-            wire::done(&c.direct, wire::RENAME, path_body(from).name(to)).await
+            wire::done(&c.session.direct, wire::RENAME, path_body(from).name(to)).await
         };
         match self.check(&c, r) {
             Ok(()) => self.names_changed(|k| k.renamed(from, to)),
@@ -267,7 +268,7 @@ impl Remote for SftpRemote {
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
         let c = self.conn()?;
-        let r = wire::done(&c.direct, wire::SYMLINK, symlink_body(target, link)).await;
+        let r = wire::done(&c.session.direct, wire::SYMLINK, symlink_body(target, link)).await;
         self.check(&c, r)?;
         self.name_was_free(link);
         Ok(())
@@ -275,7 +276,7 @@ impl Remote for SftpRemote {
 
     async fn readlink(&self, path: &str) -> Result<String> {
         let c = self.conn()?;
-        let r = wire::names(&c.direct, wire::READLINK, path_body(path)).await;
+        let r = wire::names(&c.session.direct, wire::READLINK, path_body(path)).await;
         let names = self.check(&c, r)?;
         names
             .into_iter()
@@ -286,7 +287,9 @@ impl Remote for SftpRemote {
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
         let c = self.conn()?;
-        let r = wire::done(&c.direct, wire::EXTENDED, extended("hardlink@openssh.com").name(existing).name(new)).await;
+        let r =
+            wire::done(&c.session.direct, wire::EXTENDED, extended("hardlink@openssh.com").name(existing).name(new))
+                .await;
         self.check(&c, r)?;
         self.name_was_free(new);
         Ok(())
@@ -294,7 +297,7 @@ impl Remote for SftpRemote {
 
     async fn statfs(&self, path: &str) -> Result<StatFs> {
         let c = self.conn()?;
-        let r = wire::extended_reply(&c.direct, extended("statvfs@openssh.com").name(path)).await;
+        let r = wire::extended_reply(&c.session.direct, extended("statvfs@openssh.com").name(path)).await;
         let mut b = self.check(&c, r)?;
         let mut next = || wire::take_u64(&mut b).map_err(|_| RemoteError::BadMessage("short statvfs reply".into()));
         let (block_size, fragment_size, blocks, blocks_free, blocks_avail) =
@@ -316,18 +319,18 @@ impl Remote for SftpRemote {
     }
 
     fn read_size(&self) -> u32 {
-        self.link.conn().map(|c| c.read_size).unwrap_or(64 * 1024)
+        self.link.conn().map(|c| c.session.read_size).unwrap_or(64 * 1024)
     }
 
     fn write_size(&self) -> u32 {
-        self.link.conn().map(|c| c.write_size).unwrap_or(64 * 1024)
+        self.link.conn().map(|c| c.session.write_size).unwrap_or(64 * 1024)
     }
 
     async fn open_stat(&self, path: &str, o: OpenOptions) -> Result<(Handle, Option<Attr>)> {
         let (home, c, slot) = self.conn_for_open(true)?;
         let (opened, stat) = futures_util::join!(
-            wire::handle(&c.direct, wire::OPEN, open_body(path, o, o.mode)),
-            wire::attrs(&c.direct, wire::LSTAT, path_body(path))
+            wire::handle(&c.session.direct, wire::OPEN, open_body(path, o, o.mode)),
+            wire::attrs(&c.session.direct, wire::LSTAT, path_body(path))
         );
         let h = self.check(&c, opened)?;
         let attr = self.check(&c, stat).ok();
@@ -338,8 +341,8 @@ impl Remote for SftpRemote {
         let c = self.conn()?;
         let set = SetAttr { mode: Some(mode), ..SetAttr::default() };
         let (made, stat) = futures_util::join!(
-            wire::done(&c.direct, wire::MKDIR, path_body(path).attrs(&set, None)),
-            wire::attrs(&c.direct, wire::LSTAT, path_body(path))
+            wire::done(&c.session.direct, wire::MKDIR, path_body(path).attrs(&set, None)),
+            wire::attrs(&c.session.direct, wire::LSTAT, path_body(path))
         );
         self.check(&c, made)?;
         self.name_was_free(path);
@@ -349,8 +352,8 @@ impl Remote for SftpRemote {
     async fn symlink_stat(&self, target: &str, link: &str) -> Result<Option<Attr>> {
         let c = self.conn()?;
         let (made, stat) = futures_util::join!(
-            wire::done(&c.direct, wire::SYMLINK, symlink_body(target, link)),
-            wire::attrs(&c.direct, wire::LSTAT, path_body(link))
+            wire::done(&c.session.direct, wire::SYMLINK, symlink_body(target, link)),
+            wire::attrs(&c.session.direct, wire::LSTAT, path_body(link))
         );
         self.check(&c, made)?;
         self.name_was_free(link);
@@ -365,8 +368,8 @@ impl Remote for SftpRemote {
         }
         let c = self.conn()?;
         let (done, stat) = futures_util::join!(
-            wire::done(&c.direct, wire::SETSTAT, path_body(path).attrs(&set, None)),
-            wire::attrs(&c.direct, wire::LSTAT, path_body(path))
+            wire::done(&c.session.direct, wire::SETSTAT, path_body(path).attrs(&set, None)),
+            wire::attrs(&c.session.direct, wire::LSTAT, path_body(path))
         );
         self.check(&c, done)?;
         self.attrs_changed(path, &set);
@@ -380,8 +383,8 @@ impl Remote for SftpRemote {
         }
         let (file, c, h) = self.handle_on(handle).await?;
         let (done, stat) = futures_util::join!(
-            wire::done(&c.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, None)),
-            wire::attrs(&c.direct, wire::FSTAT, handle_body(&h))
+            wire::done(&c.session.direct, wire::FSETSTAT, handle_body(&h).attrs(&set, None)),
+            wire::attrs(&c.session.direct, wire::FSTAT, handle_body(&h))
         );
         self.check(&c, done)?;
         lock(&file.known).set(&set);

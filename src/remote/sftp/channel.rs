@@ -1,6 +1,6 @@
 //! The SSH channel under one SFTP session, shared by two clients: the russh-sftp
 //! session (which opens the session and carries heartbeats), and a direct path for
-//! every file operation (READ and WRITE, and the requests `remote::wire` frames).
+//! every file operation (READ and WRITE, and the requests `wire` frames).
 //!
 //! The direct path is there for speed. The library copies a write's data three times on
 //! its way to the channel and a read's answer twice on the way back; here a write goes

@@ -7,9 +7,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::protocol::StatusCode;
 
-use super::name;
-use super::{Attr, SetAttr};
-use crate::link::channel::{status, DirectSftp, FXP_STATUS as STATUS};
+use super::channel::{status, DirectSftp, FXP_STATUS as STATUS};
+use crate::remote::name;
+use crate::remote::{Attr, SetAttr};
 
 pub const OPEN: u8 = 3;
 pub const CLOSE: u8 = 4;
