@@ -113,16 +113,10 @@ impl<R: Remote> Fs<R> {
         }
         let op = if set.uid.is_some() || set.gid.is_some() { Op::Chown } else { Op::Setattr };
         self.meta.unsure(path);
-        if let Err(e) = self.remote.lsetstat(path, set).await {
-            return Err(self.fail(op, e, path, None).await);
-        }
-        match self.remote.lstat(path).await {
-            Ok(attr) => {
-                self.meta.changed(path, attr);
-                Ok(attr)
-            }
-            Err(e) => Err(self.fail(Op::Getattr, e, path, None).await),
-        }
+        self.answered(op, path, self.remote.lsetstat(path, set).await).await?;
+        let attr = self.answered(Op::Getattr, path, self.remote.lstat(path).await).await?;
+        self.meta.changed(path, attr);
+        Ok(attr)
     }
 
     /// SFTP sets both times at once: the one not being changed is kept (known, or asked

@@ -215,16 +215,12 @@ impl<R: Remote> Fs<R> {
         let asked = self.meta.snapshot();
         // Writes out now may land after the server answers, on another connection.
         let known = self.meta.ino_of(&path).map_or(0, |ino| self.write_behind.queued_end(ino));
-        match self.remote.lstat(&path).await {
-            Ok(attr) => {
-                self.meta.remember_attr(&path, attr, asked);
-                let mut e = self.entry(&path, attr);
-                // Writes still on their way make the file longer than the server says.
-                e.attr.size = e.attr.size.max(known).max(self.write_behind.queued_end(e.ino));
-                Ok(e)
-            }
-            Err(e) => Err(self.fail(Op::Lookup, e, &path, None).await),
-        }
+        let attr = self.answered(Op::Lookup, &path, self.remote.lstat(&path).await).await?;
+        self.meta.remember_attr(&path, attr, asked);
+        let mut e = self.entry(&path, attr);
+        // Writes still on their way make the file longer than the server says.
+        e.attr.size = e.attr.size.max(known).max(self.write_behind.queued_end(e.ino));
+        Ok(e)
     }
 
     /// The kernel dropped `n` references to `ino`: once it holds none, the number goes,
@@ -331,10 +327,7 @@ impl<R: Remote> Fs<R> {
                 // Our own earlier exclusive create took effect: open what it made.
                 opts.exclusive = false;
                 made_now = false;
-                match self.remote.open_stat(&path, opts).await {
-                    Ok(opened) => opened,
-                    Err(e) => return Err(self.fail(Op::Create, e, &path, None).await),
-                }
+                self.answered(Op::Create, &path, self.remote.open_stat(&path, opts).await).await?
             }
         };
         let entry_for = |a| if made_now { self.new_entry(&path, a) } else { self.entry(&path, a) };
@@ -371,13 +364,9 @@ impl<R: Remote> Fs<R> {
                 self.read_ahead.read(file.ino, *handle, None, u64::MAX, offset, size).await
             }
         };
-        match read {
-            Ok(data) => {
-                self.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
-                Ok(data)
-            }
-            Err(e) => Err(self.fail(Op::Read, e, &file.path, None).await),
-        }
+        let data = self.answered(Op::Read, &file.path, read).await?;
+        self.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(data)
     }
 
     /// Queues a write; it is acknowledged at once and reaches the server in order behind
@@ -491,10 +480,7 @@ impl<R: Remote> Fs<R> {
                 self.list_ahead.subdirs_of(&dir.path, &all);
             }
         };
-        let entries = match listing.entries_from(from, complete).await {
-            Ok(entries) => entries,
-            Err(e) => return Err(self.fail(Op::Readdir, e, &dir.path, None).await),
-        };
+        let entries = self.answered(Op::Readdir, &dir.path, listing.entries_from(from, complete).await).await?;
         let names = entries.iter().map(|(_, e)| (e.name.as_str(), e.attr.kind()));
         let numbers = self.meta.numbered_entries(&dir.path, names, |ino| self.in_use(ino));
         for ((pos, e), child) in entries.into_iter().zip(numbers) {

@@ -118,6 +118,29 @@ impl SftpRemote {
         self.link.conn().map_err(RemoteError::from)
     }
 
+    // Requests that need no open file, each on the pool's least busy connection, with
+    // the answer checked (`check`): one per kind of reply.
+
+    async fn ask_done(&self, kind: u8, body: Body) -> Result<()> {
+        let c = self.conn()?;
+        let r = wire::done(&c.session.direct, kind, body).await;
+        self.check(&c, r)
+    }
+
+    async fn ask_attrs(&self, kind: u8, body: Body) -> Result<Attr> {
+        let c = self.conn()?;
+        let r = wire::attrs(&c.session.direct, kind, body).await;
+        self.check(&c, r)
+    }
+
+    /// The one name a REALPATH or READLINK answers with.
+    async fn ask_name(&self, kind: u8, body: Body) -> Result<String> {
+        let c = self.conn()?;
+        let r = wire::names(&c.session.direct, kind, body).await;
+        let names = self.check(&c, r)?;
+        names.into_iter().next().map(|(n, _)| n).ok_or_else(|| RemoteError::ServerFailure("empty name reply".into()))
+    }
+
     /// Maps a result, telling the link when the connection itself failed.
     fn check<T>(&self, conn: &SftpConn, r: std::result::Result<T, SftpError>) -> Result<T> {
         conn.touch();

@@ -51,20 +51,11 @@ impl Remote for SftpRemote {
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {
-        let c = self.conn()?;
-        let r = wire::names(&c.session.direct, wire::REALPATH, path_body(path)).await;
-        let names = self.check(&c, r)?;
-        names
-            .into_iter()
-            .next()
-            .map(|(n, _)| n)
-            .ok_or_else(|| RemoteError::ServerFailure("empty realpath reply".into()))
+        self.ask_name(wire::REALPATH, path_body(path)).await
     }
 
     async fn stat(&self, path: &str) -> Result<Attr> {
-        let c = self.conn()?;
-        let r = wire::attrs(&c.session.direct, wire::STAT, path_body(path)).await;
-        self.check(&c, r)
+        self.ask_attrs(wire::STAT, path_body(path)).await
     }
 
     async fn lstat(&self, path: &str) -> Result<Attr> {
@@ -75,9 +66,7 @@ impl Remote for SftpRemote {
                 r => return r,
             }
         }
-        let c = self.conn()?;
-        let r = wire::attrs(&c.session.direct, wire::LSTAT, path_body(path)).await;
-        self.check(&c, r)
+        self.ask_attrs(wire::LSTAT, path_body(path)).await
     }
 
     async fn fstat(&self, handle: &Handle) -> Result<Attr> {
@@ -224,24 +213,18 @@ impl Remote for SftpRemote {
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
-        let c = self.conn()?;
         let set = SetAttr { mode: Some(mode), ..SetAttr::default() };
-        let r = wire::done(&c.session.direct, wire::MKDIR, path_body(path).attrs(&set, None)).await;
-        self.check(&c, r)?;
+        self.ask_done(wire::MKDIR, path_body(path).attrs(&set, None)).await?;
         self.name_was_free(path);
         Ok(())
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
-        let c = self.conn()?;
-        let r = wire::done(&c.session.direct, wire::RMDIR, path_body(path)).await;
-        self.check(&c, r)
+        self.ask_done(wire::RMDIR, path_body(path)).await
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
-        let c = self.conn()?;
-        let r = wire::done(&c.session.direct, wire::REMOVE, path_body(path)).await;
-        self.check(&c, r)?;
+        self.ask_done(wire::REMOVE, path_body(path)).await?;
         self.names_changed(|k| k.removed(path));
         Ok(())
     }
@@ -267,30 +250,17 @@ impl Remote for SftpRemote {
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
-        let c = self.conn()?;
-        let r = wire::done(&c.session.direct, wire::SYMLINK, symlink_body(target, link)).await;
-        self.check(&c, r)?;
+        self.ask_done(wire::SYMLINK, symlink_body(target, link)).await?;
         self.name_was_free(link);
         Ok(())
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
-        let c = self.conn()?;
-        let r = wire::names(&c.session.direct, wire::READLINK, path_body(path)).await;
-        let names = self.check(&c, r)?;
-        names
-            .into_iter()
-            .next()
-            .map(|(n, _)| n)
-            .ok_or_else(|| RemoteError::ServerFailure("empty readlink reply".into()))
+        self.ask_name(wire::READLINK, path_body(path)).await
     }
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
-        let c = self.conn()?;
-        let r =
-            wire::done(&c.session.direct, wire::EXTENDED, extended("hardlink@openssh.com").name(existing).name(new))
-                .await;
-        self.check(&c, r)?;
+        self.ask_done(wire::EXTENDED, extended("hardlink@openssh.com").name(existing).name(new)).await?;
         self.name_was_free(new);
         Ok(())
     }
