@@ -36,7 +36,7 @@ impl BlockFiles {
         Ok(files)
     }
 
-    fn path(&self, id: u64) -> PathBuf {
+    pub(super) fn path(&self, id: u64) -> PathBuf {
         self.root.join("blocks").join(format!("{:02x}", id % FANOUT)).join(id.to_string())
     }
 

@@ -91,16 +91,18 @@ fn borrowed(k: &OwnedKey) -> Key<'_> {
     (&k.0, k.1, k.2, k.3)
 }
 
-type Doomed = Box<dyn Fn(Key<'_>) -> bool + Send>;
-
 /// A change for the writer.
 enum Change {
     /// Block file `id` (in `tmp/`) holds `len` bytes summing to `crc` for `key`.
     Put { key: OwnedKey, id: u64, len: u64, crc: u32 },
     /// The block at `key`, file `id`, was read.
     Touch { key: OwnedKey, id: u64 },
-    /// Entries to drop.
-    Remove(Doomed),
+    /// The entry at this key goes (its block file was torn or missing).
+    Drop(OwnedKey),
+    /// Every block of this path, of any version, goes.
+    Forget(String),
+    /// Everything goes.
+    Clear,
     /// Answered once what came before is committed.
     Flush(SyncSender<()>),
 }
@@ -229,7 +231,7 @@ impl OfflineCache {
                 s.misses.fetch_add(1, Ordering::Relaxed);
                 if found.is_some() {
                     // Gone or torn: the entry goes, and the bytes it counted.
-                    self.send(Change::Remove(Box::new(move |e| e == borrowed(&owned))));
+                    self.send(Change::Drop(owned));
                 }
                 None
             }
@@ -248,16 +250,15 @@ impl OfflineCache {
 
     /// Drops every block of `path`, of any version.
     pub fn forget(&self, path: &str) {
-        let path = path.to_string();
         if let Some(c) = &self.changes {
-            let _ = c.send(Change::Remove(Box::new(move |k| k.0 == path)));
+            let _ = c.send(Change::Forget(path.to_string()));
         }
     }
 
     /// Empties the cache; returns once it is empty.
     pub fn clear(&self) {
         if let Some(c) = &self.changes {
-            let _ = c.send(Change::Remove(Box::new(|_| true)));
+            let _ = c.send(Change::Clear);
         }
         self.flush();
     }
@@ -386,7 +387,9 @@ fn commit(
                     *tick += 1;
                     t.touch(borrowed(&key), id, *tick)?;
                 }
-                Change::Remove(doomed) => t.remove(doomed)?,
+                Change::Drop(key) => t.drop_block(borrowed(&key))?,
+                Change::Forget(path) => t.forget(&path)?,
+                Change::Clear => t.clear()?,
                 Change::Flush(done) => flushed.push(done),
             }
         }
@@ -458,17 +461,32 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Drops the entries `doomed` picks.
-    fn remove(&mut self, doomed: Doomed) -> Result<(), redb::Error> {
-        let mut picked = Vec::new();
-        for e in self.blocks.iter()? {
+    /// Drops every block of `path`: the keys sort by path first, so they are one range.
+    fn forget(&mut self, path: &str) -> Result<(), redb::Error> {
+        let first: Key<'_> = (path, 0, 0, 0);
+        let last: Key<'_> = (path, u64::MAX, u64::MAX, u64::MAX);
+        let picked = self.keys(self.blocks.range(first..=last)?)?;
+        self.drop_all(picked)
+    }
+
+    /// Drops every block.
+    fn clear(&mut self) -> Result<(), redb::Error> {
+        let picked = self.keys(self.blocks.iter()?)?;
+        self.drop_all(picked)
+    }
+
+    fn keys(&self, range: redb::Range<'_, Key<'static>, Entry>) -> Result<Vec<OwnedKey>, redb::Error> {
+        let mut keys = Vec::new();
+        for e in range {
             let (k, _) = e?;
             let (p, s, m, i) = k.value();
-            if doomed((p, s, m, i)) {
-                picked.push((p.to_string(), s, m, i));
-            }
+            keys.push((p.to_string(), s, m, i));
         }
-        for k in picked {
+        Ok(keys)
+    }
+
+    fn drop_all(&mut self, keys: Vec<OwnedKey>) -> Result<(), redb::Error> {
+        for k in keys {
             self.drop_block(borrowed(&k))?;
         }
         Ok(())

@@ -17,6 +17,11 @@ fn get(cache: &OfflineCache, path: &str, v: Version, index: u64) -> Option<Vec<u
     got
 }
 
+/// Where block file `id` of `cache` lives.
+fn block_file(cache: &OfflineCache, id: u64) -> PathBuf {
+    cache.shared.files.path(id)
+}
+
 fn block(byte: u8, len: usize) -> Vec<u8> {
     vec![byte; len]
 }
@@ -124,7 +129,7 @@ fn a_torn_or_changed_block_is_never_served() {
     put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
     put(&cache, "/r/g", V1, 0, &block(b'b', 5000));
     let (ids, _) = indexed(&cache);
-    let file = |id: u64| dir.path().join("blocks").join(format!("{:02x}", id % 256)).join(id.to_string());
+    let file = |id: u64| block_file(&cache, id);
     // Cut short, as a power loss may leave it; and changed in place, same length.
     std::fs::write(file(ids[0]), block(b'a', 100)).unwrap();
     std::fs::write(file(ids[1]), block(b'x', 5000)).unwrap();
@@ -150,12 +155,19 @@ fn forget_and_clear_remove_blocks_and_their_files() {
     let (dir, cache) = cache_with_room(1 << 20);
     put(&cache, "/r/f", V1, 0, &block(b'a', 10));
     put(&cache, "/r/f", V2, 0, &block(b'b', 10));
+    put(&cache, "/r/f", V2, 1, &block(b'b', 10));
     put(&cache, "/r/g", V1, 0, &block(b'c', 10));
+    // Names that sort right beside it are other files.
+    put(&cache, "/r/f2", V1, 0, &block(b'd', 10));
+    put(&cache, "/r/e", V1, 0, &block(b'e', 10));
     cache.forget("/r/f");
     cache.flush();
     assert_eq!(get(&cache, "/r/f", V1, 0), None);
     assert_eq!(get(&cache, "/r/f", V2, 0), None);
+    assert_eq!(get(&cache, "/r/f", V2, 1), None);
     assert!(get(&cache, "/r/g", V1, 0).is_some());
+    assert!(get(&cache, "/r/f2", V1, 0).is_some());
+    assert!(get(&cache, "/r/e", V1, 0).is_some());
     assert_consistent(dir.path(), &cache);
     cache.clear();
     assert_eq!(files_on_disk(dir.path()), Vec::<u64>::new());
@@ -183,8 +195,7 @@ fn a_block_whose_file_is_gone_is_a_miss_and_its_entry_goes() {
     let (dir, cache) = cache_with_room(1 << 20);
     put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
     let (ids, _) = indexed(&cache);
-    std::fs::remove_file(dir.path().join("blocks").join(format!("{:02x}", ids[0] % 256)).join(ids[0].to_string()))
-        .unwrap();
+    std::fs::remove_file(block_file(&cache, ids[0])).unwrap();
     assert_eq!(get(&cache, "/r/f", V1, 0), None);
     assert_consistent(dir.path(), &cache);
 }
@@ -199,7 +210,7 @@ fn files_and_directories_are_private() {
     assert_eq!(mode(dir.path().join("index.redb")), 0o600);
     assert_eq!(mode(dir.path().join("blocks")), 0o700);
     assert_eq!(mode(dir.path().join("tmp")), 0o700);
-    let f = dir.path().join("blocks").join(format!("{:02x}", ids[0] % 256)).join(ids[0].to_string());
+    let f = block_file(&cache, ids[0]);
     assert_eq!(mode(f.parent().unwrap().to_path_buf()), 0o700);
     assert_eq!(mode(f), 0o600);
 }
