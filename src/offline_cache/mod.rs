@@ -56,10 +56,10 @@ pub struct Usage {
 /// A block's key: (path, size, mtime, block number).
 type Key<'a> = (&'a str, u64, u64, u64);
 /// A block's entry: (block file, length, checksum, last use).
-type Entry = (u64, u64, u32, u64);
+type Indexed = (u64, u64, u32, u64);
 
 /// Key → entry.
-const BLOCKS: TableDefinition<Key<'static>, Entry> = TableDefinition::new("blocks");
+const BLOCKS: TableDefinition<Key<'static>, Indexed> = TableDefinition::new("blocks");
 /// (last use, block file) → the block's key: the blocks in order of last use.
 const RECENCY: TableDefinition<(u64, u64), Key<'static>> = TableDefinition::new("recency");
 /// Counters: `BYTES`, `FILES`, `NEXT_ID`, `TICK`.
@@ -408,7 +408,7 @@ fn commit(
 /// The index's tables in one commit, with its running counts and the block files whose
 /// entries it dropped.
 struct Tables<'t> {
-    blocks: redb::Table<'t, Key<'static>, Entry>,
+    blocks: redb::Table<'t, Key<'static>, Indexed>,
     recency: redb::Table<'t, (u64, u64), Key<'static>>,
     counters: redb::Table<'t, &'static str, u64>,
     bytes: u64,
@@ -431,7 +431,7 @@ impl Tables<'_> {
 
     /// Enters block `k` as `entry`, evicting the least recently used first to stay
     /// within `budget`.
-    fn put(&mut self, k: Key<'_>, entry: Entry, budget: u64) -> Result<(), redb::Error> {
+    fn put(&mut self, k: Key<'_>, entry: Indexed, budget: u64) -> Result<(), redb::Error> {
         let (id, len, _, tick) = entry;
         self.drop_block(k)?;
         while self.bytes + on_disk(len) > budget {
@@ -475,7 +475,7 @@ impl Tables<'_> {
         self.drop_all(picked)
     }
 
-    fn keys(&self, range: redb::Range<'_, Key<'static>, Entry>) -> Result<Vec<OwnedKey>, redb::Error> {
+    fn keys(&self, range: redb::Range<'_, Key<'static>, Indexed>) -> Result<Vec<OwnedKey>, redb::Error> {
         let mut keys = Vec::new();
         for e in range {
             let (k, _) = e?;
