@@ -53,7 +53,8 @@ impl FsError {
     /// Logs the failure: once, where the kernel is answered. `late` when the kernel was
     /// answered before the operation ended (see `fuse::call`).
     pub fn log(&self, late: bool) {
-        let source = self.source.as_ref().map(ToString::to_string).unwrap_or_default();
+        // Formatted only if the line is written: most failures are debug lines, off.
+        let source = self.source.as_ref().map(tracing::field::display);
         let (errno, what) = (self.errno, self.message.as_str());
         let said = if late { "operation failed after its call was answered" } else { "call failed" };
         match level(self.errno) {

@@ -133,12 +133,16 @@ impl SftpRemote {
         self.check(&c, r)
     }
 
-    /// The one name a REALPATH or READLINK answers with.
-    async fn ask_name(&self, kind: u8, body: Body) -> Result<String> {
+    /// The one name a REALPATH or READLINK (`what`) answers with.
+    async fn ask_name(&self, kind: u8, what: &str, body: Body) -> Result<String> {
         let c = self.conn()?;
         let r = wire::names(&c.session.direct, kind, body).await;
         let names = self.check(&c, r)?;
-        names.into_iter().next().map(|(n, _)| n).ok_or_else(|| RemoteError::ServerFailure("empty name reply".into()))
+        names
+            .into_iter()
+            .next()
+            .map(|(n, _)| n)
+            .ok_or_else(|| RemoteError::ServerFailure(format!("empty {what} reply")))
     }
 
     /// Maps a result, telling the link when the connection itself failed.

@@ -51,7 +51,7 @@ impl Remote for SftpRemote {
     }
 
     async fn realpath(&self, path: &str) -> Result<String> {
-        self.ask_name(wire::REALPATH, path_body(path)).await
+        self.ask_name(wire::REALPATH, "realpath", path_body(path)).await
     }
 
     async fn stat(&self, path: &str) -> Result<Attr> {
@@ -256,7 +256,7 @@ impl Remote for SftpRemote {
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
-        self.ask_name(wire::READLINK, path_body(path)).await
+        self.ask_name(wire::READLINK, "readlink", path_body(path)).await
     }
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
