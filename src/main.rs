@@ -12,8 +12,6 @@ mod deadline;
 mod fs;
 mod link;
 mod logging;
-// The offline cache's store (issue 22): tested on its own until the fs core uses it.
-#[cfg(test)]
 mod offline_cache;
 mod process;
 mod remote;

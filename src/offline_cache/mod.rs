@@ -10,10 +10,14 @@
 //! block larger than the whole cache is not kept. Opening takes constant time, whatever
 //! the cache holds.
 //!
-//! One writer thread makes every change to the index, a batch of them per durable commit,
-//! so that a program reading through the mount never waits for the disk's flush, and
-//! what the cache fills with is dropped rather than queued without bound when the disk is
-//! slower than the link.
+//! Beside the blocks, the index keeps facts by path (`Fact`): what a stat, a listing or
+//! a symlink said, as bytes its user encodes. They live in the index file, whose size
+//! counts against the limit; they are not kept while the index takes over a quarter of it.
+//!
+//! One writer thread writes every block file and makes every change to the index, a
+//! batch of them per commit, so that a program reading through the mount never waits for
+//! the disk, and what the cache fills with is dropped rather than queued without bound
+//! when the disk is slower than the link.
 //!
 //! Crash safety: a block file is written whole in `tmp/`, its index entry committed
 //! (fsync), and only then the file renamed into place; the file of a block evicted or
@@ -27,6 +31,8 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -62,6 +68,8 @@ type Indexed = (u64, u64, u32, u64);
 const BLOCKS: TableDefinition<Key<'static>, Indexed> = TableDefinition::new("blocks");
 /// (last use, block file) → the block's key: the blocks in order of last use.
 const RECENCY: TableDefinition<(u64, u64), Key<'static>> = TableDefinition::new("recency");
+/// (path, fact) → what its user said of the path.
+const FACTS: TableDefinition<(&str, u8), &[u8]> = TableDefinition::new("facts");
 /// Counters: `BYTES`, `FILES`, `NEXT_ID`, `TICK`.
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const BYTES: &str = "bytes";
@@ -80,6 +88,27 @@ fn on_disk(len: u64) -> u64 {
     len.div_ceil(DISK_BLOCK) * DISK_BLOCK
 }
 
+/// What a fact of a path is about; its bytes are its user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fact {
+    /// The path's attributes, as a stat said.
+    Attr = 0,
+    /// A directory's complete listing.
+    Listing = 1,
+    /// A symlink's target.
+    Target = 2,
+}
+
+/// Which facts `unlearn` drops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Facts {
+    /// One fact of the path.
+    One(Fact),
+    /// Every fact of the path and of everything under it.
+    Tree,
+}
+
 /// A key that can travel to the writer.
 type OwnedKey = (String, u64, u64, u64);
 
@@ -93,8 +122,8 @@ fn borrowed(k: &OwnedKey) -> Key<'_> {
 
 /// A change for the writer.
 enum Change {
-    /// Block file `id` (in `tmp/`) holds `len` bytes summing to `crc` for `key`.
-    Put { key: OwnedKey, id: u64, len: u64, crc: u32 },
+    /// `data` is the block at `key`.
+    Put { key: OwnedKey, data: Bytes },
     /// The block at `key`, file `id`, was read.
     Touch { key: OwnedKey, id: u64 },
     /// The entry at this key goes (its block file was torn or missing).
@@ -103,6 +132,10 @@ enum Change {
     Forget(String),
     /// Everything goes.
     Clear,
+    /// A fact of a path, learnt.
+    Learn { path: String, fact: Fact, value: Vec<u8> },
+    /// Facts of a path, no longer true.
+    Unlearn { path: String, facts: Facts },
     /// Answered once what came before is committed.
     Flush(SyncSender<()>),
 }
@@ -113,7 +146,6 @@ struct Shared {
     db_path: PathBuf,
     files: BlockFiles,
     limit: u64,
-    next_id: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -175,14 +207,13 @@ impl OfflineCache {
             db_path,
             files,
             limit,
-            next_id: AtomicU64::new(next_id),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
         let (changes, queue) = sync_channel(QUEUED);
         let writer = {
             let shared = shared.clone();
-            std::thread::Builder::new().name("moor-cache".into()).spawn(move || write_changes(&shared, &queue, tick))?
+            std::thread::Builder::new().name("moor-cache".into()).spawn(move || write_changes(&shared, &queue, next_id, tick))?
         };
         Ok(OfflineCache { shared, changes: Some(changes), writer: Some(writer) })
     }
@@ -197,21 +228,37 @@ impl OfflineCache {
     /// Keeps block `index` of `path` at `version` (evicting the least recently used
     /// blocks to stay within the limit, when the writer commits it). False when it is
     /// not kept: larger than the whole cache, or the writer is behind.
-    pub fn put(&self, path: &str, version: Version, index: u64, data: &[u8]) -> io::Result<bool> {
-        let s = &self.shared;
-        if on_disk(data.len() as u64) > s.block_budget() {
-            return Ok(false);
+    pub fn put(&self, path: &str, version: Version, index: u64, data: Bytes) -> bool {
+        if on_disk(data.len() as u64) > self.shared.block_budget() {
+            return false;
         }
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        s.files.write_temp(id, data)?;
         let k = key(path, version, index);
-        let put =
-            Change::Put { key: (k.0.to_string(), k.1, k.2, k.3), id, len: data.len() as u64, crc: checksum(data) };
-        if !self.send(put) {
-            s.files.remove(id);
-            return Ok(false);
+        self.send(Change::Put { key: (k.0.to_string(), k.1, k.2, k.3), data })
+    }
+
+    /// Keeps what `fact` of `path` is, in place of what it was. False when it is not
+    /// kept: the index takes too much of the limit, or the writer is behind.
+    pub fn learn(&self, path: &str, fact: Fact, value: Vec<u8>) -> bool {
+        if 4 * self.shared.index_size() > self.shared.limit {
+            return false;
         }
-        Ok(true)
+        self.send(Change::Learn { path: path.to_string(), fact, value })
+    }
+
+    /// What `fact` of `path` was, when last learnt.
+    pub fn recall(&self, path: &str, fact: Fact) -> Option<Vec<u8>> {
+        let txn = self.shared.db.begin_read().ok()?;
+        let facts = txn.open_table(FACTS).ok()?;
+        let found = facts.get((path, fact as u8)).ok()??.value().to_vec();
+        Some(found)
+    }
+
+    /// Drops `facts` of `path`: what was learnt of them is no longer true. Waits for
+    /// room in the queue rather than leave a fact that is false.
+    pub fn unlearn(&self, path: &str, facts: Facts) {
+        if let Some(c) = &self.changes {
+            let _ = c.send(Change::Unlearn { path: path.to_string(), facts });
+        }
     }
 
     /// Block `index` of `path` at `version`, if held and intact.
@@ -301,6 +348,7 @@ fn first_numbers(db: &Database) -> Result<(u64, u64), redb::Error> {
     };
     txn.open_table(BLOCKS)?;
     txn.open_table(RECENCY)?;
+    txn.open_table(FACTS)?;
     txn.commit()?;
     Ok(numbers)
 }
@@ -324,15 +372,16 @@ impl Shared {
     }
 }
 
-/// The writer: commits the changes that come, a batch at a time, until the cache is
-/// dropped.
-fn write_changes(s: &Shared, queue: &Receiver<Change>, mut tick: u64) {
+/// The writer: writes the blocks and commits the changes that come, a batch at a time,
+/// until the cache is dropped.
+fn write_changes(s: &Shared, queue: &Receiver<Change>, mut next_id: u64, mut tick: u64) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         batch.extend(queue.try_iter().take(BATCH - 1));
         let mut flushed = Vec::new();
         let mut published = Vec::new();
-        match commit(s, batch, &mut tick, &mut flushed, &mut published) {
+        let numbers = (next_id, tick);
+        match commit(s, batch, &mut next_id, &mut tick, &mut flushed, &mut published) {
             Ok(()) => {
                 for id in published {
                     if let Err(e) = s.files.publish(id) {
@@ -345,6 +394,8 @@ fn write_changes(s: &Shared, queue: &Receiver<Change>, mut tick: u64) {
                 for id in published {
                     s.files.remove(id);
                 }
+                // Numbers of blocks never published may be given out again.
+                (next_id, tick) = numbers;
             }
         }
         for done in flushed {
@@ -353,35 +404,50 @@ fn write_changes(s: &Shared, queue: &Receiver<Change>, mut tick: u64) {
     }
 }
 
-/// Applies `batch` in one durable commit. Files of dropped entries go before the commit;
-/// the blocks put are published after it (`published`).
+/// Applies `batch` in one durable commit. Files of dropped entries
+/// go before the commit; the blocks put are written in `tmp/` before it and published
+/// after it (`published`).
 fn commit(
     s: &Shared,
     batch: Vec<Change>,
+    next_id: &mut u64,
     tick: &mut u64,
     flushed: &mut Vec<SyncSender<()>>,
     published: &mut Vec<u64>,
 ) -> Result<(), redb::Error> {
+    if batch.iter().all(|c| matches!(c, Change::Flush(_))) {
+        flushed.extend(batch.into_iter().filter_map(|c| if let Change::Flush(done) = c { Some(done) } else { None }));
+        return Ok(());
+    }
+    // Every commit is durable: a block's entry must be on disk before its file is
+    // published, and commits that are not let the index grow until one is.
     let txn = s.db.begin_write()?;
     {
         let mut t = Tables {
             blocks: txn.open_table(BLOCKS)?,
             recency: txn.open_table(RECENCY)?,
             counters: txn.open_table(COUNTERS)?,
+            facts: txn.open_table(FACTS)?,
             bytes: 0,
             files: 0,
             gone: Vec::new(),
         };
         t.bytes = counter(&t.counters, BYTES)?;
         t.files = counter(&t.counters, FILES)?;
-        let mut next_id = counter(&t.counters, NEXT_ID)?;
         for change in batch {
             match change {
-                Change::Put { key, id, len, crc } => {
+                Change::Put { key, data } => {
+                    let id = *next_id;
+                    if let Err(e) = s.files.write_temp(id, &data) {
+                        tracing::debug!(error = %e, "cannot write an offline cache block");
+                        s.files.remove(id);
+                        continue;
+                    }
+                    *next_id += 1;
                     *tick += 1;
-                    next_id = next_id.max(id + 1);
                     published.push(id);
-                    t.put(borrowed(&key), (id, len, crc, *tick), s.block_budget())?;
+                    let entry = (id, data.len() as u64, checksum(&data), *tick);
+                    t.put(borrowed(&key), entry, s.block_budget())?;
                 }
                 Change::Touch { key, id } => {
                     *tick += 1;
@@ -390,6 +456,10 @@ fn commit(
                 Change::Drop(key) => t.drop_block(borrowed(&key))?,
                 Change::Forget(path) => t.forget(&path)?,
                 Change::Clear => t.clear()?,
+                Change::Learn { path, fact, value } => {
+                    t.facts.insert((path.as_str(), fact as u8), value.as_slice())?;
+                }
+                Change::Unlearn { path, facts } => t.unlearn(&path, facts)?,
                 Change::Flush(done) => flushed.push(done),
             }
         }
@@ -398,7 +468,7 @@ fn commit(
         }
         t.counters.insert(BYTES, t.bytes)?;
         t.counters.insert(FILES, t.files)?;
-        t.counters.insert(NEXT_ID, next_id)?;
+        t.counters.insert(NEXT_ID, *next_id)?;
         t.counters.insert(TICK, *tick)?;
     }
     txn.commit()?;
@@ -411,6 +481,7 @@ struct Tables<'t> {
     blocks: redb::Table<'t, Key<'static>, Indexed>,
     recency: redb::Table<'t, (u64, u64), Key<'static>>,
     counters: redb::Table<'t, &'static str, u64>,
+    facts: redb::Table<'t, (&'static str, u8), &'static [u8]>,
     bytes: u64,
     files: u64,
     gone: Vec<u64>,
@@ -469,10 +540,29 @@ impl Tables<'_> {
         self.drop_all(picked)
     }
 
-    /// Drops every block.
+    /// Drops every block and every fact.
     fn clear(&mut self) -> Result<(), redb::Error> {
         let picked = self.keys(self.blocks.iter()?)?;
+        self.facts.retain(|_, _| false)?;
         self.drop_all(picked)
+    }
+
+    /// Drops `facts` of `path`. The keys sort by path first: a path's facts are one
+    /// range, and so are those of everything under it (`path/` up to `path0`, the
+    /// character after `/`).
+    fn unlearn(&mut self, path: &str, facts: Facts) -> Result<(), redb::Error> {
+        match facts {
+            Facts::One(fact) => {
+                self.facts.remove((path, fact as u8))?;
+            }
+            Facts::Tree => {
+                self.facts.retain_in((path, 0u8)..=(path, u8::MAX), |_, _| false)?;
+                let base = path.trim_end_matches('/');
+                let (below, past) = (format!("{base}/"), format!("{base}0"));
+                self.facts.retain_in((below.as_str(), 0u8)..(past.as_str(), 0u8), |_, _| false)?;
+            }
+        }
+        Ok(())
     }
 
     fn keys(&self, range: redb::Range<'_, Key<'static>, Indexed>) -> Result<Vec<OwnedKey>, redb::Error> {

@@ -5,7 +5,7 @@ const V2: Version = Version { size: 10, mtime: 101 };
 
 /// Puts a block and waits for it to be committed, as a test must before it looks.
 fn put(cache: &OfflineCache, path: &str, v: Version, index: u64, data: &[u8]) -> bool {
-    let kept = cache.put(path, v, index, data).unwrap();
+    let kept = cache.put(path, v, index, Bytes::copy_from_slice(data));
     cache.flush();
     kept
 }
@@ -179,15 +179,18 @@ fn reopening_keeps_what_was_committed_and_clears_what_a_crash_left() {
     let dir = tempfile::tempdir().unwrap();
     let cache = OfflineCache::open(dir.path(), 1 << 20).unwrap();
     put(&cache, "/r/f", V1, 0, &block(b'a', 5000));
-    let next = cache.shared.next_id.load(Ordering::Relaxed);
     drop(cache);
+    let next = first_numbers(&Database::open(dir.path().join("index.redb")).unwrap()).unwrap().0;
     // What a crash leaves: a block written but never committed.
     BlockFiles::open(dir.path()).unwrap().write_temp(next, b"never committed").unwrap();
     let cache = OfflineCache::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(get(&cache, "/r/f", V1, 0), Some(block(b'a', 5000)));
     assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "tmp/ is emptied");
     assert_consistent(dir.path(), &cache);
-    assert!(cache.shared.next_id.load(Ordering::Relaxed) >= next, "numbers are never handed out twice");
+    put(&cache, "/r/g", V1, 0, &block(b'g', 10));
+    let (ids, _) = indexed(&cache);
+    assert!(ids.contains(&next), "the number a crash left unused is handed out once: {ids:?}");
+    assert_eq!(get(&cache, "/r/g", V1, 0), Some(block(b'g', 10)));
 }
 
 #[test]
@@ -229,4 +232,46 @@ fn each_destination_and_path_has_its_own_directory() {
     let long = dir_for(base, "h", &"/x".repeat(300));
     assert!(long.file_name().unwrap().len() <= 200);
     assert_ne!(long, dir_for(base, "h", &format!("{}y", "/x".repeat(300))), "a checksum tells long names apart");
+}
+
+#[test]
+fn facts_are_recalled_until_unlearnt_one_by_one_or_by_tree() {
+    let (_dir, cache) = cache_with_room(1 << 20);
+    for p in ["/r/d", "/r/d/a", "/r/d/a/b", "/r/d0", "/r/d.x", "/r/e"] {
+        assert!(cache.learn(p, Fact::Attr, p.as_bytes().to_vec()));
+    }
+    assert!(cache.learn("/r/d", Fact::Listing, b"a".to_vec()));
+    cache.flush();
+    assert_eq!(cache.recall("/r/d/a", Fact::Attr).as_deref(), Some(&b"/r/d/a"[..]));
+    assert_eq!(cache.recall("/r/d/a", Fact::Listing), None);
+
+    cache.unlearn("/r/d", Facts::One(Fact::Listing));
+    cache.flush();
+    assert_eq!(cache.recall("/r/d", Fact::Listing), None);
+    assert!(cache.recall("/r/d", Fact::Attr).is_some());
+
+    cache.unlearn("/r/d", Facts::Tree);
+    cache.flush();
+    for gone in ["/r/d", "/r/d/a", "/r/d/a/b"] {
+        assert_eq!(cache.recall(gone, Fact::Attr), None, "{gone}");
+    }
+    // Names that only start like the tree's are not in it.
+    for kept in ["/r/d0", "/r/d.x", "/r/e"] {
+        assert!(cache.recall(kept, Fact::Attr).is_some(), "{kept}");
+    }
+    cache.clear();
+    assert_eq!(cache.recall("/r/e", Fact::Attr), None);
+}
+
+#[test]
+fn facts_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = OfflineCache::open(dir.path(), 1 << 30).unwrap();
+    assert!(cache.learn("/r/f", Fact::Target, b"g".to_vec()));
+    // A block commit is durable, and with it every fact before it.
+    assert!(cache.put("/r/f", V1, 0, Bytes::from_static(b"x")));
+    drop(cache);
+    let cache = OfflineCache::open(dir.path(), 1 << 30).unwrap();
+    assert_eq!(cache.recall("/r/f", Fact::Target).as_deref(), Some(&b"g"[..]));
+    assert_eq!(cache.get("/r/f", V1, 0).as_deref(), Some(&b"x"[..]));
 }
