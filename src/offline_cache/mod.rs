@@ -98,6 +98,8 @@ pub enum Fact {
     Listing = 1,
     /// A symlink's target.
     Target = 2,
+    /// The canonical form of a path the mount was asked for.
+    Canonical = 3,
 }
 
 /// Which facts `unlearn` drops.

@@ -41,6 +41,8 @@ fn node(body: Body, mode: u32) -> Node {
 struct Open {
     node: u64,
     append: bool,
+    /// The file as it opened.
+    opened_as: Attr,
 }
 
 /// Resolves whether `cond` came to hold within five seconds, letting the runtime's other
@@ -537,23 +539,23 @@ impl Remote for FakeRemote {
         self.step().await;
         self.up()?;
         let mut tree = self.tree.lock().unwrap();
-        let id = match tree.get_mut(path) {
+        let (id, opened_as) = match tree.get_mut(path) {
             Some(_) if o.create && o.exclusive => return Err(failure()),
             Some(Node { body: Body::Dir, .. }) if o.write => return Err(failure()),
             Some(n) => {
                 if let (Body::File(d), true) = (&mut n.body, o.truncate) {
                     d.clear();
                 }
-                n.id
+                (n.id, Self::attr(n))
             }
             None if o.create => {
                 if !matches!(tree.get(parent(path)).map(|n| &n.body), Some(Body::Dir)) {
                     return Err(RemoteError::NotFound);
                 }
                 let made = node(Body::File(Vec::new()), S_IFREG | o.mode.unwrap_or(0o644));
-                let id = made.id;
+                let opened = (made.id, Self::attr(&made));
                 tree.insert(path.into(), made);
-                id
+                opened
             }
             None => return Err(RemoteError::NotFound),
         };
@@ -562,7 +564,7 @@ impl Remote for FakeRemote {
         // that: an open whose answer was lost leaves no handle behind.
         self.answer()?;
         let h = self.next.fetch_add(1, Ordering::SeqCst);
-        self.handles.lock().unwrap().insert(h, Open { node: id, append: o.append });
+        self.handles.lock().unwrap().insert(h, Open { node: id, append: o.append, opened_as });
         Ok(Handle(h))
     }
 
@@ -594,6 +596,10 @@ impl Remote for FakeRemote {
             Some(data)
         })?;
         read.map(Bytes::from).ok_or_else(failure)
+    }
+
+    fn opened_as(&self, handle: &Handle) -> Option<Attr> {
+        self.handles.lock().unwrap().get(&handle.0).map(|o| o.opened_as)
     }
 
     fn write_depth(&self, _handle: &Handle) -> usize {

@@ -5,6 +5,7 @@
 mod identity;
 pub use identity::moved;
 pub mod name;
+pub mod offline;
 pub mod sftp;
 
 #[cfg(test)]
@@ -79,30 +80,63 @@ pub struct DirEntry {
 
 /// A directory being listed: batches of entries as the server sends them ("." and ".."
 /// left out), then the end. Dropping it stops the listing.
-#[derive(Debug)]
 pub struct DirStream {
     batches: tokio::sync::mpsc::Receiver<Result<Vec<DirEntry>>>,
+    /// What was listed so far, and who hears the whole listing once it ends well.
+    recorder: Option<(Vec<DirEntry>, Recorder)>,
+}
+
+type Recorder = Box<dyn FnOnce(&[DirEntry]) + Send>;
+
+impl std::fmt::Debug for DirStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirStream").field("recording", &self.recorder.is_some()).finish()
+    }
 }
 
 impl DirStream {
     /// A listing whose batches arrive on `batches`; the sender closing is the end.
     pub fn new(batches: tokio::sync::mpsc::Receiver<Result<Vec<DirEntry>>>) -> DirStream {
-        DirStream { batches }
+        DirStream { batches, recorder: None }
+    }
+
+    /// This listing, whose every entry `heard` is given once it has ended without a
+    /// failure; a listing dropped before its end, or failed, is not heard.
+    pub fn recording(self, heard: impl FnOnce(&[DirEntry]) + Send + 'static) -> DirStream {
+        DirStream { batches: self.batches, recorder: Some((Vec::new(), Box::new(heard))) }
     }
 
     /// The next batch, or `None` at the end.
     pub async fn next(&mut self) -> Option<Result<Vec<DirEntry>>> {
-        self.batches.recv().await
+        let got = self.batches.recv().await;
+        self.record(got)
     }
 
     /// The next batch if it is already here (`Some(Some(..))`), the end if that is
     /// (`Some(None)`), or `None` when neither has arrived yet.
     pub fn ready(&mut self) -> Option<Option<Result<Vec<DirEntry>>>> {
         match self.batches.try_recv() {
-            Ok(batch) => Some(Some(batch)),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(None),
+            Ok(batch) => Some(self.record(Some(batch))),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => Some(self.record(None)),
             Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
         }
+    }
+
+    fn record(&mut self, got: Option<Result<Vec<DirEntry>>>) -> Option<Result<Vec<DirEntry>>> {
+        match &got {
+            Some(Ok(batch)) => {
+                if let Some((seen, _)) = &mut self.recorder {
+                    seen.extend(batch.iter().cloned());
+                }
+            }
+            Some(Err(_)) => self.recorder = None,
+            None => {
+                if let Some((seen, heard)) = self.recorder.take() {
+                    heard(&seen);
+                }
+            }
+        }
+        got
     }
 }
 
@@ -261,6 +295,12 @@ pub trait Remote: Send + Sync + 'static {
     fn readlink(&self, path: &str) -> impl Future<Output = Result<String>> + Send;
     fn hardlink(&self, existing: &str, new: &str) -> impl Future<Output = Result<()>> + Send;
     fn statfs(&self, path: &str) -> impl Future<Output = Result<StatFs>> + Send;
+
+    /// What an open file was as it opened (the server's stat sent with the open), when
+    /// the remote knows.
+    fn opened_as(&self, _handle: &Handle) -> Option<Attr> {
+        None
+    }
 
     /// Largest read to ask for in one request.
     fn read_size(&self) -> u32 {

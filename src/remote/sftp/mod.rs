@@ -79,6 +79,8 @@ struct RemoteFile {
     /// Shared by every handle of the same file, so that each learns what the others
     /// changed.
     known: Arc<Mutex<KnownFile>>,
+    /// What the server said the file was as it opened.
+    opened_as: Option<Attr>,
     /// Why the file cannot be reached any more, once that is so: for good.
     lost: Mutex<Option<String>>,
     /// The server's handle on that connection, while it lives.
@@ -292,6 +294,7 @@ impl SftpRemote {
             opts,
             home,
             known: self.known_for(path, attr),
+            opened_as: attr,
             lost: Mutex::new(None),
             live: tokio::sync::Mutex::new(live),
         };

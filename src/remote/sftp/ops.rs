@@ -184,6 +184,10 @@ impl Remote for SftpRemote {
         depth_for(self.file_conn(handle).ok().and_then(|c| c.least_rtt()))
     }
 
+    fn opened_as(&self, handle: &Handle) -> Option<Attr> {
+        lock(&self.files).get(&handle.0).and_then(|f| f.opened_as)
+    }
+
     // A file's reads and writes go to the connection it was opened on (`handle_on`).
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         let (_, c, h) = self.handle_on(handle).await?;

@@ -1,0 +1,623 @@
+//! The offline cache in front of a remote (`--offline-cache`): what the remote answers is
+//! kept in the store (`crate::offline_cache`), and while the link is down what the store
+//! holds answers instead: attributes, complete listings, symlink targets, and the blocks
+//! of files read. Without a cache it passes every call through.
+//!
+//! Never stale once the link is back: facts are only served while the link is down (up,
+//! every stat and listing goes to the server), and blocks are served up only for the
+//! version the server just gave as the file opened. A version is kept only once its mtime
+//! is two seconds old: SFTP carries whole seconds, so a change in the second a version
+//! was read could keep its size and mtime (git's "racy" rule).
+//!
+//! Every change the mount makes drops what the store knew of the names it touched, and a
+//! fact is kept only if no change was made while it was asked, so that a fact outdated by
+//! the mount's own change is never kept.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::BytesMut;
+
+use super::{Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result};
+use super::{SetAttr, StatFs};
+use crate::offline_cache::{Fact, Facts, OfflineCache, Usage, Version};
+use crate::sync::lock;
+
+/// Bytes per block: the read size, so that every read the mount makes fills whole blocks.
+pub const BLOCK: u64 = 64 * 1024;
+/// Handles of files opened from the store while the link was down.
+const LOCAL: u64 = 1 << 63;
+/// How old a version's mtime must be, in seconds, before its content is kept.
+const SETTLED: u64 = 2;
+
+/// An open file as the cache sees it.
+#[derive(Debug, Clone)]
+struct Opened {
+    path: String,
+    /// The version whose blocks may be served and kept; `None` for a file opened to be
+    /// written, or whose version is not settled.
+    version: Option<Version>,
+    /// Opened for writing: what is known of the file goes when it closes.
+    writes: bool,
+}
+
+pub struct Offline<R: Remote> {
+    inner: R,
+    cache: Option<Arc<OfflineCache>>,
+    opened: Mutex<HashMap<Handle, Opened>>,
+    next_local: AtomicU64,
+    /// Counts the mount's changes: a fact asked across one is not kept.
+    changes: Arc<AtomicU64>,
+    /// Paths the store answered for while the link was down.
+    served: Mutex<HashSet<String>>,
+}
+
+/// The link, not the server, failed a call: the store may answer it.
+fn down(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::Unavailable(_) | RemoteError::Disconnected(_))
+}
+
+fn missing() -> RemoteError {
+    RemoteError::Unavailable("link down, and not in the offline cache".into())
+}
+
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => "/",
+    }
+}
+
+fn name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The version of a regular file whose content may be kept: its mtime settled.
+fn settled(attr: &Attr) -> Option<Version> {
+    let now = crate::timestamp::unix_secs();
+    (attr.kind() == FileKind::File && u64::from(attr.mtime) + SETTLED <= now)
+        .then_some(Version { size: attr.size, mtime: u64::from(attr.mtime) })
+}
+
+const ATTR_LEN: usize = 28;
+
+fn put_attr(out: &mut Vec<u8>, a: &Attr) {
+    out.extend_from_slice(&a.size.to_le_bytes());
+    for v in [a.mode, a.uid, a.gid, a.atime, a.mtime] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn get_attr(b: &[u8]) -> Option<Attr> {
+    let b = b.get(..ATTR_LEN)?;
+    let word = |i: usize| u32::from_le_bytes([b[8 + 4 * i], b[9 + 4 * i], b[10 + 4 * i], b[11 + 4 * i]]);
+    Some(Attr {
+        size: u64::from_le_bytes(b[..8].try_into().ok()?),
+        mode: word(0),
+        uid: word(1),
+        gid: word(2),
+        atime: word(3),
+        mtime: word(4),
+    })
+}
+
+/// A listing as the store keeps it: per entry, the name's length (2 bytes), the name,
+/// its attributes.
+fn encode_listing(entries: &[DirEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * (ATTR_LEN + 16));
+    for e in entries {
+        let Ok(len) = u16::try_from(e.name.len()) else { continue };
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(e.name.as_bytes());
+        put_attr(&mut out, &e.attr);
+    }
+    out
+}
+
+fn decode_listing(mut b: &[u8]) -> Option<Vec<DirEntry>> {
+    let mut entries = Vec::new();
+    while !b.is_empty() {
+        let len = usize::from(u16::from_le_bytes([*b.first()?, *b.get(1)?]));
+        let name = std::str::from_utf8(b.get(2..2 + len)?).ok()?.to_string();
+        let attr = get_attr(b.get(2 + len..)?)?;
+        entries.push(DirEntry { name, attr });
+        b = &b[2 + len + ATTR_LEN..];
+    }
+    Some(entries)
+}
+
+/// A listing that is over before it starts: `entries`, then the end.
+fn stream_of(entries: Vec<DirEntry>) -> DirStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let _ = tx.try_send(Ok(entries));
+    DirStream::new(rx)
+}
+
+impl<R: Remote> Offline<R> {
+    pub fn new(inner: R, cache: Option<OfflineCache>) -> Offline<R> {
+        Offline {
+            inner,
+            cache: cache.map(Arc::new),
+            opened: Mutex::default(),
+            next_local: AtomicU64::new(0),
+            changes: Arc::default(),
+            served: Mutex::default(),
+        }
+    }
+
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+
+    /// What the cache holds and how it has served; `None` without one.
+    pub fn usage(&self) -> Option<Usage> {
+        self.cache.as_ref().map(|c| c.usage())
+    }
+
+    /// Empties the cache; false without one.
+    pub fn clear(&self) -> bool {
+        self.cache.as_ref().map(|c| c.clear()).is_some()
+    }
+
+    /// The paths the store answered for while the link was down, since last asked: what
+    /// the kernel and the mount may hold from the store, to be asked again.
+    pub fn take_served(&self) -> Vec<String> {
+        lock(&self.served).drain().collect()
+    }
+
+    fn served(&self, path: &str) {
+        lock(&self.served).insert(path.to_string());
+    }
+
+    fn asked(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Keeps `value` as `fact` of `path`, unless the mount changed something since it
+    /// asked (`asked`).
+    fn learn(&self, path: &str, fact: Fact, value: Vec<u8>, asked: u64) {
+        if let Some(c) = &self.cache {
+            if self.asked() == asked {
+                c.learn(path, fact, value);
+            }
+        }
+    }
+
+    fn learn_attr(&self, path: &str, attr: &Attr, asked: u64) {
+        if self.cache.is_some() {
+            let mut b = Vec::with_capacity(ATTR_LEN);
+            put_attr(&mut b, attr);
+            self.learn(path, Fact::Attr, b, asked);
+        }
+    }
+
+    /// The mount is about to change `paths` (and what is under them): what the store
+    /// knows of them and of their directories' listings goes, and facts asked meanwhile
+    /// are not kept. Called again once the change is answered.
+    fn changing(&self, paths: &[&str]) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        if let Some(c) = &self.cache {
+            for p in paths {
+                c.unlearn(p, Facts::Tree);
+                c.unlearn(parent(p), Facts::One(Fact::Listing));
+            }
+        }
+    }
+
+    /// `path`'s attributes from the store: its own, or its directory's listing's. A name
+    /// absent from a complete listing is not there.
+    fn recall_attr(&self, path: &str) -> Option<Result<Attr>> {
+        let c = self.cache.as_ref()?;
+        if let Some(a) = c.recall(path, Fact::Attr).as_deref().and_then(get_attr) {
+            return Some(Ok(a));
+        }
+        let listing = decode_listing(&c.recall(parent(path), Fact::Listing)?)?;
+        Some(listing.into_iter().find(|e| e.name == name(path)).map(|e| e.attr).ok_or(RemoteError::NotFound))
+    }
+
+    /// The answer to a stat of `path` from the store, when the link failed it (`e`).
+    fn stat_offline(&self, path: &str, e: RemoteError) -> Result<Attr> {
+        if !down(&e) {
+            return Err(e);
+        }
+        match self.recall_attr(path) {
+            Some(answer) => {
+                self.served(path);
+                answer
+            }
+            None => Err(e),
+        }
+    }
+
+    /// A server's stat of `path`, kept; a path the server says is gone is forgotten.
+    fn stat_answered(&self, path: &str, answer: Result<Attr>, asked: u64) -> Result<Attr> {
+        match answer {
+            Ok(a) => {
+                self.learn_attr(path, &a, asked);
+                Ok(a)
+            }
+            Err(RemoteError::NotFound) => {
+                if let Some(c) = &self.cache {
+                    c.unlearn(path, Facts::Tree);
+                }
+                Err(RemoteError::NotFound)
+            }
+            Err(e) => self.stat_offline(path, e),
+        }
+    }
+
+    fn opened(&self, handle: &Handle) -> Option<Opened> {
+        lock(&self.opened).get(handle).cloned()
+    }
+
+    /// Bytes `offset..offset + len` of `path` at `version` from the store, if it holds
+    /// every block they span.
+    fn read_stored(&self, path: &str, version: Version, offset: u64, len: u32) -> Option<Bytes> {
+        let c = self.cache.as_ref()?;
+        let end = (offset + u64::from(len)).min(version.size);
+        if offset >= end {
+            return Some(Bytes::new());
+        }
+        let mut out = BytesMut::with_capacity((end - offset) as usize);
+        for index in offset / BLOCK..end.div_ceil(BLOCK) {
+            let data = c.get(path, version, index)?;
+            let start = index * BLOCK;
+            let from = offset.saturating_sub(start) as usize;
+            let to = (end - start).min(BLOCK) as usize;
+            out.extend_from_slice(data.get(from..to)?);
+        }
+        Some(out.freeze())
+    }
+
+    /// Keeps every whole block that `data`, read at `offset` of `path` at `version`,
+    /// holds: aligned, and full or ending where the file ends.
+    fn keep_blocks(&self, path: &str, version: Version, offset: u64, data: &Bytes) {
+        let Some(c) = &self.cache else { return };
+        let end = offset + data.len() as u64;
+        let mut index = offset.div_ceil(BLOCK);
+        while index * BLOCK < end {
+            let start = index * BLOCK;
+            let block_end = (start + BLOCK).min(version.size);
+            if block_end > end || block_end <= start {
+                break;
+            }
+            let from = (start - offset) as usize;
+            c.put(path, version, index, data.slice(from..from + (block_end - start) as usize));
+            index += 1;
+        }
+    }
+
+    /// `path` was opened on the server as `handle`: a file opened to be read is known by
+    /// the version it opened as.
+    fn opened_now(&self, path: &str, handle: Handle, writes: bool, asked: u64) {
+        let mut version = None;
+        if !writes {
+            if let Some(attr) = self.inner.opened_as(&handle) {
+                self.learn_attr(path, &attr, asked);
+                version = settled(&attr);
+            }
+        }
+        lock(&self.opened).insert(handle, Opened { path: path.to_string(), version, writes });
+    }
+
+    /// A file the link cannot open now, opened from the store: its settled version, if
+    /// the store holds its attributes.
+    fn open_offline(&self, path: &str, opts: OpenOptions, e: RemoteError) -> Result<Handle> {
+        let writes = opts.write || opts.append || opts.create || opts.truncate;
+        if !down(&e) || writes {
+            return Err(e);
+        }
+        let attr = match self.recall_attr(path) {
+            Some(Ok(a)) => a,
+            Some(Err(gone)) => {
+                self.served(path);
+                return Err(gone);
+            }
+            None => return Err(e),
+        };
+        let Some(version) = settled(&attr) else { return Err(e) };
+        self.served(path);
+        let handle = Handle(LOCAL | self.next_local.fetch_add(1, Ordering::Relaxed));
+        lock(&self.opened).insert(handle, Opened { path: path.to_string(), version: Some(version), writes: false });
+        Ok(handle)
+    }
+}
+
+impl<R: Remote> Remote for Offline<R> {
+    fn extensions(&self) -> Extensions {
+        self.inner.extensions()
+    }
+
+    fn is_available(&self) -> bool {
+        self.inner.is_available()
+    }
+
+    async fn wait_available(&self) -> Result<()> {
+        self.inner.wait_available().await
+    }
+
+    async fn wait_unavailable(&self) {
+        self.inner.wait_unavailable().await
+    }
+
+    fn stalled_for(&self) -> Option<std::time::Duration> {
+        self.inner.stalled_for()
+    }
+
+    async fn realpath(&self, path: &str) -> Result<String> {
+        let asked = self.asked();
+        match self.inner.realpath(path).await {
+            Ok(p) => {
+                self.learn(path, Fact::Canonical, p.clone().into_bytes(), asked);
+                Ok(p)
+            }
+            Err(e) if down(&e) => {
+                let found = self.cache.as_ref().and_then(|c| c.recall(path, Fact::Canonical));
+                found.and_then(|b| String::from_utf8(b).ok()).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn stat(&self, path: &str) -> Result<Attr> {
+        // What a stat says of a symlink is its target's: not kept as the name's.
+        self.inner.stat(path).await
+    }
+
+    async fn lstat(&self, path: &str) -> Result<Attr> {
+        let asked = self.asked();
+        let answer = self.inner.lstat(path).await;
+        self.stat_answered(path, answer, asked)
+    }
+
+    async fn fstat(&self, handle: &Handle) -> Result<Attr> {
+        let opened = self.opened(handle);
+        if handle.0 & LOCAL != 0 {
+            let o = opened.ok_or_else(missing)?;
+            return self.recall_attr(&o.path).unwrap_or_else(|| Err(missing()));
+        }
+        match self.inner.fstat(handle).await {
+            Err(e) if down(&e) && opened.as_ref().is_some_and(|o| !o.writes) => {
+                self.recall_attr(&opened.map(|o| o.path).unwrap_or_default()).unwrap_or(Err(e))
+            }
+            answer => answer,
+        }
+    }
+
+    async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        self.changing(&[path]);
+        let answer = self.inner.setstat(path, set).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
+        let path = self.opened(handle).map(|o| o.path);
+        let paths: Vec<&str> = path.as_deref().into_iter().collect();
+        self.changing(&paths);
+        let answer = self.inner.fsetstat(handle, set).await;
+        self.changing(&paths);
+        answer
+    }
+
+    async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
+        self.changing(&[path]);
+        let answer = self.inner.lsetstat(path, set).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn list(&self, path: &str) -> Result<DirStream> {
+        let asked = self.asked();
+        match self.inner.list(path).await {
+            Ok(stream) => match &self.cache {
+                Some(c) => {
+                    let (c, changes, path) = (c.clone(), self.changes.clone(), path.to_string());
+                    Ok(stream.recording(move |entries| {
+                        if changes.load(Ordering::SeqCst) == asked {
+                            c.learn(&path, Fact::Listing, encode_listing(entries));
+                        }
+                    }))
+                }
+                None => Ok(stream),
+            },
+            Err(e) if down(&e) => {
+                let found = self.cache.as_ref().and_then(|c| c.recall(path, Fact::Listing));
+                match found.as_deref().and_then(decode_listing) {
+                    Some(entries) => {
+                        self.served(path);
+                        Ok(stream_of(entries))
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn open(&self, path: &str, opts: OpenOptions) -> Result<Handle> {
+        let writes = opts.write || opts.append || opts.create || opts.truncate;
+        if self.cache.is_none() {
+            return self.inner.open(path, opts).await;
+        }
+        if writes {
+            self.changing(&[path]);
+        }
+        let asked = self.asked();
+        match self.inner.open(path, opts).await {
+            Ok(handle) => {
+                self.opened_now(path, handle, writes, asked);
+                Ok(handle)
+            }
+            Err(e) => self.open_offline(path, opts, e),
+        }
+    }
+
+    async fn close(&self, handle: &Handle) -> Result<()> {
+        let opened = lock(&self.opened).remove(handle);
+        if handle.0 & LOCAL != 0 {
+            return Ok(());
+        }
+        let answer = self.inner.close(handle).await;
+        if let Some(o) = opened.filter(|o| o.writes) {
+            self.changing(&[&o.path]);
+        }
+        answer
+    }
+
+    async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
+        let opened = self.opened(handle);
+        let stored = opened.as_ref().and_then(|o| Some((o.path.as_str(), o.version?)));
+        if let Some((path, version)) = stored {
+            if let Some(data) = self.read_stored(path, version, offset, len) {
+                return Ok(data);
+            }
+        }
+        if handle.0 & LOCAL != 0 {
+            return Err(missing());
+        }
+        let data = self.inner.read(handle, offset, len).await?;
+        if let Some((path, version)) = stored {
+            self.keep_blocks(path, version, offset, &data);
+        }
+        Ok(data)
+    }
+
+    async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
+        self.inner.write(handle, offset, data).await
+    }
+
+    async fn fsync(&self, handle: &Handle) -> Result<()> {
+        self.inner.fsync(handle).await
+    }
+
+    async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
+        self.changing(&[path]);
+        let answer = self.inner.mkdir(path, mode).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn rmdir(&self, path: &str) -> Result<()> {
+        self.changing(&[path]);
+        let answer = self.inner.rmdir(path).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn remove(&self, path: &str) -> Result<()> {
+        self.changing(&[path]);
+        let answer = self.inner.remove(path).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.changing(&[from, to]);
+        let answer = self.inner.rename(from, to).await;
+        self.changing(&[from, to]);
+        answer
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> Result<()> {
+        self.changing(&[link]);
+        let answer = self.inner.symlink(target, link).await;
+        self.changing(&[link]);
+        answer
+    }
+
+    async fn readlink(&self, path: &str) -> Result<String> {
+        let asked = self.asked();
+        match self.inner.readlink(path).await {
+            Ok(t) => {
+                self.learn(path, Fact::Target, t.clone().into_bytes(), asked);
+                Ok(t)
+            }
+            Err(e) if down(&e) => {
+                let found = self.cache.as_ref().and_then(|c| c.recall(path, Fact::Target));
+                match found.and_then(|b| String::from_utf8(b).ok()) {
+                    Some(t) => {
+                        self.served(path);
+                        Ok(t)
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
+        self.changing(&[existing, new]);
+        let answer = self.inner.hardlink(existing, new).await;
+        self.changing(&[existing, new]);
+        answer
+    }
+
+    async fn statfs(&self, path: &str) -> Result<StatFs> {
+        self.inner.statfs(path).await
+    }
+
+    fn read_size(&self) -> u32 {
+        self.inner.read_size()
+    }
+
+    fn write_size(&self) -> u32 {
+        self.inner.write_size()
+    }
+
+    fn write_depth(&self, handle: &Handle) -> usize {
+        self.inner.write_depth(handle)
+    }
+
+    fn opened_as(&self, handle: &Handle) -> Option<Attr> {
+        self.inner.opened_as(handle)
+    }
+
+    async fn open_stat(&self, path: &str, opts: OpenOptions) -> Result<(Handle, Option<Attr>)> {
+        if self.cache.is_none() {
+            return self.inner.open_stat(path, opts).await;
+        }
+        let writes = opts.write || opts.append || opts.create || opts.truncate;
+        if writes {
+            self.changing(&[path]);
+        }
+        let asked = self.asked();
+        let (handle, attr) = self.inner.open_stat(path, opts).await?;
+        self.opened_now(path, handle, writes, asked);
+        Ok((handle, attr))
+    }
+
+    async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
+        self.changing(&[path]);
+        let answer = self.inner.mkdir_stat(path, mode).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn symlink_stat(&self, target: &str, link: &str) -> Result<Option<Attr>> {
+        self.changing(&[link]);
+        let answer = self.inner.symlink_stat(target, link).await;
+        self.changing(&[link]);
+        answer
+    }
+
+    async fn setstat_stat(&self, path: &str, set: SetAttr) -> Result<Option<Attr>> {
+        self.changing(&[path]);
+        let answer = self.inner.setstat_stat(path, set).await;
+        self.changing(&[path]);
+        answer
+    }
+
+    async fn fsetstat_stat(&self, handle: &Handle, path: &str, set: SetAttr) -> Result<Option<Attr>> {
+        self.changing(&[path]);
+        let answer = self.inner.fsetstat_stat(handle, path, set).await;
+        self.changing(&[path]);
+        answer
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,144 @@
+use super::*;
+use crate::remote::fake::FakeRemote;
+
+fn reading() -> OpenOptions {
+    OpenOptions { read: true, ..OpenOptions::default() }
+}
+
+/// A remote with a cache in a fresh directory, and the directory.
+fn cached(fake: FakeRemote) -> (tempfile::TempDir, Offline<FakeRemote>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = OfflineCache::open(dir.path(), 64 << 20).unwrap();
+    (dir, Offline::new(fake, Some(cache)))
+}
+
+/// Waits until what was sent to the store is in it.
+fn settle(r: &Offline<FakeRemote>) {
+    r.cache.as_ref().unwrap().flush();
+}
+
+async fn read_all(r: &Offline<FakeRemote>, path: &str) -> Result<Vec<u8>> {
+    let h = r.open(path, reading()).await?;
+    let mut out = Vec::new();
+    loop {
+        let got = r.read(&h, out.len() as u64, 65_536).await?;
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+    }
+    r.close(&h).await?;
+    Ok(out)
+}
+
+async fn list_all(r: &Offline<FakeRemote>, path: &str) -> Result<Vec<String>> {
+    let mut s = r.list(path).await?;
+    let mut names = Vec::new();
+    while let Some(batch) = s.next().await {
+        names.extend(batch?.into_iter().map(|e| e.name).filter(|n| n != "." && n != ".."));
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn tree() -> FakeRemote {
+    let fake = FakeRemote::new();
+    fake.put_dir("/r");
+    fake.put_file("/r/big", &(0..200_000u32).map(|i| i as u8).collect::<Vec<_>>());
+    fake.put_file("/r/small", b"hello");
+    fake.put_file("/r/unread", b"never read");
+    fake
+}
+
+#[tokio::test]
+async fn what_was_read_is_served_while_the_link_is_down() {
+    let (_dir, r) = cached(tree());
+    let big = read_all(&r, "/r/big").await.unwrap();
+    assert_eq!(read_all(&r, "/r/small").await.unwrap(), b"hello");
+    assert_eq!(list_all(&r, "/r").await.unwrap(), ["big", "small", "unread"]);
+    r.lstat("/r/big").await.unwrap();
+    settle(&r);
+
+    r.inner().go_down();
+    assert_eq!(read_all(&r, "/r/big").await.unwrap(), big);
+    assert_eq!(read_all(&r, "/r/small").await.unwrap(), b"hello");
+    assert_eq!(list_all(&r, "/r").await.unwrap(), ["big", "small", "unread"]);
+    assert_eq!(r.lstat("/r/big").await.unwrap().size, 200_000);
+    // Known from the listing, though never stat'ed alone.
+    assert_eq!(r.lstat("/r/small").await.unwrap().size, 5);
+    // Listed but never read: its content is not here.
+    assert!(matches!(read_all(&r, "/r/unread").await, Err(RemoteError::Unavailable(_))));
+    // Absent from a complete listing: not there.
+    assert_eq!(r.lstat("/r/nothing").await, Err(RemoteError::NotFound));
+    // Under a directory never listed: not known.
+    assert!(matches!(r.lstat("/elsewhere/x").await, Err(RemoteError::Unavailable(_))));
+    let served = r.take_served();
+    assert!(served.contains(&"/r/big".to_string()) && served.contains(&"/r".to_string()), "{served:?}");
+    let usage = r.usage().unwrap();
+    assert!(usage.hits > 0 && usage.files == 2, "{usage:?}");
+}
+
+#[tokio::test]
+async fn once_the_link_is_back_a_changed_file_is_read_fresh() {
+    let (_dir, r) = cached(tree());
+    read_all(&r, "/r/small").await.unwrap();
+    settle(&r);
+    r.inner().go_down();
+    assert_eq!(read_all(&r, "/r/small").await.unwrap(), b"hello");
+    r.inner().come_back();
+    r.inner().replace_on_server("/r/small", b"changed!");
+    assert_eq!(read_all(&r, "/r/small").await.unwrap(), b"changed!");
+}
+
+#[tokio::test]
+async fn a_version_read_up_is_served_from_the_store_without_the_server() {
+    let (_dir, r) = cached(tree());
+    let big = read_all(&r, "/r/big").await.unwrap();
+    settle(&r);
+    let asked = r.inner().requests();
+    assert_eq!(read_all(&r, "/r/big").await.unwrap(), big);
+    // Open and close only: no read reached the server.
+    assert_eq!(r.inner().requests() - asked, 2);
+}
+
+#[tokio::test]
+async fn the_mounts_own_changes_drop_what_the_store_knew() {
+    let (_dir, r) = cached(tree());
+    read_all(&r, "/r/small").await.unwrap();
+    list_all(&r, "/r").await.unwrap();
+    r.lstat("/r/small").await.unwrap();
+    r.remove("/r/small").await.unwrap();
+    settle(&r);
+    r.inner().go_down();
+    assert!(matches!(r.lstat("/r/small").await, Err(RemoteError::Unavailable(_))), "neither served nor denied");
+    assert!(matches!(read_all(&r, "/r/small").await, Err(RemoteError::Unavailable(_))));
+    assert!(matches!(list_all(&r, "/r").await, Err(RemoteError::Unavailable(_))), "the listing changed");
+}
+
+#[tokio::test]
+async fn a_version_changed_within_its_second_is_not_kept() {
+    let (_dir, r) = cached(tree());
+    let now = crate::timestamp::unix_secs() as u32;
+    r.setstat("/r/small", SetAttr { times: Some((now, now)), ..SetAttr::default() }).await.unwrap();
+    read_all(&r, "/r/small").await.unwrap();
+    settle(&r);
+    assert_eq!(r.usage().unwrap().files, 0);
+}
+
+#[tokio::test]
+async fn without_a_cache_every_call_passes_through() {
+    let r = Offline::new(tree(), None);
+    assert_eq!(read_all(&r, "/r/small").await.unwrap(), b"hello");
+    r.inner().go_down();
+    assert!(matches!(read_all(&r, "/r/small").await, Err(RemoteError::Unavailable(_))));
+    assert!(matches!(r.lstat("/r/small").await, Err(RemoteError::Unavailable(_))));
+    assert_eq!(r.usage(), None);
+}
+
+#[test]
+fn listings_and_attributes_read_back_as_kept() {
+    let a = Attr { size: 1 << 40, mode: 0o100644, uid: 1, gid: 2, atime: 3, mtime: u32::MAX };
+    let entries = vec![DirEntry { name: "é x".into(), attr: a }, DirEntry { name: String::new(), attr: Attr::default() }];
+    assert_eq!(decode_listing(&encode_listing(&entries)), Some(entries));
+    assert_eq!(decode_listing(&[1, 0]), None, "cut short");
+}
