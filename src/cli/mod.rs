@@ -266,24 +266,20 @@ struct CacheArgs {
     /// from 1 MiB to this). Larger helps long fat links; 0 turns read-ahead off
     #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
     read_ahead: u64,
+    /// Keep what is read (contents, attributes, listings) on local disk, up to SIZE
+    /// (e.g. 2G), and serve it while the link is down; see "Working offline" in the README.
+    /// Off unless given
+    #[arg(long, value_name = "SIZE", value_parser = options::cache_size)]
+    offline_cache: Option<u64>,
+    /// Where offline caches live, one per destination and remote path
+    /// [default: $XDG_CACHE_HOME/moor, else ~/.cache/moor]
+    #[arg(long, value_name = "DIR")]
+    offline_cache_dir: Option<PathBuf>,
 }
 
 /// Parses a size in bytes: `0`, `512K`, `16M`, `1G` (powers of 1024), up to 1 GiB.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. 0, 512K, 16M, 1G"))?;
-    let scale: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        other => return Err(format!("unknown unit '{other}' in '{s}': use K, M or G")),
-    };
-    match n.checked_mul(scale) {
-        Some(v) if v <= 1 << 30 => Ok(v),
-        _ => Err(format!("'{s}' is out of range (at most 1G)")),
-    }
+    options::size_within(s, 1 << 30, "1G")
 }
 
 /// Like `parse_duration`, also taking 0.

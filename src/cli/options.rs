@@ -2,6 +2,7 @@
 //! sshfs options and ssh_config `Key=Value` options, sorted into moor's own settings.
 //! Options that belong to mount(8) and systemd are accepted and have no effect here.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::fs::IdMap;
@@ -21,6 +22,8 @@ pub struct MountOptions {
     pub umask: Option<u32>,
     pub cache_timeout: Option<Duration>,
     pub connections: Option<u16>,
+    pub offline_cache: Option<u64>,
+    pub offline_cache_dir: Option<PathBuf>,
     /// ssh_config options, `Key=Value`, in order, for the ssh config resolution.
     pub ssh: Vec<String>,
 }
@@ -40,6 +43,7 @@ pub enum OptionError {
 /// The options `-o` takes besides ssh_config ones, for the error that lists them.
 const ACCEPTED: &str = "ro, rw, allow_other, allow_root, default_permissions, idmap=user|none, uid=N, gid=N, \
      umask=OCTAL, reconnect, follow_symlinks, cache=yes|no, cache_timeout=SECS, max_conns=N, noexec, \
+     offline_cache=SIZE, offline_cache_dir=DIR, \
      the mount flags dev, suid, exec, atime and their no- forms, and those of mount and systemd \
      (_netdev, nofail, noauto, user, users, defaults, x-systemd.*, comment=)";
 
@@ -306,6 +310,14 @@ fn apply(o: &mut MountOptions, name: &str, value: Option<&str>) -> Result<(), Op
             }
             o.connections = Some(n);
         }
+        "offline_cache" => o.offline_cache = Some(cache_size(need()?).map_err(|_| bad("use a size from 1M, e.g. 2G"))?),
+        "offline_cache_dir" => {
+            let dir = PathBuf::from(need()?);
+            if !dir.is_absolute() {
+                return Err(bad("use an absolute path"));
+            }
+            o.offline_cache_dir = Some(dir);
+        }
         "comment" => {}
         n if n.starts_with("x-") => {}
         n if IGNORED.contains(&n) && value.is_none() => {}
@@ -319,6 +331,35 @@ fn apply(o: &mut MountOptions, name: &str, value: Option<&str>) -> Result<(), Op
         other => return Err(OptionError::Unknown(other.to_string())),
     }
     Ok(())
+}
+
+/// Parses a size in bytes: `0`, `512K`, `16M`, `1G`, `1T` (powers of 1024), up to `max`
+/// (`max_text` as the user would write it).
+pub fn size_within(s: &str, max: u64, max_text: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num.parse().map_err(|_| format!("'{s}' is not a size: use e.g. 0, 512K, 16M, 1G"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        other => return Err(format!("unknown unit '{other}' in '{s}': use K, M, G or T")),
+    };
+    match n.checked_mul(scale) {
+        Some(v) if v <= max => Ok(v),
+        _ => Err(format!("'{s}' is out of range (at most {max_text})")),
+    }
+}
+
+/// The offline cache's size: from 1 MiB (its index alone takes some) to 16 TiB.
+pub fn cache_size(s: &str) -> Result<u64, String> {
+    let v = size_within(s, 16 << 40, "16T")?;
+    if v < 1 << 20 {
+        return Err(format!("'{s}' is too small for an offline cache: give at least 1M, e.g. 2G"));
+    }
+    Ok(v)
 }
 
 #[cfg(test)]
@@ -355,6 +396,11 @@ mod tests {
             (&["cache=yes"], MountOptions::default()),
             (&["cache_timeout=30"], MountOptions { cache_timeout: Some(secs(30)), ..Default::default() }),
             (&["max_conns=8"], MountOptions { connections: Some(8), ..Default::default() }),
+            (&["offline_cache=2G,offline_cache_dir=/var/cache/me"], MountOptions {
+                offline_cache: Some(2 << 30),
+                offline_cache_dir: Some(PathBuf::from("/var/cache/me")),
+                ..Default::default()
+            }),
             (&["reconnect,delay_connect"], MountOptions::default()),
             // What mount(8) adds, and what fstab lines carry for mount and systemd.
             (&["rw,nosuid,nodev,noatime,dev,suid,exec,relatime,async"], MountOptions {
@@ -412,6 +458,9 @@ mod tests {
             (&["max_conns=0"], "from 1 to 32"),
             (&["cache_timeout=18446744073709551615"], "at most a year"),
             (&["cache_timeout=0.5"], "number of seconds"),
+            (&["offline_cache=100K"], "-o offline_cache=100K: use a size from 1M"),
+            (&["offline_cache=lots"], "-o offline_cache=lots"),
+            (&["offline_cache_dir=rel/dir"], "use an absolute path"),
             (&["uid"], "needs a value"),
             (&["Port"], "needs a value"),
             (&["allow_other,allow_root"], "cannot go together"),

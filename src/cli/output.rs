@@ -97,7 +97,7 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], notices: &[Notice], jso
                 m.name.clone(),
                 m.mountpoint.display().to_string(),
                 m.remote.clone(),
-                m.status.to_string(),
+                state_of(m),
                 ago(m.since),
                 m.rtt_ms.map_or("-".into(), |r| format!("{r:.1}ms")),
                 m.reconnects.to_string(),
@@ -139,6 +139,17 @@ pub fn status(mounts: &[MountInfo], orphans: &[PathBuf], notices: &[Notice], jso
     }
 }
 
+/// A mount's state as a person reads it: while the link is down, what its offline cache
+/// serves meanwhile.
+fn state_of(m: &MountInfo) -> String {
+    match (&m.status, &m.offline_cache) {
+        (MountStatus::Reconnecting { .. }, Some(c)) => {
+            format!("{}; serving {} from the offline cache", m.status, files(c.files as usize))
+        }
+        _ => m.status.to_string(),
+    }
+}
+
 /// One mount in detail.
 pub fn detail(m: &MountInfo, json: bool) {
     if json {
@@ -152,7 +163,7 @@ pub fn detail(m: &MountInfo, json: bool) {
     if let Some(via) = &m.via {
         println!("via:           {}", printable(via));
     }
-    println!("state:         {} (for {}, since {})", printable(&m.status.to_string()), ago(m.since), m.since);
+    println!("state:         {} (for {}, since {})", printable(&state_of(m)), ago(m.since), m.since);
     println!("heartbeat rtt: {rtt}");
     println!("reconnects:    {}", m.reconnects);
     println!("read/written:  {} / {}", bytes(m.bytes_read), bytes(m.bytes_written));
@@ -160,6 +171,16 @@ pub fn detail(m: &MountInfo, json: bool) {
     if let Some(lost) = &m.lost {
         let files = lost.files.iter().map(|f| printable(f)).collect::<Vec<_>>().join(", ");
         println!("lost writes:   {} of {files} (see the log)", bytes(lost.bytes));
+    }
+    if let Some(c) = &m.offline_cache {
+        println!(
+            "offline cache: {} of {}, {} (hits {}, misses {})",
+            bytes(c.bytes),
+            bytes(c.limit),
+            files(c.files as usize),
+            c.hits,
+            c.misses
+        );
     }
     if let Some(log) = &m.log {
         println!("log:           {}", log.display());

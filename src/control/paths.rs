@@ -105,6 +105,17 @@ pub fn state_dir() -> Result<PathBuf, MoorError> {
     private_dir(&base.join("moor"), false)
 }
 
+/// `$XDG_CACHE_HOME/moor`, else `~/.cache/moor`: where offline caches live by default.
+pub fn cache_dir() -> Result<PathBuf, MoorError> {
+    let uid = nix::unistd::getuid().as_raw();
+    let base = base_from_env("XDG_CACHE_HOME", std::env::var_os("XDG_CACHE_HOME"), uid)?
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or_else(|| {
+            MoorError::new(ErrorKind::Usage, "cannot tell where to keep the offline cache: set HOME or give --offline-cache-dir")
+        })?;
+    Ok(base.join("moor"))
+}
+
 /// `NAME` under `dir` (a private directory of moor's), made a private directory too.
 pub fn private_subdir(dir: &Path, name: &str) -> Result<PathBuf, MoorError> {
     private_dir(&dir.join(name), false)

@@ -206,6 +206,13 @@ pub struct MountRequest {
     /// Programs on the mount may not be executed (`-o noexec`).
     #[serde(default)]
     pub no_exec: bool,
+    /// Bytes the offline cache may hold (`--offline-cache`); `None`: no offline cache.
+    #[serde(default)]
+    pub offline_cache: Option<u64>,
+    /// Where offline caches live (`--offline-cache-dir`, or the default the client
+    /// found); one directory per destination and remote path inside it.
+    #[serde(default)]
+    pub offline_cache_dir: Option<PathBuf>,
 }
 
 impl MountRequest {
@@ -362,6 +369,9 @@ pub struct MountInfo {
     /// or changed on the server while the link was down), or a link that failed for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lost: Option<AtStake>,
+    /// The offline cache, when the mount has one (`--offline-cache`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_cache: Option<OfflineCacheInfo>,
 }
 
 /// What one pooled connection has been doing, as the wire carries it (see
@@ -455,6 +465,19 @@ impl From<HostKeyCheck> for HostKeyPolicy {
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// What a mount's offline cache holds, and how it has served since the mount began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineCacheInfo {
+    /// Bytes its directory holds, index included; never over `limit`.
+    pub bytes: u64,
+    pub limit: u64,
+    /// Files with content in it.
+    pub files: u64,
+    /// Blocks served from it, and blocks looked for and not found.
+    pub hits: u64,
+    pub misses: u64,
 }
 
 /// Written data not yet on the server: how much, and of which files.

@@ -51,6 +51,7 @@ fn mount_request(args: MountArgs, verbose: u8) -> Result<(MountRequest, String),
         names::check_name(name)?;
     }
     let o = options::parse(&args.options).map_err(|e| MoorError::new(ErrorKind::Usage, e.to_string()))?;
+    let dir = o.offline_cache_dir.clone();
     let sharing = args.sharing.with(&o)?;
     let connections = o.connections.unwrap_or(args.cache.connections);
     let (user_host, remote_path) = parse_remote(&spec)?;
@@ -92,8 +93,20 @@ fn mount_request(args: MountArgs, verbose: u8) -> Result<(MountRequest, String),
         follow_symlinks: sharing.follow_symlinks,
         umask: sharing.umask,
         no_exec: o.no_exec,
+        offline_cache: o.offline_cache.or(args.cache.offline_cache),
+        offline_cache_dir: None,
     };
+    let req = MountRequest { offline_cache_dir: req.offline_cache.map(|_| cache_base(dir.clone(), &args.cache)).transpose()?, ..req };
     Ok((req, what))
+}
+
+/// Where the offline caches of this mount's destination live: `-o offline_cache_dir`,
+/// `--offline-cache-dir`, or the user's cache directory.
+fn cache_base(o: Option<PathBuf>, args: &CacheArgs) -> Result<PathBuf, MoorError> {
+    match o.or_else(|| args.offline_cache_dir.as_deref().map(names::absolute)) {
+        Some(dir) => Ok(dir),
+        None => paths::cache_dir(),
+    }
 }
 
 /// The mountpoint, checked; a moor mount there may be this very mount asked for again,

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::protocol::{AtStake, ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest};
+use super::protocol::{AtStake, ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest, OfflineCacheInfo};
 use super::status::{Monitor, MountStatus, Timestamp};
 use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, IdMap, KernelTimeouts, Owners};
+use crate::offline_cache::{self, OfflineCache};
+use crate::remote::offline::Offline;
 use crate::remote::sftp::{SftpLink, SftpRemote};
 use crate::remote::{FileKind, Remote, RemoteError};
 
@@ -29,7 +31,9 @@ pub struct LiveMount {
     pub request: MountRequest,
     pub log: Option<PathBuf>,
     link: Arc<SftpLink>,
-    fs: Arc<Fs<SftpRemote>>,
+    fs: Arc<Fs<MountRemote>>,
+    /// What the core talks to: the server, through the offline cache if there is one.
+    offline: Arc<MountRemote>,
     monitor: Arc<Monitor>,
     /// Becomes true when the kernel session has ended, whoever unmounted it.
     ended: watch::Receiver<bool>,
@@ -73,6 +77,13 @@ impl LiveMount {
             log: self.log.clone(),
             via: self.link.via(),
             lost: stake_of(self.fs.lost()),
+            offline_cache: self.offline.usage().map(|u| OfflineCacheInfo {
+                bytes: u.bytes,
+                limit: u.limit,
+                files: u.files,
+                hits: u.hits,
+                misses: u.misses,
+            }),
         }
     }
 
@@ -178,7 +189,7 @@ fn refusal(mountpoint: &Path, stake: &AtStake) -> MoorError {
 /// link and closes it if no other mount uses it).
 pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Result<LiveMount, MoorError> {
     let mountpoint = checked_mountpoint(&req.mountpoint).await?;
-    let (fs, adapter, root) = core_for(req, &link).await?;
+    let (fs, offline, adapter, root) = core_for(req, &link).await?;
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let (cfg, direct) = session_config(req, &root)?;
     let ended = mount_session(&mountpoint, adapter, cfg, direct).await?;
@@ -192,9 +203,33 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Res
         log: None,
         link,
         fs,
+        offline,
         monitor,
         ended,
         finished: tokio::sync::OnceCell::new(),
+    })
+}
+
+/// What a mount's core talks to: the server, through its offline cache if it has one.
+pub type MountRemote = Offline<SftpRemote>;
+
+/// The offline cache for `req`, holding at most `limit` bytes: one per destination and
+/// remote path as the user gave it (the cache knows what it resolves to).
+fn open_cache(req: &MountRequest, limit: u64) -> Result<OfflineCache, MoorError> {
+    let base = req.offline_cache_dir.clone().ok_or_else(|| {
+        MoorError::new(ErrorKind::Usage, "no directory for the offline cache: give --offline-cache-dir")
+    })?;
+    let root = if req.remote_path.is_empty() { "~" } else { &req.remote_path };
+    let dir = offline_cache::dir_for(&base, &format!("{}@{}", req.dest.user, req.dest.alias), root);
+    OfflineCache::open(&dir, limit).map_err(|e| {
+        MoorError::new(
+            ErrorKind::Usage,
+            format!(
+                "cannot open the offline cache in {}: {e}; is another mount of the same path using it? \
+                 Otherwise give another --offline-cache-dir",
+                dir.display()
+            ),
+        )
     })
 }
 
@@ -203,8 +238,10 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Res
 async fn core_for(
     req: &MountRequest,
     link: &Arc<SftpLink>,
-) -> Result<(Arc<Fs<SftpRemote>>, FuseAdapter<SftpRemote>, String), MoorError> {
-    let remote = Arc::new(SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks));
+) -> Result<(Arc<Fs<MountRemote>>, Arc<MountRemote>, FuseAdapter<MountRemote>, String), MoorError> {
+    let sftp = SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks);
+    let cache = req.offline_cache.map(|limit| open_cache(req, limit)).transpose()?;
+    let remote = Arc::new(Offline::new(sftp, cache));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);
     let login = login_ids(&*remote).await;
@@ -216,7 +253,7 @@ async fn core_for(
         read_only: req.read_only,
         ..FsOptions::default()
     };
-    let fs = Arc::new(Fs::new(remote, &root, fs_opts));
+    let fs = Arc::new(Fs::new(remote.clone(), &root, fs_opts));
     // The kernel may trust what it was told as long as the mount's own cache does.
     let kernel = KernelTimeouts { attr: req.cache_timeout, entry: req.cache_timeout };
     let adapter = FuseAdapter::new(
@@ -224,7 +261,7 @@ async fn core_for(
         tokio::runtime::Handle::current(),
         AdapterOptions { call_timeout: req.call_timeout, kernel, owners, umask: req.umask.unwrap_or(0) },
     );
-    Ok((fs, adapter, root))
+    Ok((fs, remote, adapter, root))
 }
 
 /// The kernel session's options for `req` serving `root`, and what a root mount needs.
@@ -267,7 +304,7 @@ fn session_config(req: &MountRequest, root: &str) -> Result<(fuser::Config, Dire
 /// fusermount3); what it returns turns true once the kernel session is gone.
 async fn mount_session(
     mountpoint: &Path,
-    adapter: FuseAdapter<SftpRemote>,
+    adapter: FuseAdapter<MountRemote>,
     cfg: fuser::Config,
     direct: DirectMount,
 ) -> Result<watch::Receiver<bool>, MoorError> {
