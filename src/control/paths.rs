@@ -111,7 +111,10 @@ pub fn cache_dir() -> Result<PathBuf, MoorError> {
     let base = base_from_env("XDG_CACHE_HOME", std::env::var_os("XDG_CACHE_HOME"), uid)?
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .ok_or_else(|| {
-            MoorError::new(ErrorKind::Usage, "cannot tell where to keep the offline cache: set HOME or give --offline-cache-dir")
+            MoorError::new(
+                ErrorKind::Usage,
+                "cannot tell where to keep the offline cache: set HOME or give --offline-cache-dir",
+            )
         })?;
     Ok(base.join("moor"))
 }

@@ -647,6 +647,8 @@ pub(crate) mod tests {
             follow_symlinks: false,
             umask: Some(0o022),
             no_exec: false,
+            offline_cache: None,
+            offline_cache_dir: None,
         }
     }
 
@@ -679,6 +681,7 @@ pub(crate) mod tests {
             log: Some("/home/alice/.local/state/moor/logs/box-src.log".into()),
             via: None,
             lost: None,
+            offline_cache: None,
         }
     }
 

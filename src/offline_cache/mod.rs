@@ -204,18 +204,13 @@ impl OfflineCache {
         // Blocks written but never committed by an earlier run.
         files.clear_temp()?;
         let (next_id, tick) = first_numbers(&db).map_err(other)?;
-        let shared = Arc::new(Shared {
-            db,
-            db_path,
-            files,
-            limit,
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared { db, db_path, files, limit, hits: AtomicU64::new(0), misses: AtomicU64::new(0) });
         let (changes, queue) = sync_channel(QUEUED);
         let writer = {
             let shared = shared.clone();
-            std::thread::Builder::new().name("moor-cache".into()).spawn(move || write_changes(&shared, &queue, next_id, tick))?
+            std::thread::Builder::new()
+                .name("moor-cache".into())
+                .spawn(move || write_changes(&shared, &queue, next_id, tick))?
         };
         Ok(OfflineCache { shared, changes: Some(changes), writer: Some(writer) })
     }

@@ -30,6 +30,9 @@ pub const BLOCK: u64 = 64 * 1024;
 const LOCAL: u64 = 1 << 63;
 /// How old a version's mtime must be, in seconds, before its content is kept.
 const SETTLED: u64 = 2;
+/// Blocks being filled by an open file's reads, at most: reads that jump about leave
+/// pieces that never join, and these are dropped past it.
+const PIECES: usize = 32;
 
 /// An open file as the cache sees it.
 #[derive(Debug, Clone)]
@@ -51,6 +54,9 @@ pub struct Offline<R: Remote> {
     changes: Arc<AtomicU64>,
     /// Paths the store answered for while the link was down.
     served: Mutex<HashSet<String>>,
+    /// Blocks part read, by handle and block number: the pieces read so far, by where
+    /// each starts in the file.
+    pieces: Mutex<HashMap<(Handle, u64), Vec<(u64, Bytes)>>>,
 }
 
 /// The link, not the server, failed a call: the store may answer it.
@@ -128,6 +134,24 @@ fn decode_listing(mut b: &[u8]) -> Option<Vec<DirEntry>> {
     Some(entries)
 }
 
+/// The bytes `start..end` that `parts` (each at where it starts) cover together, if
+/// they cover all of them.
+fn joined(parts: &mut [(u64, Bytes)], start: u64, end: u64) -> Option<Bytes> {
+    parts.sort_by_key(|(at, _)| *at);
+    let mut out = BytesMut::with_capacity((end - start) as usize);
+    for (at, data) in parts.iter() {
+        let filled = start + out.len() as u64;
+        let part_end = at + data.len() as u64;
+        if *at > filled {
+            return None;
+        }
+        if part_end > filled {
+            out.extend_from_slice(&data[(filled - at) as usize..]);
+        }
+    }
+    (start + out.len() as u64 == end).then(|| out.freeze())
+}
+
 /// A listing that is over before it starts: `entries`, then the end.
 fn stream_of(entries: Vec<DirEntry>) -> DirStream {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
@@ -144,6 +168,7 @@ impl<R: Remote> Offline<R> {
             next_local: AtomicU64::new(0),
             changes: Arc::default(),
             served: Mutex::default(),
+            pieces: Mutex::default(),
         }
     }
 
@@ -271,21 +296,35 @@ impl<R: Remote> Offline<R> {
         Some(out.freeze())
     }
 
-    /// Keeps every whole block that `data`, read at `offset` of `path` at `version`,
-    /// holds: aligned, and full or ending where the file ends.
-    fn keep_blocks(&self, path: &str, version: Version, offset: u64, data: &Bytes) {
+    /// Keeps every block that `data`, read at `offset` through `handle` of `path` at
+    /// `version`, completes: whole in `data`, or with pieces of it that reads before
+    /// brought (a reader's reads need not be aligned to blocks, nor answered in order).
+    fn keep_blocks(&self, handle: Handle, path: &str, version: Version, offset: u64, data: &Bytes) {
         let Some(c) = &self.cache else { return };
         let end = offset + data.len() as u64;
-        let mut index = offset.div_ceil(BLOCK);
-        while index * BLOCK < end {
+        for index in offset / BLOCK..end.div_ceil(BLOCK) {
             let start = index * BLOCK;
             let block_end = (start + BLOCK).min(version.size);
-            if block_end > end || block_end <= start {
-                break;
+            let (from, to) = (offset.max(start), end.min(block_end));
+            if from >= to {
+                continue;
             }
-            let from = (start - offset) as usize;
-            c.put(path, version, index, data.slice(from..from + (block_end - start) as usize));
-            index += 1;
+            let piece = data.slice((from - offset) as usize..(to - offset) as usize);
+            if from == start && to == block_end {
+                c.put(path, version, index, piece);
+                continue;
+            }
+            let key = (handle, index);
+            let mut pieces = lock(&self.pieces);
+            if pieces.len() >= PIECES && !pieces.contains_key(&key) {
+                pieces.retain(|(h, _), _| *h != handle);
+            }
+            let parts = pieces.entry(key).or_default();
+            parts.push((from, piece));
+            if let Some(whole) = joined(parts, start, block_end) {
+                pieces.remove(&key);
+                c.put(path, version, index, whole);
+            }
         }
     }
 
@@ -457,6 +496,9 @@ impl<R: Remote> Remote for Offline<R> {
 
     async fn close(&self, handle: &Handle) -> Result<()> {
         let opened = lock(&self.opened).remove(handle);
+        if opened.as_ref().is_some_and(|o| o.version.is_some()) {
+            lock(&self.pieces).retain(|(h, _), _| h != handle);
+        }
         if handle.0 & LOCAL != 0 {
             return Ok(());
         }
@@ -480,7 +522,7 @@ impl<R: Remote> Remote for Offline<R> {
         }
         let data = self.inner.read(handle, offset, len).await?;
         if let Some((path, version)) = stored {
-            self.keep_blocks(path, version, offset, &data);
+            self.keep_blocks(*handle, path, version, offset, &data);
         }
         Ok(data)
     }

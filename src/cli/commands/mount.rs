@@ -96,7 +96,10 @@ fn mount_request(args: MountArgs, verbose: u8) -> Result<(MountRequest, String),
         offline_cache: o.offline_cache.or(args.cache.offline_cache),
         offline_cache_dir: None,
     };
-    let req = MountRequest { offline_cache_dir: req.offline_cache.map(|_| cache_base(dir.clone(), &args.cache)).transpose()?, ..req };
+    let req = MountRequest {
+        offline_cache_dir: req.offline_cache.map(|_| cache_base(dir.clone(), &args.cache)).transpose()?,
+        ..req
+    };
     Ok((req, what))
 }
 

@@ -138,7 +138,96 @@ async fn without_a_cache_every_call_passes_through() {
 #[test]
 fn listings_and_attributes_read_back_as_kept() {
     let a = Attr { size: 1 << 40, mode: 0o100644, uid: 1, gid: 2, atime: 3, mtime: u32::MAX };
-    let entries = vec![DirEntry { name: "é x".into(), attr: a }, DirEntry { name: String::new(), attr: Attr::default() }];
+    let entries =
+        vec![DirEntry { name: "é x".into(), attr: a }, DirEntry { name: String::new(), attr: Attr::default() }];
     assert_eq!(decode_listing(&encode_listing(&entries)), Some(entries));
     assert_eq!(decode_listing(&[1, 0]), None, "cut short");
+}
+
+#[tokio::test]
+async fn blocks_kept_from_reads_of_any_shape_read_back_as_the_file() {
+    let (_dir, r) = cached(tree());
+    let want: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    let h = r.open("/r/big", reading()).await.unwrap();
+    for (off, len) in [(0u64, 4096u32), (4096, 131072), (135168, 1 << 20), (70000, 5000)] {
+        let got = r.read(&h, off, len).await.unwrap();
+        let end = (off as usize + len as usize).min(want.len());
+        assert_eq!(&got[..], &want[off as usize..end], "up {off}+{len}");
+    }
+    r.close(&h).await.unwrap();
+    settle(&r);
+    r.inner().go_down();
+    let h = r.open("/r/big", reading()).await.unwrap();
+    for (off, len) in [(0u64, 200_000u32), (65536, 65536), (1, 3), (131000, 70000), (199_999, 10), (200_000, 5)] {
+        match r.read(&h, off, len).await {
+            Ok(got) => {
+                let end = (off as usize + len as usize).min(want.len());
+                assert_eq!(&got[..], &want[off as usize..end], "down {off}+{len}");
+            }
+            Err(e) => panic!("down {off}+{len}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn reads_of_random_shapes_are_served_whole_and_right_or_not_at_all() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..20 {
+        let fake = FakeRemote::new();
+        fake.put_dir("/r");
+        let size = rng.usize(1..400_000);
+        let want: Vec<u8> = (0..size).map(|_| rng.u8(..)).collect();
+        fake.put_file("/r/f", &want);
+        let (_dir, r) = cached(fake);
+        let h = r.open("/r/f", reading()).await.unwrap();
+        // Mostly in order, as readers and their read-ahead ask, some answered out of
+        // order, sometimes a jump.
+        let mut asks = Vec::new();
+        let mut off = 0u64;
+        while (off as usize) < size {
+            if rng.u8(..10) == 0 {
+                off = rng.u64(..size as u64);
+            }
+            let len = rng.u32(1..300_000);
+            asks.push((off, len));
+            off += u64::from(len);
+        }
+        for pair in asks.chunks_mut(2) {
+            if rng.bool() {
+                pair.reverse();
+            }
+        }
+        for (off, len) in asks {
+            r.read(&h, off, len).await.unwrap();
+        }
+        r.close(&h).await.unwrap();
+        settle(&r);
+        r.inner().go_down();
+        let h = r.open("/r/f", reading()).await.unwrap();
+        for _ in 0..50 {
+            let (off, len) = (rng.u64(..size as u64 + 10), rng.u32(1..300_000));
+            if let Ok(got) = r.read(&h, off, len).await {
+                let (from, to) = ((off as usize).min(size), (off as usize + len as usize).min(size));
+                assert_eq!(&got[..], &want[from..to], "round {round}: {off}+{len} of {size}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_read_whole_in_any_order_is_kept_whole() {
+    let fake = FakeRemote::new();
+    fake.put_dir("/r");
+    let want: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    fake.put_file("/r/f", &want);
+    let (_dir, r) = cached(fake);
+    let h = r.open("/r/f", reading()).await.unwrap();
+    // Reads that straddle blocks, answered last first.
+    for i in (0..4u64).rev() {
+        r.read(&h, i * 100_000, 100_000).await.unwrap();
+    }
+    r.close(&h).await.unwrap();
+    settle(&r);
+    r.inner().go_down();
+    assert_eq!(read_all(&r, "/r/f").await.unwrap(), want);
 }
