@@ -126,3 +126,36 @@ fn what_was_read_stays_readable_while_the_link_is_down() {
     let unread = fs::read_to_string(e.m.p("t/sub/unread")).unwrap();
     assert_eq!(unread, "never read through the mount\n".repeat(10_000));
 }
+
+/// Every entry of the tree on the server itself, read as root.
+fn server_tree(e: &Proxied) -> serde_json::Value {
+    read_tree(&e.sshd.export)["tree"].clone()
+}
+
+#[test]
+fn once_the_link_is_back_nothing_stale_is_served() {
+    // Caches that would trust what they hold for half a minute.
+    let e = Proxied::start_with(&["--offline-cache", "64M", "--cache-timeout", "30s"]);
+    tree(&e);
+    let before = read_tree(&e.m.path);
+    assert_eq!(before["tree"], server_tree(&e));
+
+    e.proxy.black_hole();
+    wait_state(&e, "reconnecting");
+    drop_kernel_caches();
+    assert_eq!(read_tree(&e.m.path)["tree"], before["tree"]);
+
+    // Meanwhile on the server: a change of the same size, a removal, a new file, a
+    // directory's file replaced by a bigger one.
+    let f3 = fs::read(e.sshd.export.join("t/f3")).unwrap();
+    e.sshd.put("t/f3", f3.iter().map(|b| b ^ 0x20).collect::<Vec<_>>());
+    fs::remove_file(e.sshd.export.join("t/f4")).unwrap();
+    e.sshd.put("t/new", "made while the mount was away");
+    e.sshd.put("t/sub/big", "small now");
+    let want = server_tree(&e);
+    assert_ne!(want, before["tree"]);
+
+    e.proxy.restore();
+    wait_state(&e, "active");
+    assert_eq!(read_tree(&e.m.path)["tree"], want, "stale after the link came back");
+}

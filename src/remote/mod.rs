@@ -296,6 +296,17 @@ pub trait Remote: Send + Sync + 'static {
     fn hardlink(&self, existing: &str, new: &str) -> impl Future<Output = Result<()>> + Send;
     fn statfs(&self, path: &str) -> impl Future<Output = Result<StatFs>> + Send;
 
+    /// Whether a local store answers while the link is down.
+    fn serves_offline(&self) -> bool {
+        false
+    }
+
+    /// Paths answered from a local store while the link was down, since last asked:
+    /// what the mount and the kernel learnt of them must be asked again of the server.
+    fn served_offline(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// What an open file was as it opened (the server's stat sent with the open), when
     /// the remote knows.
     fn opened_as(&self, _handle: &Handle) -> Option<Attr> {

@@ -186,12 +186,6 @@ impl<R: Remote> Offline<R> {
         self.cache.as_ref().map(|c| c.clear()).is_some()
     }
 
-    /// The paths the store answered for while the link was down, since last asked: what
-    /// the kernel and the mount may hold from the store, to be asked again.
-    pub fn take_served(&self) -> Vec<String> {
-        lock(&self.served).drain().collect()
-    }
-
     fn served(&self, path: &str) {
         lock(&self.served).insert(path.to_string());
     }
@@ -616,6 +610,14 @@ impl<R: Remote> Remote for Offline<R> {
 
     fn opened_as(&self, handle: &Handle) -> Option<Attr> {
         self.inner.opened_as(handle)
+    }
+
+    fn serves_offline(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    fn served_offline(&self) -> Vec<String> {
+        lock(&self.served).drain().collect()
     }
 
     async fn open_stat(&self, path: &str, opts: OpenOptions) -> Result<(Handle, Option<Attr>)> {

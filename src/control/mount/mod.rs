@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::protocol::{AtStake, ConnectionInfo, ErrorKind, MoorError, MountInfo, MountRequest, OfflineCacheInfo};
 use super::status::{Monitor, MountStatus, Timestamp};
-use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, IdMap, KernelTimeouts, Owners};
+use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, IdMap, KernelNotifier, KernelTimeouts, Owners};
 use crate::offline_cache::{self, OfflineCache};
 use crate::remote::offline::Offline;
 use crate::remote::sftp::{SftpLink, SftpRemote};
@@ -192,7 +192,8 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Res
     let (fs, offline, adapter, root) = core_for(req, &link).await?;
     let remote_label = format!("{}@{}:{}", req.dest.user, req.dest.alias, root);
     let (cfg, direct) = session_config(req, &root)?;
-    let ended = mount_session(&mountpoint, adapter, cfg, direct).await?;
+    let (ended, notifier) = mount_session(&mountpoint, adapter, cfg, direct).await?;
+    fs.revalidate_after_outages(Arc::new(KernelNotifier(notifier)));
     raise_readahead(&mountpoint);
     let monitor = Monitor::start(name.clone(), &link);
     Ok(LiveMount {
@@ -307,7 +308,7 @@ async fn mount_session(
     adapter: FuseAdapter<MountRemote>,
     cfg: fuser::Config,
     direct: DirectMount,
-) -> Result<watch::Receiver<bool>, MoorError> {
+) -> Result<(watch::Receiver<bool>, fuser::Notifier), MoorError> {
     let mp = mountpoint.to_path_buf();
     let mount = move || {
         if nix::unistd::geteuid().is_root() {
@@ -324,6 +325,7 @@ async fn mount_session(
         Err(e) => return Err(MoorError::new(ErrorKind::Internal, format!("mount task failed: {e}"))),
     };
     let (tx, ended) = watch::channel(false);
+    let notifier = session.notifier();
     std::thread::Builder::new()
         .name("moor-session".into())
         .spawn(move || {
@@ -332,7 +334,7 @@ async fn mount_session(
             let _ = tx.send(true);
         })
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
-    Ok(ended)
+    Ok((ended, notifier))
 }
 
 /// The remote login user's `(uid, gid)`: the owner of the directory the login starts

@@ -32,6 +32,14 @@ mod values;
 pub use super::error::{FsError, FsResult};
 pub use values::{AttrChange, Entry, FsOptions, OpenFlags, TimeSet};
 
+/// What the kernel keeps of the mount that the core can take back.
+pub trait KernelCache: Send + Sync + 'static {
+    /// The kernel's attributes and pages of `ino` are out of date.
+    fn inode_changed(&self, ino: Ino);
+    /// The kernel's entry for `name` in directory `dir` is out of date.
+    fn name_changed(&self, dir: Ino, name: &str);
+}
+
 /// Listings and small files fetched ahead at once.
 const BACKGROUND_FETCHES: usize = 8;
 
@@ -104,6 +112,56 @@ impl<R: Remote> Fs<R> {
             tracing::warn!("background tasks still running after shutdown");
         }
         left
+    }
+
+    /// Once the link is back after an outage in which a local store answered
+    /// (`Remote::served_offline`), everything the mount and the kernel hold is forgotten,
+    /// so that the next call asks the server: nothing that may have come from the store,
+    /// and nothing older, is trusted once the server can say.
+    pub fn revalidate_after_outages(&self, kernel: Arc<dyn KernelCache>) {
+        let (remote, meta) = (self.remote.clone(), self.meta.clone());
+        self.tasks.spawn(async move {
+            loop {
+                remote.wait_unavailable().await;
+                if remote.serves_offline() {
+                    meta.distrust();
+                }
+                if remote.wait_available().await.is_err() {
+                    return;
+                }
+                if !remote.serves_offline() {
+                    continue;
+                }
+                let served = remote.served_offline();
+                let held = meta.unsure_of_all();
+                tracing::info!(
+                    served = served.len(),
+                    held = held.len(),
+                    "link back: asking the server again for everything the offline cache may have answered"
+                );
+                let stale: Vec<_> = held
+                    .into_iter()
+                    .map(|(ino, path)| {
+                        let (dir, name) = parent_and_name(&path);
+                        (Some(ino), meta.ino_of(dir).filter(|d| *d != ino), name.to_string())
+                    })
+                    .collect();
+                let kernel = kernel.clone();
+                // The kernel may wait on calls of this very mount while it drops what it
+                // holds: never on a runtime worker.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (ino, dir, name) in stale {
+                        if let Some(ino) = ino {
+                            kernel.inode_changed(ino);
+                        }
+                        if let Some(dir) = dir {
+                            kernel.name_changed(dir, &name);
+                        }
+                    }
+                })
+                .await;
+            }
+        });
     }
 
     /// Runs a kernel call's work among the mount's tracked tasks.

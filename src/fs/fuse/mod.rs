@@ -17,7 +17,7 @@ use fuser::{
 };
 
 use super::buffers::BufferPool;
-use super::coordinator::{AttrChange, Entry, Fs, OpenFlags, TimeSet};
+use super::coordinator::{AttrChange, Entry, Fs, KernelCache, OpenFlags, TimeSet};
 use super::errno::Errno;
 use super::error::FsResult;
 use super::interrupt;
@@ -72,6 +72,20 @@ impl Default for AdapterOptions {
             owners: Owners::none(),
             umask: 0,
         }
+    }
+}
+
+/// The kernel's caches of a mounted session, as the core takes them back.
+pub struct KernelNotifier(pub fuser::Notifier);
+
+impl KernelCache for KernelNotifier {
+    fn inode_changed(&self, ino: u64) {
+        // Gone from the kernel already, or the session ended: nothing to take back.
+        let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+
+    fn name_changed(&self, dir: u64, name: &str) {
+        let _ = self.0.inval_entry(INodeNo(dir), OsStr::new(name));
     }
 }
 

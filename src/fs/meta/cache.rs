@@ -37,12 +37,22 @@ pub(super) struct MetaCache {
     /// not cached, since it may predate it.
     generation: u64,
     max_entries: usize,
+    /// Nothing held answers (the offline cache answers while the link is down, and what
+    /// is held may be from it or older); set until `forget_all`.
+    distrusted: bool,
 }
 
 impl MetaCache {
     /// A cache trusting what it holds for `timeout` (zero: nothing is kept).
     pub fn new(timeout: Duration) -> MetaCache {
-        MetaCache { timeout, attrs: HashMap::new(), dirs: HashMap::new(), generation: 0, max_entries: 200_000 }
+        MetaCache {
+            timeout,
+            attrs: HashMap::new(),
+            dirs: HashMap::new(),
+            generation: 0,
+            max_entries: 200_000,
+            distrusted: false,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -55,7 +65,12 @@ impl MetaCache {
     }
 
     fn fresh(&self, at: Instant) -> bool {
-        at.elapsed() < self.timeout
+        !self.distrusted && at.elapsed() < self.timeout
+    }
+
+    /// Nothing held answers until `forget_all`.
+    pub fn distrust(&mut self) {
+        self.distrusted = true;
     }
 
     pub fn attr(&self, path: &str) -> Option<Attr> {
@@ -184,6 +199,14 @@ impl MetaCache {
         self.forget(path);
         let (dir, _) = parent_and_name(path);
         self.dirs.remove(dir);
+    }
+
+    /// Nothing held is known to be true any more: ask the server next time.
+    pub fn forget_all(&mut self) {
+        self.changed();
+        self.attrs.clear();
+        self.dirs.clear();
+        self.distrusted = false;
     }
 
     /// `path` changed in a way the mount cannot describe: ask the server next time.

@@ -54,6 +54,12 @@ impl Inodes {
         self.nodes.get(&ino).map(|n| n.kind)
     }
 
+    /// Every number the kernel holds, with the path it has.
+    pub fn held_paths(&self) -> Vec<(Ino, String)> {
+        let held = self.nodes.iter().filter(|(_, n)| n.lookups > 0);
+        held.filter_map(|(ino, n)| Some((*ino, n.path.as_deref()?.to_string()))).collect()
+    }
+
     /// The number `path` has, if any.
     pub fn lookup_path(&self, path: &str) -> Option<Ino> {
         self.by_path.get(path).copied()

@@ -256,6 +256,20 @@ impl Meta {
     pub fn unsure_of_name(&self, path: &str) {
         self.cache().forget_name(path);
     }
+
+    /// The link is down and the offline cache answers: what is held answers nothing
+    /// until `unsure_of_all`, since it may be older than the cache's answers.
+    pub fn distrust(&self) {
+        self.cache().distrust();
+    }
+
+    /// Nothing held is known to be true any more (the offline cache answered while the
+    /// link was down): every answer is asked again. Returns what the kernel holds, by
+    /// number and path, for it to be told the same.
+    pub fn unsure_of_all(&self) -> Vec<(Ino, String)> {
+        self.cache().forget_all();
+        self.inodes().held_paths()
+    }
 }
 
 #[cfg(test)]

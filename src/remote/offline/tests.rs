@@ -72,7 +72,7 @@ async fn what_was_read_is_served_while_the_link_is_down() {
     assert_eq!(r.lstat("/r/nothing").await, Err(RemoteError::NotFound));
     // Under a directory never listed: not known.
     assert!(matches!(r.lstat("/elsewhere/x").await, Err(RemoteError::Unavailable(_))));
-    let served = r.take_served();
+    let served = r.served_offline();
     assert!(served.contains(&"/r/big".to_string()) && served.contains(&"/r".to_string()), "{served:?}");
     let usage = r.usage().unwrap();
     assert!(usage.hits > 0 && usage.files == 2, "{usage:?}");
