@@ -159,3 +159,38 @@ fn once_the_link_is_back_nothing_stale_is_served() {
     wait_state(&e, "active");
     assert_eq!(read_tree(&e.m.path)["tree"], want, "stale after the link came back");
 }
+
+#[test]
+fn a_mount_made_while_the_host_is_away_serves_its_cache_then_turns_active() {
+    let e = env();
+    tree(&e);
+    let before = read_tree(&e.m.path);
+    let out = e.c.run(&["unmount", e.m.path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    e.proxy.black_hole();
+    let started = std::time::Instant::now();
+    let again =
+        e.c.mount_at(e.sshd.export.to_str().unwrap(), "mnt", &["--offline-cache", "64M", "--cache-timeout", "1s"]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "mounting while the host is away took {took:?}");
+    eprintln!("measured: mounted from the offline cache in {took:?}");
+    assert_eq!(e.c.state(), "reconnecting", "{}", e.c.mount_json());
+    assert_eq!(read_tree(&again.path)["tree"], before["tree"]);
+
+    e.proxy.restore();
+    wait_state(&e, "active");
+    assert_eq!(read_tree(&again.path)["tree"], server_tree(&e));
+}
+
+#[test]
+fn without_a_cache_a_mount_while_the_host_is_away_fails_as_before() {
+    let e = env();
+    let out = e.c.run(&["unmount", e.m.path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    e.proxy.black_hole();
+    let mnt = e.c.mountpoint("other");
+    let out = e.c.try_mount(e.sshd.export.to_str().unwrap(), &mnt, &["-o", "ConnectTimeout=2"]);
+    assert!(!out.status.success(), "mounted without a cache while the host was away");
+    assert!(!is_mounted(&mnt));
+}

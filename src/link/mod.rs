@@ -184,19 +184,43 @@ impl<S: Session> Link<S> {
     ) -> Result<Arc<Link<S>>, LinkError> {
         let keyring = Keyring::default();
         let pool = dial_pool(&dest, &opts, 1, &keyring, asker.as_deref()).await?;
-        let (state, _) = watch::channel(LinkState::Up { since: SystemTime::now() });
+        Ok(Link::assemble(dest, opts, keyring, pool, String::new()))
+    }
+
+    /// A link that could not connect (`error`), already down and reconnecting by its
+    /// policy, for a mount that can serve without it meanwhile (its offline cache).
+    pub fn start_down(dest: Destination, opts: LinkOptions, error: String) -> Arc<Link<S>> {
+        Link::assemble(dest, opts, Keyring::default(), Vec::new(), error)
+    }
+
+    /// The link over `pool` (up), or over none (down since `failure`), supervised.
+    fn assemble(
+        dest: Destination,
+        opts: LinkOptions,
+        keyring: Keyring,
+        pool: Vec<Arc<Conn<S>>>,
+        failure: String,
+    ) -> Arc<Link<S>> {
+        let now = SystemTime::now();
+        let first = if pool.is_empty() {
+            LinkState::Down { since: now, attempt: 0, next_attempt_at: now, last_error: failure.clone() }
+        } else {
+            LinkState::Up { since: now }
+        };
+        let generation = u64::from(!pool.is_empty());
+        let (state, _) = watch::channel(first);
         let link = Arc::new(Link {
             dest,
             opts,
             current: RwLock::new(pool),
             next_conn: AtomicUsize::new(0),
-            generation: AtomicU64::new(1),
+            generation: AtomicU64::new(generation),
             state,
             attempt_wanted: Notify::new(),
             attempt_now: Notify::new(),
             outcomes: watch::channel((0, Ok(()))).0,
             failure_seen: Notify::new(),
-            last_failure: Mutex::new(String::new()),
+            last_failure: Mutex::new(failure),
             closed: AtomicBool::new(false),
             close_requested: Notify::new(),
             reconnects: AtomicU64::new(0),
@@ -206,7 +230,7 @@ impl<S: Session> Link<S> {
             asker: Mutex::new(None),
         });
         tokio::spawn(link.clone().supervise());
-        Ok(link)
+        link
     }
 
     pub fn subscribe(&self) -> watch::Receiver<LinkState> {

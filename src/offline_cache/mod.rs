@@ -100,6 +100,8 @@ pub enum Fact {
     Target = 2,
     /// The canonical form of a path the mount was asked for.
     Canonical = 3,
+    /// The path's attributes as a stat that follows symlinks said.
+    Followed = 4,
 }
 
 /// Which facts `unlearn` drops.
@@ -213,6 +215,11 @@ impl OfflineCache {
                 .spawn(move || write_changes(&shared, &queue, next_id, tick))?
         };
         Ok(OfflineCache { shared, changes: Some(changes), writer: Some(writer) })
+    }
+
+    /// Whether `dir` holds a cache an earlier run made.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("index.redb").metadata().is_ok_and(|m| m.len() > 0)
     }
 
     fn send(&self, change: Change) -> bool {

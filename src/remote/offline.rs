@@ -395,8 +395,23 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn stat(&self, path: &str) -> Result<Attr> {
-        // What a stat says of a symlink is its target's: not kept as the name's.
-        self.inner.stat(path).await
+        // What a stat says of a symlink is its target's: kept apart from the name's.
+        let asked = self.asked();
+        match self.inner.stat(path).await {
+            Ok(a) => {
+                if self.cache.is_some() {
+                    let mut b = Vec::with_capacity(ATTR_LEN);
+                    put_attr(&mut b, &a);
+                    self.learn(path, Fact::Followed, b, asked);
+                }
+                Ok(a)
+            }
+            Err(e) if down(&e) => {
+                let found = self.cache.as_ref().and_then(|c| c.recall(path, Fact::Followed));
+                found.as_deref().and_then(get_attr).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn lstat(&self, path: &str) -> Result<Attr> {

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// How long the first connection may take when an offline cache can serve instead.
+const OFFLINE_FIRST_TRY: Duration = Duration::from_secs(3);
+
 impl Agent {
     pub(super) async fn unique_name(&self, req: &MountRequest) -> String {
         let base = req.name.clone().unwrap_or_else(|| derive_name(&req.dest.alias, &req.remote_path));
@@ -211,13 +214,23 @@ impl Agent {
         let started = tokio::time::Instant::now();
         let deadline = req.wait.map(|w| crate::deadline::later(started, w));
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(3));
+        // With an offline cache to serve from, the mount need not wait for the host.
+        let cached = mount::offline_cache_present(req);
+        let mut first_try = dest.clone();
+        if cached {
+            first_try.connect_timeout = first_try.connect_timeout.min(OFFLINE_FIRST_TRY);
+        }
         let link = loop {
             let attempt = tokio::select! {
-                r = SftpLink::connect(dest.clone(), req.link_options(), asker.clone()) => r,
+                r = SftpLink::connect(first_try.clone(), req.link_options(), asker.clone()) => r,
                 _ = cancel.cancelled() => return Err(MoorError::new(ErrorKind::Cancelled, "cancelled")),
             };
             match attempt {
                 Ok(link) => break link,
+                Err(e) if e.is_transient() && cached => {
+                    tracing::info!(error = %e, "host away: mounting from the offline cache, reconnecting meanwhile");
+                    break SftpLink::start_down(dest.clone(), req.link_options(), e.to_string());
+                }
                 Err(e) if e.is_transient() && deadline.is_some_and(|d| tokio::time::Instant::now() < d) => {
                     let left = deadline.map(|d| d - tokio::time::Instant::now()).unwrap_or_default();
                     tracing::debug!(error = %e, "host not ready; waiting");

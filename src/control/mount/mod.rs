@@ -214,14 +214,25 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Res
 /// What a mount's core talks to: the server, through its offline cache if it has one.
 pub type MountRemote = Offline<SftpRemote>;
 
-/// The offline cache for `req`, holding at most `limit` bytes: one per destination and
-/// remote path as the user gave it (the cache knows what it resolves to).
+/// The directory of the offline cache for `req`: one per destination and remote path as
+/// the user gave it (the cache knows what it resolves to). `None` without a cache.
+fn offline_cache_dir(req: &MountRequest) -> Option<PathBuf> {
+    req.offline_cache?;
+    let base = req.offline_cache_dir.as_ref()?;
+    let root = if req.remote_path.is_empty() { "~" } else { &req.remote_path };
+    Some(offline_cache::dir_for(base, &format!("{}@{}", req.dest.user, req.dest.alias), root))
+}
+
+/// Whether `req` asks for an offline cache that an earlier mount filled.
+pub fn offline_cache_present(req: &MountRequest) -> bool {
+    offline_cache_dir(req).is_some_and(|d| OfflineCache::exists(&d))
+}
+
+/// The offline cache for `req`, holding at most `limit` bytes.
 fn open_cache(req: &MountRequest, limit: u64) -> Result<OfflineCache, MoorError> {
-    let base = req.offline_cache_dir.clone().ok_or_else(|| {
+    let dir = offline_cache_dir(req).ok_or_else(|| {
         MoorError::new(ErrorKind::Usage, "no directory for the offline cache: give --offline-cache-dir")
     })?;
-    let root = if req.remote_path.is_empty() { "~" } else { &req.remote_path };
-    let dir = offline_cache::dir_for(&base, &format!("{}@{}", req.dest.user, req.dest.alias), root);
     OfflineCache::open(&dir, limit).map_err(|e| {
         MoorError::new(
             ErrorKind::Usage,
