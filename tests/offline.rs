@@ -125,6 +125,41 @@ fn what_was_read_stays_readable_while_the_link_is_down() {
     wait_state(&e, "active");
     let unread = fs::read_to_string(e.m.p("t/sub/unread")).unwrap();
     assert_eq!(unread, "never read through the mount\n".repeat(10_000));
+
+    // Emptied on demand; a mount without one says so.
+    let out = e.c.run(&["cache", "clear", e.m.path.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cleared: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cleared["offline_cache"]["files"], 0, "{cleared}");
+    let out = e.c.run(&["cache", "clear", "/nowhere"]);
+    assert!(!out.status.success());
+}
+
+/// The bytes under the client's offline caches, as the filesystem stores them.
+fn cache_disk_usage(c: &Client) -> u64 {
+    let dir = c.home.path().join(".cache/moor");
+    let out = sh_ok(&format!("du -s --block-size=1 {}", dir.display()));
+    out.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_file_twice_the_cache_streams_through_within_the_bound() {
+    let limit: u64 = 8 << 20;
+    let e = Proxied::start_with(&["--offline-cache", "8M", "--cache-timeout", "1s"]);
+    e.sshd.put("big", (0..(16u32 << 20)).map(|i| (i % 253) as u8).collect::<Vec<_>>());
+    sh_root_ok(&format!("touch -d '1 hour ago' {}", e.sshd.export.join("big").display()));
+    let want = sh_ok(&format!("sha256sum < {}", e.sshd.export.join("big").display()));
+    for _ in 0..2 {
+        let got = sh_ok(&format!("sha256sum < {}", e.m.p("big").display()));
+        assert_eq!(got, want);
+        let m = e.c.mount_json();
+        let bytes = m["offline_cache"]["bytes"].as_u64().unwrap();
+        assert!(bytes <= limit, "the cache holds {bytes} bytes, over its {limit}: {m}");
+        // On disk: the directories themselves, and one block in the making per reader.
+        let on_disk = cache_disk_usage(&e.c);
+        assert!(on_disk <= limit + (64 << 10) + (64 << 10), "{on_disk} bytes on disk, over {limit}");
+        drop_kernel_caches();
+    }
 }
 
 /// Every entry of the tree on the server itself, read as root.

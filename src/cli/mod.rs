@@ -65,6 +65,9 @@ enum Command {
     /// Reconnect a mount now, skipping the backoff (also after it failed), and say how it went
     #[command(after_help = "Examples:\n  moor reconnect ~/src\n  moor reconnect build-src")]
     Reconnect(ReconnectArgs),
+    /// See or empty a mount's offline cache (`moor mount --offline-cache SIZE`)
+    #[command(after_help = "Examples:\n  moor cache clear ~/src\n  moor cache clear build-src --json")]
+    Cache(CacheCommandArgs),
     /// Print a shell completion script for moor (bash, zsh, fish, elvish or powershell)
     #[command(after_help = generate::COMPLETIONS_HELP)]
     Completions(generate::CompletionsArgs),
@@ -368,6 +371,29 @@ struct StatusArgs {
 }
 
 #[derive(Args, Debug)]
+struct CacheCommandArgs {
+    #[command(subcommand)]
+    action: CacheAction,
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheAction {
+    /// Empty the mount's offline cache: what it holds goes, and fills again as files are
+    /// read (its size and hits show in `moor mount status`)
+    Clear(CacheClearArgs),
+}
+
+#[derive(Args, Debug)]
+struct CacheClearArgs {
+    /// Mountpoint or mount name
+    #[arg(value_name = "MOUNTPOINT|NAME")]
+    target: String,
+    /// Print the mount as JSON afterwards (as `moor mount status --json` shows it)
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
 struct ReconnectArgs {
     /// Mountpoint or mount name
     #[arg(value_name = "MOUNTPOINT|NAME")]
@@ -469,6 +495,9 @@ pub fn run() -> i32 {
             },
             Command::Unmount(args) => unmount_cmd(args).await,
             Command::Reconnect(args) => reconnect_cmd(args).await,
+            Command::Cache(args) => match args.action {
+                CacheAction::Clear(a) => cache_clear_cmd(a).await,
+            },
             Command::Completions(_) | Command::Man(_) => Ok(()), // answered above
         }
     });

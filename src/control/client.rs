@@ -181,6 +181,15 @@ impl Client {
         .await
     }
 
+    /// Empties the offline cache of the mount named by `target`; the mount as it is then.
+    pub async fn clear_cache(self, target: &str) -> Result<MountInfo, MoorError> {
+        self.ask(Request::ClearCache { target: target.to_string() }, STATUS_DEADLINE, None, |r| match r {
+            Response::CacheCleared { mount } => Some(mount),
+            _ => None,
+        })
+        .await
+    }
+
     /// Starts a watch: where things stand, then every state change.
     pub async fn watch(self) -> Result<Watch, MoorError> {
         let (rd, mut wr) = self.stream.into_split();

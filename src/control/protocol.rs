@@ -44,6 +44,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "is_false")]
         interactive: bool,
     },
+    /// Empties a mount's offline cache.
+    ClearCache {
+        target: String,
+    },
     /// The user's answer to the agent's last `Prompt` (`None`: they would not say).
     Answer {
         answer: Option<Typed>,
@@ -143,6 +147,10 @@ pub enum Response {
     Reconnected {
         mount: MountInfo,
         outcome: String,
+    },
+    /// The mount's offline cache is empty; `mount` shows it so.
+    CacheCleared {
+        mount: MountInfo,
     },
     /// A question from the server (or a key file) for the user: the client asks it on
     /// its terminal (without echo unless `echo`) and sends the `Answer`.
@@ -750,6 +758,10 @@ pub(crate) mod tests {
         pin(
             Request::Reconnect { target: "box-src".into(), interactive: true },
             r#"{"version":4,"request":"reconnect","target":"box-src","interactive":true}"#,
+        );
+        pin(
+            Request::ClearCache { target: "box-src".into() },
+            r#"{"version":4,"request":"clear_cache","target":"box-src"}"#,
         );
         let typed = Typed::new(Zeroizing::new("123456".into()));
         pin(Request::Answer { answer: Some(typed.clone()) }, r#"{"version":4,"request":"answer","answer":"123456"}"#);

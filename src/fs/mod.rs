@@ -24,6 +24,6 @@ mod write_behind;
 #[cfg(test)]
 mod tests;
 
-pub use coordinator::{Fs, FsOptions, KernelCache};
+pub use coordinator::{Fs, FsOptions};
 pub use fuse::{AdapterOptions, FuseAdapter, KernelNotifier, KernelTimeouts};
 pub use owners::{IdMap, Owners};

@@ -9,7 +9,11 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Block files are spread over this many subdirectories, so none grows huge.
-const FANOUT: u64 = 256;
+const FANOUT: u64 = 64;
+
+/// What the directories of a cache take on disk at most: `blocks/`, `tmp/`, the cache's
+/// own and the subdirectories of `blocks/`, a filesystem block each.
+pub(super) const DIRECTORIES: u64 = (FANOUT + 3) * 4096;
 
 /// Where the blocks of one cache live.
 #[derive(Debug, Clone)]

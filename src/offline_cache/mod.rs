@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use blocks::{checksum, private_dir, BlockFiles};
+use blocks::{checksum, private_dir, BlockFiles, DIRECTORIES};
 
 /// A version of a file as the server describes it; content is kept per version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,7 +324,7 @@ impl OfflineCache {
         };
         let (bytes, files) = counted().unwrap_or_default();
         Usage {
-            bytes: bytes + s.index_size(),
+            bytes: bytes + s.index_size() + DIRECTORIES,
             limit: s.limit,
             files,
             hits: s.hits.load(Ordering::Relaxed),
@@ -362,10 +362,10 @@ impl Shared {
         std::fs::metadata(&self.db_path).map_or(0, |m| m.len())
     }
 
-    /// Room for blocks: the limit less twice the index's size, since its file grows
-    /// by doubling.
+    /// Room for blocks: the limit less the directories and twice the index's size,
+    /// since its file grows by doubling.
     fn block_budget(&self) -> u64 {
-        self.limit.saturating_sub(2 * self.index_size())
+        self.limit.saturating_sub(2 * self.index_size() + DIRECTORIES)
     }
 
     fn entry(&self, k: Key<'_>) -> Result<Option<(u64, u64, u32)>, redb::Error> {

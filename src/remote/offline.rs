@@ -172,6 +172,7 @@ impl<R: Remote> Offline<R> {
         }
     }
 
+    #[cfg(test)]
     pub fn inner(&self) -> &R {
         &self.inner
     }
@@ -214,13 +215,24 @@ impl<R: Remote> Offline<R> {
 
     /// The mount is about to change `paths` (and what is under them): what the store
     /// knows of them and of their directories' listings goes, and facts asked meanwhile
-    /// are not kept. Called again once the change is answered.
+    /// are not kept. `changed` follows once the change is answered.
     fn changing(&self, paths: &[&str]) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         if let Some(c) = &self.cache {
             for p in paths {
                 c.unlearn(p, Facts::Tree);
                 c.unlearn(parent(p), Facts::One(Fact::Listing));
+            }
+        }
+    }
+
+    /// The mount changed `paths`, or may have: as `changing`, and the content kept under
+    /// their names goes too, no longer worth its room.
+    fn changed(&self, paths: &[&str]) {
+        self.changing(paths);
+        if let Some(c) = &self.cache {
+            for p in paths {
+                c.forget(p);
             }
         }
     }
@@ -437,7 +449,7 @@ impl<R: Remote> Remote for Offline<R> {
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
         self.changing(&[path]);
         let answer = self.inner.setstat(path, set).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
@@ -446,14 +458,14 @@ impl<R: Remote> Remote for Offline<R> {
         let paths: Vec<&str> = path.as_deref().into_iter().collect();
         self.changing(&paths);
         let answer = self.inner.fsetstat(handle, set).await;
-        self.changing(&paths);
+        self.changed(&paths);
         answer
     }
 
     async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
         self.changing(&[path]);
         let answer = self.inner.lsetstat(path, set).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
@@ -513,7 +525,7 @@ impl<R: Remote> Remote for Offline<R> {
         }
         let answer = self.inner.close(handle).await;
         if let Some(o) = opened.filter(|o| o.writes) {
-            self.changing(&[&o.path]);
+            self.changed(&[&o.path]);
         }
         answer
     }
@@ -547,35 +559,35 @@ impl<R: Remote> Remote for Offline<R> {
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
         self.changing(&[path]);
         let answer = self.inner.mkdir(path, mode).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
         self.changing(&[path]);
         let answer = self.inner.rmdir(path).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
         self.changing(&[path]);
         let answer = self.inner.remove(path).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.changing(&[from, to]);
         let answer = self.inner.rename(from, to).await;
-        self.changing(&[from, to]);
+        self.changed(&[from, to]);
         answer
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
         self.changing(&[link]);
         let answer = self.inner.symlink(target, link).await;
-        self.changing(&[link]);
+        self.changed(&[link]);
         answer
     }
 
@@ -603,7 +615,7 @@ impl<R: Remote> Remote for Offline<R> {
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
         self.changing(&[existing, new]);
         let answer = self.inner.hardlink(existing, new).await;
-        self.changing(&[existing, new]);
+        self.changed(&[existing, new]);
         answer
     }
 
@@ -652,28 +664,28 @@ impl<R: Remote> Remote for Offline<R> {
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
         self.changing(&[path]);
         let answer = self.inner.mkdir_stat(path, mode).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
     async fn symlink_stat(&self, target: &str, link: &str) -> Result<Option<Attr>> {
         self.changing(&[link]);
         let answer = self.inner.symlink_stat(target, link).await;
-        self.changing(&[link]);
+        self.changed(&[link]);
         answer
     }
 
     async fn setstat_stat(&self, path: &str, set: SetAttr) -> Result<Option<Attr>> {
         self.changing(&[path]);
         let answer = self.inner.setstat_stat(path, set).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 
     async fn fsetstat_stat(&self, handle: &Handle, path: &str, set: SetAttr) -> Result<Option<Attr>> {
         self.changing(&[path]);
         let answer = self.inner.fsetstat_stat(handle, path, set).await;
-        self.changing(&[path]);
+        self.changed(&[path]);
         answer
     }
 }

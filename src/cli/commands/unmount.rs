@@ -23,6 +23,19 @@ pub(in crate::cli) async fn reconnect_cmd(args: ReconnectArgs) -> Result<(), Moo
     Ok(())
 }
 
+pub(in crate::cli) async fn cache_clear_cmd(args: CacheClearArgs) -> Result<(), MoorError> {
+    let Some(agent) = Client::connect().await? else {
+        return Err(names::not_mounted(&args.target));
+    };
+    let mount = agent.clear_cache(&args.target).await?;
+    if args.json {
+        output::detail(&mount, true);
+    } else {
+        println!("{}: offline cache emptied", mount.name);
+    }
+    Ok(())
+}
+
 pub(in crate::cli) async fn unmount_cmd(args: UnmountArgs) -> Result<(), MoorError> {
     let targets: Vec<String> = if args.all {
         let mut t: Vec<String> =

@@ -343,9 +343,24 @@ impl Agent {
                     Err(error) => Response::Error { error },
                 }
             }
+            Request::ClearCache { target } => match self.clear_cache(&target).await {
+                Ok(mount) => Response::CacheCleared { mount },
+                Err(error) => Response::Error { error },
+            },
             Request::Watch => error(ErrorKind::Internal, "watch is served as a stream".into()),
             Request::Answer { .. } => error(ErrorKind::Usage, "an answer with no question asked".into()),
         }
+    }
+
+    async fn clear_cache(&self, target: &str) -> Result<MountInfo, MoorError> {
+        let m = self.find(target).await.ok_or_else(|| not_mounted(target))?;
+        if !m.clear_offline_cache().await {
+            return Err(MoorError::new(
+                ErrorKind::Usage,
+                format!("{} has no offline cache: mount it with --offline-cache SIZE to have one", m.name),
+            ));
+        }
+        Ok(m.info())
     }
 
     async fn reconnect(&self, target: &str, asker: Option<Arc<dyn Asker>>) -> Result<(MountInfo, String), MoorError> {

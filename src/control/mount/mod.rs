@@ -87,6 +87,13 @@ impl LiveMount {
         }
     }
 
+    /// Empties the mount's offline cache; false when it has none.
+    pub async fn clear_offline_cache(&self) -> bool {
+        let offline = self.offline.clone();
+        // Waits for the cache's writer: off the runtime.
+        tokio::task::spawn_blocking(move || offline.clear()).await.unwrap_or(false)
+    }
+
     pub fn ended(&self) -> watch::Receiver<bool> {
         self.ended.clone()
     }
