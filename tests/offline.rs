@@ -229,3 +229,87 @@ fn without_a_cache_a_mount_while_the_host_is_away_fails_as_before() {
     assert!(!out.status.success(), "mounted without a cache while the host was away");
     assert!(!is_mounted(&mnt));
 }
+
+/// Python that reads `path` in 64 KiB pieces and prints how many came back as the
+/// server's bytes, how many were refused with EAGAIN, and how many were wrong.
+const CHECK_PIECES: &str = r#"
+import os, sys, json, errno
+path, want_path = sys.argv[1], sys.argv[2]
+want = open(want_path, "rb").read()
+fd = os.open(path, os.O_RDONLY)
+ok = again = wrong = 0
+for off in range(0, len(want), 65536):
+    try:
+        got = os.pread(fd, 65536, off)
+    except OSError as e:
+        if e.errno != errno.EAGAIN:
+            raise
+        again += 1
+        continue
+    if got == want[off:off + 65536]:
+        ok += 1
+    else:
+        wrong += 1
+print(json.dumps({"ok": ok, "again": again, "wrong": wrong}))
+"#;
+
+#[test]
+fn a_cache_killed_while_it_fills_never_serves_a_torn_block() {
+    let e = env();
+    let data: Vec<u8> = (0..(24u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    e.sshd.put("big", &data);
+    sh_root_ok(&format!("touch -d '1 hour ago' {}", e.sshd.export.join("big").display()));
+    // Reading fills the cache; the agent dies part way.
+    let mut reader = std::process::Command::new("cat")
+        .arg(e.m.p("big"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let m = || e.c.mount_json()["offline_cache"]["files"].as_u64().unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(20), || m() > 0 || e.c.mount_json()["bytes_read"].as_u64() > Some(4 << 20)));
+    for pid in e.c.agent_pids() {
+        sh_root_ok(&format!("kill -9 {pid}"));
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
+    sh_root_ok(&format!("fusermount3 -uz {} || umount -l {} || true", e.m.path.display(), e.m.path.display()));
+
+    // Mounted again with the host away: what the cache holds is right, or refused.
+    e.proxy.black_hole();
+    let again =
+        e.c.mount_at(e.sshd.export.to_str().unwrap(), "mnt", &["--offline-cache", "64M", "--cache-timeout", "1s"]);
+    let script = script_file(CHECK_PIECES);
+    let out = sh_ok(&format!(
+        "python3 {} {} {}",
+        script.path().display(),
+        again.path.join("big").display(),
+        e.sshd.export.join("big").display()
+    ));
+    let r: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(r["wrong"], 0, "{r}");
+    assert!(r["ok"].as_u64().unwrap() > 0, "nothing of what was read before the kill was kept: {r}");
+    eprintln!("measured: after kill -9, {r}");
+}
+
+#[test]
+fn a_file_changed_within_the_second_it_was_read_is_read_again() {
+    let e = env();
+    // Two versions of the same size and the same mtime, in the current second: what
+    // SFTP shows of them is the same.
+    let now = "import os, time, sys; t = int(time.time()); os.utime(sys.argv[1], (t, t))";
+    e.sshd.put("racy", "first version");
+    sh_root_ok(&format!("python3 -c '{now}' {}", e.sshd.export.join("racy").display()));
+    assert_eq!(fs::read_to_string(e.m.p("racy")).unwrap(), "first version");
+    let mtime = fs::metadata(e.sshd.export.join("racy")).unwrap().modified().unwrap();
+    e.sshd.put("racy", "other version");
+    let f = fs::File::options().write(true).open(e.sshd.export.join("racy")).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    // Once the mount's caches time out, the new content shows.
+    let seen = wait_until(Duration::from_secs(5), || {
+        drop_kernel_caches();
+        fs::read_to_string(e.m.p("racy")).is_ok_and(|s| s == "other version")
+    });
+    assert!(seen, "the change within the second was never seen");
+}
