@@ -34,6 +34,9 @@ const SETTLED: u64 = 2;
 /// pieces that never join, and these are dropped past it.
 const PIECES: usize = 32;
 
+/// Parts of a block read so far, each at where it starts in the file.
+type Pieces = Vec<(u64, Bytes)>;
+
 /// An open file as the cache sees it.
 #[derive(Debug, Clone)]
 struct Opened {
@@ -56,7 +59,7 @@ pub struct Offline<R: Remote> {
     served: Mutex<HashSet<String>>,
     /// Blocks part read, by handle and block number: the pieces read so far, by where
     /// each starts in the file.
-    pieces: Mutex<HashMap<(Handle, u64), Vec<(u64, Bytes)>>>,
+    pieces: Mutex<HashMap<(Handle, u64), Pieces>>,
 }
 
 /// The link, not the server, failed a call: the store may answer it.
