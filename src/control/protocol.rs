@@ -215,11 +215,11 @@ pub struct MountRequest {
     #[serde(default)]
     pub no_exec: bool,
     /// Bytes the offline cache may hold (`--offline-cache`); `None`: no offline cache.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_cache: Option<u64>,
     /// Where offline caches live (`--offline-cache-dir`, or the default the client
     /// found); one directory per destination and remote path inside it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_cache_dir: Option<PathBuf>,
 }
 
