@@ -138,8 +138,8 @@ enum Change {
     Clear,
     /// A fact of a path, learnt.
     Learn { path: String, fact: Fact, value: Vec<u8> },
-    /// Facts of a path, no longer true.
-    Unlearn { path: String, facts: Facts },
+    /// Facts of a path, no longer true: the `seq`-th unlearning (see `Shared::pending`).
+    Unlearn { path: String, facts: Facts, seq: u64 },
     /// Answered once what came before is committed.
     Flush(SyncSender<()>),
 }
@@ -150,6 +150,10 @@ struct Shared {
     db_path: PathBuf,
     files: BlockFiles,
     limit: u64,
+    /// Unlearnings sent and not yet committed, by number: what they drop is already
+    /// false, and `recall` must not find it meanwhile.
+    pending: std::sync::Mutex<Vec<(u64, String, Facts)>>,
+    next_unlearning: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -206,7 +210,16 @@ impl OfflineCache {
         // Blocks written but never committed by an earlier run.
         files.clear_temp()?;
         let (next_id, tick) = first_numbers(&db).map_err(other)?;
-        let shared = Arc::new(Shared { db, db_path, files, limit, hits: AtomicU64::new(0), misses: AtomicU64::new(0) });
+        let shared = Arc::new(Shared {
+            db,
+            db_path,
+            files,
+            limit,
+            pending: std::sync::Mutex::default(),
+            next_unlearning: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        });
         let (changes, queue) = sync_channel(QUEUED);
         let writer = {
             let shared = shared.clone();
@@ -249,8 +262,11 @@ impl OfflineCache {
         self.send(Change::Learn { path: path.to_string(), fact, value })
     }
 
-    /// What `fact` of `path` was, when last learnt.
+    /// What `fact` of `path` was, when last learnt (and not unlearnt since).
     pub fn recall(&self, path: &str, fact: Fact) -> Option<Vec<u8>> {
+        if self.shared.unlearning(path, fact) {
+            return None;
+        }
         let txn = self.shared.db.begin_read().ok()?;
         let facts = txn.open_table(FACTS).ok()?;
         let found = facts.get((path, fact as u8)).ok()??.value().to_vec();
@@ -260,8 +276,12 @@ impl OfflineCache {
     /// Drops `facts` of `path`: what was learnt of them is no longer true. Waits for
     /// room in the queue rather than leave a fact that is false.
     pub fn unlearn(&self, path: &str, facts: Facts) {
-        if let Some(c) = &self.changes {
-            let _ = c.send(Change::Unlearn { path: path.to_string(), facts });
+        let Some(c) = &self.changes else { return };
+        let s = &self.shared;
+        let seq = s.next_unlearning.fetch_add(1, Ordering::SeqCst);
+        lock_pending(s).push((seq, path.to_string(), facts));
+        if c.send(Change::Unlearn { path: path.to_string(), facts, seq }).is_err() {
+            lock_pending(s).retain(|(n, _, _)| *n != seq);
         }
     }
 
@@ -357,7 +377,27 @@ fn first_numbers(db: &Database) -> Result<(u64, u64), redb::Error> {
     Ok(numbers)
 }
 
+fn lock_pending(s: &Shared) -> std::sync::MutexGuard<'_, Vec<(u64, String, Facts)>> {
+    s.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Whether unlearning `facts` of `unlearnt` drops `fact` of `path`.
+fn drops(unlearnt: &str, facts: Facts, path: &str, fact: Fact) -> bool {
+    match facts {
+        Facts::One(f) => f == fact && unlearnt == path,
+        Facts::Tree => {
+            let base = unlearnt.trim_end_matches('/');
+            path == unlearnt || path.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
+        }
+    }
+}
+
 impl Shared {
+    /// Whether an unlearning not yet committed drops `fact` of `path`.
+    fn unlearning(&self, path: &str, fact: Fact) -> bool {
+        lock_pending(self).iter().any(|(_, p, facts)| drops(p, *facts, path, fact))
+    }
+
     fn index_size(&self) -> u64 {
         std::fs::metadata(&self.db_path).map_or(0, |m| m.len())
     }
@@ -426,6 +466,7 @@ fn commit(
     // Every commit is durable: a block's entry must be on disk before its file is
     // published, and commits that are not let the index grow until one is.
     let txn = s.db.begin_write()?;
+    let mut unlearnt = Vec::new();
     {
         let mut t = Tables {
             blocks: txn.open_table(BLOCKS)?,
@@ -463,7 +504,10 @@ fn commit(
                 Change::Learn { path, fact, value } => {
                     t.facts.insert((path.as_str(), fact as u8), value.as_slice())?;
                 }
-                Change::Unlearn { path, facts } => t.unlearn(&path, facts)?,
+                Change::Unlearn { path, facts, seq } => {
+                    t.unlearn(&path, facts)?;
+                    unlearnt.push(seq);
+                }
                 Change::Flush(done) => flushed.push(done),
             }
         }
@@ -476,6 +520,9 @@ fn commit(
         t.counters.insert(TICK, *tick)?;
     }
     txn.commit()?;
+    if !unlearnt.is_empty() {
+        lock_pending(s).retain(|(n, _, _)| !unlearnt.contains(n));
+    }
     Ok(())
 }
 

@@ -31,6 +31,13 @@ struct Node {
 }
 
 /// A node of its own, numbered.
+/// The fake's clock for modification times: every change of a file's data moves it on,
+/// as a server's clock would (a real one may not within the same second).
+fn tick() -> u32 {
+    static NOW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1_000_000);
+    NOW.fetch_add(1, Ordering::Relaxed)
+}
+
 fn node(body: Body, mode: u32) -> Node {
     static IDS: AtomicU64 = AtomicU64::new(1);
     Node { id: IDS.fetch_add(1, Ordering::Relaxed), body, mode, uid: 0, gid: 0, atime: 0, mtime: 0 }
@@ -381,6 +388,7 @@ impl FakeRemote {
         if let Some(size) = set.size {
             if let Body::File(d) = &mut n.body {
                 d.resize(size as usize, 0);
+                n.mtime = tick();
             }
         }
         if let Some(m) = set.mode {
@@ -545,6 +553,7 @@ impl Remote for FakeRemote {
             Some(n) => {
                 if let (Body::File(d), true) = (&mut n.body, o.truncate) {
                     d.clear();
+                    n.mtime = tick();
                 }
                 (n.id, Self::attr(n))
             }
@@ -620,6 +629,7 @@ impl Remote for FakeRemote {
                 d.resize(at + data.len(), 0);
             }
             d[at..at + data.len()].copy_from_slice(&data);
+            n.mtime = tick();
             true
         })?;
         if !written {

@@ -49,9 +49,9 @@ struct Opened {
 }
 
 pub struct Offline<R: Remote> {
-    inner: R,
+    inner: Arc<R>,
     cache: Option<Arc<OfflineCache>>,
-    opened: Mutex<HashMap<Handle, Opened>>,
+    opened: Arc<Mutex<HashMap<Handle, Opened>>>,
     next_local: AtomicU64,
     /// Counts the mount's changes: a fact asked across one is not kept.
     changes: Arc<AtomicU64>,
@@ -163,11 +163,11 @@ fn stream_of(entries: Vec<DirEntry>) -> DirStream {
 }
 
 impl<R: Remote> Offline<R> {
-    pub fn new(inner: R, cache: Option<OfflineCache>) -> Offline<R> {
+    pub fn new(inner: Arc<R>, cache: Option<OfflineCache>) -> Offline<R> {
         Offline {
             inner,
             cache: cache.map(Arc::new),
-            opened: Mutex::default(),
+            opened: Arc::default(),
             next_local: AtomicU64::new(0),
             changes: Arc::default(),
             served: Mutex::default(),
@@ -176,7 +176,7 @@ impl<R: Remote> Offline<R> {
     }
 
     #[cfg(test)]
-    pub fn inner(&self) -> &R {
+    pub fn inner(&self) -> &Arc<R> {
         &self.inner
     }
 
@@ -208,8 +208,11 @@ impl<R: Remote> Offline<R> {
         }
     }
 
+    /// Keeps what a stat said of `path`, unless the mount has it open for writing: its
+    /// size and mtime then move with every write that lands.
     fn learn_attr(&self, path: &str, attr: &Attr, asked: u64) {
-        if self.cache.is_some() {
+        let written = || lock(&self.opened).values().any(|o| o.writes && o.path == path);
+        if self.cache.is_some() && !written() {
             let mut b = Vec::with_capacity(ATTR_LEN);
             put_attr(&mut b, attr);
             self.learn(path, Fact::Attr, b, asked);
@@ -338,7 +341,9 @@ impl<R: Remote> Offline<R> {
     }
 
     /// `path` was opened on the server as `handle`: a file opened to be read is known by
-    /// the version it opened as.
+    /// the version it opened as, while the mount does not write it. (A program reading
+    /// a file the mount writes must see each write: no handle of it reads from the store
+    /// from then on.)
     fn opened_now(&self, path: &str, handle: Handle, writes: bool, asked: u64) {
         let mut version = None;
         if !writes {
@@ -347,7 +352,15 @@ impl<R: Remote> Offline<R> {
                 version = settled(&attr);
             }
         }
-        lock(&self.opened).insert(handle, Opened { path: path.to_string(), version, writes });
+        let mut opened = lock(&self.opened);
+        if writes {
+            for o in opened.values_mut().filter(|o| o.path == path) {
+                o.version = None;
+            }
+        } else if opened.values().any(|o| o.writes && o.path == path) {
+            version = None;
+        }
+        opened.insert(handle, Opened { path: path.to_string(), version, writes });
     }
 
     /// A file the link cannot open now, opened from the store: its settled version, if
@@ -478,8 +491,11 @@ impl<R: Remote> Remote for Offline<R> {
             Ok(stream) => match &self.cache {
                 Some(c) => {
                     let (c, changes, path) = (c.clone(), self.changes.clone(), path.to_string());
+                    let opened = self.opened.clone();
                     Ok(stream.recording(move |entries| {
-                        if changes.load(Ordering::SeqCst) == asked {
+                        // Sizes of files being written move with every write that lands.
+                        let written = lock(&opened).values().any(|o| o.writes && parent(&o.path) == path);
+                        if changes.load(Ordering::SeqCst) == asked && !written {
                             c.learn(&path, Fact::Listing, encode_listing(entries));
                         }
                     }))

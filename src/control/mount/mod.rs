@@ -260,7 +260,7 @@ async fn core_for(
 ) -> Result<(Arc<Fs<MountRemote>>, Arc<MountRemote>, FuseAdapter<MountRemote>, String), MoorError> {
     let sftp = SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks);
     let cache = req.offline_cache.map(|limit| open_cache(req, limit)).transpose()?;
-    let remote = Arc::new(Offline::new(sftp, cache));
+    let remote = Arc::new(Offline::new(Arc::new(sftp), cache));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
     link.require_path(&root);
     let login = login_ids(&*remote).await;

@@ -23,7 +23,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use super::super::coordinator::Entry;
+use super::super::coordinator::{Entry, KernelCache};
+use crate::offline_cache::OfflineCache;
+use crate::remote::offline::Offline;
 use super::super::fuse::{release_unheard, Ctx};
 use super::*;
 
@@ -37,6 +39,8 @@ const SLOTS: usize = 3;
 enum Op {
     Create(&'static str),
     Open(&'static str),
+    /// Opened to be read only: with the offline cache, what it reads may come from it.
+    OpenRead(&'static str),
     Write {
         slot: usize,
         at: u64,
@@ -82,10 +86,11 @@ fn any_name(rng: &mut fastrand::Rng) -> &'static str {
     }
 }
 
-fn random_op(rng: &mut fastrand::Rng) -> Op {
+fn random_op(rng: &mut fastrand::Rng, cached: bool) -> Op {
     let slot = rng.usize(..SLOTS);
     match rng.u8(..100) {
         0..=9 => Op::Create(pick(rng, &FILES)),
+        10..=13 if cached => Op::OpenRead(pick(rng, &FILES)),
         10..=17 => Op::Open(pick(rng, &FILES)),
         18..=34 => Op::Write { slot, at: rng.u64(..48), len: rng.usize(1..24), byte: rng.u8(b'a'..=b'z') },
         35..=42 => Op::Read { slot, at: rng.u64(..48), len: rng.u32(1..64) },
@@ -108,9 +113,9 @@ fn random_op(rng: &mut fastrand::Rng) -> Op {
     }
 }
 
-fn random_case(seed: u64, len: usize) -> Vec<Op> {
+fn random_case(seed: u64, len: usize, cached: bool) -> Vec<Op> {
     let mut rng = fastrand::Rng::with_seed(seed);
-    (0..len).map(|_| random_op(&mut rng)).collect()
+    (0..len).map(|_| random_op(&mut rng, cached)).collect()
 }
 
 /// The model: names to nodes, and files by identity, as POSIX keeps them.
@@ -181,10 +186,17 @@ impl Model {
 /// One run of a case: the fake, the mount, the model, and the open files.
 struct Run {
     remote: Arc<FakeRemote>,
-    fs: Arc<Fs<FakeRemote>>,
+    fs: Arc<Fs<Offline<FakeRemote>>>,
+    /// The offline cache's directory, when the mount has one.
+    cache: Option<tempfile::TempDir>,
     model: Model,
     /// Open files: the mount's handle and the model's file.
     slots: [Option<(u64, u64)>; SLOTS],
+    /// Slots opened to be read only.
+    read_only: [bool; SLOTS],
+    /// Names another client changed, and their directories: the offline cache may still
+    /// hold what they were, and answer so while the link is down.
+    others_touched: std::collections::HashSet<&'static str>,
     down: bool,
     lose_next: bool,
     interrupt_next: Option<u64>,
@@ -205,15 +217,21 @@ struct Run {
 }
 
 impl Run {
-    fn new() -> Run {
+    fn new(cached: bool) -> Run {
         let remote = Arc::new(FakeRemote::new());
         remote.put_dir("/srv");
-        let fs = Arc::new(Fs::new(remote.clone(), "/srv", uncached()));
+        let cache = cached.then(|| tempfile::tempdir().unwrap());
+        let store = cache.as_ref().map(|d| OfflineCache::open(d.path(), 64 << 20).unwrap());
+        let fs = Arc::new(Fs::new(Arc::new(Offline::new(remote.clone(), store)), "/srv", uncached()));
+        fs.revalidate_after_outages(Arc::new(NoKernel));
         Run {
             remote,
             fs,
+            cache,
             model: Model::default(),
             slots: [None; SLOTS],
+            read_only: [false; SLOTS],
+            others_touched: Default::default(),
             down: false,
             lose_next: false,
             interrupt_next: None,
@@ -260,6 +278,35 @@ impl Run {
     fn name(path: &str) -> &str {
         path.rsplit('/').next().unwrap_or(path)
     }
+
+    /// Another client changed `names`: they and their directories may be answered as
+    /// they were, from the offline cache, while the link is down.
+    fn touched_by_others(&mut self, names: &[&'static str]) {
+        for n in names {
+            self.others_touched.insert(n);
+            self.others_touched.insert(parent_of(n));
+        }
+    }
+
+    /// Whether an answer about `path` may be what it was before another client changed
+    /// it (the offline cache answers while the link is down; the mount's caches are off).
+    fn stale_allowed(&self, path: &str) -> bool {
+        self.cache.is_some() && self.down && self.others_touched.contains(path)
+    }
+
+    /// Whether the model's file `id` is at a name another client changed.
+    fn others_touched_file(&self, id: u64) -> bool {
+        self.model.names.iter().any(|(p, n)| *n == Node::File(id) && self.others_touched.contains(p.as_str()))
+            || self.changed_by_others.contains(&id)
+    }
+}
+
+/// A kernel that caches nothing the core must take back.
+struct NoKernel;
+
+impl KernelCache for NoKernel {
+    fn inode_changed(&self, _ino: Ino) {}
+    fn name_changed(&self, _dir: Ino, _name: &str) {}
 }
 
 /// Runs `op` as a kernel call: straight, or with its program stopped while its `k`-th
@@ -419,6 +466,7 @@ impl Run {
                 return Ok(());
             }
             Op::ServerRename(from, to) => {
+                self.touched_by_others(&[from, to]);
                 if let (Some(m), true) = (self.model.renamed(from, to), self.model.file(from).is_some()) {
                     remote.rename_on_server(&format!("/srv/{from}"), &format!("/srv/{to}"));
                     self.changed_by_others.extend(self.model.file(from));
@@ -427,6 +475,7 @@ impl Run {
                 }
             }
             Op::ServerReplace(path) => {
+                self.touched_by_others(&[path]);
                 if self.model.is_dir(parent_of(path)) && !self.model.is_dir(path) {
                     remote.replace_on_server(&format!("/srv/{path}"), b"theirs");
                     let id = self.model.new_file(path, b"theirs".to_vec());
@@ -435,6 +484,7 @@ impl Run {
                 }
             }
             Op::ServerRemove(path) => {
+                self.touched_by_others(&[path]);
                 if self.model.file(path).is_some() {
                     remote.remove_on_server(&format!("/srv/{path}"));
                     self.model.names.remove(path);
@@ -478,6 +528,27 @@ impl Run {
                     (Err(_), _) => {}
                 }
             }
+            Op::OpenRead(path) => {
+                let Some(slot) = self.slots.iter().position(Option::is_none) else { return Ok(()) };
+                let reading = OpenFlags { read: true, ..OpenFlags::default() };
+                let answer = match self.resolve_file(path).await {
+                    Ok(e) => call(&remote, interrupt, fs.open(e.ino, reading), |fh| release_unheard(&fs, fh)).await,
+                    Err(e) => Err(e),
+                };
+                match (answer, self.model.file(path)) {
+                    (Ok(fh), Some(id)) => {
+                        self.slots[slot] = Some((fh, id));
+                        self.read_only[slot] = true;
+                    }
+                    (Ok(fh), None) if self.stale_allowed(path) => {
+                        let _ = fs.release(fh).await;
+                    }
+                    (Ok(_), None) => return self.fail(format!("open {path} succeeded; it is no file")),
+                    (Err(e), Some(_)) if !interrupted => self.must_be_excused(&format!("open {path}"), e)?,
+                    (Err(_), _) => {}
+                }
+            }
+            Op::Write { slot, .. } if self.read_only[slot] => {}
             Op::Write { slot, at, len, byte } => {
                 let Some((fh, id)) = self.slots[slot] else { return Ok(()) };
                 let data = vec![byte; len];
@@ -494,7 +565,8 @@ impl Run {
                         let f = self.model.files.get(&id).cloned().unwrap_or_default();
                         let want = &f[(at as usize).min(f.len())..((at + u64::from(len)) as usize).min(f.len())];
                         let known = !self.changed_by_others.contains(&id) && !self.unsettled.contains(&id);
-                        if got[..] != *want && known {
+                        let theirs = self.cache.is_some() && self.others_touched_file(id);
+                        if got[..] != *want && known && !theirs {
                             return self.fail(format!("read {len} at {at}: got {got:?}, the file holds {want:?}"));
                         }
                     }
@@ -512,6 +584,7 @@ impl Run {
             }
             Op::Close(slot) => {
                 let Some((fh, _)) = self.slots[slot].take() else { return Ok(()) };
+                self.read_only[slot] = false;
                 let flushed = call(&remote, interrupt, fs.flush(fh), nothing).await;
                 if let Err(e) = fs.release(fh).await {
                     return self.fail(format!("release failed with {e:?}"));
@@ -599,7 +672,7 @@ impl Run {
                     Ok(mut names) => {
                         names.sort();
                         let want = self.model.children(dir);
-                        if !self.model.is_dir(dir) || names != want {
+                        if (!self.model.is_dir(dir) || names != want) && !self.stale_allowed(dir) {
                             return self.fail(format!("readdir {dir:?}: {names:?}, the model has {want:?}"));
                         }
                     }
@@ -616,10 +689,12 @@ impl Run {
                         return self.fail(format!("stat {path}: size {}, the model's {len}", e.attr.size));
                     }
                 }
+                (Ok(_), _) if self.stale_allowed(path) => {}
                 (Ok(e), known) => {
                     return self.fail(format!("stat {path}: {:?}, the model has {known:?}", e.attr.kind()))
                 }
                 (Err(Errno::ENOENT), None) => {}
+                (Err(Errno::ENOENT), Some(_)) if self.stale_allowed(path) => {}
                 (Err(e), _) => self.must_be_excused(&format!("stat {path}"), e)?,
             },
         }
@@ -728,8 +803,8 @@ impl Run {
 }
 
 /// Runs `ops` on a fresh server and mount; the first violation, with the steps to it.
-async fn run_case(ops: &[Op]) -> Result<(), String> {
-    let mut run = Run::new();
+async fn run_case(ops: &[Op], cached: bool) -> Result<(), String> {
+    let mut run = Run::new(cached);
     for op in ops {
         run.step(*op).await?;
     }
@@ -739,14 +814,14 @@ async fn run_case(ops: &[Op]) -> Result<(), String> {
 }
 
 /// The shortest sequence found, by dropping one step at a time, that still fails.
-async fn shrink(mut ops: Vec<Op>) -> (Vec<Op>, String) {
-    let mut why = run_case(&ops).await.err().unwrap_or_default();
+async fn shrink(mut ops: Vec<Op>, cached: bool) -> (Vec<Op>, String) {
+    let mut why = run_case(&ops, cached).await.err().unwrap_or_default();
     let mut i = ops.len();
     while i > 0 {
         i -= 1;
         let mut shorter = ops.clone();
         shorter.remove(i);
-        if let Err(e) = run_case(&shorter).await {
+        if let Err(e) = run_case(&shorter, cached).await {
             ops = shorter;
             why = e;
             i = i.min(ops.len());
@@ -756,13 +831,14 @@ async fn shrink(mut ops: Vec<Op>) -> (Vec<Op>, String) {
 }
 
 /// Runs the cases of `seeds`; a failure is shrunk and reported as a regression to keep.
-async fn check_seeds(seeds: impl Iterator<Item = u64>, len: usize) {
+async fn check_seeds(seeds: impl Iterator<Item = u64>, len: usize, cached: bool) {
     for seed in seeds {
-        let ops = random_case(seed, len);
-        if run_case(&ops).await.is_err() {
-            let (ops, why) = shrink(ops).await;
+        let ops = random_case(seed, len, cached);
+        if run_case(&ops, cached).await.is_err() {
+            let (ops, why) = shrink(ops, cached).await;
             let steps: String = ops.iter().map(|op| format!("    {op:?},\n")).collect();
-            panic!("seed {seed} fails; shortest sequence (add it to REGRESSIONS):\n{steps}\n{why}");
+            let cache = if cached { " with the offline cache" } else { "" };
+            panic!("seed {seed} fails{cache}; shortest sequence (add it to REGRESSIONS):\n{steps}\n{why}");
         }
     }
 }
@@ -826,8 +902,10 @@ const REGRESSIONS: &[&[Op]] = &[
 #[tokio::test(start_paused = true)]
 async fn regressions_stay_fixed() {
     for ops in REGRESSIONS {
-        if let Err(why) = run_case(ops).await {
-            panic!("{why}");
+        for cached in [false, true] {
+            if let Err(why) = run_case(ops, cached).await {
+                panic!("{why}");
+            }
         }
     }
 }
@@ -836,11 +914,27 @@ async fn regressions_stay_fixed() {
 /// so that a failure can be run again: `MOOR_MODEL_SEED=N` starts those at N.
 #[tokio::test(start_paused = true)]
 async fn random_operations_and_faults_match_the_model() {
-    check_seeds(0..4000, 50).await;
+    check_seeds(0..4000, 50, false).await;
+    let base = start_seed();
+    check_seeds(base..base + 4000, 50, false).await;
+}
+
+/// The seed random cases start from: `MOOR_MODEL_SEED`, else a random one, printed.
+fn start_seed() -> u64 {
     let base = std::env::var("MOOR_MODEL_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or_else(|| fastrand::u64(1..u64::MAX / 2));
     eprintln!("model cases from seed {base} on (MOOR_MODEL_SEED={base} runs them again)");
-    check_seeds(base..base + 4000, 50).await;
+    base
+}
+
+/// The same with the offline cache (`--offline-cache`): while the link is down, what the
+/// mount read before answers, and must be the model's (but for what another client
+/// changed meanwhile); once it is back, everything is the server's again.
+#[tokio::test(start_paused = true)]
+async fn with_the_offline_cache_random_operations_and_faults_match_the_model() {
+    check_seeds(0..1000, 50, true).await;
+    let base = start_seed();
+    check_seeds(base..base + 1000, 50, true).await;
 }

@@ -9,7 +9,7 @@ fn reading() -> OpenOptions {
 fn cached(fake: FakeRemote) -> (tempfile::TempDir, Offline<FakeRemote>) {
     let dir = tempfile::tempdir().unwrap();
     let cache = OfflineCache::open(dir.path(), 64 << 20).unwrap();
-    (dir, Offline::new(fake, Some(cache)))
+    (dir, Offline::new(Arc::new(fake), Some(cache)))
 }
 
 /// Waits until what was sent to the store is in it.
@@ -127,7 +127,7 @@ async fn a_version_changed_within_its_second_is_not_kept() {
 
 #[tokio::test]
 async fn without_a_cache_every_call_passes_through() {
-    let r = Offline::new(tree(), None);
+    let r = Offline::new(Arc::new(tree()), None);
     assert_eq!(read_all(&r, "/r/small").await.unwrap(), b"hello");
     r.inner().go_down();
     assert!(matches!(read_all(&r, "/r/small").await, Err(RemoteError::Unavailable(_))));
