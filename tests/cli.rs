@@ -551,8 +551,17 @@ fn man_pages_for_each_command() {
     let pages = dir.path().join("man1");
     let out = moor_alone(&["man", "--dir", pages.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let expected =
-        ["moor", "moor-mount", "moor-mount-status", "moor-unmount", "moor-reconnect", "moor-cache", "moor-cache-clear", "moor-completions", "moor-man"];
+    let expected = [
+        "moor",
+        "moor-mount",
+        "moor-mount-status",
+        "moor-unmount",
+        "moor-reconnect",
+        "moor-cache",
+        "moor-cache-clear",
+        "moor-completions",
+        "moor-man",
+    ];
     let mut written: Vec<String> =
         fs::read_dir(&pages).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     written.sort();

@@ -342,7 +342,9 @@ impl<S: Session> Link<S> {
     pub async fn wait_not_up(&self) {
         let mut rx = self.state.subscribe();
         loop {
-            if !matches!(&*rx.borrow_and_update(), LinkState::Up { .. }) || self.conn().is_err() {
+            // Looked at, not asked for: `conn` would take a turn and bring an attempt on.
+            let live = read(&self.current).iter().any(|c| !c.is_closed());
+            if !matches!(&*rx.borrow_and_update(), LinkState::Up { .. }) || !live {
                 return;
             }
             if rx.changed().await.is_err() {

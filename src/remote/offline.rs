@@ -46,6 +46,9 @@ struct Opened {
     version: Option<Version>,
     /// Opened for writing: what is known of the file goes when it closes.
     writes: bool,
+    /// For a file opened from the store while the link was down: the server's handle on
+    /// the same version, once the link is back and the store lacks a part.
+    server: Option<Handle>,
 }
 
 pub struct Offline<R: Remote> {
@@ -185,6 +188,14 @@ impl<R: Remote> Offline<R> {
         self.cache.as_ref().map(|c| c.usage())
     }
 
+    /// Waits until what was sent to the store is in it.
+    #[cfg(test)]
+    pub fn flush(&self) {
+        if let Some(c) = &self.cache {
+            c.flush();
+        }
+    }
+
     /// Empties the cache; false without one.
     pub fn clear(&self) -> bool {
         self.cache.as_ref().map(|c| c.clear()).is_some()
@@ -239,6 +250,11 @@ impl<R: Remote> Offline<R> {
         if let Some(c) = &self.cache {
             for p in paths {
                 c.forget(p);
+            }
+            // A program reading one of them must see the change: the server says.
+            let under = |o: &Opened| paths.iter().any(|p| o.path == *p || o.path.starts_with(&format!("{p}/")));
+            for o in lock(&self.opened).values_mut().filter(|o| under(o)) {
+                o.version = None;
             }
         }
     }
@@ -340,6 +356,34 @@ impl<R: Remote> Offline<R> {
         }
     }
 
+    /// A part of a file opened from the store (`handle`) that the store lacks, read from
+    /// the server once the link is back: from the same version only, opened once; a file
+    /// that changed meanwhile is another file to this handle, and gone.
+    async fn read_on_server(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
+        let o = self.opened(handle).ok_or_else(missing)?;
+        let server = match o.server {
+            Some(h) => h,
+            None => {
+                if !self.inner.is_available() {
+                    return Err(missing());
+                }
+                let h = self.inner.open(&o.path, OpenOptions { read: true, ..OpenOptions::default() }).await?;
+                if self.inner.opened_as(&h).as_ref().and_then(settled) != o.version {
+                    crate::remote::close_quietly(self.inner.clone(), h, o.path.clone()).await;
+                    return Err(RemoteError::FileLost(format!(
+                        "{} changed on the server while the link was down: open it again",
+                        o.path
+                    )));
+                }
+                match lock(&self.opened).get_mut(handle) {
+                    Some(open) => *open.server.get_or_insert(h),
+                    None => h,
+                }
+            }
+        };
+        self.inner.read(&server, offset, len).await
+    }
+
     /// `path` was opened on the server as `handle`: a file opened to be read is known by
     /// the version it opened as, while the mount does not write it. (A program reading
     /// a file the mount writes must see each write: no handle of it reads from the store
@@ -360,7 +404,7 @@ impl<R: Remote> Offline<R> {
         } else if opened.values().any(|o| o.writes && o.path == path) {
             version = None;
         }
-        opened.insert(handle, Opened { path: path.to_string(), version, writes });
+        opened.insert(handle, Opened { path: path.to_string(), version, writes, server: None });
     }
 
     /// A file the link cannot open now, opened from the store: its settled version, if
@@ -381,7 +425,8 @@ impl<R: Remote> Offline<R> {
         let Some(version) = settled(&attr) else { return Err(e) };
         self.served(path);
         let handle = Handle(LOCAL | self.next_local.fetch_add(1, Ordering::Relaxed));
-        lock(&self.opened).insert(handle, Opened { path: path.to_string(), version: Some(version), writes: false });
+        let opened = Opened { path: path.to_string(), version: Some(version), writes: false, server: None };
+        lock(&self.opened).insert(handle, opened);
         Ok(handle)
     }
 }
@@ -473,7 +518,12 @@ impl<R: Remote> Remote for Offline<R> {
         let path = self.opened(handle).map(|o| o.path);
         let paths: Vec<&str> = path.as_deref().into_iter().collect();
         self.changing(&paths);
-        let answer = self.inner.fsetstat(handle, set).await;
+        let answer = match (handle.0 & LOCAL != 0, path.as_deref()) {
+            // The server has no handle of it: by its name.
+            (true, Some(path)) => self.inner.setstat(path, set).await,
+            (true, None) => Err(missing()),
+            (false, _) => self.inner.fsetstat(handle, set).await,
+        };
         self.changed(&paths);
         answer
     }
@@ -540,6 +590,9 @@ impl<R: Remote> Remote for Offline<R> {
             lock(&self.pieces).retain(|(h, _), _| h != handle);
         }
         if handle.0 & LOCAL != 0 {
+            if let Some(server) = opened.and_then(|o| o.server) {
+                return self.inner.close(&server).await;
+            }
             return Ok(());
         }
         let answer = self.inner.close(handle).await;
@@ -552,19 +605,31 @@ impl<R: Remote> Remote for Offline<R> {
     async fn read(&self, handle: &Handle, offset: u64, len: u32) -> Result<Bytes> {
         let opened = self.opened(handle);
         let stored = opened.as_ref().and_then(|o| Some((o.path.as_str(), o.version?)));
+        let local = handle.0 & LOCAL != 0;
+        // The version the file opened as is the file to this handle, its end included,
+        // until the mount changes it (`changed`): as a program reading after a fresh open
+        // would find it.
         if let Some((path, version)) = stored {
             if let Some(data) = self.read_stored(path, version, offset, len) {
                 return Ok(data);
             }
         }
-        if handle.0 & LOCAL != 0 {
-            return Err(missing());
+        if local {
+            return self.read_on_server(handle, offset, len).await;
         }
-        let data = self.inner.read(handle, offset, len).await?;
-        if let Some((path, version)) = stored {
-            self.keep_blocks(*handle, path, version, offset, &data);
+        match self.inner.read(handle, offset, len).await {
+            Ok(data) => {
+                if let Some((path, version)) = stored {
+                    self.keep_blocks(*handle, path, version, offset, &data);
+                }
+                Ok(data)
+            }
+            Err(e) if down(&e) => match stored {
+                Some((path, version)) => self.read_stored(path, version, offset, len).ok_or(e),
+                None => Err(e),
+            },
+            Err(e) => Err(e),
         }
-        Ok(data)
     }
 
     async fn write(&self, handle: &Handle, offset: u64, data: Bytes) -> Result<()> {
@@ -572,6 +637,10 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn fsync(&self, handle: &Handle) -> Result<()> {
+        if handle.0 & LOCAL != 0 {
+            // Opened to be read, from the store: nothing of it to sync.
+            return Ok(());
+        }
         self.inner.fsync(handle).await
     }
 
@@ -703,7 +772,11 @@ impl<R: Remote> Remote for Offline<R> {
 
     async fn fsetstat_stat(&self, handle: &Handle, path: &str, set: SetAttr) -> Result<Option<Attr>> {
         self.changing(&[path]);
-        let answer = self.inner.fsetstat_stat(handle, path, set).await;
+        let answer = if handle.0 & LOCAL != 0 {
+            self.inner.setstat_stat(path, set).await
+        } else {
+            self.inner.fsetstat_stat(handle, path, set).await
+        };
         self.changed(&[path]);
         answer
     }

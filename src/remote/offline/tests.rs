@@ -14,7 +14,7 @@ fn cached(fake: FakeRemote) -> (tempfile::TempDir, Offline<FakeRemote>) {
 
 /// Waits until what was sent to the store is in it.
 fn settle(r: &Offline<FakeRemote>) {
-    r.cache.as_ref().unwrap().flush();
+    r.flush();
 }
 
 async fn read_all(r: &Offline<FakeRemote>, path: &str) -> Result<Vec<u8>> {
