@@ -285,6 +285,11 @@ impl OfflineCache {
         }
     }
 
+    /// Whether block `index` of `path` at `version` is held (not checked, not counted).
+    pub fn holds(&self, path: &str, version: Version, index: u64) -> bool {
+        self.shared.entry(key(path, version, index)).ok().flatten().is_some()
+    }
+
     /// Block `index` of `path` at `version`, if held and intact.
     pub fn get(&self, path: &str, version: Version, index: u64) -> Option<Vec<u8>> {
         let s = &self.shared;

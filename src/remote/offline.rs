@@ -34,6 +34,15 @@ const SETTLED: u64 = 2;
 /// pieces that never join, and these are dropped past it.
 const PIECES: usize = 32;
 
+/// How long what the server said of a file lets a program open it from the store
+/// without asking the server again: about as long as the kernel trusts an attribute.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Attributes kept as fresh at most; past that they are all let go.
+const FRESH_KEPT: usize = 50_000;
+
+/// Attributes the server gave lately, by path, with when.
+type Recent = HashMap<String, (Attr, std::time::Instant)>;
+
 /// Parts of a block read so far, each at where it starts in the file.
 type Pieces = Vec<(u64, Bytes)>;
 
@@ -60,6 +69,9 @@ pub struct Offline<R: Remote> {
     changes: Arc<AtomicU64>,
     /// Paths the store answered for while the link was down.
     served: Mutex<HashSet<String>>,
+    /// What the server said of paths lately: a file it says is a version the store
+    /// holds opens from the store, with no request (revalidated by that answer).
+    recent: Arc<Mutex<Recent>>,
     /// Blocks part read, by handle and block number: the pieces read so far, by where
     /// each starts in the file.
     pieces: Mutex<HashMap<(Handle, u64), Pieces>>,
@@ -140,6 +152,21 @@ fn decode_listing(mut b: &[u8]) -> Option<Vec<DirEntry>> {
     Some(entries)
 }
 
+/// Keeps what the server just said of `paths` as fresh.
+fn heard(recent: &Mutex<Recent>, paths: impl IntoIterator<Item = (String, Attr)>) {
+    let now = std::time::Instant::now();
+    let mut recent = lock(recent);
+    for (path, attr) in paths {
+        if recent.len() >= FRESH_KEPT {
+            recent.retain(|_, (_, at)| at.elapsed() < FRESH);
+            if recent.len() >= FRESH_KEPT {
+                recent.clear();
+            }
+        }
+        recent.insert(path, (attr, now));
+    }
+}
+
 /// The bytes `start..end` that `parts` (each at where it starts) cover together, if
 /// they cover all of them.
 fn joined(parts: &mut [(u64, Bytes)], start: u64, end: u64) -> Option<Bytes> {
@@ -175,6 +202,7 @@ impl<R: Remote> Offline<R> {
             changes: Arc::default(),
             served: Mutex::default(),
             pieces: Mutex::default(),
+            recent: Arc::default(),
         }
     }
 
@@ -235,6 +263,10 @@ impl<R: Remote> Offline<R> {
     /// are not kept. `changed` follows once the change is answered.
     fn changing(&self, paths: &[&str]) {
         self.changes.fetch_add(1, Ordering::SeqCst);
+        if self.cache.is_some() {
+            let under = |p: &str, of: &str| p == of || p.starts_with(&format!("{of}/"));
+            lock(&self.recent).retain(|p, _| !paths.iter().any(|of| under(p, of)));
+        }
         if let Some(c) = &self.cache {
             for p in paths {
                 c.unlearn(p, Facts::Tree);
@@ -289,6 +321,9 @@ impl<R: Remote> Offline<R> {
         match answer {
             Ok(a) => {
                 self.learn_attr(path, &a, asked);
+                if self.cache.is_some() && self.asked() == asked {
+                    heard(&self.recent, [(path.to_string(), a)]);
+                }
                 Ok(a)
             }
             Err(RemoteError::NotFound) => {
@@ -368,7 +403,9 @@ impl<R: Remote> Offline<R> {
                     return Err(missing());
                 }
                 let h = self.inner.open(&o.path, OpenOptions { read: true, ..OpenOptions::default() }).await?;
-                if self.inner.opened_as(&h).as_ref().and_then(settled) != o.version {
+                // No version left: the mount itself changed the file since, and what the
+                // server has now is what the program must read.
+                if o.version.is_some() && self.inner.opened_as(&h).as_ref().and_then(settled) != o.version {
                     crate::remote::close_quietly(self.inner.clone(), h, o.path.clone()).await;
                     return Err(RemoteError::FileLost(format!(
                         "{} changed on the server while the link was down: open it again",
@@ -405,6 +442,22 @@ impl<R: Remote> Offline<R> {
             version = None;
         }
         opened.insert(handle, Opened { path: path.to_string(), version, writes, server: None });
+    }
+
+    /// A file to be read that the server just described (`recent`) as a version the
+    /// store holds, opened from the store without a request; a part it lacks is read
+    /// from the server, from that version only (`read_on_server`).
+    fn open_revalidated(&self, path: &str) -> Option<Handle> {
+        let c = self.cache.as_ref()?;
+        let (attr, at) = lock(&self.recent).get(path).copied()?;
+        let version = settled(&attr).filter(|_| at.elapsed() < FRESH)?;
+        if lock(&self.opened).values().any(|o| o.writes && o.path == path) || !c.holds(path, version, 0) {
+            return None;
+        }
+        let handle = Handle(LOCAL | self.next_local.fetch_add(1, Ordering::Relaxed));
+        let opened = Opened { path: path.to_string(), version: Some(version), writes: false, server: None };
+        lock(&self.opened).insert(handle, opened);
+        Some(handle)
     }
 
     /// A file the link cannot open now, opened from the store: its settled version, if
@@ -541,12 +594,14 @@ impl<R: Remote> Remote for Offline<R> {
             Ok(stream) => match &self.cache {
                 Some(c) => {
                     let (c, changes, path) = (c.clone(), self.changes.clone(), path.to_string());
-                    let opened = self.opened.clone();
+                    let (opened, recent) = (self.opened.clone(), self.recent.clone());
                     Ok(stream.recording(move |entries| {
                         // Sizes of files being written move with every write that lands.
                         let written = lock(&opened).values().any(|o| o.writes && parent(&o.path) == path);
                         if changes.load(Ordering::SeqCst) == asked && !written {
                             c.learn(&path, Fact::Listing, encode_listing(entries));
+                            let dir = path.trim_end_matches('/');
+                            heard(&recent, entries.iter().map(|e| (format!("{dir}/{}", e.name), e.attr)));
                         }
                     }))
                 }
@@ -573,6 +628,11 @@ impl<R: Remote> Remote for Offline<R> {
         }
         if writes {
             self.changing(&[path]);
+        }
+        if !writes {
+            if let Some(handle) = self.open_revalidated(path) {
+                return Ok(handle);
+            }
         }
         let asked = self.asked();
         match self.inner.open(path, opts).await {

@@ -231,3 +231,45 @@ async fn a_file_read_whole_in_any_order_is_kept_whole() {
     r.inner().go_down();
     assert_eq!(read_all(&r, "/r/f").await.unwrap(), want);
 }
+
+#[tokio::test]
+async fn a_file_the_server_just_described_as_a_held_version_opens_without_a_request() {
+    let (_dir, r) = cached(tree());
+    let big = read_all(&r, "/r/big").await.unwrap();
+    settle(&r);
+    r.lstat("/r/big").await.unwrap();
+    let asked = r.inner().requests();
+    assert_eq!(read_all(&r, "/r/big").await.unwrap(), big);
+    assert_eq!(r.inner().requests(), asked, "open, reads and close all from the store");
+
+    // Changed by the mount since: the server is asked.
+    r.setstat("/r/big", SetAttr { mode: Some(0o600), ..SetAttr::default() }).await.unwrap();
+    let asked = r.inner().requests();
+    assert_eq!(read_all(&r, "/r/big").await.unwrap(), big);
+    assert!(r.inner().requests() > asked);
+}
+
+#[tokio::test]
+async fn a_part_the_store_lacks_comes_from_the_server_from_the_same_version_only() {
+    let (_dir, r) = cached(tree());
+    let want: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    let h = r.open("/r/big", reading()).await.unwrap();
+    r.read(&h, 0, 65_536).await.unwrap();
+    r.close(&h).await.unwrap();
+    settle(&r);
+
+    r.lstat("/r/big").await.unwrap();
+    let asked = r.inner().requests();
+    let h = r.open("/r/big", reading()).await.unwrap();
+    assert_eq!(r.inner().requests(), asked, "opened from the store");
+    assert_eq!(&r.read(&h, 131_072, 1000).await.unwrap()[..], &want[131_072..132_072]);
+    r.close(&h).await.unwrap();
+
+    // Replaced on the server after it was described: the handle's version is gone.
+    r.lstat("/r/big").await.unwrap();
+    let h = r.open("/r/big", reading()).await.unwrap();
+    r.inner().replace_on_server("/r/big", &vec![7u8; 200_001]);
+    assert!(matches!(r.read(&h, 131_072, 1000).await, Err(RemoteError::FileLost(_))));
+    r.close(&h).await.unwrap();
+    assert_eq!(r.inner().open_handles(), 0);
+}
