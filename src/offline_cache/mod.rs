@@ -79,6 +79,8 @@ const TICK: &str = "tick";
 
 /// Changes waiting for the writer; more are dropped (a cache may forget).
 const QUEUED: usize = 256;
+/// Bytes of blocks waiting for the writer; more are dropped.
+const QUEUED_BYTES: u64 = 32 << 20;
 /// Changes made in one commit at most.
 const BATCH: usize = 64;
 /// What a file costs on disk: whole filesystem blocks.
@@ -150,6 +152,8 @@ struct Shared {
     db_path: PathBuf,
     files: BlockFiles,
     limit: u64,
+    /// Bytes of the blocks given to the writer and not yet written.
+    queued_bytes: AtomicU64,
     /// Unlearnings sent and not yet committed, by number: what they drop is already
     /// false, and `recall` must not find it meanwhile.
     pending: std::sync::Mutex<Vec<(u64, String, Facts)>>,
@@ -215,6 +219,7 @@ impl OfflineCache {
             db_path,
             files,
             limit,
+            queued_bytes: AtomicU64::new(0),
             pending: std::sync::Mutex::default(),
             next_unlearning: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -246,11 +251,21 @@ impl OfflineCache {
     /// blocks to stay within the limit, when the writer commits it). False when it is
     /// not kept: larger than the whole cache, or the writer is behind.
     pub fn put(&self, path: &str, version: Version, index: u64, data: Bytes) -> bool {
-        if on_disk(data.len() as u64) > self.shared.block_budget() {
+        let s = &self.shared;
+        let len = data.len() as u64;
+        if on_disk(len) > s.block_budget() {
+            return false;
+        }
+        if s.queued_bytes.fetch_add(len, Ordering::SeqCst) + len > QUEUED_BYTES {
+            s.queued_bytes.fetch_sub(len, Ordering::SeqCst);
             return false;
         }
         let k = key(path, version, index);
-        self.send(Change::Put { key: (k.0.to_string(), k.1, k.2, k.3), data })
+        if !self.send(Change::Put { key: (k.0.to_string(), k.1, k.2, k.3), data }) {
+            s.queued_bytes.fetch_sub(len, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Keeps what `fact` of `path` is, in place of what it was. False when it is not
@@ -487,6 +502,7 @@ fn commit(
         for change in batch {
             match change {
                 Change::Put { key, data } => {
+                    s.queued_bytes.fetch_sub(data.len() as u64, Ordering::SeqCst);
                     let id = *next_id;
                     if let Err(e) = s.files.write_temp(id, &data) {
                         tracing::debug!(error = %e, "cannot write an offline cache block");

@@ -24,8 +24,12 @@ use super::{SetAttr, StatFs};
 use crate::offline_cache::{Fact, Facts, OfflineCache, Usage, Version};
 use crate::sync::lock;
 
-/// Bytes per block: the read size, so that every read the mount makes fills whole blocks.
-pub const BLOCK: u64 = 64 * 1024;
+/// Bytes per block: a file and an index entry per MiB costs the disk and the index
+/// little, and a reader's reads join up to whole blocks (`keep_blocks`).
+pub const BLOCK: u64 = 1024 * 1024;
+/// Blocks read from the store kept in memory for the reads that follow: a program reads
+/// a block in many smaller reads.
+const BLOCKS_AT_HAND: usize = 8;
 /// Handles of files opened from the store while the link was down.
 const LOCAL: u64 = 1 << 63;
 /// How old a version's mtime must be, in seconds, before its content is kept.
@@ -72,6 +76,8 @@ pub struct Offline<R: Remote> {
     /// What the server said of paths lately: a file it says is a version the store
     /// holds opens from the store, with no request (revalidated by that answer).
     recent: Arc<Mutex<Recent>>,
+    /// The blocks last read from the store, newest last.
+    at_hand: Mutex<std::collections::VecDeque<(String, Version, u64, Bytes)>>,
     /// Blocks part read, by handle and block number: the pieces read so far, by where
     /// each starts in the file.
     pieces: Mutex<HashMap<(Handle, u64), Pieces>>,
@@ -202,6 +208,7 @@ impl<R: Remote> Offline<R> {
             changes: Arc::default(),
             served: Mutex::default(),
             pieces: Mutex::default(),
+            at_hand: Mutex::default(),
             recent: Arc::default(),
         }
     }
@@ -226,6 +233,7 @@ impl<R: Remote> Offline<R> {
 
     /// Empties the cache; false without one.
     pub fn clear(&self) -> bool {
+        lock(&self.at_hand).clear();
         self.cache.as_ref().map(|c| c.clear()).is_some()
     }
 
@@ -350,13 +358,28 @@ impl<R: Remote> Offline<R> {
         }
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in offset / BLOCK..end.div_ceil(BLOCK) {
-            let data = c.get(path, version, index)?;
+            let data = self.block(c, path, version, index)?;
             let start = index * BLOCK;
             let from = offset.saturating_sub(start) as usize;
             let to = (end - start).min(BLOCK) as usize;
             out.extend_from_slice(data.get(from..to)?);
         }
         Some(out.freeze())
+    }
+
+    /// Block `index` of `path` at `version`: at hand, or from the store.
+    fn block(&self, c: &OfflineCache, path: &str, version: Version, index: u64) -> Option<Bytes> {
+        let same = |(p, v, i, _): &&(String, Version, u64, Bytes)| p == path && *v == version && *i == index;
+        if let Some((.., data)) = lock(&self.at_hand).iter().find(same) {
+            return Some(data.clone());
+        }
+        let data = Bytes::from(c.get(path, version, index)?);
+        let mut at_hand = lock(&self.at_hand);
+        if at_hand.len() >= BLOCKS_AT_HAND {
+            at_hand.pop_front();
+        }
+        at_hand.push_back((path.to_string(), version, index, data.clone()));
+        Some(data)
     }
 
     /// Keeps every block that `data`, read at `offset` through `handle` of `path` at

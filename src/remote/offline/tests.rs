@@ -251,25 +251,30 @@ async fn a_file_the_server_just_described_as_a_held_version_opens_without_a_requ
 
 #[tokio::test]
 async fn a_part_the_store_lacks_comes_from_the_server_from_the_same_version_only() {
-    let (_dir, r) = cached(tree());
-    let want: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
-    let h = r.open("/r/big", reading()).await.unwrap();
-    r.read(&h, 0, 65_536).await.unwrap();
+    let fake = tree();
+    let want: Vec<u8> = (0..(5u32 << 19)).map(|i| (i % 251) as u8).collect();
+    fake.put_file("/r/huge", &want);
+    let (_dir, r) = cached(fake);
+    let h = r.open("/r/huge", reading()).await.unwrap();
+    r.read(&h, 0, 1 << 20).await.unwrap();
     r.close(&h).await.unwrap();
     settle(&r);
 
-    r.lstat("/r/big").await.unwrap();
+    let mid = 3 << 19;
+    r.lstat("/r/huge").await.unwrap();
     let asked = r.inner().requests();
-    let h = r.open("/r/big", reading()).await.unwrap();
+    let h = r.open("/r/huge", reading()).await.unwrap();
     assert_eq!(r.inner().requests(), asked, "opened from the store");
-    assert_eq!(&r.read(&h, 131_072, 1000).await.unwrap()[..], &want[131_072..132_072]);
+    assert_eq!(&r.read(&h, 0, 1000).await.unwrap()[..], &want[..1000]);
+    assert_eq!(r.inner().requests(), asked, "read from the store");
+    assert_eq!(&r.read(&h, mid, 1000).await.unwrap()[..], &want[mid as usize..mid as usize + 1000]);
     r.close(&h).await.unwrap();
 
     // Replaced on the server after it was described: the handle's version is gone.
-    r.lstat("/r/big").await.unwrap();
-    let h = r.open("/r/big", reading()).await.unwrap();
-    r.inner().replace_on_server("/r/big", &vec![7u8; 200_001]);
-    assert!(matches!(r.read(&h, 131_072, 1000).await, Err(RemoteError::FileLost(_))));
+    r.lstat("/r/huge").await.unwrap();
+    let h = r.open("/r/huge", reading()).await.unwrap();
+    r.inner().replace_on_server("/r/huge", &vec![7u8; (5 << 19) + 1]);
+    assert!(matches!(r.read(&h, mid, 1000).await, Err(RemoteError::FileLost(_))));
     r.close(&h).await.unwrap();
     assert_eq!(r.inner().open_handles(), 0);
 }
