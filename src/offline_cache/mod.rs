@@ -78,11 +78,12 @@ const NEXT_ID: &str = "next_id";
 const TICK: &str = "tick";
 
 /// Changes waiting for the writer; more are dropped (a cache may forget).
-const QUEUED: usize = 256;
+const QUEUED: usize = 4096;
 /// Bytes of blocks waiting for the writer; more are dropped.
 const QUEUED_BYTES: u64 = 32 << 20;
-/// Changes made in one commit at most.
-const BATCH: usize = 64;
+/// Changes made in one commit at most: a durable commit costs a flush of the disk, so
+/// a burst of changes (a tree removed) takes few.
+const BATCH: usize = 1024;
 /// What a file costs on disk: whole filesystem blocks.
 const DISK_BLOCK: u64 = 4096;
 
@@ -298,6 +299,20 @@ impl OfflineCache {
         if c.send(Change::Unlearn { path: path.to_string(), facts, seq }).is_err() {
             lock_pending(s).retain(|(n, _, _)| *n != seq);
         }
+    }
+
+    /// Whether any block of `path`, of any version, is held.
+    pub fn holds_any(&self, path: &str) -> bool {
+        let first: Key<'_> = (path, 0, 0, 0);
+        let last: Key<'_> = (path, u64::MAX, u64::MAX, u64::MAX);
+        let found = || -> Result<bool, redb::Error> {
+            let txn = self.shared.db.begin_read()?;
+            let blocks = txn.open_table(BLOCKS)?;
+            let held = blocks.range(first..=last)?.next().is_some();
+            Ok(held)
+        };
+        // Unsure is held: forgetting what is not there costs only a change.
+        found().unwrap_or(true)
     }
 
     /// Whether block `index` of `path` at `version` is held (not checked, not counted).

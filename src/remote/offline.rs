@@ -4,10 +4,11 @@
 //! of files read. Without a cache it passes every call through.
 //!
 //! Never stale once the link is back: facts are only served while the link is down (up,
-//! every stat and listing goes to the server), and blocks are served up only for the
-//! version the server just gave as the file opened. A version is kept only once its mtime
-//! is two seconds old: SFTP carries whole seconds, so a change in the second a version
-//! was read could keep its size and mtime (git's "racy" rule).
+//! every stat and listing goes to the server), and blocks are served up only for a
+//! version the server just gave: as the file opened, or in a stat or listing within the
+//! last second (such a file opens from the store with no request at all). A version is
+//! kept only once its mtime is two seconds old: SFTP carries whole seconds, so a change
+//! in the second a version was read could keep its size and mtime (git's "racy" rule).
 //!
 //! Every change the mount makes drops what the store knew of the names it touched, and a
 //! fact is kept only if no change was made while it was asked, so that a fact outdated by
@@ -30,6 +31,9 @@ pub const BLOCK: u64 = 1024 * 1024;
 /// Blocks read from the store kept in memory for the reads that follow: a program reads
 /// a block in many smaller reads.
 const BLOCKS_AT_HAND: usize = 8;
+/// What `changed` is told when it cannot know how many facts were sent before the
+/// change began: as if some were.
+const UNKNOWN_LEARNT: u64 = u64::MAX;
 /// Handles of files opened from the store while the link was down.
 const LOCAL: u64 = 1 << 63;
 /// How old a version's mtime must be, in seconds, before its content is kept.
@@ -44,8 +48,9 @@ const FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Attributes kept as fresh at most; past that they are all let go.
 const FRESH_KEPT: usize = 50_000;
 
-/// Attributes the server gave lately, by path, with when.
-type Recent = HashMap<String, (Attr, std::time::Instant)>;
+/// Attributes the server gave lately, by path, with when and the count of the mount's
+/// changes then (an answer from before any change since is not fresh).
+type Recent = HashMap<String, (Attr, std::time::Instant, u64)>;
 
 /// Parts of a block read so far, each at where it starts in the file.
 type Pieces = Vec<(u64, Bytes)>;
@@ -71,6 +76,8 @@ pub struct Offline<R: Remote> {
     next_local: AtomicU64,
     /// Counts the mount's changes: a fact asked across one is not kept.
     changes: Arc<AtomicU64>,
+    /// Counts the facts sent to the store.
+    learnt: Arc<AtomicU64>,
     /// Paths the store answered for while the link was down.
     served: Mutex<HashSet<String>>,
     /// What the server said of paths lately: a file it says is a version the store
@@ -159,17 +166,17 @@ fn decode_listing(mut b: &[u8]) -> Option<Vec<DirEntry>> {
 }
 
 /// Keeps what the server just said of `paths` as fresh.
-fn heard(recent: &Mutex<Recent>, paths: impl IntoIterator<Item = (String, Attr)>) {
+fn heard(recent: &Mutex<Recent>, paths: impl IntoIterator<Item = (String, Attr)>, changes: u64) {
     let now = std::time::Instant::now();
     let mut recent = lock(recent);
     for (path, attr) in paths {
         if recent.len() >= FRESH_KEPT {
-            recent.retain(|_, (_, at)| at.elapsed() < FRESH);
+            recent.retain(|_, (_, at, _)| at.elapsed() < FRESH);
             if recent.len() >= FRESH_KEPT {
                 recent.clear();
             }
         }
-        recent.insert(path, (attr, now));
+        recent.insert(path, (attr, now, changes));
     }
 }
 
@@ -206,6 +213,7 @@ impl<R: Remote> Offline<R> {
             opened: Arc::default(),
             next_local: AtomicU64::new(0),
             changes: Arc::default(),
+            learnt: Arc::default(),
             served: Mutex::default(),
             pieces: Mutex::default(),
             at_hand: Mutex::default(),
@@ -250,6 +258,7 @@ impl<R: Remote> Offline<R> {
     fn learn(&self, path: &str, fact: Fact, value: Vec<u8>, asked: u64) {
         if let Some(c) = &self.cache {
             if self.asked() == asked {
+                self.learnt.fetch_add(1, Ordering::SeqCst);
                 c.learn(path, fact, value);
             }
         }
@@ -268,13 +277,15 @@ impl<R: Remote> Offline<R> {
 
     /// The mount is about to change `paths` (and what is under them): what the store
     /// knows of them and of their directories' listings goes, and facts asked meanwhile
-    /// are not kept. `changed` follows once the change is answered.
-    fn changing(&self, paths: &[&str]) {
+    /// are not kept. `changed` follows once the change is answered, with what this
+    /// returns: how many facts had been sent to the store.
+    fn changing(&self, paths: &[&str]) -> u64 {
         self.changes.fetch_add(1, Ordering::SeqCst);
-        if self.cache.is_some() {
-            let under = |p: &str, of: &str| p == of || p.starts_with(&format!("{of}/"));
-            lock(&self.recent).retain(|p, _| !paths.iter().any(|of| under(p, of)));
-        }
+        self.unlearn(paths);
+        self.learnt.load(Ordering::SeqCst)
+    }
+
+    fn unlearn(&self, paths: &[&str]) {
         if let Some(c) = &self.cache {
             for p in paths {
                 c.unlearn(p, Facts::Tree);
@@ -283,12 +294,16 @@ impl<R: Remote> Offline<R> {
         }
     }
 
-    /// The mount changed `paths`, or may have: as `changing`, and the content kept under
-    /// their names goes too, no longer worth its room.
-    fn changed(&self, paths: &[&str]) {
-        self.changing(paths);
+    /// The mount changed `paths`, or may have (`changing` said `learnt` before): facts
+    /// learnt while it did may predate it and go too, and so does the content kept under
+    /// their names, no longer worth its room.
+    fn changed(&self, paths: &[&str], learnt: u64) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        if self.learnt.load(Ordering::SeqCst) != learnt {
+            self.unlearn(paths);
+        }
         if let Some(c) = &self.cache {
-            for p in paths {
+            for p in paths.iter().filter(|p| c.holds_any(p)) {
                 c.forget(p);
             }
             // A program reading one of them must see the change: the server says.
@@ -296,6 +311,24 @@ impl<R: Remote> Offline<R> {
             for o in lock(&self.opened).values_mut().filter(|o| under(o)) {
                 o.version = None;
             }
+        }
+    }
+
+    /// The server's answer naming something for `path` (a canonical path, a symlink's
+    /// target), kept as `fact`; or, when the link failed it, what the store kept.
+    fn text_answered(&self, path: &str, fact: Fact, answer: Result<String>, asked: u64) -> Result<String> {
+        match answer {
+            Ok(text) => {
+                self.learn(path, fact, text.clone().into_bytes(), asked);
+                Ok(text)
+            }
+            Err(e) if down(&e) => {
+                let found = self.cache.as_ref().and_then(|c| c.recall(path, fact));
+                let text = found.and_then(|b| String::from_utf8(b).ok()).ok_or(e)?;
+                self.served(path);
+                Ok(text)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -330,7 +363,7 @@ impl<R: Remote> Offline<R> {
             Ok(a) => {
                 self.learn_attr(path, &a, asked);
                 if self.cache.is_some() && self.asked() == asked {
-                    heard(&self.recent, [(path.to_string(), a)]);
+                    heard(&self.recent, [(path.to_string(), a)], asked);
                 }
                 Ok(a)
             }
@@ -472,8 +505,10 @@ impl<R: Remote> Offline<R> {
     /// from the server, from that version only (`read_on_server`).
     fn open_revalidated(&self, path: &str) -> Option<Handle> {
         let c = self.cache.as_ref()?;
-        let (attr, at) = lock(&self.recent).get(path).copied()?;
-        let version = settled(&attr).filter(|_| at.elapsed() < FRESH)?;
+        let (attr, at, changes) = lock(&self.recent).get(path).copied()?;
+        // Any change the mount made since may have been to this file.
+        let fresh = at.elapsed() < FRESH && changes == self.asked();
+        let version = settled(&attr).filter(|_| fresh)?;
         if lock(&self.opened).values().any(|o| o.writes && o.path == path) || !c.holds(path, version, 0) {
             return None;
         }
@@ -530,17 +565,8 @@ impl<R: Remote> Remote for Offline<R> {
 
     async fn realpath(&self, path: &str) -> Result<String> {
         let asked = self.asked();
-        match self.inner.realpath(path).await {
-            Ok(p) => {
-                self.learn(path, Fact::Canonical, p.clone().into_bytes(), asked);
-                Ok(p)
-            }
-            Err(e) if down(&e) => {
-                let found = self.cache.as_ref().and_then(|c| c.recall(path, Fact::Canonical));
-                found.and_then(|b| String::from_utf8(b).ok()).ok_or(e)
-            }
-            Err(e) => Err(e),
-        }
+        let answer = self.inner.realpath(path).await;
+        self.text_answered(path, Fact::Canonical, answer, asked)
     }
 
     async fn stat(&self, path: &str) -> Result<Attr> {
@@ -584,30 +610,30 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.setstat(path, set).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
         let path = self.opened(handle).map(|o| o.path);
         let paths: Vec<&str> = path.as_deref().into_iter().collect();
-        self.changing(&paths);
+        let learnt = self.changing(&paths);
         let answer = match (handle.0 & LOCAL != 0, path.as_deref()) {
             // The server has no handle of it: by its name.
             (true, Some(path)) => self.inner.setstat(path, set).await,
             (true, None) => Err(missing()),
             (false, _) => self.inner.fsetstat(handle, set).await,
         };
-        self.changed(&paths);
+        self.changed(&paths, learnt);
         answer
     }
 
     async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.lsetstat(path, set).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
@@ -617,14 +643,17 @@ impl<R: Remote> Remote for Offline<R> {
             Ok(stream) => match &self.cache {
                 Some(c) => {
                     let (c, changes, path) = (c.clone(), self.changes.clone(), path.to_string());
+                    let learnt = self.learnt.clone();
                     let (opened, recent) = (self.opened.clone(), self.recent.clone());
                     Ok(stream.recording(move |entries| {
                         // Sizes of files being written move with every write that lands.
                         let written = lock(&opened).values().any(|o| o.writes && parent(&o.path) == path);
                         if changes.load(Ordering::SeqCst) == asked && !written {
+                            learnt.fetch_add(1, Ordering::SeqCst);
                             c.learn(&path, Fact::Listing, encode_listing(entries));
                             let dir = path.trim_end_matches('/');
-                            heard(&recent, entries.iter().map(|e| (format!("{dir}/{}", e.name), e.attr)));
+                            let entries = entries.iter().map(|e| (format!("{dir}/{}", e.name), e.attr));
+                            heard(&recent, entries, asked);
                         }
                     }))
                 }
@@ -680,7 +709,8 @@ impl<R: Remote> Remote for Offline<R> {
         }
         let answer = self.inner.close(handle).await;
         if let Some(o) = opened.filter(|o| o.writes) {
-            self.changed(&[&o.path]);
+            // Written through this handle since it opened: whatever was learnt goes.
+            self.changed(&[&o.path], UNKNOWN_LEARNT);
         }
         answer
     }
@@ -728,65 +758,50 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.mkdir(path, mode).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.rmdir(path).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.remove(path).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.changing(&[from, to]);
+        let learnt = self.changing(&[from, to]);
         let answer = self.inner.rename(from, to).await;
-        self.changed(&[from, to]);
+        self.changed(&[from, to], learnt);
         answer
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
-        self.changing(&[link]);
+        let learnt = self.changing(&[link]);
         let answer = self.inner.symlink(target, link).await;
-        self.changed(&[link]);
+        self.changed(&[link], learnt);
         answer
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
         let asked = self.asked();
-        match self.inner.readlink(path).await {
-            Ok(t) => {
-                self.learn(path, Fact::Target, t.clone().into_bytes(), asked);
-                Ok(t)
-            }
-            Err(e) if down(&e) => {
-                let found = self.cache.as_ref().and_then(|c| c.recall(path, Fact::Target));
-                match found.and_then(|b| String::from_utf8(b).ok()) {
-                    Some(t) => {
-                        self.served(path);
-                        Ok(t)
-                    }
-                    None => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        let answer = self.inner.readlink(path).await;
+        self.text_answered(path, Fact::Target, answer, asked)
     }
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
-        self.changing(&[existing, new]);
+        let learnt = self.changing(&[existing, new]);
         let answer = self.inner.hardlink(existing, new).await;
-        self.changed(&[existing, new]);
+        self.changed(&[existing, new], learnt);
         answer
     }
 
@@ -833,34 +848,34 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.mkdir_stat(path, mode).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
     async fn symlink_stat(&self, target: &str, link: &str) -> Result<Option<Attr>> {
-        self.changing(&[link]);
+        let learnt = self.changing(&[link]);
         let answer = self.inner.symlink_stat(target, link).await;
-        self.changed(&[link]);
+        self.changed(&[link], learnt);
         answer
     }
 
     async fn setstat_stat(&self, path: &str, set: SetAttr) -> Result<Option<Attr>> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = self.inner.setstat_stat(path, set).await;
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 
     async fn fsetstat_stat(&self, handle: &Handle, path: &str, set: SetAttr) -> Result<Option<Attr>> {
-        self.changing(&[path]);
+        let learnt = self.changing(&[path]);
         let answer = if handle.0 & LOCAL != 0 {
             self.inner.setstat_stat(path, set).await
         } else {
             self.inner.fsetstat_stat(handle, path, set).await
         };
-        self.changed(&[path]);
+        self.changed(&[path], learnt);
         answer
     }
 }
