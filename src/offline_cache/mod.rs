@@ -141,8 +141,9 @@ enum Change {
     Clear,
     /// A fact of a path, learnt.
     Learn { path: String, fact: Fact, value: Vec<u8> },
-    /// Facts of a path, no longer true: the `seq`-th unlearning (see `Shared::pending`).
-    Unlearn { path: String, facts: Facts, seq: u64 },
+    /// Unlearnings up to this number wait in `Shared::pending`: applied here, in order
+    /// with what was learnt.
+    Unlearnt(u64),
     /// Answered once what came before is committed.
     Flush(SyncSender<()>),
 }
@@ -289,16 +290,18 @@ impl OfflineCache {
         Some(found)
     }
 
-    /// Drops `facts` of `path`: what was learnt of them is no longer true. Waits for
-    /// room in the queue rather than leave a fact that is false.
+    /// Drops `facts` of `path`: what was learnt of them is no longer true. Never waits:
+    /// it is false from now on (`recall` sees the unlearnings not yet committed), and the
+    /// writer's next commit, whatever brings it, applies every one waiting.
     pub fn unlearn(&self, path: &str, facts: Facts) {
-        let Some(c) = &self.changes else { return };
+        if self.changes.is_none() {
+            return;
+        }
         let s = &self.shared;
         let seq = s.next_unlearning.fetch_add(1, Ordering::SeqCst);
         lock_pending(s).push((seq, path.to_string(), facts));
-        if c.send(Change::Unlearn { path: path.to_string(), facts, seq }).is_err() {
-            lock_pending(s).retain(|(n, _, _)| *n != seq);
-        }
+        // Dropped when the queue is full: a commit comes anyway, and applies it.
+        self.send(Change::Unlearnt(seq));
     }
 
     /// Whether any block of `path`, of any version, is held.
@@ -356,9 +359,8 @@ impl OfflineCache {
 
     /// Drops every block of `path`, of any version.
     pub fn forget(&self, path: &str) {
-        if let Some(c) = &self.changes {
-            let _ = c.send(Change::Forget(path.to_string()));
-        }
+        // Blocks are kept by version: those forgotten or not age out alike.
+        self.send(Change::Forget(path.to_string()));
     }
 
     /// Empties the cache; returns once it is empty.
@@ -494,14 +496,14 @@ fn commit(
     flushed: &mut Vec<SyncSender<()>>,
     published: &mut Vec<u64>,
 ) -> Result<(), redb::Error> {
-    if batch.iter().all(|c| matches!(c, Change::Flush(_))) {
+    if batch.iter().all(|c| matches!(c, Change::Flush(_))) && lock_pending(s).is_empty() {
         flushed.extend(batch.into_iter().filter_map(|c| if let Change::Flush(done) = c { Some(done) } else { None }));
         return Ok(());
     }
     // Every commit is durable: a block's entry must be on disk before its file is
     // published, and commits that are not let the index grow until one is.
     let txn = s.db.begin_write()?;
-    let mut unlearnt = Vec::new();
+    let mut unlearnt = std::collections::HashSet::new();
     {
         let mut t = Tables {
             blocks: txn.open_table(BLOCKS)?,
@@ -540,12 +542,23 @@ fn commit(
                 Change::Learn { path, fact, value } => {
                     t.facts.insert((path.as_str(), fact as u8), value.as_slice())?;
                 }
-                Change::Unlearn { path, facts, seq } => {
-                    t.unlearn(&path, facts)?;
-                    unlearnt.push(seq);
+                Change::Unlearnt(upto) => {
+                    let waiting: Vec<_> =
+                        lock_pending(s).iter().filter(|(n, ..)| *n <= upto && !unlearnt.contains(n)).cloned().collect();
+                    for (seq, path, facts) in waiting {
+                        t.unlearn(&path, facts)?;
+                        unlearnt.insert(seq);
+                    }
                 }
                 Change::Flush(done) => flushed.push(done),
             }
+        }
+        // Those whose place in the queue was lost, after everything: what was learnt
+        // after them may go too (a miss, never a false answer).
+        let waiting: Vec<_> = lock_pending(s).iter().filter(|(n, ..)| !unlearnt.contains(n)).cloned().collect();
+        for (seq, path, facts) in waiting {
+            t.unlearn(&path, facts)?;
+            unlearnt.insert(seq);
         }
         for id in &t.gone {
             s.files.remove(*id);
