@@ -781,6 +781,17 @@ impl<R: Remote> Remote for Offline<R> {
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
         let learnt = self.changing(&[from, to]);
         let answer = self.inner.rename(from, to).await;
+        if answer.is_ok() {
+            // Open files keep their identity under their new names: a file opened at the
+            // new name later is the same file, written by the same handles.
+            for o in lock(&self.opened).values_mut() {
+                if o.path == from {
+                    o.path = to.to_string();
+                } else if let Some(rest) = o.path.strip_prefix(from).filter(|r| r.starts_with('/')) {
+                    o.path = format!("{to}{rest}");
+                }
+            }
+        }
         self.changed(&[from, to], learnt);
         answer
     }

@@ -919,6 +919,15 @@ const REGRESSIONS: &[&[Op]] = &[
         Op::Write { slot: 2, at: 44, len: 10, byte: 115 },
         Op::Read { slot: 0, at: 33, len: 55 },
     ],
+    // Offline cache: a file opened to be read at the name another handle's file was
+    // renamed to read the version it opened as, not the writes through that handle.
+    &[
+        Op::Create("a"),
+        Op::Rename("a", "b"),
+        Op::OpenRead("b"),
+        Op::Write { slot: 0, at: 40, len: 5, byte: 97 },
+        Op::Read { slot: 1, at: 22, len: 43 },
+    ],
     // Fake: a hold set while a request held by the one before still waited took its turn.
     &[Op::Create("b"), Op::Close(0), Op::Cut, Op::Interrupt(1), Op::Mkdir("d"), Op::Interrupt(3), Op::Rmdir("d")],
     // Stopped creates after a file was removed and made again left a server handle open.
