@@ -81,6 +81,9 @@ const TICK: &str = "tick";
 const QUEUED: usize = 4096;
 /// Bytes of blocks waiting for the writer; more are dropped.
 const QUEUED_BYTES: u64 = 32 << 20;
+/// How long the writer gathers changes after the first before it commits them: a commit
+/// costs the disk a flush, and every commit the writer's time.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 /// Changes made in one commit at most: a durable commit costs a flush of the disk, so
 /// a burst of changes (a tree removed) takes few.
 const BATCH: usize = 1024;
@@ -457,8 +460,7 @@ impl Shared {
 /// until the cache is dropped.
 fn write_changes(s: &Shared, queue: &Receiver<Change>, mut next_id: u64, mut tick: u64) {
     while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        batch.extend(queue.try_iter().take(BATCH - 1));
+        let batch = gather(first, queue);
         let mut flushed = Vec::new();
         let mut published = Vec::new();
         let numbers = (next_id, tick);
@@ -483,6 +485,21 @@ fn write_changes(s: &Shared, queue: &Receiver<Change>, mut next_id: u64, mut tic
             let _ = done.send(());
         }
     }
+}
+
+/// A batch to commit: `first` and what follows it within `GATHER` (at once when someone
+/// waits for the commit): a burst of changes, one commit.
+fn gather(first: Change, queue: &Receiver<Change>) -> Vec<Change> {
+    let until = std::time::Instant::now() + GATHER;
+    let mut batch = vec![first];
+    while batch.len() < BATCH && !matches!(batch.last(), Some(Change::Flush(_))) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match queue.recv_timeout(left) {
+            Ok(change) => batch.push(change),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 /// Applies `batch` in one durable commit. Files of dropped entries
