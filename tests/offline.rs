@@ -313,3 +313,17 @@ fn a_file_changed_within_the_second_it_was_read_is_read_again() {
     });
     assert!(seen, "the change within the second was never seen");
 }
+
+#[test]
+fn a_second_mount_of_the_same_path_with_a_cache_is_refused_with_the_reason() {
+    let e = env();
+    let other = e.c.mountpoint("other");
+    let out = e.c.try_mount(e.sshd.export.to_str().unwrap(), &other, &["--offline-cache", "64M"]);
+    assert!(!out.status.success(), "two mounts shared one offline cache");
+    let err = stderr(&out);
+    assert!(err.contains("offline cache") && err.lines().count() == 1, "{err}");
+    assert!(!is_mounted(&other), "a half-made mount was left");
+    // The first one still serves.
+    e.sshd.put("f", "still here");
+    assert!(wait_until(Duration::from_secs(5), || fs::read_to_string(e.m.p("f")).is_ok_and(|s| s == "still here")));
+}
