@@ -294,6 +294,15 @@ impl<R: Remote> Offline<R> {
         }
     }
 
+    /// Runs `change`, a change of `paths` on the server (sent only when awaited),
+    /// between `changing` and `changed`.
+    async fn change<T>(&self, paths: &[&str], change: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let learnt = self.changing(paths);
+        let answer = change.await;
+        self.changed(paths, learnt);
+        answer
+    }
+
     /// The mount changed `paths`, or may have (`changing` said `learnt` before): facts
     /// learnt while it did may predate it and go too, and so does the content kept under
     /// their names, no longer worth its room.
@@ -610,10 +619,7 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn setstat(&self, path: &str, set: SetAttr) -> Result<()> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.setstat(path, set).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.setstat(path, set)).await
     }
 
     async fn fsetstat(&self, handle: &Handle, set: SetAttr) -> Result<()> {
@@ -631,10 +637,7 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn lsetstat(&self, path: &str, set: SetAttr) -> Result<()> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.lsetstat(path, set).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.lsetstat(path, set)).await
     }
 
     async fn list(&self, path: &str) -> Result<DirStream> {
@@ -758,24 +761,15 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn mkdir(&self, path: &str, mode: u32) -> Result<()> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.mkdir(path, mode).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.mkdir(path, mode)).await
     }
 
     async fn rmdir(&self, path: &str) -> Result<()> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.rmdir(path).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.rmdir(path)).await
     }
 
     async fn remove(&self, path: &str) -> Result<()> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.remove(path).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.remove(path)).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
@@ -797,10 +791,7 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn symlink(&self, target: &str, link: &str) -> Result<()> {
-        let learnt = self.changing(&[link]);
-        let answer = self.inner.symlink(target, link).await;
-        self.changed(&[link], learnt);
-        answer
+        self.change(&[link], self.inner.symlink(target, link)).await
     }
 
     async fn readlink(&self, path: &str) -> Result<String> {
@@ -810,10 +801,7 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn hardlink(&self, existing: &str, new: &str) -> Result<()> {
-        let learnt = self.changing(&[existing, new]);
-        let answer = self.inner.hardlink(existing, new).await;
-        self.changed(&[existing, new], learnt);
-        answer
+        self.change(&[existing, new], self.inner.hardlink(existing, new)).await
     }
 
     async fn statfs(&self, path: &str) -> Result<StatFs> {
@@ -859,24 +847,15 @@ impl<R: Remote> Remote for Offline<R> {
     }
 
     async fn mkdir_stat(&self, path: &str, mode: u32) -> Result<Option<Attr>> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.mkdir_stat(path, mode).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.mkdir_stat(path, mode)).await
     }
 
     async fn symlink_stat(&self, target: &str, link: &str) -> Result<Option<Attr>> {
-        let learnt = self.changing(&[link]);
-        let answer = self.inner.symlink_stat(target, link).await;
-        self.changed(&[link], learnt);
-        answer
+        self.change(&[link], self.inner.symlink_stat(target, link)).await
     }
 
     async fn setstat_stat(&self, path: &str, set: SetAttr) -> Result<Option<Attr>> {
-        let learnt = self.changing(&[path]);
-        let answer = self.inner.setstat_stat(path, set).await;
-        self.changed(&[path], learnt);
-        answer
+        self.change(&[path], self.inner.setstat_stat(path, set)).await
     }
 
     async fn fsetstat_stat(&self, handle: &Handle, path: &str, set: SetAttr) -> Result<Option<Attr>> {

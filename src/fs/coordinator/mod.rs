@@ -143,7 +143,7 @@ impl<R: Remote> Fs<R> {
                     .into_iter()
                     .map(|(ino, path)| {
                         let (dir, name) = parent_and_name(&path);
-                        (Some(ino), meta.ino_of(dir).filter(|d| *d != ino), name.to_string())
+                        (ino, meta.ino_of(dir).filter(|d| *d != ino), name.to_string())
                     })
                     .collect();
                 let kernel = kernel.clone();
@@ -151,9 +151,7 @@ impl<R: Remote> Fs<R> {
                 // holds: never on a runtime worker.
                 let _ = tokio::task::spawn_blocking(move || {
                     for (ino, dir, name) in stale {
-                        if let Some(ino) = ino {
-                            kernel.inode_changed(ino);
-                        }
+                        kernel.inode_changed(ino);
                         if let Some(dir) = dir {
                             kernel.name_changed(dir, &name);
                         }
