@@ -30,10 +30,11 @@ mod blocks;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::collections::BTreeMap;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -77,13 +78,16 @@ const FILES: &str = "files";
 const NEXT_ID: &str = "next_id";
 const TICK: &str = "tick";
 
-/// Changes waiting for the writer; more are dropped (a cache may forget).
+/// Changes a cache may do without (blocks, facts learnt, uses) waiting for the writer;
+/// more are dropped. Unlearnings, a clear and a flush are never dropped.
 const QUEUED: usize = 4096;
 /// Bytes of blocks waiting for the writer; more are dropped.
 const QUEUED_BYTES: u64 = 32 << 20;
 /// How long the writer gathers changes after the first before it commits them: a commit
-/// costs the disk a flush, and every commit the writer's time.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+/// costs the disk a flush, and every commit the writer's time. It sleeps meanwhile
+/// rather than wake for each change: on a busy machine a thread woken per change of a
+/// burst (an `rm -rf`) takes the core the mount's next call needs.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(100);
 /// Changes made in one commit at most: a durable commit costs a flush of the disk, so
 /// a burst of changes (a tree removed) takes few.
 const BATCH: usize = 1024;
@@ -144,11 +148,19 @@ enum Change {
     Clear,
     /// A fact of a path, learnt.
     Learn { path: String, fact: Fact, value: Vec<u8> },
-    /// Unlearnings up to this number wait in `Shared::pending`: applied here, in order
-    /// with what was learnt.
+    /// The unlearning of this number waits in `Shared::pending`: applied here, in order
+    /// with what was learnt before and after it.
     Unlearnt(u64),
     /// Answered once what came before is committed.
     Flush(SyncSender<()>),
+}
+
+impl Change {
+    /// Whether the cache may do without it: an unlearning must be applied in its place
+    /// among the facts learnt, and someone waits for a clear or a flush.
+    fn droppable(&self) -> bool {
+        !matches!(self, Change::Unlearnt(_) | Change::Clear | Change::Flush(_))
+    }
 }
 
 /// What the reader side and the writer share.
@@ -159,9 +171,12 @@ struct Shared {
     limit: u64,
     /// Bytes of the blocks given to the writer and not yet written.
     queued_bytes: AtomicU64,
+    /// Changes that may be dropped, given to the writer and not yet taken.
+    queued: AtomicUsize,
     /// Unlearnings sent and not yet committed, by number: what they drop is already
-    /// false, and `recall` must not find it meanwhile.
-    pending: std::sync::Mutex<Vec<(u64, String, Facts)>>,
+    /// false, and `recall` must not find it meanwhile. Never more than the mount's
+    /// changes of the last commits: the writer takes them all at each.
+    pending: std::sync::Mutex<BTreeMap<u64, (String, Facts)>>,
     next_unlearning: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -169,7 +184,7 @@ struct Shared {
 
 pub struct OfflineCache {
     shared: Arc<Shared>,
-    changes: Option<SyncSender<Change>>,
+    changes: Option<Sender<Change>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -225,12 +240,13 @@ impl OfflineCache {
             files,
             limit,
             queued_bytes: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
             pending: std::sync::Mutex::default(),
             next_unlearning: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         });
-        let (changes, queue) = sync_channel(QUEUED);
+        let (changes, queue) = channel();
         let writer = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -245,10 +261,25 @@ impl OfflineCache {
         dir.join("index.redb").metadata().is_ok_and(|m| m.len() > 0)
     }
 
+    /// Gives `change` to the writer; false when it was dropped (the writer is behind).
     fn send(&self, change: Change) -> bool {
-        match self.changes.as_ref().map(|c| c.try_send(change)) {
-            Some(Ok(())) => true,
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => false,
+        let queued = &self.shared.queued;
+        let droppable = change.droppable();
+        if droppable && queued.fetch_add(1, Ordering::SeqCst) >= QUEUED {
+            queued.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        let sent = self.changes.as_ref().is_some_and(|c| c.send(change).is_ok());
+        if droppable && !sent {
+            queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// Ends the writer's wait for more changes: someone waits for the commit.
+    fn hurry(&self) {
+        if let Some(w) = &self.writer {
+            w.thread().unpark();
         }
     }
 
@@ -269,6 +300,10 @@ impl OfflineCache {
         if !self.send(Change::Put { key: (k.0.to_string(), k.1, k.2, k.3), data }) {
             s.queued_bytes.fetch_sub(len, Ordering::SeqCst);
             return false;
+        }
+        if s.queued_bytes.load(Ordering::SeqCst) > QUEUED_BYTES / 4 {
+            // A fast read: commit now rather than drop what follows.
+            self.hurry();
         }
         true
     }
@@ -302,23 +337,8 @@ impl OfflineCache {
         }
         let s = &self.shared;
         let seq = s.next_unlearning.fetch_add(1, Ordering::SeqCst);
-        lock_pending(s).push((seq, path.to_string(), facts));
-        // Dropped when the queue is full: a commit comes anyway, and applies it.
+        lock_pending(s).insert(seq, (path.to_string(), facts));
         self.send(Change::Unlearnt(seq));
-    }
-
-    /// Whether any block of `path`, of any version, is held.
-    pub fn holds_any(&self, path: &str) -> bool {
-        let first: Key<'_> = (path, 0, 0, 0);
-        let last: Key<'_> = (path, u64::MAX, u64::MAX, u64::MAX);
-        let found = || -> Result<bool, redb::Error> {
-            let txn = self.shared.db.begin_read()?;
-            let blocks = txn.open_table(BLOCKS)?;
-            let held = blocks.range(first..=last)?.next().is_some();
-            Ok(held)
-        };
-        // Unsure is held: forgetting what is not there costs only a change.
-        found().unwrap_or(true)
     }
 
     /// Whether block `index` of `path` at `version` is held (not checked, not counted).
@@ -353,10 +373,9 @@ impl OfflineCache {
     /// Waits until every change sent so far is committed.
     pub fn flush(&self) {
         let (done, wait) = sync_channel(1);
-        if let Some(c) = &self.changes {
-            if c.send(Change::Flush(done)).is_ok() {
-                let _ = wait.recv();
-            }
+        if self.send(Change::Flush(done)) {
+            self.hurry();
+            let _ = wait.recv();
         }
     }
 
@@ -368,9 +387,7 @@ impl OfflineCache {
 
     /// Empties the cache; returns once it is empty.
     pub fn clear(&self) {
-        if let Some(c) = &self.changes {
-            let _ = c.send(Change::Clear);
-        }
+        self.send(Change::Clear);
         self.flush();
     }
 
@@ -397,6 +414,7 @@ impl Drop for OfflineCache {
     /// Commits what is queued, then lets the writer end.
     fn drop(&mut self) {
         self.changes = None;
+        self.hurry();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -417,7 +435,7 @@ fn first_numbers(db: &Database) -> Result<(u64, u64), redb::Error> {
     Ok(numbers)
 }
 
-fn lock_pending(s: &Shared) -> std::sync::MutexGuard<'_, Vec<(u64, String, Facts)>> {
+fn lock_pending(s: &Shared) -> std::sync::MutexGuard<'_, BTreeMap<u64, (String, Facts)>> {
     s.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -435,7 +453,7 @@ fn drops(unlearnt: &str, facts: Facts, path: &str, fact: Fact) -> bool {
 impl Shared {
     /// Whether an unlearning not yet committed drops `fact` of `path`.
     fn unlearning(&self, path: &str, fact: Fact) -> bool {
-        lock_pending(self).iter().any(|(_, p, facts)| drops(p, *facts, path, fact))
+        lock_pending(self).values().any(|(p, facts)| drops(p, *facts, path, fact))
     }
 
     fn index_size(&self) -> u64 {
@@ -459,8 +477,15 @@ impl Shared {
 /// The writer: writes the blocks and commits the changes that come, a batch at a time,
 /// until the cache is dropped.
 fn write_changes(s: &Shared, queue: &Receiver<Change>, mut next_id: u64, mut tick: u64) {
+    // Unlearnings of a batch whose commit failed: first in the next one.
+    let mut again = Vec::new();
     while let Ok(first) = queue.recv() {
-        let batch = gather(first, queue);
+        let mut batch: Vec<_> = std::mem::take(&mut again);
+        batch.extend(gather(first, queue));
+        let taken = batch.iter().filter(|c| c.droppable()).count();
+        s.queued.fetch_sub(taken, Ordering::SeqCst);
+        let unlearnings: Vec<_> =
+            batch.iter().filter_map(|c| if let Change::Unlearnt(n) = c { Some(*n) } else { None }).collect();
         let mut flushed = Vec::new();
         let mut published = Vec::new();
         let numbers = (next_id, tick);
@@ -479,6 +504,7 @@ fn write_changes(s: &Shared, queue: &Receiver<Change>, mut next_id: u64, mut tic
                 }
                 // Numbers of blocks never published may be given out again.
                 (next_id, tick) = numbers;
+                again = unlearnings.into_iter().map(Change::Unlearnt).collect();
             }
         }
         for done in flushed {
@@ -488,15 +514,21 @@ fn write_changes(s: &Shared, queue: &Receiver<Change>, mut next_id: u64, mut tic
 }
 
 /// A batch to commit: `first` and what follows it within `GATHER` (at once when someone
-/// waits for the commit): a burst of changes, one commit.
+/// waits for the commit, `OfflineCache::hurry`): a burst of changes, one commit.
 fn gather(first: Change, queue: &Receiver<Change>) -> Vec<Change> {
     let until = std::time::Instant::now() + GATHER;
     let mut batch = vec![first];
     while batch.len() < BATCH && !matches!(batch.last(), Some(Change::Flush(_))) {
-        let left = until.saturating_duration_since(std::time::Instant::now());
-        match queue.recv_timeout(left) {
+        match queue.try_recv() {
             Ok(change) => batch.push(change),
-            Err(_) => break,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::park_timeout(left);
+            }
         }
     }
     batch
@@ -513,14 +545,14 @@ fn commit(
     flushed: &mut Vec<SyncSender<()>>,
     published: &mut Vec<u64>,
 ) -> Result<(), redb::Error> {
-    if batch.iter().all(|c| matches!(c, Change::Flush(_))) && lock_pending(s).is_empty() {
+    if batch.iter().all(|c| matches!(c, Change::Flush(_))) {
         flushed.extend(batch.into_iter().filter_map(|c| if let Change::Flush(done) = c { Some(done) } else { None }));
         return Ok(());
     }
     // Every commit is durable: a block's entry must be on disk before its file is
     // published, and commits that are not let the index grow until one is.
     let txn = s.db.begin_write()?;
-    let mut unlearnt = std::collections::HashSet::new();
+    let mut unlearnt = Vec::new();
     {
         let mut t = Tables {
             blocks: txn.open_table(BLOCKS)?,
@@ -559,23 +591,15 @@ fn commit(
                 Change::Learn { path, fact, value } => {
                     t.facts.insert((path.as_str(), fact as u8), value.as_slice())?;
                 }
-                Change::Unlearnt(upto) => {
-                    let waiting: Vec<_> =
-                        lock_pending(s).iter().filter(|(n, ..)| *n <= upto && !unlearnt.contains(n)).cloned().collect();
-                    for (seq, path, facts) in waiting {
+                Change::Unlearnt(seq) => {
+                    let waiting = lock_pending(s).get(&seq).cloned();
+                    if let Some((path, facts)) = waiting {
                         t.unlearn(&path, facts)?;
-                        unlearnt.insert(seq);
+                        unlearnt.push(seq);
                     }
                 }
                 Change::Flush(done) => flushed.push(done),
             }
-        }
-        // Those whose place in the queue was lost, after everything: what was learnt
-        // after them may go too (a miss, never a false answer).
-        let waiting: Vec<_> = lock_pending(s).iter().filter(|(n, ..)| !unlearnt.contains(n)).cloned().collect();
-        for (seq, path, facts) in waiting {
-            t.unlearn(&path, facts)?;
-            unlearnt.insert(seq);
         }
         for id in &t.gone {
             s.files.remove(*id);
@@ -587,7 +611,10 @@ fn commit(
     }
     txn.commit()?;
     if !unlearnt.is_empty() {
-        lock_pending(s).retain(|(n, _, _)| !unlearnt.contains(n));
+        let mut pending = lock_pending(s);
+        for seq in unlearnt {
+            pending.remove(&seq);
+        }
     }
     Ok(())
 }

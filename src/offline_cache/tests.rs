@@ -275,3 +275,21 @@ fn facts_survive_a_reopen() {
     assert_eq!(cache.recall("/r/f", Fact::Target).as_deref(), Some(&b"g"[..]));
     assert_eq!(cache.get("/r/f", V1, 0).as_deref(), Some(&b"x"[..]));
 }
+
+/// A fact learnt before an unlearning stays unlearnt, however the writer's commits fall
+/// between them: the unlearning is applied in its place, never ahead of what was sent
+/// before it. (A sweep of unlearnings at the end of each commit once let a fact learnt
+/// just before one come back in the next commit: a removed name found while down.)
+#[test]
+fn a_fact_learnt_before_its_unlearning_never_comes_back() {
+    let (_dir, cache) = cache_with_room(64 << 20);
+    let paths: Vec<_> = (0..5_000).map(|n| format!("/r/f{n}")).collect();
+    for p in &paths {
+        cache.learn(p, Fact::Attr, b"old".to_vec());
+        cache.unlearn(p, Facts::Tree);
+        assert_eq!(cache.recall(p, Fact::Attr), None, "{p}");
+    }
+    cache.flush();
+    let back: Vec<_> = paths.iter().filter(|p| cache.recall(p, Fact::Attr).is_some()).collect();
+    assert!(back.is_empty(), "unlearnt facts came back: {back:?}");
+}

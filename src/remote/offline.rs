@@ -312,7 +312,8 @@ impl<R: Remote> Offline<R> {
             self.unlearn(paths);
         }
         if let Some(c) = &self.cache {
-            for p in paths.iter().filter(|p| c.holds_any(p)) {
+            // The writer finds what to drop: no reading of the index on the way.
+            for p in paths {
                 c.forget(p);
             }
             // A program reading one of them must see the change: the server says.
