@@ -64,6 +64,13 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// `secs` since the Unix epoch as UTC year, month, day, hour, minute, second.
+pub fn civil(secs: u64) -> (i64, u32, u32, u64, u64, u64) {
+    let (y, mo, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    (y, mo, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 impl std::fmt::Display for Timestamp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ms = self.0 % 1000;

@@ -380,6 +380,13 @@ pub struct MountInfo {
     /// The offline cache, when the mount has one (`--offline-cache`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offline_cache: Option<OfflineCacheInfo>,
+    /// Changes made while the link was down, waiting to be replayed on the server
+    /// (with `--offline-cache`, when there are any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingInfo>,
+    /// Changes the server's state did not let replay apply as made, since the mount began.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<ConflictInfo>,
 }
 
 /// What one pooled connection has been doing, as the wire carries it (see
@@ -486,6 +493,26 @@ pub struct OfflineCacheInfo {
     /// Blocks served from it, and blocks looked for and not found.
     pub hits: u64,
     pub misses: u64,
+}
+
+/// Changes made while the link was down and not yet on the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInfo {
+    pub changes: u64,
+    /// Files written, and their bytes.
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A change made while the link was down that replay could not apply as made: the
+/// server's version stays at `path`; the local one, if it could be kept, is at `kept_as`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_as: Option<String>,
+    pub reason: String,
+    pub at: Timestamp,
 }
 
 /// Written data not yet on the server: how much, and of which files.
@@ -690,6 +717,8 @@ pub(crate) mod tests {
             via: None,
             lost: None,
             offline_cache: None,
+            pending: None,
+            conflicts: Vec::new(),
         }
     }
 

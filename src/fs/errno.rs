@@ -146,6 +146,7 @@ pub(super) fn direct(op: Op, err: &RemoteError) -> Option<Errno> {
         RemoteError::Unavailable(_) | RemoteError::Disconnected(_) | RemoteError::Timeout => Errno::EAGAIN,
         RemoteError::LinkFailed(_) | RemoteError::FileLost(_) => Errno::EIO,
         RemoteError::TooManyOpen => Errno(libc::EMFILE),
+        RemoteError::NoSpace => Errno(libc::ENOSPC),
         RemoteError::ServerFailure(_) => return None,
     })
 }

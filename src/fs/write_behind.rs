@@ -69,6 +69,19 @@ impl<R: Remote> WriteBehind<R> {
         }
     }
 
+    /// `while_up`, but for files kept here (`Remote::is_local`): their writes land
+    /// without the link, so their waits never end in EAGAIN.
+    async fn while_up_unless<T>(&self, local: bool, work: impl Future<Output = T>) -> Result<T, Errno> {
+        if local {
+            return Ok(work.await);
+        }
+        self.while_up(work).await
+    }
+
+    fn all_local(&self, queues: &[Arc<FileQueue>]) -> bool {
+        queues.iter().all(|q| self.remote.is_local(&q.handle))
+    }
+
     /// The queue of a file just opened for writing on the server as `handle`.
     pub(super) fn open(&self, ino: Ino, handle: Handle, path: &str) -> Arc<FileQueue> {
         let queue =
@@ -88,7 +101,7 @@ impl<R: Remote> WriteBehind<R> {
             return Err(Errno::EIO);
         }
         self.after_overlapping(ino, queue, offset, offset + data.len() as u64).await?;
-        let budget = self.reserve(data.len()).await?;
+        let budget = self.reserve(data.len(), self.remote.is_local(&queue.handle)).await?;
         let io = self.remote.write_size().max(4096) as usize;
         let chunks = data.len().div_ceil(io);
         let mut budget = Some(budget);
@@ -113,15 +126,16 @@ impl<R: Remote> WriteBehind<R> {
         if earlier.is_empty() {
             return Ok(());
         }
-        self.while_up(futures_util::future::join_all(earlier.iter().map(|q| q.idle()))).await.map(|_| ())
+        let local = self.all_local(&earlier);
+        self.while_up_unless(local, futures_util::future::join_all(earlier.iter().map(|q| q.idle()))).await.map(|_| ())
     }
 
-    async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, Errno> {
+    async fn reserve(&self, len: usize, local: bool) -> Result<OwnedSemaphorePermit, Errno> {
         let need = kib(len);
         if let Ok(p) = self.dirty.clone().try_acquire_many_owned(need) {
             return Ok(p);
         }
-        self.while_up(self.dirty.clone().acquire_many_owned(need)).await?.map_err(|_| Errno::EIO)
+        self.while_up_unless(local, self.dirty.clone().acquire_many_owned(need)).await?.map_err(|_| Errno::EIO)
     }
 
     /// Queues a change of attributes behind the file's writes.
@@ -156,7 +170,8 @@ impl<R: Remote> WriteBehind<R> {
         if pending.is_empty() {
             return Ok(());
         }
-        self.while_up(futures_util::future::join_all(pending.iter().map(|q| q.idle()))).await.map(|_| ())
+        let local = self.all_local(&pending);
+        self.while_up_unless(local, futures_util::future::join_all(pending.iter().map(|q| q.idle()))).await.map(|_| ())
     }
 
     /// Waits, while the link is up, until `queue`'s writes are on the server, reporting
@@ -165,7 +180,7 @@ impl<R: Remote> WriteBehind<R> {
         if queue.is_idle() {
             return queue.drained().await;
         }
-        self.while_up(queue.drained()).await?
+        self.while_up_unless(self.remote.is_local(&queue.handle), queue.drained()).await?
     }
 
     /// The file was closed for the last time: its queued writes still reach the server,
@@ -286,6 +301,10 @@ pub(super) struct FileQueue {
 }
 
 impl FileQueue {
+    /// The handle the writes go to.
+    pub(super) fn handle(&self) -> Handle {
+        self.handle
+    }
     fn new(landings: Landings, handle: Handle, path: &str) -> FileQueue {
         FileQueue {
             lost: Lost::default(),

@@ -26,6 +26,7 @@
 //! index is checked on every read: a block torn by a power loss is never served.
 
 mod blocks;
+pub mod journal;
 
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
@@ -42,7 +43,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use blocks::{checksum, private_dir, BlockFiles, DIRECTORIES};
 
 /// A version of a file as the server describes it; content is kept per version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Version {
     pub size: u64,
     pub mtime: u64,

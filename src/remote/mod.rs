@@ -4,6 +4,7 @@
 
 mod identity;
 pub use identity::moved;
+pub mod journaled;
 pub mod name;
 pub mod offline;
 pub mod sftp;
@@ -225,6 +226,9 @@ pub enum RemoteError {
     /// `identity`): what is meant for it goes nowhere else.
     #[error("{0}")]
     FileLost(String),
+    /// The offline journal has no room for the change (its quota is full).
+    #[error("no room left in the offline journal")]
+    NoSpace,
 }
 
 impl RemoteError {
@@ -297,6 +301,17 @@ pub trait Remote: Send + Sync + 'static {
     fn statfs(&self, path: &str) -> impl Future<Output = Result<StatFs>> + Send;
 
     /// Whether a local store answers while the link is down.
+    /// Applies on the server the changes kept while the link was down, if any.
+    fn replay(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+
+    /// Whether `handle` is served here, without the link (a file written while down,
+    /// kept in the offline journal): waiting on it never waits for the link.
+    fn is_local(&self, _handle: &Handle) -> bool {
+        false
+    }
+
     fn serves_offline(&self) -> bool {
         false
     }

@@ -121,6 +121,10 @@ impl<R: Remote> Fs<R> {
     pub fn revalidate_after_outages(&self, kernel: Arc<dyn KernelCache>) {
         let (remote, meta) = (self.remote.clone(), self.meta.clone());
         self.tasks.spawn(async move {
+            // Changes an earlier agent kept while the link was down.
+            if remote.is_available() {
+                remote.replay().await;
+            }
             loop {
                 remote.wait_unavailable().await;
                 if remote.serves_offline() {
@@ -129,6 +133,7 @@ impl<R: Remote> Fs<R> {
                 if remote.wait_available().await.is_err() {
                     return;
                 }
+                remote.replay().await;
                 if !remote.serves_offline() {
                     continue;
                 }
@@ -454,7 +459,15 @@ impl<R: Remote> Fs<R> {
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
         let file = self.file(fh)?;
         match file.queue() {
-            Some(queue) => Ok(self.write_behind.file_written(queue).await?),
+            Some(queue) => {
+                self.write_behind.file_written(queue).await?;
+                let handle = queue.handle();
+                if self.remote.is_local(&handle) {
+                    // Kept here while the link is down: closed once it is on disk.
+                    self.answered(Op::Fsync, &file.path, self.remote.fsync(&handle).await).await?;
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -469,7 +482,7 @@ impl<R: Remote> Fs<R> {
                 *handle
             }
         };
-        if !self.remote.extensions().fsync {
+        if !self.remote.extensions().fsync && !self.remote.is_local(&handle) {
             // The data is with the server; without fsync@openssh.com it cannot be forced
             // to disk from here.
             return Ok(());
