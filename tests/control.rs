@@ -125,7 +125,9 @@ fn status_of_one_mount_shows_its_connections() {
     let out = c.run(&["mount", "status", "--json", "work"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["bytes_written"].as_u64().unwrap() >= 100_000, "{v}");
-    assert!(v["connections"][0]["operations"].as_u64().unwrap() > 0, "{v}");
+    // Which connection served the file is the pool's choice: one of them did.
+    let conns = v["connections"].as_array().unwrap();
+    assert!(conns.iter().any(|c| c["operations"].as_u64().unwrap() > 0), "{v}");
     let out = c.run(&["mount", "status", "nope"]);
     assert_eq!(out.status.code(), Some(8));
 }

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::control::protocol::{AtStake, MoorError, MountInfo, MountStatus, StatusEvent, Timestamp};
+use crate::control::protocol::{AtStake, MoorError, MountInfo, MountStatus, PendingInfo, StatusEvent, Timestamp};
 use crate::control::registry::Notice;
 
 pub fn error(e: &MoorError) {
@@ -43,6 +43,17 @@ pub fn lost(mountpoint: &Path, lost: &AtStake) {
         mountpoint.display(),
         if lost.bytes == 1 { "is" } else { "are" },
         lost.files.join(", ")
+    );
+    eprintln!("moor: {}", printable(&text));
+}
+
+/// On unmount with changes made while the link was down still waiting: where they are.
+pub fn pending(remote: &str, p: &PendingInfo) {
+    let text = format!(
+        "{} made while the link was down ({} of {}) kept in the offline journal: the next mount of {remote} replays them",
+        if p.changes == 1 { "1 change".to_string() } else { format!("{} changes", p.changes) },
+        bytes(p.bytes),
+        files(p.files as usize),
     );
     eprintln!("moor: {}", printable(&text));
 }
@@ -171,6 +182,18 @@ pub fn detail(m: &MountInfo, json: bool) {
     if let Some(lost) = &m.lost {
         let files = lost.files.iter().map(|f| printable(f)).collect::<Vec<_>>().join(", ");
         println!("lost writes:   {} of {files} (see the log)", bytes(lost.bytes));
+    }
+    if let Some(p) = &m.pending {
+        println!(
+            "pending:       {} changes made while down, {} in {} (replayed when the link is back)",
+            p.changes,
+            bytes(p.bytes),
+            files(p.files as usize)
+        );
+    }
+    for c in &m.conflicts {
+        let kept = c.kept_as.as_deref().map_or(String::new(), |k| format!("; yours is at {k}"));
+        println!("conflict:      {}: {}{kept}", printable(&c.path), printable(&c.reason));
     }
     if let Some(c) = &m.offline_cache {
         println!(

@@ -378,6 +378,11 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether no change waits.
+    pub fn is_empty(&self) -> bool {
+        self.lock().changes.is_empty()
+    }
+
     /// The changes waiting, in order.
     pub fn changes(&self) -> Vec<(u64, Change)> {
         self.lock().changes.clone()

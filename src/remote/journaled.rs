@@ -130,7 +130,7 @@ impl<R: Remote> Journaled<R> {
 
     /// The journal, if changes wait in it: what they made must be seen.
     fn waiting(&self) -> Option<&Journal> {
-        self.journal.as_deref().filter(|j| !j.changes().is_empty())
+        self.journal.as_deref().filter(|j| !j.is_empty())
     }
 
     /// Before a call: once the link is up, changes waiting are replayed first.

@@ -88,6 +88,9 @@ pub(in crate::cli) async fn unmount_one(target: &str, lazy: bool, force: bool) -
             if let Some(lost) = lost {
                 output::lost(&mount.mountpoint, &lost);
             }
+            if let Some(p) = &mount.pending {
+                output::pending(&mount.remote, p);
+            }
             output::unmounted(&mount.mountpoint);
             Ok(())
         }

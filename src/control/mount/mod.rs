@@ -311,10 +311,7 @@ async fn core_for(
 ) -> Result<(Arc<Fs<MountRemote>>, Arc<MountRemote>, FuseAdapter<MountRemote>, String), MoorError> {
     let sftp = SftpRemote::new(link.clone()).following_symlinks(req.follow_symlinks);
     let cache = req.offline_cache.map(|limit| open_cache(req, limit)).transpose()?;
-    // Issue 23: the journal is built and tested over the fake remote, not yet used by
-    // a mount (its end-to-end tests are to come); while down, changes still get EAGAIN.
-    let journal: Option<Journal> = None;
-    let _ = open_journal;
+    let journal = req.offline_cache.map(|limit| open_journal(req, limit)).transpose()?;
     let offline = Offline::new(Arc::new(sftp), cache);
     let remote = Arc::new(Journaled::new(Arc::new(offline), journal, &this_host()));
     let root = resolve_root(&*remote, &req.remote_path, &req.dest.alias).await?;
