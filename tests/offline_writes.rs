@@ -99,6 +99,8 @@ fn changes_made_while_down_outlive_kill_9_and_reach_the_server_with_conflicts_ke
     let kept = conflicts[0]["kept_as"].as_str().unwrap();
     assert!(kept.contains("/t/f5.conflict-"), "{kept}");
     assert_eq!(fs::read(kept).unwrap(), format!("EDITED{}", &"file 5\n".repeat(3)[6..]).as_bytes());
+    let text = stdout(&e.c.run(&["mount", "status", again.path.to_str().unwrap()]));
+    assert!(text.contains("conflict:") && text.contains("yours is at"), "{text}");
     // And through the mount, as on the server.
     assert_eq!(fs::read(again.p("t/made/f2")).unwrap(), "file 2\n".repeat(3).as_bytes());
 }

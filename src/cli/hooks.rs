@@ -12,8 +12,8 @@ use crate::control::protocol::StatusEvent;
 
 /// `--exec`'s long help: what the command is told.
 pub const EXEC_HELP: &str = "With --watch: run CMD with `sh -c` each time a mount changes state, e.g. to \
-notify you. CMD runs once per change of state (not on each retry while reconnecting), one run at a \
-time and in order, with these in its environment:
+notify you. CMD runs once per change of state (not on each retry while reconnecting) and once per conflict \
+found replaying changes made offline, one run at a time and in order, with these in its environment:
 
   MOOR_MOUNT       the mount's name
   MOOR_MOUNTPOINT  where it is mounted
@@ -21,7 +21,11 @@ time and in order, with these in its environment:
   MOOR_NEW_STATE   the state it entered: connecting, active, reconnecting,
                    failed, needs_login or unmounted (the JSON `state` names)
   MOOR_DETAIL      why, if the new state has a reason: the last error while
-                   reconnecting, the reason it failed, the login it needs
+                   reconnecting, the reason it failed, the login it needs;
+                   for a conflict, what happened
+  MOOR_CONFLICT    for a conflict found replaying changes made while the
+                   link was down (the state stays): the file's remote path
+  MOOR_CONFLICT_KEPT_AS  where your version was put beside it, if anywhere
   MOOR_AT          when (RFC 3339, UTC)
   MOOR_EVENT_JSON  the whole event, as `--watch --json` prints it
 
@@ -54,10 +58,13 @@ impl Hooks {
     /// Queues the hook for `event`, if the mount changed state: a new attempt while
     /// reconnecting is not a change a user wants to be told about each time.
     pub fn on_event(&self, event: &StatusEvent, mountpoint: Option<&Path>) {
-        if event.old.same_kind(&event.new) {
+        if event.old.same_kind(&event.new) && event.conflict.is_none() {
             return;
         }
-        let what = format!("{} ({} -> {})", event.mount, event.old.name(), event.new.name());
+        let what = match &event.conflict {
+            Some(c) => format!("{} (conflict on {})", event.mount, c.path),
+            None => format!("{} ({} -> {})", event.mount, event.old.name(), event.new.name()),
+        };
         let _ = self.queue.send(Job { env: environment(event, mountpoint), what });
     }
 }
@@ -69,7 +76,15 @@ fn environment(event: &StatusEvent, mountpoint: Option<&Path>) -> Vec<(&'static 
         ("MOOR_MOUNTPOINT", mountpoint.map(|p| p.display().to_string()).unwrap_or_default()),
         ("MOOR_OLD_STATE", event.old.name().to_string()),
         ("MOOR_NEW_STATE", event.new.name().to_string()),
-        ("MOOR_DETAIL", event.new.detail().unwrap_or_default().to_string()),
+        (
+            "MOOR_DETAIL",
+            match &event.conflict {
+                Some(c) => c.reason.clone(),
+                None => event.new.detail().unwrap_or_default().to_string(),
+            },
+        ),
+        ("MOOR_CONFLICT", event.conflict.as_ref().map(|c| c.path.clone()).unwrap_or_default()),
+        ("MOOR_CONFLICT_KEPT_AS", event.conflict.as_ref().and_then(|c| c.kept_as.clone()).unwrap_or_default()),
         ("MOOR_AT", event.at.to_string()),
         ("MOOR_EVENT_JSON", serde_json::to_string(event).unwrap_or_default()),
     ]
@@ -183,7 +198,7 @@ mod tests {
     use crate::control::protocol::{MountStatus, Timestamp};
 
     fn event(old: MountStatus, new: MountStatus) -> StatusEvent {
-        StatusEvent { mount: "box-src".into(), at: Timestamp(3_000), old, new }
+        StatusEvent { mount: "box-src".into(), at: Timestamp(3_000), old, new, conflict: None }
     }
 
     #[test]
@@ -199,5 +214,28 @@ mod tests {
         assert_eq!(get("MOOR_AT"), "1970-01-01T00:00:03.000Z");
         let json: serde_json::Value = serde_json::from_str(get("MOOR_EVENT_JSON")).unwrap();
         assert_eq!(json["new"]["state"], "failed");
+        assert_eq!(get("MOOR_CONFLICT"), "");
+    }
+
+    #[test]
+    fn a_conflict_runs_the_hook_with_what_happened() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hooks = Hooks { queue: tx };
+        let quiet = event(MountStatus::Active, MountStatus::Active);
+        hooks.on_event(&quiet, None);
+        assert!(rx.try_recv().is_err(), "no change of state, no conflict: no run");
+        let conflict = crate::control::protocol::ConflictInfo {
+            path: "/srv/notes".into(),
+            kept_as: Some("/srv/notes.conflict-laptop-20261205-101500".into()),
+            reason: "changed on the server while changed here".into(),
+            at: Timestamp(3_000),
+        };
+        hooks.on_event(&StatusEvent { conflict: Some(conflict), ..quiet }, None);
+        let job = rx.try_recv().expect("a conflict runs the hook");
+        let get = |k: &str| job.env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(get("MOOR_CONFLICT"), "/srv/notes");
+        assert_eq!(get("MOOR_CONFLICT_KEPT_AS"), "/srv/notes.conflict-laptop-20261205-101500");
+        assert_eq!(get("MOOR_DETAIL"), "changed on the server while changed here");
+        assert_eq!(get("MOOR_NEW_STATE"), "active");
     }
 }

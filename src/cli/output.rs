@@ -225,6 +225,9 @@ pub fn detail(m: &MountInfo, json: bool) {
 pub fn event(e: &StatusEvent, json: bool) {
     if json {
         println!("{}", serde_json::to_string(e).unwrap_or_default());
+    } else if let Some(c) = &e.conflict {
+        let kept = c.kept_as.as_deref().map_or(String::new(), |k| format!("; yours is at {k}"));
+        println!("{}", printable(&format!("{} {}: conflict on {}: {}{kept}", e.at, e.mount, c.path, c.reason)));
     } else {
         println!("{}", printable(&format!("{} {}: {} -> {}", e.at, e.mount, e.old, e.new)));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use super::status::{MountStatus, StatusEvent, Timestamp};
+pub use super::status::{ConflictInfo, MountStatus, StatusEvent, Timestamp};
 use crate::fs::IdMap;
 use crate::link::config::{AddressFamily, HostKeyPolicy, HostKeyPrefs, LoginPrefs};
 use crate::link::{ConnStats, Destination, LinkError, LinkOptions};
@@ -504,17 +504,6 @@ pub struct PendingInfo {
     pub bytes: u64,
 }
 
-/// A change made while the link was down that replay could not apply as made: the
-/// server's version stays at `path`; the local one, if it could be kept, is at `kept_as`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConflictInfo {
-    pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kept_as: Option<String>,
-    pub reason: String,
-    pub at: Timestamp,
-}
-
 /// Written data not yet on the server: how much, and of which files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AtStake {
@@ -843,6 +832,7 @@ pub(crate) mod tests {
                 next_attempt_at: Timestamp(3_500),
                 last_error: "2 heartbeats missed".into(),
             },
+            conflict: None,
         };
         pin(
             Response::Event { event },
@@ -851,6 +841,28 @@ pub(crate) mod tests {
                 r#""old":{"state":"active"},"new":{"state":"reconnecting","attempt":1,"#,
                 r#""since":"1970-01-01T00:00:03.000Z","next_attempt_at":"1970-01-01T00:00:03.500Z","#,
                 r#""last_error":"2 heartbeats missed"}}}"#
+            ),
+        );
+        let conflict = ConflictInfo {
+            path: "/srv/notes".into(),
+            kept_as: Some("/srv/notes.conflict-laptop-19700101-000003".into()),
+            reason: "changed on the server while changed here".into(),
+            at: Timestamp(3_000),
+        };
+        let event = StatusEvent {
+            mount: "box-src".into(),
+            at: Timestamp(3_000),
+            old: MountStatus::Active,
+            new: MountStatus::Active,
+            conflict: Some(conflict),
+        };
+        pin(
+            Response::Event { event },
+            concat!(
+                r#"{"version":4,"response":"event","event":{"mount":"box-src","at":"1970-01-01T00:00:03.000Z","#,
+                r#""old":{"state":"active"},"new":{"state":"active"},"conflict":{"path":"/srv/notes","#,
+                r#""kept_as":"/srv/notes.conflict-laptop-19700101-000003","#,
+                r#""reason":"changed on the server while changed here","at":"1970-01-01T00:00:03.000Z"}}}"#
             ),
         );
         pin(

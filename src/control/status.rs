@@ -102,13 +102,27 @@ impl From<&LinkState> for MountStatus {
     }
 }
 
-/// One state change of one mount.
+/// A change made while the link was down that replay could not apply as made: the
+/// server's version stays at `path`; the local one, if it could be kept, is at `kept_as`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictInfo {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_as: Option<String>,
+    pub reason: String,
+    pub at: Timestamp,
+}
+
+/// One state change of one mount, or a conflict found while its offline changes were
+/// replayed (`conflict`; its state then stays what it was: `old` and `new` are the same).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusEvent {
     pub mount: String,
     pub at: Timestamp,
     pub old: MountStatus,
     pub new: MountStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<ConflictInfo>,
 }
 
 /// Watches a mount's link and publishes each change of the mount's state.
@@ -149,7 +163,20 @@ impl Monitor {
         // The time in a state counts from when its kind began, not from each retry.
         let since = if old.same_kind(&new) { self.current.borrow().1 } else { at };
         self.current.send_replace((new.clone(), since));
-        let _ = self.events.send(StatusEvent { mount: self.name.clone(), at, old, new });
+        let _ = self.events.send(StatusEvent { mount: self.name.clone(), at, old, new, conflict: None });
+    }
+
+    /// Tells subscribers of a conflict found while replaying changes made offline.
+    pub fn conflict(&self, conflict: ConflictInfo) {
+        let (state, _) = self.current();
+        let event = StatusEvent {
+            mount: self.name.clone(),
+            at: Timestamp::now(),
+            old: state.clone(),
+            new: state,
+            conflict: Some(conflict),
+        };
+        let _ = self.events.send(event);
     }
 
     /// The current state and since when the mount has been in it.

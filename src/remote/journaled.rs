@@ -61,7 +61,12 @@ pub struct Journaled<R: Remote> {
     /// Held while changes are replayed: calls made meanwhile wait for it.
     replaying: tokio::sync::Mutex<()>,
     conflicts: Mutex<Vec<Conflict>>,
+    /// Told of each conflict as it is found (the mount's monitor).
+    told: Mutex<Option<ConflictHook>>,
 }
+
+/// What is told of a conflict.
+pub type ConflictHook = Box<dyn Fn(&Conflict) + Send + Sync>;
 
 /// The link, not the server, refused a call before sending it: the journal may take it.
 fn down(e: &RemoteError) -> bool {
@@ -111,6 +116,7 @@ impl<R: Remote> Journaled<R> {
             next: AtomicU64::new(0),
             replaying: tokio::sync::Mutex::new(()),
             conflicts: Mutex::default(),
+            told: Mutex::default(),
         }
     }
 
@@ -121,6 +127,15 @@ impl<R: Remote> Journaled<R> {
     /// What waits to be replayed; `None` without a journal.
     pub fn pending(&self) -> Option<Pending> {
         self.journal.as_ref().map(|j| j.pending())
+    }
+
+    /// Tells `hook` of every conflict found so far and from now on.
+    pub fn on_conflict(&self, hook: ConflictHook) {
+        let mut told = lock(&self.told);
+        for c in lock(&self.conflicts).iter() {
+            hook(c);
+        }
+        *told = Some(hook);
     }
 
     /// Conflicts found by replays so far.
@@ -850,6 +865,10 @@ impl<R: Remote> Remote for Journaled<R> {
                 Ok(conflict) => {
                     if let Some(c) = conflict {
                         tracing::warn!(path = %c.path, kept_as = ?c.kept_as, "offline change in conflict: {}", c.reason);
+                        let told = lock(&self.told);
+                        if let Some(hook) = told.as_ref() {
+                            hook(&c);
+                        }
                         lock(&self.conflicts).push(c);
                     }
                     if let Err(e) = j.replayed(seq) {

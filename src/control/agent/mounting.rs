@@ -107,6 +107,7 @@ impl Agent {
             at: Timestamp::now(),
             old: MountStatus::Connecting,
             new: info.status.clone(),
+            conflict: None,
         });
         info
     }
@@ -133,6 +134,7 @@ impl Agent {
                 at: Timestamp::now(),
                 old: last,
                 new: MountStatus::Unmounted,
+                conflict: None,
             });
             agent.release_link(&live.link()).await;
             // Written here, before the agent may leave with its last mount, so that it

@@ -15,7 +15,7 @@ use super::status::{Monitor, MountStatus, Timestamp};
 use crate::fs::{AdapterOptions, Fs, FsOptions, FuseAdapter, IdMap, KernelNotifier, KernelTimeouts, Owners};
 use crate::offline_cache::journal::Journal;
 use crate::offline_cache::{self, OfflineCache};
-use crate::remote::journaled::Journaled;
+use crate::remote::journaled::{Conflict, Journaled};
 use crate::remote::offline::Offline;
 use crate::remote::sftp::{SftpLink, SftpRemote};
 use crate::remote::{FileKind, Remote, RemoteError};
@@ -93,17 +93,7 @@ impl LiveMount {
                 files: p.files,
                 bytes: p.bytes,
             }),
-            conflicts: self
-                .offline
-                .conflicts()
-                .into_iter()
-                .map(|c| ConflictInfo {
-                    path: c.path,
-                    kept_as: c.kept_as,
-                    reason: c.reason,
-                    at: Timestamp(c.at * 1000),
-                })
-                .collect(),
+            conflicts: self.offline.conflicts().iter().map(conflict_info).collect(),
         }
     }
 
@@ -223,6 +213,8 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Res
     fs.revalidate_after_outages(Arc::new(KernelNotifier(notifier)));
     raise_readahead(&mountpoint);
     let monitor = Monitor::start(name.clone(), &link);
+    let told = monitor.clone();
+    offline.on_conflict(Box::new(move |c| told.conflict(conflict_info(c))));
     Ok(LiveMount {
         name,
         mountpoint,
@@ -236,6 +228,15 @@ pub async fn start(req: &MountRequest, name: String, link: Arc<SftpLink>) -> Res
         ended,
         finished: tokio::sync::OnceCell::new(),
     })
+}
+
+fn conflict_info(c: &Conflict) -> ConflictInfo {
+    ConflictInfo {
+        path: c.path.clone(),
+        kept_as: c.kept_as.clone(),
+        reason: c.reason.clone(),
+        at: Timestamp(c.at * 1000),
+    }
 }
 
 /// What a mount's core talks to: the server, through its offline cache and journal if

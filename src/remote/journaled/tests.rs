@@ -117,8 +117,12 @@ async fn a_file_changed_on_both_sides_keeps_both_versions() {
     r.remove("/r/other").await.unwrap();
     fake.replace_on_server("/r/notes", b"changed on the server\n");
     fake.replace_on_server("/r/other", b"also changed there\n");
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let heard = told.clone();
+    r.on_conflict(Box::new(move |c| heard.lock().unwrap().push(c.path.clone())));
     fake.come_back();
     r.replay().await;
+    assert_eq!(*told.lock().unwrap(), ["/r/notes", "/r/other"], "each conflict is told as it is found");
 
     assert_eq!(fake.file("/r/notes").unwrap(), b"changed on the server\n", "the server's version stays");
     assert_eq!(fake.file("/r/other").unwrap(), b"also changed there\n", "a removal never loses a change");
