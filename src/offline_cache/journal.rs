@@ -320,13 +320,11 @@ impl Journal {
         let mut dropped = Vec::new();
         let mut keep = Some(change.clone());
         match &change {
-            Change::Content { path, file, .. } => {
-                if let Some(i) = last(path) {
-                    if matches!(&s.changes[i].1, Change::Content { path: p, file: f, .. } if p == path && f == file) {
-                        // Written again: the content file already says what it is.
-                        return Ok(());
-                    }
-                }
+            // Written again, under this name or the one it had: the content file says
+            // what it is, and goes to the server with the change that named it first
+            // (renames carry it on).
+            Change::Content { file, .. } if s.changes.iter().any(|(_, c)| c.file() == Some(*file)) => {
+                return Ok(());
             }
             Change::Remove { path, .. } | Change::Rmdir { path } => {
                 if let Some(i) = last(path) {

@@ -334,6 +334,32 @@ impl<R: Remote> Journaled<R> {
         Ok(self.open_on(file, path, mode))
     }
 
+    /// Keeps `placed` true after `change` was replayed (`applied`: as made).
+    async fn note_placed(&self, placed: &mut HashMap<String, Version>, change: &Change, applied: bool) {
+        match change {
+            Change::Content { path, .. } if applied => {
+                if let Ok(a) = self.inner.lstat(path).await {
+                    if let Some(v) = version_of(&a) {
+                        placed.insert(path.clone(), v);
+                    }
+                }
+            }
+            Change::Rename { from, to } if applied => {
+                let moved: Vec<_> = placed.keys().filter(|p| within(p, from)).cloned().collect();
+                for p in moved {
+                    if let (Some(v), Some(now)) = (placed.remove(&p), super::moved(&p, from, to)) {
+                        placed.insert(now, v);
+                    }
+                }
+            }
+            other => {
+                for p in other.paths() {
+                    placed.retain(|k, _| !within(k, p));
+                }
+            }
+        }
+    }
+
     fn conflict(&self, path: &str, kept_as: Option<String>, reason: impl Into<String>) -> Option<Conflict> {
         Some(Conflict { path: path.to_string(), kept_as, reason: reason.into(), at: crate::timestamp::unix_secs() })
     }
@@ -853,6 +879,9 @@ impl<R: Remote> Remote for Journaled<R> {
     async fn replay(&self) {
         let Some(j) = self.journal.clone() else { return };
         let _replaying = self.replaying.lock().await;
+        // The versions this replay put on the server, by name: a later change of a file
+        // the journal wrote checks against what was written, not what it was here.
+        let mut placed: HashMap<String, Version> = HashMap::new();
         for (seq, change) in j.changes() {
             if let Change::Content { file, .. } = &change {
                 if lock(&self.opened).values().any(|o| o.file == *file) {
@@ -861,8 +890,16 @@ impl<R: Remote> Remote for Journaled<R> {
                     return;
                 }
             }
+            let change = match change {
+                Change::Remove { path, base } => {
+                    let base = placed.get(&path).copied().or(base);
+                    Change::Remove { path, base }
+                }
+                other => other,
+            };
             match self.apply(&j, &change).await {
                 Ok(conflict) => {
+                    self.note_placed(&mut placed, &change, conflict.is_none()).await;
                     if let Some(c) = conflict {
                         tracing::warn!(path = %c.path, kept_as = ?c.kept_as, "offline change in conflict: {}", c.reason);
                         let told = lock(&self.told);
