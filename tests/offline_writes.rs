@@ -48,6 +48,7 @@ step("edit", edit("t/f4"))
 step("both", edit("t/f5"))
 step("read-new", lambda: open(os.path.join(root, "t/new"), "rb").read() == bytes((i * 7) % 256 for i in range(1 << 20)) or 1/0)
 step("list", lambda: sorted(os.listdir(os.path.join(root, "t/made"))) == ["f2"] or 1/0)
+step("read-append", lambda: open(os.path.join(root, "t/f1")).read() == "file 1\n" * 3 + "appended offline\n" or 1/0)
 step("unknown-dir", lambda: open(os.path.join(root, "t/unlisted/deep/x"), "w").close())
 "#;
 
@@ -70,7 +71,9 @@ fn changes_made_while_down_outlive_kill_9_and_reach_the_server_with_conflicts_ke
     e.sshd.put("t/f5", "changed on the server\n");
     let script = script_file(CHANGES);
     let out = sh_ok(&format!("python3 {} {}", script.path().display(), e.m.path.display()));
-    let want = "new ok\nappend ok\nmkdir ok\nrename ok\nunlink ok\nedit ok\nboth ok\nread-new ok\nlist ok\nunknown-dir EAGAIN\n";
+    let want =
+        "new ok\nappend ok\nmkdir ok\nrename ok\nunlink ok\nedit ok\nboth ok\nread-new ok\nlist ok\nread-append ok\n\
+                unknown-dir EAGAIN\n";
     assert_eq!(out, want);
     let m = e.c.mount_json();
     assert!(m["pending"]["changes"].as_u64().unwrap() >= 7, "{m}");
@@ -270,4 +273,23 @@ fn every_acknowledged_change_survives_kill_9_at_random_points() {
         mount = again.path.clone();
         mounts.push(again);
     }
+}
+
+#[test]
+fn unmounting_while_down_keeps_the_changes_and_says_so() {
+    let e = Proxied::start_with(OPTS);
+    e.sshd.mkdir("u");
+    e.sshd.give_export();
+    sh_ok(&format!("ls {}/u > /dev/null", e.m.path.display()));
+    e.proxy.black_hole();
+    wait_state(&e.c, "reconnecting");
+    sh_ok(&format!("echo kept > {}/u/note", e.m.path.display()));
+    let out = e.c.run(&["unmount", e.m.path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("kept in the offline journal") && said.contains("replays them"), "{said}");
+    e.proxy.restore();
+    let _again = e.c.mount_at(e.sshd.export.to_str().unwrap(), "mnt2", OPTS);
+    let landed = || fs::read(e.sshd.export.join("u/note")).is_ok_and(|d| d == b"kept\n");
+    assert!(wait_until(Duration::from_secs(20), landed), "never replayed: {}", e.c.mount_json());
 }

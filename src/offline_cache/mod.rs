@@ -571,16 +571,23 @@ fn commit(
                 Change::Put { key, data } => {
                     s.queued_bytes.fetch_sub(data.len() as u64, Ordering::SeqCst);
                     let id = *next_id;
+                    *next_id += 1;
+                    *tick += 1;
+                    let entry = (id, data.len() as u64, checksum(&data), *tick);
+                    t.put(borrowed(&key), entry, s.block_budget())?;
+                    // What it evicted leaves the disk before it comes: the directory
+                    // stays within the limit but for the block being written.
+                    for gone in t.gone.drain(..) {
+                        s.files.remove(gone);
+                    }
                     if let Err(e) = s.files.write_temp(id, &data) {
                         tracing::debug!(error = %e, "cannot write an offline cache block");
                         s.files.remove(id);
+                        t.drop_block(borrowed(&key))?;
+                        t.gone.clear();
                         continue;
                     }
-                    *next_id += 1;
-                    *tick += 1;
                     published.push(id);
-                    let entry = (id, data.len() as u64, checksum(&data), *tick);
-                    t.put(borrowed(&key), entry, s.block_budget())?;
                 }
                 Change::Touch { key, id } => {
                     *tick += 1;

@@ -274,12 +274,15 @@ fn open_cache(req: &MountRequest, limit: u64) -> Result<OfflineCache, MoorError>
     })
 }
 
-/// The journal of changes made while down for `req`, beside its offline cache, with a
-/// quota of its own as large as the cache's.
+/// The journal of changes made while down for `req`, in a directory beside its offline
+/// cache's (`NAME.journal`), with a quota of its own as large as the cache's.
 fn open_journal(req: &MountRequest, quota: u64) -> Result<Journal, MoorError> {
-    let dir = offline_cache_dir(req).ok_or_else(|| {
+    let cache = offline_cache_dir(req).ok_or_else(|| {
         MoorError::new(ErrorKind::Usage, "no directory for the offline cache: give --offline-cache-dir")
     })?;
+    let mut name = cache.file_name().unwrap_or_default().to_os_string();
+    name.push(".journal");
+    let dir = cache.with_file_name(name);
     Journal::open(&dir, quota).map_err(|e| {
         MoorError::new(ErrorKind::Usage, format!("cannot open the offline journal in {}: {e}", dir.display()))
     })

@@ -210,3 +210,25 @@ async fn the_journal_refuses_past_its_quota_and_loses_nothing() {
     assert!(matches!(full, RemoteError::NoSpace), "{full:?}");
     assert_eq!(read_all(&r, "/r/a").await.unwrap(), vec![1; 32 * 1024]);
 }
+
+#[tokio::test]
+async fn a_file_made_offline_renamed_written_again_and_removed_replays_as_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = tree();
+    let r = stack(&fake, dir.path());
+    read_then_cut(&fake, &r).await;
+    write_file(&r, "/r/a", creating(), 0, b"one").await.unwrap();
+    r.rename("/r/a", "/r/b").await.unwrap();
+    // Written again under its new name, truncated: one content file, recorded once.
+    write_file(&r, "/r/b", OpenOptions { truncate: true, ..writing() }, 0, b"two").await.unwrap();
+    write_file(&r, "/r/c", creating(), 0, b"gone").await.unwrap();
+    r.rename("/r/c", "/r/d/c").await.unwrap();
+    r.remove("/r/d/c").await.unwrap();
+    fake.come_back();
+    r.replay().await;
+    assert!(r.conflicts().is_empty(), "{:?}", r.conflicts());
+    assert_eq!(fake.file("/r/b").unwrap(), b"two");
+    assert!(!fake.exists("/r/a"));
+    assert!(!fake.exists("/r/d/c"), "removed after the replay wrote it");
+    assert_eq!(r.pending().unwrap().changes, 0);
+}
