@@ -550,8 +550,8 @@ impl<R: Remote> Journaled<R> {
             Some(Local::File { .. } | Local::Symlink { .. }) => {
                 return Err(RemoteError::ServerFailure("not a directory".into()))
             }
-            Some(Local::Server { was, .. }) => collect(self.inner.list(&was).await?).await?,
-            None => collect(self.inner.list(dir).await?).await?,
+            Some(Local::Server { was, .. }) => self.inner.list(&was).await?.collect().await?,
+            None => self.inner.list(dir).await?.collect().await?,
         };
         let Some(j) = &self.journal else { return Ok(entries) };
         for (name, l) in j.children(dir) {
@@ -675,20 +675,6 @@ fn within(path: &str, base: &str) -> bool {
     path == base || path.strip_prefix(base.trim_end_matches('/')).is_some_and(|r| r.starts_with('/'))
 }
 
-async fn collect(mut s: DirStream) -> Result<Vec<DirEntry>> {
-    let mut out = Vec::new();
-    while let Some(batch) = s.next().await {
-        out.extend(batch?);
-    }
-    Ok(out)
-}
-
-fn stream_of(entries: Vec<DirEntry>) -> DirStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let _ = tx.try_send(Ok(entries));
-    DirStream::new(rx)
-}
-
 impl<R: Remote> Remote for Journaled<R> {
     fn extensions(&self) -> Extensions {
         self.inner.extensions()
@@ -757,7 +743,7 @@ impl<R: Remote> Remote for Journaled<R> {
 
     async fn list(&self, path: &str) -> Result<DirStream> {
         if self.offline().await {
-            return Ok(stream_of(self.list_here(path).await?));
+            return Ok(DirStream::of(self.list_here(path).await?));
         }
         self.inner.list(path).await
     }

@@ -101,6 +101,22 @@ impl DirStream {
         DirStream { batches, recorder: None }
     }
 
+    /// A listing that is over before it starts: `entries`, then the end.
+    pub fn of(entries: Vec<DirEntry>) -> DirStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(Ok(entries));
+        DirStream::new(rx)
+    }
+
+    /// Every entry to its end, or the first failure.
+    pub async fn collect(mut self) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        while let Some(batch) = self.next().await {
+            out.extend(batch?);
+        }
+        Ok(out)
+    }
+
     /// This listing, whose every entry `heard` is given once it has ended without a
     /// failure; a listing dropped before its end, or failed, is not heard.
     pub fn recording(self, heard: impl FnOnce(&[DirEntry]) + Send + 'static) -> DirStream {

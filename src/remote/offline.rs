@@ -198,13 +198,6 @@ fn joined(parts: &mut [(u64, Bytes)], start: u64, end: u64) -> Option<Bytes> {
     (start + out.len() as u64 == end).then(|| out.freeze())
 }
 
-/// A listing that is over before it starts: `entries`, then the end.
-fn stream_of(entries: Vec<DirEntry>) -> DirStream {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let _ = tx.try_send(Ok(entries));
-    DirStream::new(rx)
-}
-
 impl<R: Remote> Offline<R> {
     pub fn new(inner: Arc<R>, cache: Option<OfflineCache>) -> Offline<R> {
         Offline {
@@ -668,7 +661,7 @@ impl<R: Remote> Remote for Offline<R> {
                 match found.as_deref().and_then(decode_listing) {
                     Some(entries) => {
                         self.served(path);
-                        Ok(stream_of(entries))
+                        Ok(DirStream::of(entries))
                     }
                     None => Err(e),
                 }

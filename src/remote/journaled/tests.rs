@@ -45,7 +45,7 @@ async fn read_all<R: Remote>(r: &R, path: &str) -> Result<Vec<u8>> {
 
 async fn names<R: Remote>(r: &R, dir: &str) -> Result<Vec<String>> {
     let mut names: Vec<_> =
-        collect(r.list(dir).await?).await?.into_iter().map(|e| e.name).filter(|n| n != "." && n != "..").collect();
+        r.list(dir).await?.collect().await?.into_iter().map(|e| e.name).filter(|n| n != "." && n != "..").collect();
     names.sort();
     Ok(names)
 }
