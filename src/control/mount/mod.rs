@@ -389,7 +389,12 @@ async fn mount_session(
         if nix::unistd::geteuid().is_root() {
             mount_as_root(&mp, &direct, adapter, cfg)
         } else {
-            fuser::spawn_mount(adapter, &mp, &cfg)
+            let session = fuser::spawn_mount(adapter, &mp, &cfg);
+            // The session's descriptor comes from fusermount3 without close-on-exec: a
+            // program the agent starts later must not keep the mount alive after the
+            // agent is gone.
+            close_on_exec_where(|target| target == Path::new("/dev/fuse"));
+            session
         }
     };
     let session = match tokio::task::spawn_blocking(mount).await {
@@ -410,6 +415,19 @@ async fn mount_session(
         })
         .map_err(|e| MoorError::new(ErrorKind::Internal, format!("cannot start session thread: {e}")))?;
     Ok((ended, notifier))
+}
+
+/// Marks close-on-exec every descriptor of this process whose target `pick` takes.
+fn close_on_exec_where(pick: impl Fn(&Path) -> bool) {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return };
+    for entry in fds.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if std::fs::read_link(entry.path()).is_ok_and(|t| pick(&t)) {
+            // SAFETY: F_SETFD on a descriptor number changes only its flags; one that was
+            // closed meanwhile gets EBADF, which is ignored.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
+    }
 }
 
 /// The remote login user's `(uid, gid)`: the owner of the directory the login starts
@@ -482,6 +500,24 @@ pub async fn stop(m: &LiveMount, lazy: bool) -> Result<(), MoorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_picked_become_close_on_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("held");
+        std::fs::write(&path, b"x").unwrap();
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; the descriptor is closed below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+        assert!(fd >= 0);
+        // SAFETY: querying the flags of a descriptor this test owns.
+        let flags = || unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(flags() & libc::FD_CLOEXEC, 0);
+        close_on_exec_where(|t| t == path.as_path());
+        assert_eq!(flags() & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        // SAFETY: closing the descriptor this test opened.
+        unsafe { libc::close(fd) };
+    }
 
     #[test]
     fn option_safe_text_cannot_end_the_source() {
