@@ -239,8 +239,14 @@ fn every_acknowledged_change_survives_kill_9_at_random_points() {
         cmd.args(["-c", &script]).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
         as_local_user(&mut cmd);
         let mut runner = cmd.spawn().unwrap();
-        // Killed somewhere in the run (or after it, if it ends first).
-        std::thread::sleep(Duration::from_millis(fastrand::u64(50..1500)));
+        // Killed after a random number of changes have started (or once the run ends,
+        // if it ends first).
+        let kill_at = fastrand::usize(1..300);
+        let started_here = || std::fs::read_to_string(log.path()).map_or(0, |l| l.matches("[\"start\"").count());
+        let reached = wait_until(Duration::from_secs(60), || {
+            started_here() >= kill_at || runner.try_wait().is_ok_and(|s| s.is_some())
+        });
+        assert!(reached, "the run neither reached change {kill_at} nor ended");
         for pid in e.c.agent_pids() {
             sh_root_ok(&format!("kill -9 {pid}"));
         }
