@@ -157,19 +157,26 @@ pub struct FakeRemote {
     pub ext: Extensions,
 }
 
-fn parent(path: &str) -> &str {
-    match path.rsplit_once('/') {
-        Some(("", _)) => "/",
-        Some((d, _)) => d,
-        None => "/",
-    }
-}
-
 /// Entries per listing batch.
 pub const LIST_BATCH: usize = 100;
 
 fn failure() -> RemoteError {
     RemoteError::ServerFailure("Failure".into())
+}
+
+/// The whole of `path` through `r`: opened to be read, read to its end, closed.
+pub async fn read_all<R: Remote>(r: &R, path: &str) -> Result<Vec<u8>> {
+    let h = r.open(path, OpenOptions { read: true, ..OpenOptions::default() }).await?;
+    let mut out = Vec::new();
+    loop {
+        let got = r.read(&h, out.len() as u64, 65_536).await?;
+        if got.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&got);
+    }
+    r.close(&h).await?;
+    Ok(out)
 }
 
 impl FakeRemote {

@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::{parent, SetAttr, StatFs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use super::{Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result};
-use super::{SetAttr, StatFs, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG};
 use crate::offline_cache::journal::{Change, Journal, Local, Pending};
 use crate::offline_cache::Version;
 use crate::sync::lock;
@@ -86,14 +86,6 @@ fn io(e: std::io::Error) -> RemoteError {
         return RemoteError::NoSpace;
     }
     RemoteError::ServerFailure(format!("offline journal: {e}"))
-}
-
-fn parent(path: &str) -> &str {
-    match path.rfind('/') {
-        Some(0) => "/",
-        Some(i) => &path[..i],
-        None => "/",
-    }
 }
 
 fn version_of(a: &Attr) -> Option<Version> {

@@ -16,6 +16,15 @@ use std::future::Future;
 
 pub use bytes::Bytes;
 
+/// The directory `path` is in (`/` for a name at the top).
+pub fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &path[..i],
+        None => "/",
+    }
+}
+
 /// File type bits as in `st_mode` (`S_IFMT`).
 pub const S_IFMT: u32 = 0o170000;
 pub const S_IFDIR: u32 = 0o040000;

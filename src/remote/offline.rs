@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 
+use super::{parent, SetAttr, StatFs};
 use super::{Attr, Bytes, DirEntry, DirStream, Extensions, FileKind, Handle, OpenOptions, Remote, RemoteError, Result};
-use super::{SetAttr, StatFs};
 use crate::offline_cache::{Fact, Facts, OfflineCache, Usage, Version};
 use crate::sync::lock;
 
@@ -97,14 +97,6 @@ fn down(e: &RemoteError) -> bool {
 
 fn missing() -> RemoteError {
     RemoteError::Unavailable("link down, and not in the offline cache".into())
-}
-
-fn parent(path: &str) -> &str {
-    match path.rfind('/') {
-        Some(0) => "/",
-        Some(i) => &path[..i],
-        None => "/",
-    }
 }
 
 fn name(path: &str) -> &str {

@@ -1,6 +1,6 @@
 use super::*;
 use crate::offline_cache::OfflineCache;
-use crate::remote::fake::FakeRemote;
+use crate::remote::fake::{read_all, FakeRemote};
 use crate::remote::offline::Offline;
 
 type Stack = Journaled<Offline<FakeRemote>>;
@@ -27,20 +27,6 @@ fn writing() -> OpenOptions {
 
 fn creating() -> OpenOptions {
     OpenOptions { write: true, create: true, truncate: true, mode: Some(0o640), ..OpenOptions::default() }
-}
-
-async fn read_all<R: Remote>(r: &R, path: &str) -> Result<Vec<u8>> {
-    let h = r.open(path, OpenOptions { read: true, ..OpenOptions::default() }).await?;
-    let mut out = Vec::new();
-    loop {
-        let got = r.read(&h, out.len() as u64, 65_536).await?;
-        if got.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&got);
-    }
-    r.close(&h).await?;
-    Ok(out)
 }
 
 async fn names<R: Remote>(r: &R, dir: &str) -> Result<Vec<String>> {

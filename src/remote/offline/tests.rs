@@ -1,5 +1,5 @@
 use super::*;
-use crate::remote::fake::FakeRemote;
+use crate::remote::fake::{read_all, FakeRemote};
 
 fn reading() -> OpenOptions {
     OpenOptions { read: true, ..OpenOptions::default() }
@@ -15,20 +15,6 @@ fn cached(fake: FakeRemote) -> (tempfile::TempDir, Offline<FakeRemote>) {
 /// Waits until what was sent to the store is in it.
 fn settle(r: &Offline<FakeRemote>) {
     r.flush();
-}
-
-async fn read_all(r: &Offline<FakeRemote>, path: &str) -> Result<Vec<u8>> {
-    let h = r.open(path, reading()).await?;
-    let mut out = Vec::new();
-    loop {
-        let got = r.read(&h, out.len() as u64, 65_536).await?;
-        if got.is_empty() {
-            break;
-        }
-        out.extend_from_slice(&got);
-    }
-    r.close(&h).await?;
-    Ok(out)
 }
 
 async fn list_all(r: &Offline<FakeRemote>, path: &str) -> Result<Vec<String>> {
